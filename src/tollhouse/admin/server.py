@@ -1,0 +1,149 @@
+"""The admin listener (PRODUCT.md §4): health, readiness, metrics, status, reload.
+
+Not on the proxy's hot path, so it is plain asyncio streams with httptools
+parsing one request per connection. It asks a `controller` (the single
+worker, or the supervisor of several) for everything it reports.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+
+import httptools
+import orjson
+
+from .. import __version__
+from ..observability.metrics import render
+
+log = logging.getLogger("tollhouse.admin")
+
+OPEN_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
+
+
+class _Request:
+    def __init__(self):
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.body = b""
+        self.done = False
+
+    def on_url(self, url):
+        self.url += url
+
+    def on_header(self, name, value):
+        self.headers[name.lower()] = value
+
+    def on_body(self, body):
+        if len(self.body) < 1 << 20:
+            self.body += body
+
+    def on_message_complete(self):
+        self.done = True
+
+
+class AdminServer:
+    def __init__(self, controller, token: str):
+        self.controller = controller
+        self.token = token
+        self.started = time.time()
+        self.server = None
+
+    async def start(self, host: str, port: int):
+        self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+        return self.server.sockets[0].getsockname()[:2]
+
+    def close(self):
+        if self.server is not None:
+            self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        req = _Request()
+        parser = httptools.HttpRequestParser(req)
+        try:
+            while not req.done:
+                data = await asyncio.wait_for(reader.read(65536), 10)
+                if not data:
+                    return
+                parser.feed_data(data)
+            method = parser.get_method().decode()
+            url = httptools.parse_url(req.url)
+            path = url.path.decode()
+            query = url.query.decode() if url.query else ""
+            status, ctype, body = await self.route(method, path, query, req)
+        except (httptools.HttpParserError, asyncio.TimeoutError, ValueError):
+            status, ctype, body = 400, "application/json", orjson.dumps({"error": "bad request"})
+        except Exception:  # noqa: BLE001
+            log.exception("admin request failed")
+            status, ctype, body = 500, "application/json", orjson.dumps({"error": "internal error"})
+        try:
+            head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\ncontent-type: {ctype}\r\n"
+                    f"content-length: {len(body)}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n")
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    def _authorised(self, req: _Request) -> bool:
+        if not self.token:
+            return True
+        given = req.headers.get(b"authorization", b"")
+        expected = b"Bearer " + self.token.encode()
+        return hmac.compare_digest(given, expected)
+
+    async def route(self, method: str, path: str, query: str, req: _Request):
+        c = self.controller
+        if path not in OPEN_PATHS and not self._authorised(req):
+            return 401, "application/json", orjson.dumps({"error": "admin token required"})
+        if path == "/healthz" and method in ("GET", "HEAD"):
+            return 200, "application/json", b'{"status":"ok"}'
+        if path == "/readyz" and method in ("GET", "HEAD"):
+            ready, detail = await c.ready()
+            return (200 if ready else 503), "application/json", orjson.dumps({"ready": ready, **detail})
+        if path == "/metrics" and method in ("GET", "HEAD"):
+            snaps = await c.snapshots()
+            return 200, "text/plain; version=0.0.4; charset=utf-8", render(snaps)
+        if path == "/status" and method in ("GET", "HEAD"):
+            return 200, "application/json", orjson.dumps(await self.status())
+        if path == "/reload" and method == "POST":
+            errors = await c.reload()
+            if errors:
+                return 400, "application/json", orjson.dumps({"reloaded": False, "errors": errors})
+            return 200, "application/json", orjson.dumps({"reloaded": True})
+        if path in ("/healthz", "/readyz", "/metrics", "/status", "/reload"):
+            return 405, "application/json", orjson.dumps({"error": "method not allowed"})
+        return 404, "application/json", orjson.dumps({"error": "not found"})
+
+    async def status(self) -> dict:
+        workers = await self.controller.statuses()
+        ready, store = await self.controller.ready()
+        first = workers[0] if workers else {}
+        upstreams: dict = {}
+        for w in workers:
+            for name, up in w.get("upstreams", {}).items():
+                cur = upstreams.setdefault(name, {"balancer": up["balancer"], "targets": {}})
+                for t in up["targets"]:
+                    agg = cur["targets"].setdefault(t["url"], {"url": t["url"], "weight": t["weight"],
+                                                               "open_connections": 0, "idle_connections": 0,
+                                                               "in_flight": 0, "waiting": 0})
+                    for k in ("open_connections", "idle_connections", "in_flight", "waiting"):
+                        agg[k] += t[k]
+        for up in upstreams.values():
+            up["targets"] = list(up["targets"].values())
+        return {
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "ready": ready,
+            "store": store,
+            "workers": [{"pid": w["pid"], "worker": w["worker"], "config_version": w["config_version"],
+                         "connections": w["connections"]} for w in workers],
+            "routes": first.get("routes", []),
+            "upstreams": upstreams,
+        }
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+            500: "Internal Server Error", 503: "Service Unavailable"}

@@ -1,0 +1,94 @@
+"""Command line (PRODUCT.md §1): parse, load config, hand over."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from . import __version__
+
+
+def _print_errors(path: str, errors) -> None:
+    for e in errors:
+        print(f"{path}: {e}", file=sys.stderr)
+
+
+def cmd_check(args) -> int:
+    from .config import load_file
+    from .state import policy_classes
+
+    config, errors, _ = load_file(args.config)
+    if not errors:
+        errors = policy_classes(config)[1]
+    if errors:
+        _print_errors(args.config, errors)
+        print(f"{args.config}: {len(errors)} error(s)", file=sys.stderr)
+        return 1
+    print(f"{args.config}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .config import load_file, load_text
+    from .server.lifecycle import run_gateway
+    from .state import policy_classes
+
+    config, errors, text = load_file(args.config)
+    if not errors and args.workers:
+        text = _text_with_workers(text, args.workers)
+        config, errors = load_text(text)
+    if not errors:
+        errors = policy_classes(config)[1]
+    if errors:
+        _print_errors(args.config, errors)
+        return 1
+    return run_gateway(config, os.path.abspath(args.config), text)
+
+
+def _text_with_workers(text: str, workers: int) -> str:
+    """`--workers N` wins over the file; workers get the same text."""
+    import re
+
+    if re.search(r"(?m)^workers\s*:", text):
+        return re.sub(r"(?m)^workers\s*:.*$", f"workers: {workers}", text)
+    return text + f"\nworkers: {workers}\n"
+
+
+def cmd_demo(args) -> int:
+    from .demo.run import run_demo
+
+    return run_demo()
+
+
+def cmd_worker(args) -> int:
+    from .server.lifecycle import worker_main
+
+    return worker_main(int(args.index), int(args.fd), args.path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("TOLLHOUSE_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="tollhouse", description="An API gateway in Python.")
+    p.add_argument("--version", action="version", version=f"tollhouse {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the gateway from a config file")
+    r.add_argument("-c", "--config", required=True)
+    r.add_argument("--workers", type=int, default=None, help="override `workers` from the config")
+    r.set_defaults(func=cmd_run)
+    c = sub.add_parser("check", help="validate a config file")
+    c.add_argument("-c", "--config", required=True)
+    c.set_defaults(func=cmd_check)
+    d = sub.add_parser("demo", help="run the embedded demo (no Redis, no config needed)")
+    d.set_defaults(func=cmd_demo)
+    w = sub.add_parser("_worker", help=argparse.SUPPRESS)
+    w.add_argument("index")
+    w.add_argument("fd")
+    w.add_argument("path", nargs="?", default="")
+    w.set_defaults(func=cmd_worker)
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,120 @@
+"""YAML loading that remembers where every key came from and expands ${VAR}.
+
+The schema needs line numbers for its errors, so mappings and sequences are
+built as `LocatedDict` / `LocatedList`, which carry the line of each key or item.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import yaml
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class LocatedDict(dict):
+    """A mapping from YAML; `lines[key]` is the 1-based line of that key."""
+
+    __slots__ = ("line", "lines")
+
+
+class LocatedList(list):
+    """A sequence from YAML; `lines[i]` is the 1-based line of item i."""
+
+    __slots__ = ("line", "lines")
+
+
+class ConfigError(Exception):
+    """One problem in a config, with the key path and line it concerns."""
+
+    def __init__(self, path: str, line: int | None, message: str):
+        super().__init__(message)
+        self.path = path
+        self.line = line
+        self.message = message
+
+    def __str__(self) -> str:
+        where = self.path or "(top level)"
+        if self.line:
+            where += f" (line {self.line})"
+        return f"{where}: {self.message}"
+
+
+def expand_env(text: str, env=os.environ) -> str:
+    """Replace ${VAR} and ${VAR:-default}; an unset VAR without default is an error."""
+
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        value = env.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise KeyError(name)
+            return default
+        return value
+
+    return _VAR.sub(sub, text)
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
+    loader.flatten_mapping(node)
+    out = LocatedDict()
+    out.line = node.start_mark.line + 1
+    out.lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if not isinstance(key, (str, int, float, bool)):
+            loader.problems.append(ConfigError("", line, "mapping keys must be scalars"))
+            continue
+        if key in out:
+            loader.problems.append(ConfigError("", line, f"duplicate key {key!r}"))
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.lines[key] = line
+    return out
+
+
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LocatedList:
+    out = LocatedList(loader.construct_object(item, deep=True) for item in node.value)
+    out.line = node.start_mark.line + 1
+    out.lines = [item.start_mark.line + 1 for item in node.value]
+    return out
+
+
+def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> str:
+    value = loader.construct_scalar(node)
+    if "${" not in value:
+        return value
+    try:
+        return expand_env(value)
+    except KeyError as e:
+        loader.problems.append(ConfigError(
+            "", node.start_mark.line + 1,
+            f"environment variable {e.args[0]} is not set (use ${{{e.args[0]}:-default}} for a default)"))
+        return ""
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+_Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+
+
+def parse_yaml(text: str) -> tuple[object, list[ConfigError]]:
+    """Parse YAML text into located containers; returns (document, problems)."""
+    loader = _Loader(text)
+    loader.problems = []
+    try:
+        doc = loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        return None, [ConfigError("", line, f"invalid YAML: {e.problem or e}")]
+    except yaml.YAMLError as e:
+        return None, [ConfigError("", None, f"invalid YAML: {e}")]
+    finally:
+        loader.dispose()
+    return doc, loader.problems

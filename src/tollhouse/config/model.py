@@ -1,0 +1,214 @@
+"""The gateway's config schema (PRODUCT.md §2), section by section.
+
+Policies keep their own schemas beside their handlers (tollhouse/policies);
+this module holds the core: listeners, limits, upstreams and routes.
+"""
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from .loader import ConfigError
+from .schema import (Address, Bool, Duration, Field, Int, Kind, ListOf, MapOf, Network, OneOf, Ratio, Schema,
+                     Size, Str, error_at)
+
+NAME = r"[A-Za-z0-9_.-]+"
+_TEMPLATE_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class NotYet(Kind):
+    """A key from the product contract whose capability has not landed yet.
+
+    Accepting it silently would disable a policy the user asked for, so it
+    is an error that says so (PRODUCT.md §2: a typo never silently disables
+    a policy; neither does a missing feature).
+    """
+
+    def __init__(self, what: str):
+        self.what = what
+        self.label = f"{what} (not yet available)"
+
+    def convert(self, value):
+        raise ValueError(f"{self.what} is not available in this version of Tollhouse yet")
+
+
+def _is_str(v):
+    return isinstance(v, (str, int)) and not isinstance(v, bool)
+
+
+def _is_map(v):
+    return isinstance(v, dict)
+
+
+def _is_list(v):
+    return isinstance(v, list)
+
+
+class Tls(Schema):
+    cert = Field(Str(), doc="PEM certificate chain file")
+    key = Field(Str(), doc="PEM private key file")
+
+
+class Admin(Schema):
+    listen = Field(Address(), ("127.0.0.1", 9901), "address of the admin listener")
+    token = Field(Str(), "", "bearer token required by every admin path but /healthz, /readyz, /metrics; empty = none")
+
+
+class Limits(Schema):
+    max_header_bytes = Field(Size(min=256), 16 * 1024, "largest request head (431 beyond)")
+    max_headers = Field(Int(min=1), 100, "most request header fields (431 beyond)")
+    max_uri_bytes = Field(Size(min=16), 8 * 1024, "longest request target (414 beyond)")
+    max_body_bytes = Field(Size(), 10 * 1024 * 1024, "largest request body (413 beyond); 0 = unlimited")
+    header_timeout = Field(Duration(min=0.01), 10.0, "the whole request head must arrive within this (408 and close)")
+    idle_timeout = Field(Duration(min=0.01), 60.0, "idle keep-alive client connections are closed after this")
+    max_connections = Field(Int(min=1), 10000, "open client connections per worker; new ones beyond are closed at once")
+
+
+class Target(Schema):
+    url = Field(Str(), doc="http://host:port or https://host:port")
+    weight = Field(Int(min=1, max=1000), 1, "share of requests relative to the other targets")
+
+    def check(self, path, lines, line, errors):
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            error_at(errors, path, "url", lines, line, f"expected http://host:port or https://host:port, got {self.url!r}")
+            return
+        try:
+            parts.port
+        except ValueError:
+            error_at(errors, path, "url", lines, line, f"invalid port in {self.url!r}")
+        if parts.path not in ("", "/") or parts.query:
+            error_at(errors, path, "url", lines, line, "a target is scheme://host:port only; use the route's rewrite for paths")
+
+
+def _target_from_str(kind):
+    class FromStr(Kind):
+        label = "URL"
+
+        def validate(self, value, path, line, errors):
+            return kind.validate({"url": value}, path, line, errors)
+
+    return FromStr()
+
+
+class Upstream(Schema):
+    targets = Field(ListOf(OneOf((_is_str, _target_from_str(Target)), (_is_map, Target))),
+                    doc="the instances: URLs or {url, weight}")
+    balancer = Field(Str(choices=("round_robin",)), "round_robin",
+                     "round_robin (smooth weighted); least_connections, two_random_choices and consistent_hash arrive with issue 6")
+    connect_timeout = Field(Duration(min=0.001), 1.0, "TCP (and TLS) connect timeout; 502 beyond")
+    read_timeout = Field(Duration(min=0.001), 30.0, "longest wait for the next bytes from the upstream; 504 before the head")
+    max_connections = Field(Int(min=1), 256, "open connections per target; more requests wait up to connect_timeout, then 503")
+    idle_timeout = Field(Duration(min=0.1), 60.0, "pooled idle upstream connections are closed after this")
+    tls_verify = Field(Bool(), True, "verify https targets' certificates")
+    ca_file = Field(Str(), "", "CA bundle for https targets (default: the system's)")
+    hash_key = Field(NotYet("upstreams.*.hash_key (issue 6)"), None)
+    retries = Field(NotYet("retries (issue 6)"), None)
+    health_check = Field(NotYet("health_check (issue 6)"), None)
+    outlier = Field(NotYet("outlier ejection (issue 6)"), None)
+    circuit_breaker = Field(NotYet("circuit_breaker (issue 6)"), None)
+
+    def check(self, path, lines, line, errors):
+        if not self.targets:
+            error_at(errors, path, "targets", lines, line, "needs at least one target")
+
+
+class Match(Schema):
+    host = Field(Str(), "", "exact host, or *.example.com; empty = any host")
+    path = Field(Str(pattern=r"/[^?#\s]*"), "", "exact path; {name} matches one segment")
+    prefix = Field(Str(pattern=r"/[^?#\s{}]*"), "", "path prefix, matched on segment boundaries")
+    methods = Field(ListOf(Str(pattern=r"[A-Z]+")), (), "allowed methods; empty = all")
+
+    def check(self, path, lines, line, errors):
+        if self.path and self.prefix:
+            error_at(errors, path, "prefix", lines, line, "use either path or prefix, not both")
+
+
+class Route(Schema):
+    name = Field(Str(pattern=NAME), "", "name used in metrics, logs and /status (default route-N)")
+    match = Field(Match, doc="what requests this route takes")
+    upstream = Field(Str(), "", "name of an upstream in `upstreams`")
+    strip_prefix = Field(Bool(), False, "remove the matched prefix before proxying (/api/users/7 -> /7)")
+    rewrite = Field(Str(pattern=r"/[^\s]*"), "", "templated upstream path, e.g. /v2/users/{id}")
+    timeout = Field(Duration(min=0.001), 60.0, "longest wait for the upstream's response head; 504 beyond")
+    preserve_host = Field(Bool(), False, "send the client's Host upstream instead of the target's host")
+    policies = Field(ListOf(Str(pattern=NAME)), (), "custom policies (names from top-level `policies`), in order")
+    auth = Field(NotYet("route auth (issue 4)"), None)
+    rate_limits = Field(NotYet("rate_limits (issue 3)"), None)
+    cache = Field(NotYet("cache (issue 5)"), None)
+    ip = Field(NotYet("route ip allow/deny"), None)
+    cors = Field(NotYet("cors"), None)
+    request = Field(NotYet("request validation"), None)
+    compress = Field(NotYet("compress"), None)
+    headers = Field(NotYet("header rewriting"), None)
+    aggregate = Field(NotYet("aggregate"), None)
+
+    def check(self, path, lines, line, errors):
+        if self.rewrite and self.strip_prefix:
+            error_at(errors, path, "rewrite", lines, line, "use either rewrite or strip_prefix, not both")
+        if self.strip_prefix and not self.match.prefix:
+            error_at(errors, path, "strip_prefix", lines, line, "needs match.prefix")
+        if self.rewrite:
+            known = set(_TEMPLATE_VAR.findall(self.match.path))
+            for var in _TEMPLATE_VAR.findall(self.rewrite):
+                if var not in known:
+                    error_at(errors, path, "rewrite", lines, line, f"{{{var}}} is not a variable of match.path")
+
+
+class CustomPolicy(Schema):
+    use = Field(Str(pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"), doc="module:Class")
+    config = Field(MapOf(Kind()), {}, "options handed to the class's Config schema")
+
+
+def _policy_from_str():
+    class FromStr(Kind):
+        label = "module:Class"
+
+        def validate(self, value, path, line, errors):
+            return CustomPolicy.validate({"use": value}, path, line, errors)
+
+    return FromStr()
+
+
+class Gateway(Schema):
+    listen = Field(ListOf(Address(), single=True), (("0.0.0.0", 8080),), "address or list of addresses")
+    workers = Field(Int(min=1, max=256), 1, "processes sharing the port (SO_REUSEPORT)")
+    tls = Field(OneOf((lambda v: v is None, Kind()), (_is_map, Tls)), None, "TLS termination: {cert, key}")
+    admin = Field(Admin, Admin(), "the admin listener")
+    store = Field(Str(pattern=r"memory|(redis|rediss|redis\+cluster)://.+"), "memory",
+                  "memory, redis://host:6379/0, rediss://..., redis+cluster://h1:7000,h2:7001")
+    store_failure = Field(Str(choices=("open", "closed", "local")), "open",
+                          "rate limiting when the store is down: open | closed | local")
+    trusted_proxies = Field(ListOf(Network()), (), "peers allowed to set X-Forwarded-For/-Proto/-Host")
+    shutdown_grace = Field(Duration(), 10.0, "in-flight requests get this long to finish on SIGTERM")
+    access_log = Field(Bool(), True, "one JSON line per request on stdout")
+    limits = Field(Limits, Limits(), "request limits")
+    policies = Field(MapOf(OneOf((_is_str, _policy_from_str()), (_is_map, CustomPolicy)), key_pattern=NAME), {},
+                     "custom Python policies: name -> module:Class or {use, config}")
+    upstreams = Field(MapOf(Upstream, key_pattern=NAME), {}, "named upstream services")
+    routes = Field(ListOf(Route), (), "routes, chosen by host then the most specific path")
+    ip = Field(NotYet("global ip allow/deny"), None)
+    auth = Field(NotYet("auth (issue 4)"), None)
+    consumers = Field(NotYet("consumers (issue 4)"), None)
+    tiers = Field(NotYet("tiers (issue 3)"), None)
+
+    def check(self, path, lines, line, errors):
+        seen = set()
+        for i, route in enumerate(self.routes):
+            name = route.name or f"route-{i}"
+            where = f"routes[{i}]"
+            if name in seen:
+                errors.append(_err(where + ".name", None, f"duplicate route name {name!r}"))
+            seen.add(name)
+            if not route.upstream:
+                errors.append(_err(where + ".upstream", None, "is required"))
+            elif route.upstream not in self.upstreams:
+                errors.append(_err(where + ".upstream", None, f"no upstream named {route.upstream!r} in upstreams"))
+            for j, pname in enumerate(route.policies):
+                if pname not in self.policies:
+                    errors.append(_err(f"{where}.policies[{j}]", None, f"no policy named {pname!r} in policies"))
+
+
+def _err(path, line, message):
+    # The line is filled in by tollhouse.config.load from the document.
+    return ConfigError(path, line, message)

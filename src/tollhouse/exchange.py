@@ -1,0 +1,642 @@
+"""One request and its response: policies, upstream choice, relaying bytes.
+
+An `Exchange` is what policies see as "the request". It is driven by
+callbacks from both sides: the client connection (head, body, end) and the
+upstream connection (head, body, end, failure). Nothing here creates a task
+unless a policy must await or a new upstream connection must be opened.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from http import HTTPStatus
+from time import perf_counter
+
+from .pipeline import Reply
+from .paths import BadPath, normalise_path
+from .routing import host_of
+
+log = logging.getLogger("tollhouse.exchange")
+
+STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
+
+
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# Response headers never relayed (RFC 9110 §7.6.1 hop-by-hop, plus framing we redo).
+_RESPONSE_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
+                            b"trailer", b"upgrade", b"x-request-id"))
+_NO_BODY_STATUS = frozenset((204, 304))
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_BODY_BUFFER_HIGH = 64 * 1024
+
+# Response modes towards the client.
+_NONE, _RAW, _CHUNKED = 0, 1, 2
+
+
+class Exchange:
+    """One request/response cycle on a client connection (the policies' view of a request).
+
+    Public for policies: `method`, `path` (normalised), `query`, `params`
+    (template variables), `route`, `request_id`, `client_ip`, `header(name)`,
+    `set_header(name, value)`, `remove_header(name)`, `vars` (a dict for
+    per-request state), `consumer`; on the response side `status` and
+    `response_headers` (a list of [name, value] bytes pairs, lower-case names).
+    """
+
+    __slots__ = (
+        "conn", "worker", "state", "route", "params", "method", "raw_target", "path", "query", "version", "headers",
+        "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens",
+        "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_chunks", "body_buffered", "body_received",
+        "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "status",
+        "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done",
+        "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited",
+        "head_size", "_client_ip", "upstream_clock",
+    )
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.worker = conn.worker
+        self.state = None
+        self.route = None
+        self.params = None
+        self.method = b""
+        self.raw_target = b""
+        self.path = b""
+        self.query = b""
+        self.version = "1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host = b""
+        self.host_count = 0
+        self.request_id = b""
+        self.keep_alive = True
+        self.content_length = None
+        self.chunked = False
+        self.te = None
+        self.connection_tokens = None
+        self.expect = None
+        self.xff = None
+        self.xfp = None
+        self.xfh = None
+        self.upgrade = False
+        self.error = None
+        self.body_chunks: list[bytes] | None = []
+        self.body_buffered = 0
+        self.body_received = 0
+        self.body_done = False
+        self.continue_sent = False
+        self.upstream = None
+        self.target = None
+        self.started = 0.0
+        self.upstream_started = 0.0
+        self.status = 0
+        self.response_headers = None
+        self.head_sent = False
+        self.head_received = False
+        self.mode = _NONE
+        self.bytes_sent = 0
+        self.finished = False
+        self.response_done = False
+        self.task = None
+        self.timer = None
+        self.vars = None
+        self.consumer = None
+        self.replayed = False
+        self.sent_body = False
+        self.upstream_keepalive = False
+        self.upstream_delimited = False
+        self.head_size = 0
+        self._client_ip = None
+        self.upstream_clock = 0.0
+
+    # ----------------------------------------------------------------- policy API
+    @property
+    def client_ip(self) -> str:
+        """The socket peer, or the first untrusted hop of X-Forwarded-For when the peer is a trusted proxy."""
+        ip = self._client_ip
+        if ip is None:
+            ip = self.conn.peer_ip
+            if self.xff and self.conn.peer_trusted:
+                trusted = self.state.is_trusted
+                for hop in reversed(self.xff.split(b",")):
+                    hop_ip = hop.strip().decode("latin-1")
+                    ip = hop_ip
+                    if not trusted(hop_ip):
+                        break
+            self._client_ip = ip
+        return ip
+
+    def header(self, name: str) -> str | None:
+        """The first value of a request header (case-insensitive), or None."""
+        key = name.lower().encode()
+        special = _SPECIAL_ATTR.get(key)
+        if special is not None:
+            value = getattr(self, special)
+            return value.decode("latin-1") if value else None
+        for n, v in self.headers:
+            if n == key:
+                return v.decode("latin-1")
+        return None
+
+    def set_header(self, name: str, value: str) -> None:
+        """Set a header sent upstream (replacing any of that name)."""
+        self.remove_header(name)
+        self.headers.append((name.lower().encode(), value.encode("latin-1")))
+
+    def remove_header(self, name: str) -> None:
+        key = name.lower().encode()
+        self.headers = [(n, v) for n, v in self.headers if n != key]
+
+    # ------------------------------------------------------------- head complete
+    def finalise_head(self, limits) -> None:
+        """Validate what only the whole head can tell (RFC 9112 §3.2, §6)."""
+        if self.version not in ("1.1", "1.0"):
+            self.error = Reply.problem(505, "HTTP Version Not Supported", "only HTTP/1.0 and HTTP/1.1 are served")
+            self.keep_alive = False
+            return
+        if self.host_count > 1 or (self.host_count == 0 and self.version == "1.1"):
+            self.error = Reply.problem(400, "Bad Request", "exactly one Host header is required")
+            self.keep_alive = False
+            return
+        if self.te is not None:
+            if self.te.strip().lower() != b"chunked" or self.version == "1.0":
+                # llhttp already refuses most bad codings; this catches "gzip, chunked" (RFC 9112 §6.1).
+                self.error = Reply.problem(501, "Not Implemented", "only Transfer-Encoding: chunked is supported")
+                self.keep_alive = False
+                return
+            self.chunked = True
+        if self.method == b"CONNECT":
+            self.error = Reply.problem(405, "Method Not Allowed", "CONNECT is not supported")
+            self.keep_alive = False
+            return
+        if self.upgrade and (self.chunked or self.content_length):
+            self.error = Reply.problem(400, "Bad Request", "an Upgrade request cannot carry a body")
+            self.keep_alive = False
+            return
+        max_body = limits.max_body_bytes
+        if max_body and self.content_length is not None and self.content_length > max_body:
+            self.error = Reply.problem(413, "Content Too Large", f"the body exceeds {max_body} bytes")
+            self.keep_alive = False
+            return
+        target = self.raw_target
+        if not target.startswith(b"/"):
+            if target.startswith((b"http://", b"https://")):
+                # absolute-form (RFC 9112 §3.2.2): the authority replaces Host.
+                rest = target.split(b"://", 1)[1]
+                slash = rest.find(b"/")
+                authority, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+                self.host = authority
+            else:
+                self.error = Reply.problem(400, "Bad Request", "unsupported request target")
+                self.keep_alive = False
+                return
+        q = target.find(b"?")
+        raw_path = target if q < 0 else target[:q]
+        self.query = b"" if q < 0 else target[q:]
+        hash_at = raw_path.find(b"#")
+        if hash_at >= 0:
+            raw_path = raw_path[:hash_at]
+        try:
+            self.path = normalise_path(raw_path)
+        except BadPath as e:
+            self.error = Reply.problem(400, "Bad Request", f"invalid path: {e}")
+            self.keep_alive = False
+            return
+        if self.connection_tokens:
+            drop = {t.strip().lower() for t in self.connection_tokens.split(b",")} - {b"close", b"keep-alive"}
+            if drop:
+                self.headers = [(n, v) for n, v in self.headers if n not in drop]
+        rid = self.request_id
+        if not rid or not _SANE_ID.fullmatch(rid):
+            self.request_id = self.worker.next_request_id()
+
+    # ------------------------------------------------------------------- start
+    def start(self) -> None:
+        """Route and run the chain (the connection calls this when it is this request's turn)."""
+        worker = self.worker
+        worker.stats.active_requests += 1
+        if self.error is not None:
+            self.answer(self.error)
+            return
+        state = self.state
+        route, params = state.table.match(host_of(self.host), self.path, self.method)
+        if route is None:
+            if params:
+                allow = ", ".join(sorted(m.decode() for m in params))
+                self.answer(Reply.problem(405, "Method Not Allowed", f"{self.method.decode()} is not allowed here",
+                                          headers=[("allow", allow)]))
+            else:
+                self.answer(Reply.problem(404, "Not Found", "no route matches this request"))
+            return
+        self.route = route
+        self.params = params
+        chain = route.chain
+        if chain.request_hooks:
+            chain.run(self, self.proxy, self.answer)
+        else:
+            self.proxy()
+
+    # ------------------------------------------------------------------ proxy
+    def proxy(self) -> None:
+        if self.finished:
+            return
+        target = self.route.upstream.pick()
+        self.target = target
+        conn = target.take_idle()
+        if conn is not None:
+            self.send_upstream(conn)
+        elif target.can_open():
+            target.open += 1
+            self.connect(target)
+        else:
+            # max_connections reached: wait (FIFO) up to connect_timeout, then 503.
+            target.waiters.append(self)
+            self.timer = self.worker.loop.call_later(target.settings.connect_timeout, self.wait_expired)
+
+    def connect(self, target) -> None:
+        task = self.worker.loop.create_task(target.connect())
+        task.add_done_callback(self.connected)
+        self.task = task
+
+    def connected(self, task) -> None:
+        self.task = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            conn = task.result()
+            if self.finished:
+                self.target.release(conn)
+            else:
+                self.send_upstream(conn)
+            return
+        if self.finished:
+            return
+        if isinstance(exc, TimeoutError):
+            self.answer(Reply.problem(504, "Gateway Timeout", "connecting to the upstream timed out"))
+        else:
+            self.answer(Reply.problem(502, "Bad Gateway", f"cannot connect to the upstream: {_reason(exc)}"))
+
+    def accept_connection(self, target, conn) -> bool:
+        """A waiter is handed a released connection."""
+        if self.finished:
+            return False
+        self._cancel_timer()
+        self.send_upstream(conn)
+        return True
+
+    def accept_slot(self, target) -> bool:
+        """A waiter may open a connection (one closed)."""
+        if self.finished:
+            return False
+        self._cancel_timer()
+        target.open += 1
+        self.connect(target)
+        return True
+
+    def wait_expired(self) -> None:
+        self.timer = None
+        if self.finished:
+            return
+        try:
+            self.target.waiters.remove(self)
+        except ValueError:
+            pass
+        self.answer(Reply.problem(503, "Service Unavailable", "the upstream's connection limit is reached",
+                                  headers=[("retry-after", "1")]))
+
+    def send_upstream(self, conn) -> None:
+        target = self.target
+        route = self.route
+        self.upstream = conn
+        target.in_flight += 1
+        parts = [self.method, b" ", route.upstream_path(self.path, self.params), self.query, b" HTTP/1.1\r\nhost: ",
+                 self.host if route.preserve_host else target.host_header, b"\r\n"]
+        for name, value in self.headers:
+            parts += (name, b": ", value, b"\r\n")
+        conn_peer = self.conn
+        peer = conn_peer.peer_ip_bytes
+        if conn_peer.peer_trusted:
+            parts += (b"x-forwarded-for: ", self.xff + b", " + peer if self.xff else peer,
+                      b"\r\nx-forwarded-proto: ", self.xfp or conn_peer.scheme,
+                      b"\r\nx-forwarded-host: ", self.xfh or self.host, b"\r\n")
+        else:
+            parts += (b"x-forwarded-for: ", peer, b"\r\nx-forwarded-proto: ", conn_peer.scheme,
+                      b"\r\nx-forwarded-host: ", self.host, b"\r\n")
+        parts += (b"x-request-id: ", self.request_id, b"\r\n")
+        if self.chunked:
+            parts.append(b"transfer-encoding: chunked\r\n\r\n")
+        elif self.content_length is not None:
+            parts += (b"content-length: %d\r\n\r\n" % self.content_length,)
+        else:
+            parts.append(b"\r\n")
+        chunks = self.body_chunks
+        if chunks:
+            self.sent_body = True
+            if self.chunked:
+                for c in chunks:
+                    parts += (b"%x\r\n" % len(c), c, b"\r\n")
+            else:
+                parts += chunks
+        if self.chunked and self.body_done:
+            parts.append(_LAST_CHUNK)
+        self.body_chunks = None
+        if self.body_buffered:
+            self.body_buffered = 0
+            self.conn.resume_reading(2)
+        loop = self.worker.loop
+        self.upstream_started = loop.time()
+        self.upstream_clock = perf_counter()
+        conn.send(self, b"".join(parts), self.method == b"HEAD")
+        if self.expect and not self.body_done and not self.continue_sent and not self.body_received:
+            self.continue_sent = True
+            self.conn.transport.write(_CONTINUE)
+        if self.timer is None:
+            settings = target.settings
+            self.timer = loop.call_at(self.upstream_started + min(route.timeout, settings.read_timeout),
+                                      self.upstream_timer)
+
+    # ------------------------------------------------------- request body (client)
+    def feed_body(self, chunk: bytes) -> None:
+        if self.finished:
+            return
+        self.body_received += len(chunk)
+        max_body = self.state.limits.max_body_bytes
+        if max_body and self.body_received > max_body:
+            self.keep_alive = False
+            self.abort_upstream()
+            if self.head_sent:
+                self.conn.abort()
+            else:
+                self.answer(Reply.problem(413, "Content Too Large", f"the body exceeds {max_body} bytes"))
+            return
+        if self.response_done:
+            return
+        up = self.upstream
+        if up is not None:
+            self.sent_body = True
+            if self.chunked:
+                up.transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            else:
+                up.transport.write(chunk)
+        elif self.body_chunks is not None:
+            self.body_chunks.append(chunk)
+            self.body_buffered += len(chunk)
+            if self.body_buffered > _BODY_BUFFER_HIGH:
+                self.conn.pause_reading(2)
+
+    def body_complete(self) -> None:
+        self.body_done = True
+        if self.finished:
+            return
+        up = self.upstream
+        if up is not None and self.chunked:
+            up.transport.write(_LAST_CHUNK)
+        if self.response_done:
+            self.finish()
+
+    # ----------------------------------------------------------- upstream side
+    def upstream_head(self, conn, status: int, headers: list, keep_alive: bool) -> None:
+        if self.finished:
+            return
+        self.head_received = True
+        self.upstream_keepalive = keep_alive
+        worker = self.worker
+        worker.stats.record_upstream(self.route.upstream.name, perf_counter() - self.upstream_clock)
+        drop = None
+        content_length = None
+        chunked = False
+        for name, value in headers:
+            if name == b"connection":
+                tokens = {t.strip().lower() for t in value.split(b",")} - {b"close", b"keep-alive"}
+                if tokens:
+                    drop = tokens if drop is None else drop | tokens
+            elif name == b"content-length":
+                content_length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        out = [[n, v] for n, v in headers if n not in _RESPONSE_DROP and (drop is None or n not in drop)]
+        self.status = status
+        self.response_headers = out
+        if self.method == b"HEAD" or status in _NO_BODY_STATUS:
+            self.mode = _NONE
+        elif content_length is not None and not chunked:
+            self.mode = _RAW
+        elif self.version == "1.1":
+            self.mode = _CHUNKED
+            if content_length is not None:
+                out[:] = [h for h in out if h[0] != b"content-length"]
+        else:
+            self.mode = _RAW
+            self.keep_alive = False
+        if content_length is None and not chunked and self.mode != _NONE:
+            # Close-delimited upstream response (RFC 9112 §6.3 rule 8).
+            self.upstream_delimited = True
+        hooks = self.route.chain.response_hooks
+        if hooks:
+            for hook in hooks:
+                hook(self)
+        self.write_head()
+
+    def write_head(self) -> None:
+        parts = [status_line(self.status)]
+        for name, value in self.response_headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"x-request-id: ", self.request_id, b"\r\n")
+        if self.mode == _CHUNKED:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n\r\n")
+        elif self.version == "1.0":
+            parts.append(b"connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        self.head_sent = True
+        self.conn.transport.write(b"".join(parts))
+
+    def upstream_body(self, chunk: bytes) -> None:
+        if self.finished:
+            return
+        mode = self.mode
+        if mode == _RAW:
+            self.conn.transport.write(chunk)
+        elif mode == _CHUNKED:
+            self.conn.transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            return
+        self.bytes_sent += len(chunk)
+
+    def upstream_done(self, conn) -> None:
+        self.upstream = None
+        self.target.in_flight -= 1
+        if self.finished:
+            conn.abort()
+            return
+        if self.mode == _CHUNKED:
+            self.conn.transport.write(_LAST_CHUNK)
+        if self.upstream_keepalive and self.body_done and not self.upstream_delimited:
+            self.target.release(conn)
+        else:
+            conn.abort()
+        self.response_done = True
+        if not self.body_done:
+            # The upstream answered before the request body ended: the client
+            # connection cannot be reused (the rest of the body is unread).
+            self.keep_alive = False
+        self.finish()
+
+    def upstream_closed(self, conn, exc) -> None:
+        """The upstream connection ended while this exchange was using it."""
+        self.upstream = None
+        self.target.in_flight -= 1
+        if self.finished:
+            return
+        if not self.head_received:
+            if conn.reused and not conn.got_bytes and not self.sent_body and not self.replayed:
+                # A pooled connection the upstream had closed: retry once on a fresh one.
+                self.replayed = True
+                self._cancel_timer()
+                target = self.target
+                if target.can_open():
+                    target.open += 1
+                    self.connect(target)
+                    return
+            self.answer(Reply.problem(502, "Bad Gateway", "the upstream closed the connection without answering"))
+            return
+        if self.upstream_delimited and exc is None:
+            self.response_done = True
+            self.keep_alive = False
+            self.finish()
+            return
+        # Truncated: end the client response as truncated, never as complete.
+        self.conn.abort()
+
+    def upstream_failed(self, kind: str, detail: str) -> None:
+        """The upstream sent something unparseable."""
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            self.target.in_flight -= 1
+            conn.exchange = None
+            conn.abort()
+        if self.finished:
+            return
+        if not self.head_sent:
+            self.answer(Reply.problem(502, "Bad Gateway", detail))
+        else:
+            self.conn.abort()
+
+    def upstream_timer(self) -> None:
+        self.timer = None
+        conn = self.upstream
+        if self.finished or conn is None:
+            return
+        loop = self.worker.loop
+        now = loop.time()
+        read_timeout = self.target.settings.read_timeout
+        if not self.head_received:
+            deadline = min(self.upstream_started + self.route.timeout, conn.last_read + read_timeout)
+            if now >= deadline - 0.0005:
+                self.abort_upstream()
+                self.answer(Reply.problem(504, "Gateway Timeout", "the upstream did not answer in time"))
+                return
+        else:
+            deadline = conn.last_read + read_timeout
+            if now >= deadline - 0.0005:
+                self.abort_upstream()
+                self.conn.abort()
+                return
+        self.timer = loop.call_at(deadline, self.upstream_timer)
+
+    def abort_upstream(self) -> None:
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            self.target.in_flight -= 1
+            conn.exchange = None
+            conn.abort()
+
+    # ------------------------------------------------------------- local answers
+    def answer(self, reply: Reply) -> None:
+        """Send a local reply (from a policy or the gateway itself)."""
+        if self.finished:
+            return
+        if self.head_sent:
+            self.conn.abort()
+            return
+        self.abort_upstream()
+        body, content_type = reply.render_body(self.request_id.decode() if self.request_id else "")
+        self.status = reply.status
+        headers = [[n.encode("latin-1"), v.encode("latin-1")] for n, v in reply.headers]
+        if content_type:
+            headers.append([b"content-type", content_type.encode()])
+        self.response_headers = headers
+        if not self.body_done:
+            # The request body is unread; closing is the only safe way on.
+            self.keep_alive = False
+        route = self.route
+        if route is not None and route.chain.response_hooks:
+            for hook in route.chain.response_hooks:
+                hook(self)
+        headers = self.response_headers
+        headers.append([b"date", self.worker.date])
+        if self.method == b"HEAD" or reply.status in _NO_BODY_STATUS:
+            self.mode = _NONE
+            body = b""
+        headers.append([b"content-length", b"%d" % len(body)])
+        self.write_head()
+        if body:
+            self.conn.transport.write(body)
+            self.bytes_sent = len(body)
+        self.response_done = True
+        self.finish()
+
+    # ------------------------------------------------------------------ the end
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_timer()
+        worker = self.worker
+        worker.stats.active_requests -= 1
+        route_name = self.route.name if self.route is not None else ""
+        duration = perf_counter() - self.started
+        worker.stats.record_request(route_name, self.method.decode("latin-1"), self.status, duration)
+        if worker.access_log is not None:
+            worker.access_log.write((time.time(), self.request_id.decode("latin-1"), self.client_ip,
+                                     self.method.decode("latin-1"), self.path.decode("latin-1"), route_name,
+                                     self.status, self.bytes_sent, round(duration * 1000, 3),
+                                     self.target.url if self.target is not None else None, self.consumer,
+                                     None, None))
+        self.conn.exchange_finished(self)
+
+    def client_gone(self) -> None:
+        """The client connection closed: stop everything, count it as 499."""
+        if self.finished:
+            return
+        if self.task is not None:
+            self.task.cancel()
+        self.abort_upstream()
+        if not self.response_done:
+            self.status = 499  # nginx's "client closed request"
+        self.finish()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+_SPECIAL_ATTR = {b"host": "host", b"x-forwarded-for": "xff", b"x-forwarded-proto": "xfp",
+                 b"x-forwarded-host": "xfh", b"x-request-id": "request_id", b"expect": "expect",
+                 b"transfer-encoding": "te", b"connection": "connection_tokens"}
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or type(exc).__name__

@@ -1,0 +1,152 @@
+"""Per-worker request statistics, cheap to record, merged across workers.
+
+The hot path only bumps integers in dicts; rendering to the Prometheus
+text format happens when /metrics is scraped, over the merged snapshots of
+every worker (`merge`, `render`).
+"""
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import generate_latest
+
+#: Histogram bucket upper bounds in seconds (the last, +Inf, is implicit).
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Histogram:
+    __slots__ = ("counts", "sum")
+
+    def __init__(self):
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(BUCKETS, value)] += 1
+        self.sum += value
+
+
+class Stats:
+    """One worker's counters. Keys are plain tuples; values plain numbers."""
+
+    def __init__(self):
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.request_duration: dict[str, Histogram] = {}
+        self.upstream_duration: dict[str, Histogram] = {}
+        self.counters: dict[tuple[str, tuple], float] = {}   # (metric name, label pairs) -> value
+        self.active_connections = 0
+        self.active_requests = 0
+        self.gauges: dict[tuple[str, tuple], float] = {}
+
+    def record_request(self, route: str, method: str, status: int, duration: float) -> None:
+        key = (route, method, status)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        h = self.request_duration.get(route)
+        if h is None:
+            h = self.request_duration[route] = Histogram()
+        h.observe(duration)
+
+    def record_upstream(self, upstream: str, duration: float) -> None:
+        h = self.upstream_duration.get(upstream)
+        if h is None:
+            h = self.upstream_duration[upstream] = Histogram()
+        h.observe(duration)
+
+    def inc(self, name: str, labels: tuple = (), by: float = 1) -> None:
+        """Bump a counter `tollhouse_<name>` with label pairs ((k, v), ...)."""
+        key = (name, labels)
+        self.counters[key] = self.counters.get(key, 0) + by
+
+    def snapshot(self) -> dict:
+        """A JSON-able copy, for /metrics and /status across workers."""
+        return {
+            "requests": [[r, m, s, n] for (r, m, s), n in self.requests.items()],
+            "request_duration": {k: [h.counts, h.sum] for k, h in self.request_duration.items()},
+            "upstream_duration": {k: [h.counts, h.sum] for k, h in self.upstream_duration.items()},
+            "counters": [[n, [list(p) for p in labels], v] for (n, labels), v in self.counters.items()],
+            "gauges": [[n, [list(p) for p in labels], v] for (n, labels), v in self.gauges.items()],
+            "active_connections": self.active_connections,
+            "active_requests": self.active_requests,
+        }
+
+
+def merge(snapshots: list[dict]) -> dict:
+    """Sum worker snapshots into one (gauges are summed too: they are per-worker counts)."""
+    requests: dict[tuple, int] = {}
+    hist: dict[str, dict[str, list]] = {"request_duration": {}, "upstream_duration": {}}
+    counters: dict[tuple, float] = {}
+    gauges: dict[tuple, float] = {}
+    active_connections = active_requests = 0
+    for snap in snapshots:
+        for r, m, s, n in snap["requests"]:
+            requests[(r, m, s)] = requests.get((r, m, s), 0) + n
+        for kind in hist:
+            for key, (counts, total) in snap[kind].items():
+                cur = hist[kind].get(key)
+                if cur is None:
+                    hist[kind][key] = [list(counts), total]
+                else:
+                    cur[0] = [a + b for a, b in zip(cur[0], counts)]
+                    cur[1] += total
+        for n, labels, v in snap["counters"]:
+            key = (n, tuple(tuple(p) for p in labels))
+            counters[key] = counters.get(key, 0) + v
+        for n, labels, v in snap.get("gauges", ()):
+            key = (n, tuple(tuple(p) for p in labels))
+            gauges[key] = gauges.get(key, 0) + v
+        active_connections += snap["active_connections"]
+        active_requests += snap["active_requests"]
+    return {"requests": requests, **hist, "counters": counters, "gauges": gauges,
+            "active_connections": active_connections, "active_requests": active_requests}
+
+
+class _Collector:
+    def __init__(self, merged: dict, workers: int):
+        self.merged = merged
+        self.workers = workers
+
+    def collect(self):
+        m = self.merged
+        c = CounterMetricFamily("tollhouse_requests", "Requests answered, by route, method and status",
+                                labels=["route", "method", "status"])
+        for (r, meth, s), n in sorted(m["requests"].items()):
+            c.add_metric([r, meth, str(s)], n)
+        yield c
+        for kind, label, help_ in (("request_duration", "route", "Time from request head to response end"),
+                                   ("upstream_duration", "upstream", "Time from sending upstream to its response head")):
+            h = HistogramMetricFamily(f"tollhouse_{kind}_seconds", help_, labels=[label])
+            for key, (counts, total) in sorted(m[kind].items()):
+                running, buckets = 0, []
+                for bound, count in zip([*map(str, BUCKETS), "+Inf"], counts):
+                    running += count
+                    buckets.append((bound, running))
+                h.add_metric([key], buckets, total)
+            yield h
+        families: dict[str, CounterMetricFamily] = {}
+        for (name, labels), v in sorted(m["counters"].items()):
+            fam = families.get(name)
+            if fam is None:
+                fam = families[name] = CounterMetricFamily(f"tollhouse_{name}", name.replace("_", " "),
+                                                           labels=[k for k, _ in labels])
+            fam.add_metric([v_ for _, v_ in labels], v)
+        yield from families.values()
+        gauges: dict[str, GaugeMetricFamily] = {}
+        for (name, labels), v in sorted(m["gauges"].items()):
+            fam = gauges.get(name)
+            if fam is None:
+                fam = gauges[name] = GaugeMetricFamily(f"tollhouse_{name}", name.replace("_", " "),
+                                                       labels=[k for k, _ in labels])
+            fam.add_metric([v_ for _, v_ in labels], v)
+        yield from gauges.values()
+        yield GaugeMetricFamily("tollhouse_active_connections", "Open client connections", value=m["active_connections"])
+        yield GaugeMetricFamily("tollhouse_active_requests", "Requests in flight", value=m["active_requests"])
+        yield GaugeMetricFamily("tollhouse_workers", "Worker processes reporting", value=self.workers)
+
+
+def render(snapshots: list[dict]) -> bytes:
+    """Prometheus text exposition of the merged worker snapshots."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(merge(snapshots), len(snapshots)))
+    return generate_latest(registry)

@@ -1,0 +1,171 @@
+"""The per-route policy chain and the interface every policy implements.
+
+A route's chain is built once per config version. Request hooks run in
+phase order (PHASES); each either continues (returns None), answers locally
+(returns a `Reply`), or needs to wait (returns an awaitable that resolves to
+None or a Reply). Only the last case costs a task, so a chain of synchronous
+policies keeps the proxy's hot path callback-driven. Response hooks run in
+reverse order, synchronously, before the response head is written.
+
+See docs/policies.md for the plugin-author guide.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from typing import Any, Awaitable, Callable
+
+import orjson
+
+#: Phase order of request hooks; built-in policies take their phase's name.
+PHASES = ("ip", "cors", "auth", "ratelimit", "validate", "cache", "access", "transform")
+
+
+class Reply:
+    """A local answer from a policy: status, headers and body.
+
+    `Reply.problem(...)` builds an RFC 9457 problem+json answer; its
+    `request_id` member is filled in when it is sent.
+    """
+
+    __slots__ = ("status", "headers", "body", "problem_fields")
+
+    def __init__(self, status: int, body: bytes = b"", headers: list[tuple[str, str]] | None = None,
+                 content_type: str | None = None):
+        self.status = status
+        self.body = body
+        self.headers = list(headers or ())
+        if content_type:
+            self.headers.append(("content-type", content_type))
+        self.problem_fields = None
+
+    @classmethod
+    def problem(cls, status: int, title: str, detail: str = "", headers: list[tuple[str, str]] | None = None,
+                type_: str = "about:blank") -> "Reply":
+        reply = cls(status, headers=headers)
+        reply.problem_fields = {"type": type_, "title": title, "status": status, "detail": detail}
+        return reply
+
+    @classmethod
+    def json(cls, status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> "Reply":
+        return cls(status, orjson.dumps(payload), headers, "application/json")
+
+    def render_body(self, request_id: str) -> tuple[bytes, str | None]:
+        """(body, content type to add) — problem bodies carry the request id."""
+        if self.problem_fields is None:
+            return self.body, None
+        return orjson.dumps({**self.problem_fields, "request_id": request_id}), "application/problem+json"
+
+
+class Policy:
+    """Base class of built-in and custom policies.
+
+    Subclasses set `phase` (one of PHASES; custom policies default to
+    "access", which runs after rate limiting and before caching), may set
+    `Config` to a `tollhouse.config.schema.Schema` subclass that validates
+    their options, and implement `on_request` and/or `on_response`.
+
+    One instance serves every request of the routes that name it, for one
+    config version: keep per-request state on the exchange (`exchange.vars`).
+    """
+
+    phase = "access"
+    Config = None
+
+    def __init__(self, config: Any, context: "PolicyContext"):
+        self.config = config
+        self.context = context
+
+    def on_request(self, exchange) -> None | Reply | Awaitable[None | Reply]:
+        """Called before proxying. Return None to continue, a Reply to answer
+        locally, or an awaitable (e.g. a coroutine) resolving to either."""
+        return None
+
+    def on_response(self, exchange) -> None:
+        """Called before the response head is written, in reverse phase order.
+        `exchange.status` and `exchange.response_headers` may be changed."""
+        return None
+
+
+class PolicyContext:
+    """What a policy may use beyond its own config: the store, the worker's metrics."""
+
+    __slots__ = ("store", "stats", "route_name")
+
+    def __init__(self, store, stats, route_name: str):
+        self.store = store
+        self.stats = stats
+        self.route_name = route_name
+
+
+def _overrides(policy: Policy, method: str) -> bool:
+    return getattr(type(policy), method) is not getattr(Policy, method)
+
+
+class Chain:
+    """A route's policies in phase order; `run` drives one exchange through them."""
+
+    __slots__ = ("request_hooks", "response_hooks", "policies")
+
+    def __init__(self, policies: list[Policy]):
+        ordered = sorted(policies, key=lambda p: PHASES.index(p.phase))
+        self.policies = ordered
+        self.request_hooks = tuple(p.on_request for p in ordered if _overrides(p, "on_request"))
+        self.response_hooks = tuple(p.on_response for p in reversed(ordered) if _overrides(p, "on_response"))
+
+    def run(self, exchange, proceed: Callable[[], None], answer: Callable[[Reply], None]) -> None:
+        """Run the request hooks; then `proceed()` or `answer(reply)`."""
+        hooks = self.request_hooks
+        for i in range(len(hooks)):
+            result = hooks[i](exchange)
+            if result is None:
+                continue
+            if isinstance(result, Reply):
+                answer(result)
+                return
+            exchange.task = asyncio.get_running_loop().create_task(
+                self._resume(exchange, result, i + 1, proceed, answer))
+            return
+        proceed()
+
+    async def _resume(self, exchange, pending, start, proceed, answer):
+        result = await pending
+        hooks = self.request_hooks
+        i = start
+        while result is None and i < len(hooks):
+            result = hooks[i](exchange)
+            i += 1
+            if result is not None and not isinstance(result, Reply):
+                result = await result
+        exchange.task = None
+        if exchange.finished:
+            return
+        if isinstance(result, Reply):
+            answer(result)
+        else:
+            proceed()
+
+    def respond(self, exchange) -> None:
+        for hook in self.response_hooks:
+            hook(exchange)
+
+
+EMPTY_CHAIN = Chain([])
+
+
+def load_policy_class(spec: str) -> type:
+    """Import `module:Class`; ValueError with a readable reason otherwise."""
+    module_name, _, class_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 - any import failure is a config error
+        raise ValueError(f"cannot import {module_name}: {e}") from None
+    cls = getattr(module, class_name, None)
+    if not inspect.isclass(cls):
+        raise ValueError(f"{module_name} has no class {class_name}")
+    if not issubclass(cls, Policy):
+        raise ValueError(f"{spec} is not a tollhouse.pipeline.Policy subclass")
+    if cls.phase not in PHASES:
+        raise ValueError(f"{spec}.phase must be one of {', '.join(PHASES)}, got {cls.phase!r}")
+    return cls

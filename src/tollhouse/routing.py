@@ -1,0 +1,152 @@
+"""The route table, compiled once per config version (PRODUCT.md §2 "Route choice").
+
+Host first (exact, then the longest `*.suffix` wildcard, then routes without
+a host), then the most specific path: exact before templated before the
+longest prefix. Within that order the first route whose methods allow the
+request wins; if paths matched but no method did, the answer is 405 with
+`Allow` listing what those routes accept.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_VAR = re.compile(rb"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class RouteTarget:
+    """What the proxy needs of a matched route; built from config at load."""
+
+    __slots__ = ("name", "index", "host", "methods", "path", "prefix", "template", "strip_prefix", "rewrite",
+                 "timeout", "preserve_host", "upstream", "chain", "name_bytes", "specificity")
+
+    def __init__(self, name: str, index: int, *, host: str = "", methods=(), path: str = "", prefix: str = "",
+                 strip_prefix: bool = False, rewrite: str = "", timeout: float = 60.0, preserve_host: bool = False,
+                 upstream: Any = None, chain: Any = None):
+        self.name = name
+        self.name_bytes = name.encode()
+        self.index = index
+        self.host = host.lower()
+        self.methods = frozenset(m.encode() for m in methods)
+        self.path = path.encode()
+        self.prefix = prefix.encode().rstrip(b"/") if prefix else b""
+        self.template = None
+        if path and _VAR.search(self.path):
+            pattern = b""
+            pos = 0
+            for m in _VAR.finditer(self.path):
+                pattern += re.escape(self.path[pos:m.start()]) + b"(?P<" + m.group(1) + b">[^/]+)"
+                pos = m.end()
+            pattern += re.escape(self.path[pos:])
+            self.template = re.compile(pattern)
+        self.strip_prefix = strip_prefix
+        self.rewrite = rewrite.encode() if rewrite else b""
+        self.timeout = timeout
+        self.preserve_host = preserve_host
+        self.upstream = upstream
+        self.chain = chain
+        # Templates: more literal characters = more specific.
+        self.specificity = len(_VAR.sub(b"", self.path))
+
+    def allows(self, method: bytes) -> bool:
+        return not self.methods or method in self.methods
+
+    def upstream_path(self, path: bytes, params: dict | None) -> bytes:
+        """The path the upstream receives (before the query)."""
+        if self.rewrite:
+            if params:
+                return _VAR.sub(lambda m: params.get(m.group(1).decode(), b""), self.rewrite)
+            return self.rewrite
+        if self.strip_prefix:
+            rest = path[len(self.prefix):]
+            return rest if rest.startswith(b"/") else b"/" + rest
+        return path
+
+
+class _HostGroup:
+    __slots__ = ("exact", "templates", "prefixes")
+
+    def __init__(self):
+        self.exact: dict[bytes, list[RouteTarget]] = {}
+        self.templates: list[RouteTarget] = []
+        self.prefixes: list[RouteTarget] = []
+
+    def add(self, route: RouteTarget):
+        if route.template is not None:
+            self.templates.append(route)
+        elif route.path:
+            self.exact.setdefault(route.path, []).append(route)
+        else:
+            self.prefixes.append(route)
+
+    def seal(self):
+        # Stable sorts keep config order among equals.
+        self.templates.sort(key=lambda r: -r.specificity)
+        self.prefixes.sort(key=lambda r: -len(r.prefix))
+
+    def candidates(self, path: bytes):
+        """Routes whose path matches, most specific first, with template params."""
+        exact = self.exact.get(path)
+        if exact:
+            for r in exact:
+                yield r, None
+        for r in self.templates:
+            m = r.template.fullmatch(path)
+            if m:
+                yield r, {k: v for k, v in m.groupdict().items()}
+        for r in self.prefixes:
+            p = r.prefix
+            if not p or path == p or (path.startswith(p) and path[len(p)] == 0x2F):
+                yield r, None
+
+
+class RouteTable:
+    """`match(host, path, method)` -> (route, params) or (None, allowed methods)."""
+
+    def __init__(self, routes: list[RouteTarget]):
+        self.routes = routes
+        self._exact_hosts: dict[str, _HostGroup] = {}
+        self._wildcards: list[tuple[str, _HostGroup]] = []
+        self._any = _HostGroup()
+        wild: dict[str, _HostGroup] = {}
+        for r in routes:
+            if not r.host:
+                group = self._any
+            elif r.host.startswith("*."):
+                group = wild.setdefault(r.host[1:], _HostGroup())
+            else:
+                group = self._exact_hosts.setdefault(r.host, _HostGroup())
+            group.add(r)
+        self._wildcards = sorted(wild.items(), key=lambda kv: -len(kv[0]))
+        for g in [self._any, *self._exact_hosts.values(), *wild.values()]:
+            g.seal()
+        self._has_hosts = bool(self._exact_hosts or self._wildcards)
+
+    def _groups(self, host: str):
+        if self._has_hosts and host:
+            group = self._exact_hosts.get(host)
+            if group is not None:
+                yield group
+            for suffix, group in self._wildcards:
+                if host.endswith(suffix):
+                    yield group
+        yield self._any
+
+    def match(self, host: str, path: bytes, method: bytes):
+        allowed: set[bytes] | None = None
+        for group in self._groups(host):
+            for route, params in group.candidates(path):
+                if route.allows(method):
+                    return route, params
+                allowed = (allowed or set()) | route.methods
+        return None, allowed
+
+
+def host_of(header: bytes) -> str:
+    """Host header -> lower-case host without port (IPv6 brackets kept)."""
+    h = header.decode("latin-1").strip().lower()
+    if h.startswith("["):
+        end = h.find("]")
+        return h[:end + 1] if end > 0 else h
+    colon = h.rfind(":")
+    return h[:colon] if colon >= 0 else h

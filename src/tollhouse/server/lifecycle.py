@@ -1,0 +1,275 @@
+"""Starting, reloading and stopping the gateway, with one worker or several.
+
+One worker: the process is the worker and also serves the admin listener.
+Several: this process supervises worker processes (started fresh with
+`python -m tollhouse _worker`, never forked from a running loop), each
+binding the port with SO_REUSEPORT. It serves the admin listener, answers
+from all workers together, relays reloads, restarts a worker that dies and
+drains them all on SIGTERM.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+import orjson
+import uvloop
+
+from ..admin.server import AdminServer
+from ..config import load_file, load_text
+from ..state import policy_classes
+from ..store import open_store
+from .worker import Worker, install_signals
+
+log = logging.getLogger("tollhouse")
+
+
+async def _store_ready(store, configured: str) -> tuple[bool, dict]:
+    if configured == "memory":
+        return True, {"kind": "memory", "up": True}
+    up = await store.ping()
+    return up, {"kind": store.kind, "up": up}
+
+
+class LocalController:
+    """Admin answers for a single-process gateway."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+
+    async def snapshots(self):
+        return [self.worker.snapshot()]
+
+    async def statuses(self):
+        return [self.worker.status()]
+
+    async def reload(self):
+        return self.worker.reload_file()
+
+    async def ready(self):
+        return await _store_ready(self.worker.store, self.worker.state.config.store)
+
+
+def announce(listen, admin) -> None:
+    print(f"tollhouse listening on {', '.join(f'{h}:{p}' for h, p in listen)}; admin on {admin[0]}:{admin[1]}",
+          file=sys.stderr, flush=True)
+
+
+async def serve_single(config, config_path: str | None, on_ready=None) -> int:
+    loop = asyncio.get_running_loop()
+    worker = Worker(config, config_path, loop)
+    await worker.start(reuse_port=False)
+    admin = AdminServer(LocalController(worker), config.admin.token)
+    admin_addr = await admin.start(*config.admin.listen)
+    stop = asyncio.Event()
+
+    def on_reload():
+        errors = worker.reload_file()
+        for e in errors:
+            log.error("reload rejected: %s", e)
+
+    install_signals(loop, stop.set, on_reload)
+    announce(worker.bound_addresses(), admin_addr)
+    if on_ready is not None:
+        on_ready(worker, admin_addr)
+    await stop.wait()
+    log.info("draining")
+    admin.close()
+    await worker.drain()
+    return 0
+
+
+class WorkerHandle:
+    def __init__(self, index: int):
+        self.index = index
+        self.proc: subprocess.Popen | None = None
+        self.reader = None
+        self.writer = None
+        self.ids = itertools.count(1)
+        self.waiting: dict[int, asyncio.Future] = {}
+        self.lock = asyncio.Lock()
+
+    async def ask(self, op: str, timeout: float = 5.0, **kw):
+        if self.writer is None:
+            return None
+        async with self.lock:
+            msg_id = next(self.ids)
+            self.writer.write(orjson.dumps({"op": op, "id": msg_id, **kw}) + b"\n")
+            try:
+                await self.writer.drain()
+                line = await asyncio.wait_for(self.reader.readline(), timeout)
+            except (ConnectionError, asyncio.TimeoutError):
+                return None
+            if not line:
+                return None
+            return orjson.loads(line).get("result")
+
+
+class Supervisor:
+    """Admin answers and lifecycle for several worker processes."""
+
+    def __init__(self, config, config_path: str | None, text: str):
+        self.config = config
+        self.config_path = config_path
+        self.text = text
+        self.handles = [WorkerHandle(i) for i in range(config.workers)]
+        self.stopping = False
+        self.store = open_store(config.store)
+
+    async def start_worker(self, handle: WorkerHandle) -> None:
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))), env.get("PYTHONPATH")]))
+        handle.proc = subprocess.Popen([sys.executable, "-m", "tollhouse", "_worker", str(handle.index),
+                                        str(child.fileno()), self.config_path or ""],
+                                       pass_fds=(child.fileno(),), env=env)
+        child.close()
+        handle.reader, handle.writer = await asyncio.open_connection(sock=parent)
+        handle.writer.write(orjson.dumps({"text": self.text}) + b"\n")
+        await handle.writer.drain()
+        line = await asyncio.wait_for(handle.reader.readline(), 30)
+        if not line:
+            raise RuntimeError(f"worker {handle.index} failed to start")
+
+    async def watch(self, handle: WorkerHandle) -> None:
+        """Restart a worker that exits while the gateway is not stopping."""
+        while not self.stopping:
+            code = await asyncio.get_running_loop().run_in_executor(None, handle.proc.wait)
+            if self.stopping:
+                return
+            log.error("worker %d exited with %s; restarting it", handle.index, code)
+            handle.writer = None
+            await asyncio.sleep(0.5)
+            try:
+                await self.start_worker(handle)
+            except Exception:  # noqa: BLE001
+                log.exception("worker %d could not be restarted", handle.index)
+
+    async def snapshots(self):
+        answers = await asyncio.gather(*(h.ask("snapshot") for h in self.handles))
+        return [a for a in answers if a is not None]
+
+    async def statuses(self):
+        answers = await asyncio.gather(*(h.ask("status") for h in self.handles))
+        return [a for a in answers if a is not None]
+
+    async def reload(self):
+        if not self.config_path:
+            return ["no config file to reload (started from the embedded demo config)"]
+        config, errors, text = load_file(self.config_path)
+        if not errors:
+            errors = policy_classes(config)[1]
+        if errors:
+            return [str(e) for e in errors]
+        answers = await asyncio.gather(*(h.ask("reload", text=text) for h in self.handles))
+        problems = [e for a in answers if a for e in a]
+        if not problems:
+            self.text = text
+        return problems
+
+    async def ready(self):
+        return await _store_ready(self.store, self.config.store)
+
+    async def stop(self):
+        self.stopping = True
+        for h in self.handles:
+            if h.proc is not None and h.proc.poll() is None:
+                h.proc.terminate()
+        loop = asyncio.get_running_loop()
+        grace = self.config.shutdown_grace + 5
+        for h in self.handles:
+            if h.proc is not None:
+                try:
+                    await asyncio.wait_for(loop.run_in_executor(None, h.proc.wait), grace)
+                except asyncio.TimeoutError:
+                    h.proc.kill()
+        await self.store.close()
+
+
+async def serve_supervised(config, config_path: str | None, text: str) -> int:
+    loop = asyncio.get_running_loop()
+    sup = Supervisor(config, config_path, text)
+    for h in sup.handles:
+        await sup.start_worker(h)
+    watchers = [loop.create_task(sup.watch(h)) for h in sup.handles]
+    admin = AdminServer(sup, config.admin.token)
+    admin_addr = await admin.start(*config.admin.listen)
+    stop = asyncio.Event()
+
+    def on_reload():
+        async def go():
+            for e in await sup.reload():
+                log.error("reload rejected: %s", e)
+        loop.create_task(go())
+
+    install_signals(loop, stop.set, on_reload)
+    announce(config.listen, admin_addr)
+    await stop.wait()
+    admin.close()
+    await sup.stop()
+    for w in watchers:
+        w.cancel()
+    return 0
+
+
+def worker_main(index: int, control_fd: int, config_path: str) -> int:
+    """Entry of a supervised worker process (`python -m tollhouse _worker`)."""
+    sock = socket.socket(fileno=control_fd)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection(sock=sock)
+        first = orjson.loads(await reader.readline())
+        config, errors = load_text(first["text"])
+        if errors:
+            for e in errors:
+                log.error("%s", e)
+            return 1
+        worker = Worker(config, config_path or None, loop, index)
+        await worker.start(reuse_port=True)
+        install_signals(loop, lambda: loop.create_task(worker.drain()))
+        writer.write(b'{"ready":true}\n')
+        await writer.drain()
+        control = loop.create_task(_serve_control(worker, reader, writer))
+        await worker.wait_stopped()
+        control.cancel()
+        return 0
+
+    return run_loop(main())
+
+
+async def _serve_control(worker: Worker, reader, writer):
+    while True:
+        line = await reader.readline()
+        if not line:
+            await worker.drain()  # the supervisor is gone: do not run unsupervised
+            return
+        msg = orjson.loads(line)
+        op = msg.get("op")
+        if op == "snapshot":
+            result = worker.snapshot()
+        elif op == "status":
+            result = worker.status()
+        elif op == "reload":
+            result = worker.reload_text(msg["text"])
+        else:
+            result = None
+        writer.write(orjson.dumps({"id": msg.get("id"), "result": result}) + b"\n")
+        await writer.drain()
+
+
+def run_loop(coro) -> int:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def run_gateway(config, config_path: str | None, text: str) -> int:
+    if config.workers > 1:
+        return run_loop(serve_supervised(config, config_path, text))
+    return run_loop(serve_single(config, config_path))

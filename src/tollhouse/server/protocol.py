@@ -1,0 +1,318 @@
+"""The client side: one asyncio.Protocol per connection, httptools callbacks.
+
+Shaped after uvicorn's httptools protocol. The parser's callbacks build an
+`Exchange` per request; requests are answered strictly in order
+(pipelining), one at a time. Reading pauses whenever a side cannot keep up:
+while the upstream's write buffer is full, while a request body waits for
+an upstream connection, and while a pipelined request waits its turn.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from time import perf_counter
+
+import httptools
+
+from ..exchange import Exchange
+from ..pipeline import Reply
+
+log = logging.getLogger("tollhouse.server")
+
+# Request header names with a job of their own; everything else is relayed.
+_HOST, _CL, _TE, _CONNECTION, _DROP, _EXPECT, _RID, _XFF, _XFP, _XFH, _UPGRADE = range(11)
+_SPECIAL = {
+    b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONNECTION,
+    b"expect": _EXPECT, b"x-request-id": _RID, b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP,
+    b"x-forwarded-host": _XFH, b"upgrade": _UPGRADE,
+    # Hop-by-hop (RFC 9110 §7.6.1) and identity headers only the gateway may set (PRODUCT.md §3).
+    b"keep-alive": _DROP, b"proxy-connection": _DROP, b"te": _DROP, b"trailer": _DROP,
+    b"x-consumer-id": _DROP, b"x-consumer-tier": _DROP, b"x-auth-scopes": _DROP,
+}
+
+# Reasons to pause reading (a bit each).
+PAUSE_UPSTREAM, PAUSE_BUFFER, PAUSE_PIPELINE = 1, 2, 4
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class ClientConnection(asyncio.Protocol):
+    """asyncio.Protocol for one client connection."""
+
+    __slots__ = ("worker", "transport", "parser", "peer_ip", "peer_ip_bytes", "peer_trusted", "scheme", "active",
+                 "pending", "incoming", "paused", "closing", "in_head", "head_started", "last_active",
+                 "write_paused", "fatal", "limits")
+
+    def __init__(self, worker, scheme: bytes):
+        self.worker = worker
+        self.scheme = scheme
+        self.transport = None
+        self.parser = None
+        self.peer_ip = ""
+        self.peer_ip_bytes = b""
+        self.peer_trusted = False
+        self.active: Exchange | None = None
+        self.pending: deque[Exchange] = deque()
+        self.incoming: Exchange | None = None
+        self.paused = 0
+        self.closing = False
+        self.in_head = False
+        self.head_started = 0.0
+        self.last_active = 0.0
+        self.write_paused = False
+        self.fatal = None
+        self.limits = None
+
+    # asyncio.Protocol --------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        worker = self.worker
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        self.peer_ip_bytes = self.peer_ip.encode()
+        self.peer_trusted = worker.state.is_trusted(self.peer_ip)
+        self.parser = httptools.HttpRequestParser(self)
+        self.last_active = worker.loop.time()
+        worker.connections.add(self)
+        worker.stats.active_connections += 1
+        if len(worker.connections) > worker.state.limits.max_connections or worker.draining:
+            self.closing = True
+            transport.abort()
+
+    def connection_lost(self, exc):
+        worker = self.worker
+        if self in worker.connections:
+            worker.connections.discard(self)
+            worker.stats.active_connections -= 1
+        self.closing = True
+        active = self.active
+        if active is not None:
+            active.client_gone()
+        for ex in self.pending:
+            ex.finished = True
+        self.pending.clear()
+
+    def data_received(self, data):
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            # The request was parsed; the Upgrade itself is not honoured (the
+            # header is hop-by-hop and dropped), so parsing goes on after it.
+            offset = e.args[0] if e.args else len(data)
+            self.parser = httptools.HttpRequestParser(self)
+            if offset < len(data) and not self.closing:
+                self.data_received(data[offset:])
+        except _HeadTooLarge:
+            self._fail(self.fatal)
+        except httptools.HttpParserError as e:
+            self._fail(Reply.problem(400, "Bad Request", f"malformed request: {e}"))
+        except Exception:  # noqa: BLE001 - a bug must not take the worker down
+            log.exception("error while handling a request")
+            self._fail(Reply.problem(500, "Internal Server Error", "the gateway failed to handle this request"))
+
+    def eof_received(self):
+        # A half-closed client still gets its in-flight answer (then we close).
+        if self.active is None and not self.pending:
+            return False
+        return True
+
+    def pause_writing(self):
+        self.write_paused = True
+        active = self.active
+        if active is not None and active.upstream is not None:
+            up = active.upstream
+            up.paused = True
+            up.transport.pause_reading()
+
+    def resume_writing(self):
+        self.write_paused = False
+        active = self.active
+        if active is not None and active.upstream is not None:
+            up = active.upstream
+            if up.paused:
+                up.paused = False
+                up.transport.resume_reading()
+
+    # httptools callbacks -----------------------------------------------------
+    def on_message_begin(self):
+        ex = Exchange(self)
+        ex.state = self.worker.state
+        self.incoming = ex
+        self.in_head = True
+        self.head_started = self.worker.loop.time()
+        self.limits = ex.state.limits
+
+    def on_url(self, url):
+        ex = self.incoming
+        ex.raw_target += url
+        if len(ex.raw_target) > self.limits.max_uri_bytes:
+            self.fatal = Reply.problem(414, "URI Too Long", f"the request target exceeds {self.limits.max_uri_bytes} bytes")
+            raise _HeadTooLarge
+
+    def on_header(self, name, value):
+        ex = self.incoming
+        ex.head_size += len(name) + len(value) + 4
+        limits = self.limits
+        if ex.head_size > limits.max_header_bytes or len(ex.headers) >= limits.max_headers:
+            self.fatal = Reply.problem(431, "Request Header Fields Too Large",
+                                       f"at most {limits.max_headers} header fields and {limits.max_header_bytes} bytes")
+            raise _HeadTooLarge
+        name = name.lower()
+        kind = _SPECIAL.get(name)
+        if kind is None:
+            ex.headers.append((name, value))
+        elif kind == _HOST:
+            ex.host = value
+            ex.host_count += 1
+        elif kind == _CL:
+            ex.content_length = int(value)   # llhttp has checked it is digits and unique
+        elif kind == _TE:
+            ex.te = value if ex.te is None else ex.te + b", " + value
+        elif kind == _CONNECTION:
+            ex.connection_tokens = value if ex.connection_tokens is None else ex.connection_tokens + b"," + value
+        elif kind == _EXPECT:
+            ex.expect = value
+        elif kind == _RID:
+            ex.request_id = value
+        elif kind == _XFF:
+            ex.xff = value if ex.xff is None else ex.xff + b", " + value
+        elif kind == _XFP:
+            ex.xfp = value
+        elif kind == _XFH:
+            ex.xfh = value
+        elif kind == _UPGRADE:
+            ex.upgrade = True
+
+    def on_headers_complete(self):
+        ex = self.incoming
+        parser = self.parser
+        self.in_head = False
+        ex.method = parser.get_method()
+        ex.version = parser.get_http_version()
+        ex.keep_alive = parser.should_keep_alive() and not self.worker.draining
+        ex.started = perf_counter()
+        if ex.expect is not None and ex.expect.lower() != b"100-continue":
+            ex.error = Reply.problem(417, "Expectation Failed", "only Expect: 100-continue is supported")
+        else:
+            ex.finalise_head(self.limits)
+        if ex.error is not None and not ex.keep_alive:
+            # A request we refuse outright: nothing after it on this connection is read.
+            self.closing_after(ex)
+        if ex.content_length is None and not ex.chunked:
+            ex.body_done = True
+        if self.active is None:
+            self.active = ex
+            ex.start()
+        else:
+            self.pending.append(ex)
+            self.pause_reading(PAUSE_PIPELINE)
+
+    def on_body(self, body):
+        self.incoming.feed_body(body)
+
+    def on_message_complete(self):
+        ex = self.incoming
+        if not ex.body_done:
+            ex.body_complete()
+
+    # exchanges ---------------------------------------------------------------
+    def closing_after(self, ex):
+        """Stop parsing: `ex` is the last request this connection will answer."""
+        ex.keep_alive = False
+        self.pause_reading(PAUSE_PIPELINE)
+
+    def exchange_finished(self, ex):
+        if self.active is not ex:
+            return
+        self.active = None
+        if self.closing:
+            return
+        if not ex.keep_alive:
+            self.closing = True
+            self.transport.close()
+            return
+        self.last_active = self.worker.loop.time()
+        if self.pending:
+            nxt = self.pending.popleft()
+            self.active = nxt
+            if not self.pending:
+                self.resume_reading(PAUSE_PIPELINE)
+            nxt.start()
+        else:
+            self.resume_reading(PAUSE_PIPELINE)
+            if self.worker.draining:
+                self.closing = True
+                self.transport.close()
+
+    def _fail(self, reply: Reply):
+        """A request that cannot be parsed: answer it in turn, then close."""
+        self.in_head = False
+        self.pause_reading(PAUSE_PIPELINE)   # nothing more is read from this connection
+        ex = self.incoming
+        if ex is not None and not ex.finished and (ex is self.active or ex in self.pending):
+            # The failure is in the body of a request already under way.
+            ex.keep_alive = False
+            if ex is not self.active:
+                ex.error = reply
+                ex.body_done = True
+            elif ex.head_sent:
+                self.abort()
+            else:
+                ex.body_done = True
+                ex.answer(reply)
+            return
+        if ex is None or ex.finished:
+            ex = Exchange(self)
+            ex.state = self.worker.state
+        ex.error = reply
+        ex.keep_alive = False
+        ex.body_done = True
+        ex.method = ex.method or b"GET"
+        ex.request_id = self.worker.next_request_id()
+        ex.started = perf_counter()
+        if self.active is None:
+            self.active = ex
+            ex.start()
+        else:
+            self.pending.append(ex)
+
+    def pause_reading(self, reason: int):
+        if not self.paused and not self.closing:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume_reading(self, reason: int):
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.closing:
+                self.transport.resume_reading()
+
+    def abort(self):
+        """End the connection at once (a response that cannot be completed)."""
+        self.closing = True
+        self.transport.abort()
+
+    def check_timeouts(self, now: float, limits) -> None:
+        """Called by the worker's sweeper (PRODUCT.md §2 limits)."""
+        if self.closing:
+            return
+        if self.in_head and now - self.head_started > limits.header_timeout:
+            if self.active is None:
+                self.fatal = Reply.problem(408, "Request Timeout", "the request head did not arrive in time")
+                self._fail(self.fatal)
+            else:
+                self.abort()
+        elif self.active is None and not self.in_head and now - self.last_active > limits.idle_timeout:
+            self.closing = True
+            self.transport.close()
+
+    def drain(self) -> None:
+        """Shutdown: close now if idle, else after the current response."""
+        if self.active is None and not self.in_head and not self.closing:
+            self.closing = True
+            self.transport.close()

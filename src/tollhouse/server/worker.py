@@ -1,0 +1,191 @@
+"""A worker process: listeners, the current config version, timers, drain.
+
+With `workers: 1` the worker is the whole gateway (admin listener and
+signals included). With more, a supervisor (server/supervisor.py) forks
+workers that each bind the port with SO_REUSEPORT and answer the
+supervisor's questions (metrics, status, reload, drain) over a socketpair.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import signal
+import socket
+import ssl
+import time
+
+from .. import __version__
+from ..config import load_file, load_text
+from ..observability.access_log import AccessLog, request_id_factory
+from ..observability.metrics import Stats
+from ..state import GatewayState, build_state, retire
+from ..store import open_store
+from .protocol import ClientConnection
+
+log = logging.getLogger("tollhouse.worker")
+
+SWEEP_INTERVAL = 0.25
+
+
+def make_listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+def server_ssl(tls) -> ssl.SSLContext | None:
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls.cert, tls.key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+class Worker:
+    def __init__(self, config, config_path: str | None, loop, index: int = 0, sockets=None):
+        self.config_path = config_path
+        self.loop = loop
+        self.index = index
+        self.stats = Stats()
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self.next_request_id = request_id_factory()
+        self.date = b""
+        self.started_at = time.time()
+        self.store = open_store(config.store)
+        self.state: GatewayState = build_state(config, loop, self.stats, self.store)
+        self.access_log = AccessLog(loop) if config.access_log else None
+        self.servers: list[asyncio.AbstractServer] = []
+        self._sockets = sockets
+        self._sweeper = None
+        self._stopped = asyncio.Event()
+        self._update_date()
+
+    # listeners -----------------------------------------------------------------
+    async def start(self, reuse_port: bool) -> None:
+        config = self.state.config
+        ctx = server_ssl(config.tls)
+        scheme = b"https" if ctx else b"http"
+        sockets = self._sockets or [make_listen_socket(h, p, reuse_port) for h, p in config.listen]
+        for sock in sockets:
+            server = await self.loop.create_server(lambda: ClientConnection(self, scheme), sock=sock, ssl=ctx,
+                                                   backlog=4096)
+            self.servers.append(server)
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def bound_addresses(self) -> list[tuple[str, int]]:
+        return [s.sockets[0].getsockname()[:2] for s in self.servers]
+
+    # timers ----------------------------------------------------------------------
+    def _update_date(self) -> None:
+        self.date = email.utils.formatdate(usegmt=True).encode()
+
+    def _sweep(self) -> None:
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        self._update_date()
+        now = self.loop.time()
+        limits = self.state.limits
+        for conn in list(self.connections):
+            conn.check_timeouts(now, limits)
+        for pool in self.state.pools.values():
+            pool.reap(now)
+
+    # config versions ---------------------------------------------------------------
+    def apply(self, config) -> None:
+        """Swap in a validated config: new requests use it, in-flight ones finish on theirs."""
+        previous = self.state
+        self.state = build_state(config, self.loop, self.stats, self.store, previous, previous.version + 1)
+        retire(previous, self.state)
+        log.info("config version %d in force", self.state.version)
+
+    def reload_text(self, text: str) -> list[str]:
+        config, errors = load_text(text)
+        if errors:
+            return [str(e) for e in errors]
+        try:
+            self.apply(config)
+        except ValueError as e:
+            return [str(e)]
+        return []
+
+    def reload_file(self) -> list[str]:
+        if not self.config_path:
+            return ["no config file to reload (started from the embedded demo config)"]
+        config, errors, _ = load_file(self.config_path)
+        if errors:
+            return [str(e) for e in errors]
+        try:
+            self.apply(config)
+        except ValueError as e:
+            return [str(e)]
+        return []
+
+    # questions from the admin side -------------------------------------------------
+    def snapshot(self) -> dict:
+        return self.stats.snapshot()
+
+    def status(self) -> dict:
+        state = self.state
+        return {
+            "pid": os.getpid(),
+            "worker": self.index,
+            "config_version": state.version,
+            "connections": len(self.connections),
+            "store": {"kind": self.store.kind},
+            "routes": [{"name": r.name, "host": r.host or None, "path": r.path.decode() or None,
+                        "prefix": r.prefix.decode() or ("/" if not r.path else None),
+                        "methods": sorted(m.decode() for m in r.methods) or None, "upstream": r.upstream.name}
+                       for r in state.table.routes],
+            "upstreams": {name: pool.status() for name, pool in state.pools.items()},
+        }
+
+    # shutdown -------------------------------------------------------------------------
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish within shutdown_grace."""
+        if self.draining:
+            await self._stopped.wait()
+            return
+        self.draining = True
+        grace = self.state.config.shutdown_grace if grace is None else grace
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.drain()
+        deadline = self.loop.time() + grace
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for pool in self.state.pools.values():
+            pool.close()
+        if self.access_log is not None:
+            self.access_log.close()
+        await self.store.close()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+def install_signals(loop, on_stop, on_reload=None) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop)
+    if on_reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_reload)
+    else:
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+
+
+def version_info() -> dict:
+    return {"version": __version__}

@@ -1,0 +1,94 @@
+"""Everything a config version means at run time, built aside and swapped whole.
+
+`build_state(config, previous)` compiles the route table, builds each route's
+policy chain and the upstream pools. Pools whose settings did not change
+are carried over from the previous version with their warm connections.
+"""
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+
+from .config.loader import ConfigError
+from .pipeline import EMPTY_CHAIN, Chain, PolicyContext, load_policy_class
+from .routing import RouteTable, RouteTarget
+from .upstream.pool import UpstreamPool
+
+
+class GatewayState:
+    """One immutable config version's runtime objects."""
+
+    def __init__(self, config, table: RouteTable, pools: dict[str, UpstreamPool], version: int):
+        self.config = config
+        self.limits = config.limits
+        self.table = table
+        self.pools = pools
+        self.version = version
+        networks = tuple(config.trusted_proxies)
+
+        @lru_cache(maxsize=4096)
+        def is_trusted(ip: str) -> bool:
+            if not networks:
+                return False
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                return False
+            return any(addr in n for n in networks)
+
+        self.is_trusted = is_trusted
+
+
+def policy_classes(config) -> tuple[dict[str, tuple[type, object]], list[ConfigError]]:
+    """Import custom policies and validate their options; errors name the key."""
+    out, errors = {}, []
+    for name, spec in config.policies.items():
+        path = f"policies.{name}"
+        try:
+            cls = load_policy_class(spec.use)
+        except ValueError as e:
+            errors.append(ConfigError(path, None, str(e)))
+            continue
+        options = dict(spec.config)
+        if cls.Config is not None:
+            from .config.schema import MISSING
+
+            options = cls.Config.validate(spec.config, f"{path}.config", None, errors)
+            if options is MISSING:
+                continue
+        out[name] = (cls, options)
+    return out, errors
+
+
+def build_state(config, loop, stats, store, previous: GatewayState | None = None, version: int = 1) -> GatewayState:
+    classes, errors = policy_classes(config)
+    if errors:
+        raise ValueError("; ".join(map(str, errors)))
+    old_pools = previous.pools if previous is not None else {}
+    pools = {}
+    for name, settings in config.upstreams.items():
+        old = old_pools.get(name)
+        if old is not None and old.signature == repr(settings):
+            pools[name] = old
+        else:
+            pools[name] = UpstreamPool(name, settings, loop)
+    routes = []
+    for i, r in enumerate(config.routes):
+        name = r.name or f"route-{i}"
+        policies = []
+        for pname in r.policies:
+            cls, options = classes[pname]
+            policies.append(cls(options, PolicyContext(store, stats, name)))
+        routes.append(RouteTarget(
+            name, i, host=r.match.host, methods=r.match.methods, path=r.match.path, prefix=r.match.prefix,
+            strip_prefix=r.strip_prefix, rewrite=r.rewrite, timeout=r.timeout, preserve_host=r.preserve_host,
+            upstream=pools[r.upstream], chain=Chain(policies) if policies else EMPTY_CHAIN))
+    return GatewayState(config, RouteTable(routes), pools, version)
+
+
+def retire(previous: GatewayState, current: GatewayState) -> None:
+    """Close pools the new version no longer uses (their in-flight exchanges finish first)."""
+    kept = {id(p) for p in current.pools.values()}
+    for pool in previous.pools.values():
+        if id(pool) not in kept:
+            pool.close()

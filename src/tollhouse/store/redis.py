@@ -1,0 +1,81 @@
+"""Redis (single node, TLS, or Cluster) through redis-py's asyncio client with hiredis."""
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, Sequence
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import NoScriptError
+
+from .base import Script, Store
+
+_UNLOCK = Script.from_file("unlock", lambda store, keys, args, now: 0)
+
+
+class RedisStore(Store):
+    kind = "redis"
+
+    def __init__(self, url: str, timeout: float = 0.5):
+        self.url = url
+        self.timeout = timeout
+        if url.startswith("redis+cluster://"):
+            nodes = []
+            for hostport in url[len("redis+cluster://"):].split("/")[0].split(","):
+                host, _, port = hostport.rpartition(":")
+                nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
+            self.client = RedisCluster(startup_nodes=nodes, socket_timeout=timeout, socket_connect_timeout=timeout)
+            self.kind = "redis-cluster"
+        else:
+            self.client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._shas: dict[str, str] = {}
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        sha = self._shas.get(script.name)
+        if sha is not None:
+            try:
+                return await self.client.evalsha(sha, len(keys), *keys, *args)
+            except NoScriptError:
+                pass  # the server restarted or flushed its scripts: EVAL loads it again
+        result = await self.client.eval(script.lua, len(keys), *keys, *args)
+        if sha is None:
+            import hashlib
+
+            self._shas[script.name] = hashlib.sha1(script.lua.encode()).hexdigest()
+        return result
+
+    async def get(self, key):
+        return await self.client.get(key)
+
+    async def set(self, key, value, ttl=None):
+        if ttl is None:
+            await self.client.set(key, value)
+        else:
+            await self.client.set(key, value, px=max(1, int(ttl * 1000)))
+
+    async def delete(self, *keys):
+        n = 0
+        for k in keys:  # one key per call keeps Cluster slots simple
+            n += await self.client.delete(k)
+        return n
+
+    async def lock(self, key, ttl):
+        token = os.urandom(8).hex()
+        ok = await self.client.set(key, token, nx=True, px=max(1, int(ttl * 1000)))
+        return token if ok else None
+
+    async def unlock(self, key, token):
+        return bool(await self.run(_UNLOCK, [key], [token]))
+
+    async def ping(self):
+        try:
+            return bool(await asyncio.wait_for(self.client.ping(), self.timeout))
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return False
+
+    async def close(self):
+        try:
+            await self.client.aclose()
+        except Exception:  # noqa: BLE001
+            pass

@@ -1,0 +1,263 @@
+"""Pooled keep-alive connections to upstream targets.
+
+Shaped after aiohttp's connector: per target a deque of idle connections
+(most recently used first, so cold ones age out), a limit on open
+connections with FIFO waiters, liveness checked on checkout, and idle
+connections reaped by the worker's sweeper.
+"""
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from urllib.parse import urlsplit
+
+import httptools
+
+from .balancer import SmoothWeightedRoundRobin
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to a target; relays one exchange at a time.
+
+    httptools callbacks feed the bound exchange: `upstream_head`,
+    `upstream_body`, `upstream_done`, `upstream_failed`.
+    """
+
+    __slots__ = ("target", "transport", "parser", "exchange", "closed", "idle_since", "headers", "reused",
+                 "got_bytes", "paused", "last_read", "head_only", "loop")
+
+    def __init__(self, target: "TargetPool"):
+        self.target = target
+        self.transport = None
+        self.parser = None
+        self.exchange = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.headers: list = []
+        self.reused = False
+        self.got_bytes = False
+        self.paused = False
+        self.last_read = 0.0
+        self.head_only = False
+        self.loop = target.loop
+
+    # asyncio.Protocol ------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        self.parser = httptools.HttpResponseParser(self)
+
+    def data_received(self, data):
+        ex = self.exchange
+        if ex is None:
+            # Bytes on an idle connection: the peer broke protocol; discard it.
+            self.abort()
+            return
+        self.got_bytes = True
+        self.last_read = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            if self.exchange is not None:
+                self.exchange.upstream_failed("invalid", f"invalid response from upstream: {e}")
+            self.abort()
+
+    def eof_received(self):
+        return False  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.target.lost(self)
+        ex = self.exchange
+        if ex is not None:
+            self.exchange = None
+            ex.upstream_closed(self, exc)
+
+    def pause_writing(self):
+        ex = self.exchange
+        if ex is not None:
+            ex.conn.pause_reading("upstream")
+
+    def resume_writing(self):
+        ex = self.exchange
+        if ex is not None:
+            ex.conn.resume_reading("upstream")
+
+    # httptools callbacks ---------------------------------------------------
+    def on_message_begin(self):
+        self.headers = []
+
+    def on_header(self, name, value):
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self):
+        status = self.parser.get_status_code()
+        if status < 200:
+            return  # 1xx interim responses (e.g. 103) are not relayed
+        ex = self.exchange
+        if ex is not None:
+            ex.upstream_head(self, status, self.headers, self.parser.should_keep_alive())
+            if self.head_only and self.exchange is not None:
+                # A response to HEAD has no body whatever its framing says;
+                # llhttp cannot be told, so the message ends here.
+                self.parser = httptools.HttpResponseParser(self)
+                self.finish_message()
+
+    def on_body(self, body):
+        ex = self.exchange
+        if ex is not None:
+            ex.upstream_body(body)
+
+    def on_message_complete(self):
+        if self.parser.get_status_code() < 200 or self.head_only:
+            return
+        self.finish_message()
+
+    def finish_message(self):
+        ex = self.exchange
+        if ex is not None:
+            self.exchange = None
+            ex.upstream_done(self)
+
+    # pool side -------------------------------------------------------------
+    def send(self, exchange, data: bytes, head_only: bool):
+        self.exchange = exchange
+        self.got_bytes = False
+        self.head_only = head_only
+        self.last_read = self.loop.time()
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        self.transport.write(data)
+
+    def abort(self):
+        self.exchange = None
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def usable(self) -> bool:
+        return not self.closed and not self.transport.is_closing()
+
+
+class TargetPool:
+    """Connections to one target (scheme://host:port)."""
+
+    def __init__(self, url: str, weight: int, settings, loop):
+        parts = urlsplit(url)
+        self.url = url
+        self.name = url
+        self.weight = weight
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        default_port = (parts.scheme == "https" and self.port == 443) or (parts.scheme == "http" and self.port == 80)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = (host if default_port else f"{host}:{self.port}").encode()
+        self.ssl = _client_ssl(settings) if parts.scheme == "https" else None
+        self.settings = settings
+        self.loop = loop
+        self.idle: deque[UpstreamConnection] = deque()
+        self.open = 0                 # connected or connecting
+        self.in_flight = 0
+        self.waiters: deque = deque()
+        self.max_connections = settings.max_connections
+
+    def take_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.usable():
+                conn.reused = True
+                return conn
+        return None
+
+    def can_open(self) -> bool:
+        return self.open < self.max_connections
+
+    async def connect(self) -> UpstreamConnection:
+        """Open a new connection (the caller has reserved the slot in `open`)."""
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port, ssl=self.ssl,
+                                            server_hostname=self.host if self.ssl else None),
+                self.settings.connect_timeout)
+        except BaseException:
+            self.open -= 1
+            self.wake_waiter()
+            raise
+        conn.reused = False
+        return conn
+
+    def release(self, conn: UpstreamConnection):
+        """A finished, reusable connection: to a waiter, else to the idle deque."""
+        if conn.closed:
+            return
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if waiter.accept_connection(self, conn):
+                return
+        # Reading stays on while idle, so that an upstream close is noticed.
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+
+    def lost(self, conn: UpstreamConnection):
+        self.open -= 1
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+        self.wake_waiter()
+
+    def wake_waiter(self):
+        while self.waiters and self.can_open():
+            waiter = self.waiters.popleft()
+            if waiter.accept_slot(self):
+                return
+
+    def reap(self, now: float):
+        """Close idle connections older than the upstream's idle_timeout."""
+        limit = now - self.settings.idle_timeout
+        idle = self.idle
+        while idle and idle[0].idle_since < limit:
+            idle.popleft().abort()
+
+    def close(self):
+        while self.idle:
+            self.idle.pop().abort()
+
+
+class UpstreamPool:
+    """An upstream service: its targets and how requests are spread over them."""
+
+    def __init__(self, name: str, settings, loop):
+        self.name = name
+        self.settings = settings
+        self.targets = [TargetPool(t.url, t.weight, settings, loop) for t in settings.targets]
+        self.balancer = SmoothWeightedRoundRobin(self.targets)
+        self.signature = repr(settings)
+
+    def pick(self) -> TargetPool:
+        return self.balancer.pick()
+
+    def reap(self, now: float):
+        for t in self.targets:
+            t.reap(now)
+
+    def close(self):
+        for t in self.targets:
+            t.close()
+
+    def status(self) -> dict:
+        return {
+            "balancer": self.settings.balancer,
+            "targets": [{"url": t.url, "weight": t.weight, "open_connections": t.open, "idle_connections": len(t.idle),
+                         "in_flight": t.in_flight, "waiting": len(t.waiters)} for t in self.targets],
+        }
+
+
+def _client_ssl(settings) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=settings.ca_file or None)
+    if not settings.tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
