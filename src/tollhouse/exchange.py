@@ -381,6 +381,7 @@ class Exchange:
         up = self.upstream
         if up is not None:
             self.sent_body = True
+            up.last_read = self.worker.loop.time()  # upload progress counts as activity for read_timeout
             if self.chunked:
                 up.transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
             else:
@@ -396,8 +397,11 @@ class Exchange:
         if self.finished:
             return
         up = self.upstream
-        if up is not None and self.chunked:
-            up.transport.write(_LAST_CHUNK)
+        if up is not None:
+            # Like Envoy's route timeout, the wait for the answer starts when the request is complete.
+            self.upstream_started = up.last_read = self.worker.loop.time()
+            if self.chunked:
+                up.transport.write(_LAST_CHUNK)
         if self.response_done:
             self.finish()
 
@@ -510,8 +514,11 @@ class Exchange:
             self.answer(Reply.problem(502, "Bad Gateway", "the upstream closed the connection without answering"))
             return
         if self.upstream_delimited and exc is None:
+            if self.mode == _CHUNKED:
+                self.conn.transport.write(_LAST_CHUNK)
             self.response_done = True
-            self.keep_alive = False
+            if not self.body_done:
+                self.keep_alive = False
             self.finish()
             return
         # Truncated: end the client response as truncated, never as complete.
@@ -540,7 +547,13 @@ class Exchange:
         loop = self.worker.loop
         now = loop.time()
         read_timeout = self.target.settings.read_timeout
-        if not self.head_received:
+        if not self.body_done:
+            deadline = conn.last_read + read_timeout
+            if now >= deadline - 0.0005:
+                self.abort_upstream()
+                self.answer(Reply.problem(408, "Request Timeout", "the request body stalled"))
+                return
+        elif not self.head_received:
             deadline = min(self.upstream_started + self.route.timeout, conn.last_read + read_timeout)
             if now >= deadline - 0.0005:
                 self.abort_upstream()

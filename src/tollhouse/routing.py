@@ -2,9 +2,10 @@
 
 Host first (exact, then the longest `*.suffix` wildcard, then routes without
 a host), then the most specific path: exact before templated before the
-longest prefix. Within that order the first route whose methods allow the
-request wins; if paths matched but no method did, the answer is 405 with
-`Allow` listing what those routes accept.
+longest prefix. Routes declaring that same most specific path share it by
+method (the first in config order whose methods allow the request wins);
+when none allows the method the answer is 405 with `Allow` listing theirs:
+a less specific route is never used to dodge a method restriction.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ class RouteTarget:
     """What the proxy needs of a matched route; built from config at load."""
 
     __slots__ = ("name", "index", "host", "methods", "path", "prefix", "template", "strip_prefix", "rewrite",
-                 "timeout", "preserve_host", "upstream", "chain", "name_bytes", "specificity")
+                 "timeout", "preserve_host", "upstream", "chain", "name_bytes", "specificity", "match_key")
 
     def __init__(self, name: str, index: int, *, host: str = "", methods=(), path: str = "", prefix: str = "",
                  strip_prefix: bool = False, rewrite: str = "", timeout: float = 60.0, preserve_host: bool = False,
@@ -47,6 +48,7 @@ class RouteTarget:
         self.chain = chain
         # Templates: more literal characters = more specific.
         self.specificity = len(_VAR.sub(b"", self.path))
+        self.match_key = (self.path, self.prefix)
 
     def allows(self, method: bytes) -> bool:
         return not self.methods or method in self.methods
@@ -134,11 +136,18 @@ class RouteTable:
 
     def match(self, host: str, path: bytes, method: bytes):
         allowed: set[bytes] | None = None
+        best = None
         for group in self._groups(host):
             for route, params in group.candidates(path):
+                key = route.match_key
+                if best is not None and key != best:
+                    return None, allowed
+                best = key
                 if route.allows(method):
                     return route, params
                 allowed = (allowed or set()) | route.methods
+            if best is not None:
+                break
         return None, allowed
 
 

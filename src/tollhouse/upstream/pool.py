@@ -76,12 +76,12 @@ class UpstreamConnection(asyncio.Protocol):
     def pause_writing(self):
         ex = self.exchange
         if ex is not None:
-            ex.conn.pause_reading("upstream")
+            ex.conn.pause_reading(1)  # PAUSE_UPSTREAM
 
     def resume_writing(self):
         ex = self.exchange
         if ex is not None:
-            ex.conn.resume_reading("upstream")
+            ex.conn.resume_reading(1)  # PAUSE_UPSTREAM
 
     # httptools callbacks ---------------------------------------------------
     def on_message_begin(self):

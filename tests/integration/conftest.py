@@ -1,0 +1,61 @@
+import pytest
+
+from tests.support.processes import Gateway
+from tests.support.upstream import Upstream
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    u = Upstream().start()
+    yield u
+    u.stop()
+
+
+@pytest.fixture
+def gateway_factory():
+    started = []
+
+    def make(config: str, workers=None, env=None, start=True) -> Gateway:
+        g = Gateway(config, workers=workers, env=env)
+        started.append(g)
+        return g.start() if start else g
+
+    yield make
+    for g in started:
+        g.cleanup()
+
+
+def basic_config(upstream_url: str, extra_routes: str = "", extra: str = "", upstream_extra: str = "") -> str:
+    return f"""
+trusted_proxies: [10.0.0.0/8]
+{extra}
+upstreams:
+  app:
+    targets: ["{upstream_url}"]
+    connect_timeout: 1s
+    read_timeout: 2s
+{upstream_extra}
+routes:
+{extra_routes}
+  - name: api
+    match: {{prefix: /api}}
+    upstream: app
+    strip_prefix: true
+  - name: admin-area
+    match: {{prefix: /admin}}
+    upstream: app
+  - name: user
+    match: {{path: "/users/{{id}}", methods: [GET, PUT]}}
+    upstream: app
+    rewrite: "/v2/users/{{id}}"
+  - name: exact
+    match: {{path: /exact}}
+    upstream: app
+  - name: slowroute
+    match: {{prefix: /slow}}
+    upstream: app
+    timeout: 300ms
+  - name: rest
+    match: {{prefix: /}}
+    upstream: app
+"""

@@ -1,0 +1,147 @@
+"""Real processes for integration tests: the gateway and redis-server."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception:  # noqa: BLE001 - keep polling until the deadline
+            pass
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")
+
+
+class Gateway:
+    """`tollhouse run` as a subprocess on free ports; config text gets {port}, {admin_port} filled."""
+
+    def __init__(self, config: str, workers: int | None = None, env: dict | None = None):
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="tollhouse-test-")
+        self.config_path = os.path.join(self.dir, "gateway.yaml")
+        self.write_config(config)
+        self.workers = workers
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.stdout_path = os.path.join(self.dir, "stdout.log")
+        self.stderr_path = os.path.join(self.dir, "stderr.log")
+
+    def write_config(self, config: str) -> None:
+        text = config.replace("{port}", str(self.port)).replace("{admin_port}", str(self.admin_port))
+        if "listen:" not in text:
+            text = f"listen: 127.0.0.1:{self.port}\n" + text
+        if "admin:" not in text:
+            text = f"admin: {{listen: '127.0.0.1:{self.admin_port}'}}\n" + text
+        with open(self.config_path, "w") as f:
+            f.write(text)
+
+    def start(self) -> "Gateway":
+        cmd = [sys.executable, "-m", "tollhouse", "run", "-c", self.config_path]
+        if self.workers:
+            cmd += ["--workers", str(self.workers)]
+        env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src") + os.pathsep + ROOT, **self.env}
+        self.proc = subprocess.Popen(cmd, stdout=open(self.stdout_path, "wb"), stderr=open(self.stderr_path, "wb"),
+                                     env=env)
+        try:
+            wait_for(lambda: self.get_admin("/healthz")[0] == 200 and self._port_open(), timeout=20)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"gateway did not start:\n{self.stderr()}")
+        return self
+
+    def _port_open(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            return True
+
+    def get_admin(self, path: str, method: str = "GET", token: str | None = None):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stdout(self) -> str:
+        with open(self.stdout_path, errors="replace") as f:
+            return f.read()
+
+    def stderr(self) -> str:
+        with open(self.stderr_path, errors="replace") as f:
+            return f.read()
+
+    def signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisServer:
+    """A real redis-server on an ephemeral port; `kill()` and `start()` again on the same port."""
+
+    def __init__(self):
+        if not shutil.which("redis-server"):
+            raise RuntimeError("redis-server is not installed (make test installs it when run as root)")
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="tollhouse-redis-")
+        self.proc = None
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", self.dir],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close() or True)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cleanup(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)

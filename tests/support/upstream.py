@@ -1,0 +1,194 @@
+"""A real HTTP/1.1 upstream for tests, on an ephemeral port, in its own thread.
+
+Behaviour is chosen by path:
+  /status/N          answer status N
+  /slow?ms=N         wait N ms, then answer
+  /big?bytes=N       stream N bytes (Content-Length), honouring backpressure
+  /chunked?n=K       K chunks of 'chunk-i;' with Transfer-Encoding: chunked
+  /delimited         body ended by closing the connection (no framing)
+  /truncate          Content-Length 100, sends 10 bytes, closes
+  /garbage           an invalid status line
+  /hang              never answers
+  /close             answers with Connection: close
+  /upload            reads the body streaming; answers its length and sha256
+  anything else      JSON echo of what arrived (method, path, query, headers, body length)
+Every request is recorded in `requests` (method, target, headers dict, body length).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from urllib.parse import parse_qs
+
+import httptools
+import orjson
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self, server):
+        self.server = server
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport = None
+        self.queue: list = []
+        self.busy = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.server.connections += 1
+        self.server.open_transports.add(transport)
+
+    def connection_lost(self, exc):
+        self.server.open_transports.discard(self.transport)
+
+    def data_received(self, data):
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.transport.close()
+
+    def on_message_begin(self):
+        self.url = b""
+        self.headers = []
+        self.body_len = 0
+        self.sha = hashlib.sha256()
+
+    def on_url(self, url):
+        self.url += url
+
+    def on_header(self, name, value):
+        self.headers.append((name.decode().lower(), value.decode()))
+
+    def on_body(self, body):
+        self.body_len += len(body)
+        self.sha.update(body)
+
+    def on_message_complete(self):
+        req = {"method": self.parser.get_method().decode(), "target": self.url.decode(),
+               "headers": dict(self.headers), "header_list": self.headers, "body_len": self.body_len,
+               "sha256": self.sha.hexdigest(), "keep_alive": self.parser.should_keep_alive()}
+        self.server.requests.append(req)
+        self.queue.append(req)
+        if not self.busy:
+            asyncio.get_running_loop().create_task(self.run())
+
+    async def run(self):
+        self.busy = True
+        while self.queue:
+            req = self.queue.pop(0)
+            try:
+                await self.respond(req)
+            except ConnectionError:
+                return
+            if self.transport.is_closing():
+                return
+        self.busy = False
+
+    def write(self, status, body=b"", headers=(), keep_alive=True):
+        head = [f"HTTP/1.1 {status} X\r\n"]
+        for n, v in headers:
+            head.append(f"{n}: {v}\r\n")
+        if not any(n.lower() == "content-length" for n, _ in headers) and status not in (204, 304):
+            head.append(f"content-length: {len(body)}\r\n")
+        if not keep_alive:
+            head.append("connection: close\r\n")
+        self.transport.write("".join(head).encode() + b"\r\n" + body)
+        if not keep_alive:
+            self.transport.close()
+
+    async def respond(self, req):
+        url = httptools.parse_url(req["target"].encode())
+        path = url.path.decode()
+        q = {k: v[0] for k, v in parse_qs(url.query.decode() if url.query else "").items()}
+        t = self.transport
+        if path.startswith("/status/"):
+            self.write(int(path.split("/")[2]), b"status body", keep_alive=req["keep_alive"])
+        elif path == "/slow":
+            await asyncio.sleep(int(q.get("ms", "100")) / 1000)
+            self.write(200, b"slow", keep_alive=req["keep_alive"])
+        elif path == "/big":
+            n = int(q["bytes"])
+            t.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % n)
+            block = b"x" * 65536
+            while n > 0:
+                piece = block[:min(n, len(block))]
+                t.write(piece)
+                n -= len(piece)
+                while t.get_write_buffer_size() > 1 << 20:
+                    await asyncio.sleep(0.001)
+        elif path == "/chunked":
+            t.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            for i in range(int(q.get("n", "3"))):
+                c = f"chunk-{i};".encode()
+                t.write(b"%x\r\n%s\r\n" % (len(c), c))
+                await asyncio.sleep(0.001)
+            t.write(b"0\r\n\r\n")
+        elif path == "/delimited":
+            t.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of this until close")
+            t.close()
+        elif path == "/truncate":
+            t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+            await asyncio.sleep(0.01)
+            t.close()
+        elif path == "/garbage":
+            t.write(b"HTTP/1.1 2x0 Whatever\r\n\r\n")
+            t.close()
+        elif path == "/hang":
+            await asyncio.sleep(3600)
+        elif path == "/close":
+            self.write(200, b"closing", keep_alive=False)
+        elif path == "/upload":
+            self.write(200, orjson.dumps({"length": req["body_len"], "sha256": req["sha256"]}),
+                       [("content-type", "application/json")], keep_alive=req["keep_alive"])
+        elif path == "/nocontent":
+            self.write(204, keep_alive=req["keep_alive"])
+        elif path == "/hop":
+            self.write(200, b"hop", [("connection", "x-secret"), ("x-secret", "1"), ("keep-alive", "timeout=5"),
+                                     ("x-kept", "yes")], keep_alive=req["keep_alive"])
+        else:
+            body = orjson.dumps({"method": req["method"], "target": req["target"], "headers": req["headers"],
+                                 "body_len": req["body_len"], "port": self.server.port})
+            self.write(200, body, [("content-type", "application/json")], keep_alive=req["keep_alive"])
+
+
+class Upstream:
+    """Start with `Upstream().start()`; `.port`, `.url`, `.requests`; `.stop()`."""
+
+    def __init__(self, port: int = 0):
+        self.port = port
+        self.requests: list[dict] = []
+        self.connections = 0
+        self.open_transports: set = set()
+        self.loop = asyncio.new_event_loop()
+        self._server = None
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> "Upstream":
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self._start(), self.loop)
+        fut.result(5)
+        return self
+
+    async def _start(self):
+        self._server = await self.loop.create_server(lambda: _Conn(self), "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close_all(self):
+        """Close every open connection (the gateway's pooled ones go stale)."""
+        def go():
+            for t in list(self.open_transports):
+                t.close()
+        self.loop.call_soon_threadsafe(go)
+
+    def stop(self):
+        async def shut():
+            self._server.close()
+            for t in list(self.open_transports):
+                t.abort()
+        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
