@@ -107,10 +107,12 @@ class ClientConnection(asyncio.Protocol):
             self.parser = httptools.HttpRequestParser(self)
             if offset < len(data) and not self.closing:
                 self.data_received(data[offset:])
-        except _HeadTooLarge:
-            self._fail(self.fatal)
-        except httptools.HttpParserError as e:
-            self._fail(Reply.problem(400, "Bad Request", f"malformed request: {e}"))
+        except (httptools.HttpParserError, _HeadTooLarge) as e:
+            # httptools re-raises a callback's exception as HttpParserCallbackError.
+            if self.fatal is not None:
+                self._fail(self.fatal)
+            else:
+                self._fail(Reply.problem(400, "Bad Request", f"malformed request: {e}"))
         except Exception:  # noqa: BLE001 - a bug must not take the worker down
             log.exception("error while handling a request")
             self._fail(Reply.problem(500, "Internal Server Error", "the gateway failed to handle this request"))
