@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -50,9 +51,9 @@ class Gateway:
 
     def write_config(self, config: str) -> None:
         text = config.replace("{port}", str(self.port)).replace("{admin_port}", str(self.admin_port))
-        if "listen:" not in text:
+        if not re.search(r"(?m)^listen:", text):
             text = f"listen: 127.0.0.1:{self.port}\n" + text
-        if "admin:" not in text:
+        if not re.search(r"(?m)^admin:", text):
             text = f"admin: {{listen: '127.0.0.1:{self.admin_port}'}}\n" + text
         with open(self.config_path, "w") as f:
             f.write(text)

@@ -154,8 +154,9 @@ class _Conn(asyncio.Protocol):
 class Upstream:
     """Start with `Upstream().start()`; `.port`, `.url`, `.requests`; `.stop()`."""
 
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, ssl=None):
         self.port = port
+        self.ssl = ssl
         self.requests: list[dict] = []
         self.connections = 0
         self.open_transports: set = set()
@@ -170,12 +171,12 @@ class Upstream:
         return self
 
     async def _start(self):
-        self._server = await self.loop.create_server(lambda: _Conn(self), "127.0.0.1", self.port)
+        self._server = await self.loop.create_server(lambda: _Conn(self), "127.0.0.1", self.port, ssl=self.ssl)
         self.port = self._server.sockets[0].getsockname()[1]
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl else 'http'}://127.0.0.1:{self.port}"
 
     def close_all(self):
         """Close every open connection (the gateway's pooled ones go stale)."""

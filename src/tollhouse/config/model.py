@@ -157,7 +157,8 @@ class Route(Schema):
 
 class CustomPolicy(Schema):
     use = Field(Str(pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"), doc="module:Class")
-    config = Field(MapOf(Kind()), {}, "options handed to the class's Config schema")
+    # Kept as parsed (with its lines): the policy class's own Config validates it.
+    config = Field(OneOf((_is_map, Kind())), {}, "options handed to the class's Config schema")
 
 
 def _policy_from_str():

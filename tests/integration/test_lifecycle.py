@@ -1,0 +1,215 @@
+"""Signals, reloads, workers, admin, TLS and the store, with the real gateway process."""
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from tests.integration.conftest import basic_config
+from tests.support.client import RawClient, request
+from tests.support.processes import RedisServer, wait_for
+from tests.support.upstream import Upstream
+
+
+def get(port, target, headers=""):
+    return request(port, f"GET {target} HTTP/1.1\r\nHost: a\r\n{headers}\r\n".encode())
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(gateway_factory, upstream):
+    g = gateway_factory(basic_config(upstream.url, extra="shutdown_grace: 5s"))
+    result = {}
+
+    def slow():
+        result["r"] = get(g.port, "/api/slow?ms=800")
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.3)
+    g.signal(signal.SIGTERM)
+    t.join(5)
+    assert result["r"].status == 200 and result["r"].body == b"slow"
+    assert g.proc.wait(10) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", g.port), timeout=0.5)
+
+
+def test_sigterm_gives_up_after_shutdown_grace(gateway_factory, upstream):
+    g = gateway_factory(basic_config(upstream.url, extra="shutdown_grace: 300ms"))
+    c = RawClient(g.port)
+    c.send(b"GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    g.signal(signal.SIGTERM)
+    assert g.proc.wait(10) == 0
+    assert time.monotonic() - t0 < 3
+    c.close()
+
+
+EXTRA_ROUTE = """  - name: added
+    match: {prefix: /added}
+    upstream: app
+    rewrite: /was-added
+"""
+
+
+def test_sighup_reloads_a_valid_config_and_keeps_the_old_on_errors(gateway_factory, upstream):
+    g = gateway_factory(basic_config(upstream.url))
+    assert json.loads(get(g.port, "/added").body)["target"] == "/added"   # caught by the catch-all
+    g.write_config(basic_config(upstream.url, extra_routes=EXTRA_ROUTE))
+    g.signal(signal.SIGHUP)
+    wait_for(lambda: json.loads(get(g.port, "/added").body)["target"] == "/was-added", timeout=5)
+    g.write_config(basic_config(upstream.url, extra_routes=EXTRA_ROUTE) + "\nbogus_key: 1\n")
+    g.signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert json.loads(get(g.port, "/added").body)["target"] == "/was-added"
+    assert "bogus_key" in g.stderr()
+    assert g.proc.poll() is None
+
+
+def test_admin_reload_needs_the_token_and_reports_errors(gateway_factory, upstream):
+    cfg = basic_config(upstream.url, extra="admin: {listen: '127.0.0.1:{admin_port}', token: s3cret}")
+    g = gateway_factory(cfg)
+    assert g.get_admin("/reload", "POST")[0] == 401
+    assert g.get_admin("/status")[0] == 401
+    assert g.get_admin("/metrics")[0] == 200 and g.get_admin("/readyz")[0] == 200
+    g.write_config(cfg.replace("read_timeout: 2s", "read_timeout: 2x"))
+    status, body = g.get_admin("/reload", "POST", token="s3cret")
+    assert status == 400
+    errors = json.loads(body)["errors"]
+    assert any("upstreams.app.read_timeout" in e and "line" in e for e in errors)
+    assert get(g.port, "/x").status == 200
+    g.write_config(basic_config(upstream.url, extra_routes=EXTRA_ROUTE,
+                                extra="admin: {listen: '127.0.0.1:{admin_port}', token: s3cret}"))
+    assert g.get_admin("/reload", "POST", token="s3cret")[0] == 200
+    assert json.loads(get(g.port, "/added").body)["target"] == "/was-added"
+    status, body = g.get_admin("/status", token="s3cret")
+    st = json.loads(body)
+    assert status == 200 and st["workers"][0]["config_version"] == 2
+    assert {r["name"] for r in st["routes"]} >= {"added", "api"}
+    assert st["upstreams"]["app"]["targets"][0]["url"] == upstream.url
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_workers_share_the_port_and_metrics_cover_all_of_them(gateway_factory):
+    u = Upstream().start()
+    try:
+        g = gateway_factory(basic_config(u.url), workers=2)
+        wait_for(lambda: len(json.loads(g.get_admin("/status")[1])["workers"]) == 2)
+        for _ in range(60):
+            assert get(g.port, "/api/x").status == 200
+        status = json.loads(g.get_admin("/status")[1])
+        assert len({w["pid"] for w in status["workers"]}) == 2
+        text = g.get_admin("/metrics")[1].decode()
+        assert _metric(text, "tollhouse_requests_total", route="api", status="200") == 60
+        assert _metric(text, "tollhouse_workers") == 2
+        assert _metric(text, "tollhouse_request_duration_seconds_count", route="api") == 60
+        assert _metric(text, "tollhouse_upstream_duration_seconds_count", upstream="app") == 60
+        # SO_REUSEPORT spread the connections: the upstream saw both workers' pools.
+        assert u.connections >= 2
+        g.signal(signal.SIGTERM)
+        assert g.proc.wait(15) == 0
+    finally:
+        u.stop()
+
+
+def test_worker_that_dies_is_restarted(gateway_factory, upstream):
+    g = gateway_factory(basic_config(upstream.url), workers=2)
+    pids = [w["pid"] for w in json.loads(g.get_admin("/status")[1])["workers"]]
+    import os
+    os.kill(pids[0], signal.SIGKILL)
+    wait_for(lambda: len(json.loads(g.get_admin("/status")[1])["workers"]) == 2
+             and pids[0] not in [w["pid"] for w in json.loads(g.get_admin("/status")[1])["workers"]], timeout=15)
+    assert get(g.port, "/x").status == 200
+
+
+def test_readyz_follows_redis(gateway_factory, upstream):
+    redis = RedisServer().start()
+    try:
+        g = gateway_factory(basic_config(upstream.url, extra=f"store: {redis.url}"))
+        assert g.get_admin("/readyz")[0] == 200
+        redis.kill()
+        wait_for(lambda: g.get_admin("/readyz")[0] == 503, timeout=5)
+        assert get(g.port, "/x").status == 200   # proxying does not depend on the store
+        redis.start()
+        wait_for(lambda: g.get_admin("/readyz")[0] == 200, timeout=10)
+    finally:
+        redis.cleanup()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("certs")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "key.pem"),
+                    "-out", str(d / "cert.pem"), "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return d
+
+
+def test_tls_termination(gateway_factory, upstream, certs):
+    g = gateway_factory(basic_config(upstream.url, extra=f"tls: {{cert: {certs}/cert.pem, key: {certs}/key.pem}}"))
+    ctx = ssl.create_default_context(cafile=str(certs / "cert.pem"))
+    with urllib.request.urlopen(f"https://127.0.0.1:{g.port}/api/hello", context=ctx, timeout=5) as r:
+        body = json.loads(r.read())
+    assert body["target"] == "/hello"
+    assert body["headers"]["x-forwarded-proto"] == "https"
+
+
+def test_https_upstream(gateway_factory, certs):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(certs / "cert.pem"), str(certs / "key.pem"))
+    u = Upstream(ssl=ctx).start()
+    try:
+        cfg = basic_config(u.url).replace("    read_timeout: 2s", f"    read_timeout: 2s\n    ca_file: {certs}/cert.pem")
+        g = gateway_factory(cfg)
+        r = get(g.port, "/api/secure")
+        assert r.status == 200 and json.loads(r.body)["target"] == "/secure"
+        bad = gateway_factory(basic_config(u.url))   # no CA given: verification fails -> 502
+        assert get(bad.port, "/api/secure").status == 502
+    finally:
+        u.stop()
+
+
+def test_check_command_prints_every_error_with_path_and_line(tmp_path):
+    import sys
+    from tests.support.processes import ROOT
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("""listen: 0.0.0.0:8080
+limits: {header_timeout: soon}
+upstreams:
+  users:
+    targets: [ftp://nowhere]
+routes:
+  - match: {prefix: /a}
+    upstream: users
+    rate_limits:
+      - {limit: 10, window: 1m}
+  - match: {prefix: /b, methodz: [GET]}
+    upstream: users
+""")
+    out = subprocess.run([sys.executable, "-m", "tollhouse", "check", "-c", str(cfg)], capture_output=True, text=True,
+                         env={"PYTHONPATH": f"{ROOT}/src", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 1
+    err = out.stderr
+    assert "limits.header_timeout (line 2)" in err
+    assert "upstreams.users.targets[0].url (line 5)" in err
+    assert "routes[0].rate_limits (line 9)" in err and "not available" in err
+    assert "routes[1].match.methodz (line 11)" in err and "did you mean 'methods'" in err
+    good = tmp_path / "good.yaml"
+    good.write_text("upstreams: {u: {targets: [http://127.0.0.1:1]}}\nroutes: [{match: {prefix: /}, upstream: u}]\n")
+    ok = subprocess.run([sys.executable, "-m", "tollhouse", "check", "-c", str(good)], capture_output=True, text=True,
+                        env={"PYTHONPATH": f"{ROOT}/src", "PATH": "/usr/bin:/bin"})
+    assert ok.returncode == 0, ok.stderr

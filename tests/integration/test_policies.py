@@ -1,0 +1,62 @@
+"""Custom policies named in the config run with the built-ins' interface (docs/policies.md)."""
+import json
+
+from tests.integration.conftest import basic_config
+from tests.support.client import request
+
+POLICIES = """
+policies:
+  audit: {use: "examples.policies:AuditPolicy", config: {tag: t-1, require: [X-Reason]}}
+  visits: {use: "examples.policies:VisitCounter", config: {limit: 2}}
+"""
+
+
+def _routes():
+    return """  - name: audited
+    match: {prefix: /audited}
+    upstream: app
+    policies: [audit]
+  - name: counted
+    match: {prefix: /counted}
+    upstream: app
+    policies: [visits, audit]
+"""
+
+
+def get(g, target, headers=""):
+    return request(g.port, f"GET {target} HTTP/1.1\r\nHost: a\r\n{headers}\r\n".encode())
+
+
+def test_sync_policy_sets_headers_and_answers_locally(gateway_factory, upstream):
+    g = gateway_factory(basic_config(upstream.url, extra_routes=_routes(), extra=POLICIES))
+    r = get(g, "/audited/x", "X-Reason: testing\r\n")
+    assert r.status == 200
+    assert json.loads(r.body)["headers"]["x-audit"] == "t-1"
+    assert r.getheader("x-audited") == "t-1"
+    refused = get(g, "/audited/x")
+    assert refused.status == 400 and b"X-Reason" in refused.body
+    assert refused.getheader("x-audited") == "t-1"   # response hooks run on local answers too
+    assert get(g, "/other").getheader("x-audited") is None   # only on routes that name it
+
+
+def test_async_policy_awaits_the_store(gateway_factory, upstream):
+    g = gateway_factory(basic_config(upstream.url, extra_routes=_routes(), extra=POLICIES))
+    statuses = [get(g, "/counted", "X-Reason: r\r\n").status for _ in range(4)]
+    assert statuses == [200, 200, 429, 429]
+
+
+def test_bad_policy_spec_is_a_config_error(gateway_factory, upstream, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(basic_config(upstream.url, extra="""policies:
+  nope: "examples.policies:Missing"
+  bad: {use: "examples.policies:AuditPolicy", config: {tagg: x}}
+"""))
+    from tests.support.processes import ROOT
+    out = subprocess.run([sys.executable, "-m", "tollhouse", "check", "-c", str(cfg)], capture_output=True, text=True,
+                         env={"PYTHONPATH": f"{ROOT}/src:{ROOT}", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 1
+    assert "policies.nope" in out.stderr and "has no class Missing" in out.stderr
+    assert "policies.bad.config.tagg" in out.stderr
