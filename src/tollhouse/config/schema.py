@@ -349,12 +349,13 @@ class Schema(Kind, metaclass=_SchemaMeta):
                 out[key] = v
         if not ok:
             return _MISSING
-        before = len(errors)
         inst = cls(**out)
         object.__setattr__(inst, "_frozen", False)
         inst.check(path, lines, here, errors)
         object.__setattr__(inst, "_frozen", True)
-        return _MISSING if len(errors) > before else inst
+        # Kept even when check() found problems, so that rules further up
+        # (duplicate names, references) are reported in the same run.
+        return inst
 
     def check(self, path: str, lines: dict, line: int | None, errors: list) -> None:
         """Cross-field rules; append ConfigError to errors."""

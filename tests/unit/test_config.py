@@ -1,0 +1,101 @@
+import pytest
+
+from tollhouse.config import load_text
+from tollhouse.config.loader import expand_env
+from tollhouse.config.schema import parse_duration, parse_size
+
+BASE = """
+upstreams:
+  u: {targets: ["http://127.0.0.1:9001", {url: "http://127.0.0.1:9002", weight: 3}]}
+routes:
+  - {match: {prefix: /}, upstream: u}
+"""
+
+
+@pytest.mark.parametrize("text,seconds", [("250ms", 0.25), ("10s", 10), ("5m", 300), ("1h", 3600), ("1d", 86400),
+                                          (3, 3.0), ("1.5s", 1.5)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["10", "s", "-1s", "1w", True])
+def test_bad_durations(bad):
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+@pytest.mark.parametrize("text,size", [("512", 512), (512, 512), ("16KiB", 16384), ("10MiB", 10 << 20), ("1GiB", 1 << 30)])
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+def test_env_expansion_with_defaults():
+    env = {"A": "x", "EMPTY": ""}
+    assert expand_env("${A}-${B:-dflt}-${EMPTY:-e}", env) == "x-dflt-e"
+    with pytest.raises(KeyError):
+        expand_env("${MISSING}", env)
+
+
+def test_valid_config_is_frozen_with_defaults(monkeypatch):
+    monkeypatch.setenv("W", "3")
+    config, errors = load_text("workers: ${W}\n" + BASE)
+    assert errors == []
+    assert config.workers == 3
+    assert config.limits.max_header_bytes == 16 * 1024
+    assert config.upstreams["u"].targets[1].weight == 3
+    with pytest.raises(AttributeError):
+        config.workers = 4
+    with pytest.raises(TypeError):
+        config.upstreams["v"] = None
+
+
+def test_every_error_is_reported_with_path_and_line():
+    config, errors = load_text("""
+listen: nowhere:port
+limits:
+  max_body_bytes: lots
+  idle_timeout: 5x
+upstreams:
+  u: {targets: ["http://127.0.0.1:9001"], balancer: random}
+routes:
+  - {match: {prefix: /}, upstream: u, timout: 5s}
+""")
+    assert config is None
+    text = [str(e) for e in errors]
+    assert any(t.startswith("listen[0] (line 2)") for t in text), text
+    assert any(t.startswith("limits.max_body_bytes (line 4)") for t in text), text
+    assert any(t.startswith("limits.idle_timeout (line 5)") for t in text), text
+    assert any(t.startswith("upstreams.u.balancer (line 7)") for t in text), text
+    assert any(t.startswith("routes[0].timout (line 9)") and "did you mean 'timeout'" in t for t in text), text
+
+
+def test_cross_references_are_checked():
+    _, errors = load_text("""
+upstreams:
+  u: {targets: ["http://127.0.0.1:9001"]}
+routes:
+  - {name: a, match: {prefix: /}, upstream: nope}
+  - {name: a, match: {path: "/x/{id}"}, upstream: u, rewrite: "/y/{other}", policies: [ghost]}
+""")
+    text = "\n".join(map(str, errors))
+    assert "routes[0].upstream (line 5): no upstream named 'nope'" in text
+    assert "duplicate route name 'a'" in text
+    assert "{other} is not a variable of match.path" in text
+    assert "routes[1].policies[0] (line 6): no policy named 'ghost'" in text
+
+
+def test_duplicate_yaml_keys_and_missing_env_are_errors():
+    _, errors = load_text("workers: 1\nworkers: 2\nstore: ${TOLLHOUSE_SURELY_UNSET_VAR}\n" + BASE)
+    text = "\n".join(map(str, errors))
+    assert "duplicate key 'workers'" in text and "line 2" in text
+    assert "TOLLHOUSE_SURELY_UNSET_VAR is not set" in text
+
+
+def test_invalid_yaml_names_the_line():
+    _, errors = load_text("routes:\n  - match: {prefix: /a\n  - x: y\n")
+    assert errors and errors[0].line is not None and "invalid YAML" in str(errors[0])
+
+
+def test_features_not_yet_available_are_errors_not_silently_ignored():
+    _, errors = load_text(BASE.replace("upstream: u}", "upstream: u, cache: {ttl: 30s}}"))
+    assert any("routes[0].cache" in str(e) and "not available" in str(e) for e in errors)
