@@ -15,7 +15,6 @@ from time import perf_counter
 
 from .pipeline import Reply
 from .paths import BadPath, normalise_path
-from .routing import host_of
 
 log = logging.getLogger("tollhouse.exchange")
 
@@ -28,10 +27,8 @@ def status_line(status: int) -> bytes:
 
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-# Response headers never relayed (RFC 9110 §7.6.1 hop-by-hop, plus framing we redo).
-_RESPONSE_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
-                            b"trailer", b"upgrade", b"x-request-id"))
 _NO_BODY_STATUS = frozenset((204, 304))
+_NORMAL_PATHS: dict[bytes, bytes] = {}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _BODY_BUFFER_HIGH = 64 * 1024
@@ -50,19 +47,14 @@ class Exchange:
     `response_headers` (a list of [name, value] bytes pairs, lower-case names).
     """
 
-    __slots__ = (
-        "conn", "worker", "state", "route", "params", "method", "raw_target", "path", "query", "version", "headers",
-        "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens",
-        "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_chunks", "body_buffered", "body_received",
-        "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "status",
-        "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done",
-        "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited",
-        "head_size", "_client_ip", "upstream_clock",
-    )
+    __slots__ = ("conn", "worker", "headers", "body_chunks",
+                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "head_size", "_client_ip")
 
     def __init__(self, conn):
         self.conn = conn
         self.worker = conn.worker
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body_chunks: list[bytes] | None = []
         self.state = None
         self.route = None
         self.params = None
@@ -71,7 +63,6 @@ class Exchange:
         self.path = b""
         self.query = b""
         self.version = "1.1"
-        self.headers: list[tuple[bytes, bytes]] = []
         self.host = b""
         self.host_count = 0
         self.request_id = b""
@@ -86,7 +77,6 @@ class Exchange:
         self.xfh = None
         self.upgrade = False
         self.error = None
-        self.body_chunks: list[bytes] | None = []
         self.body_buffered = 0
         self.body_received = 0
         self.body_done = False
@@ -95,6 +85,8 @@ class Exchange:
         self.target = None
         self.started = 0.0
         self.upstream_started = 0.0
+        self.upstream_clock = 0.0
+        self.deadline = 0.0
         self.status = 0
         self.response_headers = None
         self.head_sent = False
@@ -113,7 +105,6 @@ class Exchange:
         self.upstream_delimited = False
         self.head_size = 0
         self._client_ip = None
-        self.upstream_clock = 0.0
 
     # ----------------------------------------------------------------- policy API
     @property
@@ -203,7 +194,13 @@ class Exchange:
         if hash_at >= 0:
             raw_path = raw_path[:hash_at]
         try:
-            self.path = normalise_path(raw_path)
+            path = _NORMAL_PATHS.get(raw_path)
+            if path is None:
+                path = normalise_path(raw_path)
+                if len(_NORMAL_PATHS) >= 8192:
+                    _NORMAL_PATHS.clear()   # bounded: unique paths cannot grow it
+                _NORMAL_PATHS[raw_path] = path
+            self.path = path
         except BadPath as e:
             self.error = Reply.problem(400, "Bad Request", f"invalid path: {e}")
             self.keep_alive = False
@@ -225,7 +222,7 @@ class Exchange:
             self.answer(self.error)
             return
         state = self.state
-        route, params = state.table.match(host_of(self.host), self.path, self.method)
+        route, params = state.table.lookup(self.host, self.path, self.method)
         if route is None:
             if params:
                 allow = ", ".join(sorted(m.decode() for m in params))
@@ -356,11 +353,11 @@ class Exchange:
         conn.send(self, b"".join(parts), self.method == b"HEAD")
         if self.expect and not self.body_done and not self.continue_sent and not self.body_received:
             self.continue_sent = True
-            self.conn.transport.write(_CONTINUE)
-        if self.timer is None:
-            settings = target.settings
-            self.timer = loop.call_at(self.upstream_started + min(route.timeout, settings.read_timeout),
-                                      self.upstream_timer)
+            self.conn.write(_CONTINUE)
+        # Timeouts are checked by the worker's deadline sweep, not a timer
+        # per request (a uvloop timer costs more than the rest of this method).
+        self.deadline = self.upstream_started + min(route.timeout, target.settings.read_timeout)
+        self.worker.inflight.add(self)
 
     # ------------------------------------------------------- request body (client)
     def feed_body(self, chunk: bytes) -> None:
@@ -407,42 +404,35 @@ class Exchange:
 
     # ----------------------------------------------------------- upstream side
     def upstream_head(self, conn, status: int, headers: list, keep_alive: bool) -> None:
+        """`headers` arrive filtered by the upstream connection (hop-by-hop and framing removed)."""
         if self.finished:
             return
         self.head_received = True
         self.upstream_keepalive = keep_alive
-        worker = self.worker
-        worker.stats.record_upstream(self.route.upstream.name, perf_counter() - self.upstream_clock)
-        drop = None
-        content_length = None
-        chunked = False
-        for name, value in headers:
-            if name == b"connection":
-                tokens = {t.strip().lower() for t in value.split(b",")} - {b"close", b"keep-alive"}
-                if tokens:
-                    drop = tokens if drop is None else drop | tokens
-            elif name == b"content-length":
-                content_length = value
-            elif name == b"transfer-encoding":
-                chunked = True
-        out = [[n, v] for n, v in headers if n not in _RESPONSE_DROP and (drop is None or n not in drop)]
+        route = self.route
+        route.stats.observe_upstream(perf_counter() - self.upstream_clock)
+        if conn.connection_tokens is not None:
+            drop = {t.strip().lower() for t in conn.connection_tokens.split(b",")}
+            headers = [h for h in headers if h[0] not in drop]
         self.status = status
-        self.response_headers = out
+        self.response_headers = headers
+        content_length = conn.content_length
         if self.method == b"HEAD" or status in _NO_BODY_STATUS:
             self.mode = _NONE
-        elif content_length is not None and not chunked:
+        elif content_length is not None and not conn.chunked:
             self.mode = _RAW
-        elif self.version == "1.1":
-            self.mode = _CHUNKED
-            if content_length is not None:
-                out[:] = [h for h in out if h[0] != b"content-length"]
         else:
-            self.mode = _RAW
-            self.keep_alive = False
-        if content_length is None and not chunked and self.mode != _NONE:
-            # Close-delimited upstream response (RFC 9112 §6.3 rule 8).
-            self.upstream_delimited = True
-        hooks = self.route.chain.response_hooks
+            if content_length is not None:
+                self.response_headers = headers = [h for h in headers if h[0] != b"content-length"]
+            if self.version == "1.1":
+                self.mode = _CHUNKED
+            else:
+                self.mode = _RAW
+                self.keep_alive = False
+            if not conn.chunked:
+                # Close-delimited upstream response (RFC 9112 §6.3 rule 8).
+                self.upstream_delimited = True
+        hooks = route.chain.response_hooks
         if hooks:
             for hook in hooks:
                 hook(self)
@@ -450,8 +440,8 @@ class Exchange:
 
     def write_head(self) -> None:
         parts = [status_line(self.status)]
-        for name, value in self.response_headers:
-            parts += (name, b": ", value, b"\r\n")
+        for header in self.response_headers:
+            parts += (header[0], b": ", header[1], b"\r\n")
         parts += (b"x-request-id: ", self.request_id, b"\r\n")
         if self.mode == _CHUNKED:
             parts.append(b"transfer-encoding: chunked\r\n")
@@ -462,16 +452,16 @@ class Exchange:
         else:
             parts.append(b"\r\n")
         self.head_sent = True
-        self.conn.transport.write(b"".join(parts))
+        self.conn.write(b"".join(parts))
 
     def upstream_body(self, chunk: bytes) -> None:
         if self.finished:
             return
         mode = self.mode
         if mode == _RAW:
-            self.conn.transport.write(chunk)
+            self.conn.write(chunk)
         elif mode == _CHUNKED:
-            self.conn.transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            self.conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         else:
             return
         self.bytes_sent += len(chunk)
@@ -483,7 +473,7 @@ class Exchange:
             conn.abort()
             return
         if self.mode == _CHUNKED:
-            self.conn.transport.write(_LAST_CHUNK)
+            self.conn.write(_LAST_CHUNK)
         if self.upstream_keepalive and self.body_done and not self.upstream_delimited:
             self.target.release(conn)
         else:
@@ -505,7 +495,6 @@ class Exchange:
             if conn.reused and not conn.got_bytes and not self.sent_body and not self.replayed:
                 # A pooled connection the upstream had closed: retry once on a fresh one.
                 self.replayed = True
-                self._cancel_timer()
                 target = self.target
                 if target.can_open():
                     target.open += 1
@@ -515,7 +504,7 @@ class Exchange:
             return
         if self.upstream_delimited and exc is None:
             if self.mode == _CHUNKED:
-                self.conn.transport.write(_LAST_CHUNK)
+                self.conn.write(_LAST_CHUNK)
             self.response_done = True
             if not self.body_done:
                 self.keep_alive = False
@@ -539,33 +528,32 @@ class Exchange:
         else:
             self.conn.abort()
 
-    def upstream_timer(self) -> None:
-        self.timer = None
+    def check_deadline(self, now: float) -> bool:
+        """Called by the worker's sweep once `deadline` passed; False = stop watching."""
         conn = self.upstream
         if self.finished or conn is None:
-            return
-        loop = self.worker.loop
-        now = loop.time()
+            return False
         read_timeout = self.target.settings.read_timeout
         if not self.body_done:
             deadline = conn.last_read + read_timeout
-            if now >= deadline - 0.0005:
+            if now >= deadline:
                 self.abort_upstream()
                 self.answer(Reply.problem(408, "Request Timeout", "the request body stalled"))
-                return
+                return False
         elif not self.head_received:
             deadline = min(self.upstream_started + self.route.timeout, conn.last_read + read_timeout)
-            if now >= deadline - 0.0005:
+            if now >= deadline:
                 self.abort_upstream()
                 self.answer(Reply.problem(504, "Gateway Timeout", "the upstream did not answer in time"))
-                return
+                return False
         else:
             deadline = conn.last_read + read_timeout
-            if now >= deadline - 0.0005:
+            if now >= deadline:
                 self.abort_upstream()
                 self.conn.abort()
-                return
-        self.timer = loop.call_at(deadline, self.upstream_timer)
+                return False
+        self.deadline = deadline
+        return True
 
     def abort_upstream(self) -> None:
         conn = self.upstream
@@ -605,7 +593,7 @@ class Exchange:
         headers.append([b"content-length", b"%d" % len(body)])
         self.write_head()
         if body:
-            self.conn.transport.write(body)
+            self.conn.write(body)
             self.bytes_sent = len(body)
         self.response_done = True
         self.finish()
@@ -617,16 +605,17 @@ class Exchange:
         self.finished = True
         self._cancel_timer()
         worker = self.worker
+        worker.inflight.discard(self)
         worker.stats.active_requests -= 1
-        route_name = self.route.name if self.route is not None else ""
         duration = perf_counter() - self.started
-        worker.stats.record_request(route_name, self.method.decode("latin-1"), self.status, duration)
+        route = self.route
+        (route.stats if route is not None else worker.stats.unrouted).observe(self.method, self.status, duration)
         if worker.access_log is not None:
-            worker.access_log.write((time.time(), self.request_id.decode("latin-1"), self.client_ip,
-                                     self.method.decode("latin-1"), self.path.decode("latin-1"), route_name,
-                                     self.status, self.bytes_sent, round(duration * 1000, 3),
-                                     self.target.url if self.target is not None else None, self.consumer,
-                                     None, None))
+            # Raw values; the log's writer thread formats them.
+            worker.access_log.write((time.time(), self.request_id, self.client_ip, self.method, self.path,
+                                     route.name if route is not None else "", self.status, self.bytes_sent,
+                                     duration, self.target.url if self.target is not None else None,
+                                     self.consumer, None, None))
         self.conn.exchange_finished(self)
 
     def client_gone(self) -> None:

@@ -13,17 +13,18 @@ import re
 from typing import Any
 
 _VAR = re.compile(rb"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_CACHE_SIZE = 8192
 
 
 class RouteTarget:
     """What the proxy needs of a matched route; built from config at load."""
 
     __slots__ = ("name", "index", "host", "methods", "path", "prefix", "template", "strip_prefix", "rewrite",
-                 "timeout", "preserve_host", "upstream", "chain", "name_bytes", "specificity", "match_key")
+                 "timeout", "preserve_host", "upstream", "chain", "name_bytes", "specificity", "match_key", "stats")
 
     def __init__(self, name: str, index: int, *, host: str = "", methods=(), path: str = "", prefix: str = "",
                  strip_prefix: bool = False, rewrite: str = "", timeout: float = 60.0, preserve_host: bool = False,
-                 upstream: Any = None, chain: Any = None):
+                 upstream: Any = None, chain: Any = None, stats: Any = None):
         self.name = name
         self.name_bytes = name.encode()
         self.index = index
@@ -46,6 +47,7 @@ class RouteTarget:
         self.preserve_host = preserve_host
         self.upstream = upstream
         self.chain = chain
+        self.stats = stats
         # Templates: more literal characters = more specific.
         self.specificity = len(_VAR.sub(b"", self.path))
         self.match_key = (self.path, self.prefix)
@@ -123,6 +125,21 @@ class RouteTable:
         for g in [self._any, *self._exact_hosts.values(), *wild.values()]:
             g.seal()
         self._has_hosts = bool(self._exact_hosts or self._wildcards)
+        self._cache: dict[tuple, tuple] = {}
+
+    def lookup(self, host_header: bytes, path: bytes, method: bytes):
+        """`match` on the raw Host header, memoised: real traffic repeats a
+        small set of (host, path, method), and a dict hit is cheaper than
+        parsing the host and walking the table."""
+        key = (host_header, path, method) if self._has_hosts else (path, method)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self.match(host_of(host_header) if self._has_hosts else "", path, method)
+            cache = self._cache
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()   # crude but bounded: an attacker's unique paths cannot grow it
+            cache[key] = hit
+        return hit
 
     def _groups(self, host: str):
         if self._has_hosts and host:

@@ -82,7 +82,8 @@ def build_state(config, loop, stats, store, previous: GatewayState | None = None
         routes.append(RouteTarget(
             name, i, host=r.match.host, methods=r.match.methods, path=r.match.path, prefix=r.match.prefix,
             strip_prefix=r.strip_prefix, rewrite=r.rewrite, timeout=r.timeout, preserve_host=r.preserve_host,
-            upstream=pools[r.upstream], chain=Chain(policies) if policies else EMPTY_CHAIN))
+            upstream=pools[r.upstream], chain=Chain(policies) if policies else EMPTY_CHAIN,
+            stats=stats.route(name, r.upstream)))
     return GatewayState(config, RouteTable(routes), pools, version)
 
 

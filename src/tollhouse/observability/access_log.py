@@ -34,7 +34,8 @@ class AccessLog:
         self._timer = loop.call_later(0.1, self._flush)
 
     def write(self, record: tuple) -> None:
-        """`record` follows FIELDS, with `time` as a Unix timestamp."""
+        """`record` follows FIELDS: `time` a Unix timestamp, `duration_ms` in
+        seconds, request_id/method/path may be bytes (formatted off the loop)."""
         self.batch.append(record)
 
     def _flush(self) -> None:
@@ -68,6 +69,10 @@ class AccessLog:
             for rec in batch:
                 d = dict(zip(FIELDS, rec))
                 d["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec[0])) + f".{int(rec[0] % 1 * 1000):03d}Z"
+                for key in ("request_id", "method", "path"):
+                    if isinstance(d[key], bytes):
+                        d[key] = d[key].decode("latin-1")
+                d["duration_ms"] = round(d["duration_ms"] * 1000, 3)
                 lines.append(dumps(d))
             lines.append(b"")
             try:
@@ -80,12 +85,8 @@ class AccessLog:
 
 def request_id_factory():
     """Unique, sane request ids without a syscall per request: prefix + counter."""
-    prefix = os.urandom(6).hex()
-    counter = 0
+    import itertools
 
-    def next_id() -> bytes:
-        nonlocal counter
-        counter += 1
-        return b"%s-%x" % (prefix.encode(), counter)
-
-    return next_id
+    prefix = os.urandom(6).hex().encode() + b"-%x"
+    counter = itertools.count(1)
+    return lambda: prefix % next(counter)

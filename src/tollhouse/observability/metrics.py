@@ -27,26 +27,53 @@ class Histogram:
         self.sum += value
 
 
+class RouteStats:
+    """A route's counters, held by the compiled route so the hot path does no lookups by name."""
+
+    __slots__ = ("name", "counts", "duration", "upstream")
+
+    def __init__(self, name: str, upstream: Histogram | None):
+        self.name = name
+        self.counts: dict[tuple[bytes, int], int] = {}
+        self.duration = Histogram()
+        self.upstream = upstream
+
+    def observe(self, method: bytes, status: int, duration: float) -> None:
+        key = (method, status)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+        self.duration.observe(duration)
+
+    def observe_upstream(self, duration: float) -> None:
+        self.upstream.observe(duration)
+
+
 class Stats:
     """One worker's counters. Keys are plain tuples; values plain numbers."""
 
     def __init__(self):
-        self.requests: dict[tuple[str, str, int], int] = {}
-        self.request_duration: dict[str, Histogram] = {}
+        self.routes: dict[str, RouteStats] = {}
         self.upstream_duration: dict[str, Histogram] = {}
+        self.unrouted = RouteStats("", None)
         self.counters: dict[tuple[str, tuple], float] = {}   # (metric name, label pairs) -> value
         self.active_connections = 0
         self.active_requests = 0
         self.gauges: dict[tuple[str, tuple], float] = {}
 
+    def route(self, name: str, upstream: str | None) -> RouteStats:
+        """The counters of a route (kept across reloads while the name stays)."""
+        stats = self.routes.get(name)
+        if stats is None:
+            stats = self.routes[name] = RouteStats(name, None)
+        if upstream is not None:
+            h = self.upstream_duration.get(upstream)
+            if h is None:
+                h = self.upstream_duration[upstream] = Histogram()
+            stats.upstream = h
+        return stats
+
     def record_request(self, route: str, method: str, status: int, duration: float) -> None:
-        key = (route, method, status)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
-        h = self.request_duration.get(route)
-        if h is None:
-            h = self.request_duration[route] = Histogram()
-        h.observe(duration)
+        self.route(route, None).observe(method.encode(), status, duration)
 
     def record_upstream(self, upstream: str, duration: float) -> None:
         h = self.upstream_duration.get(upstream)
@@ -61,9 +88,10 @@ class Stats:
 
     def snapshot(self) -> dict:
         """A JSON-able copy, for /metrics and /status across workers."""
+        routes = [self.unrouted, *self.routes.values()]
         return {
-            "requests": [[r, m, s, n] for (r, m, s), n in self.requests.items()],
-            "request_duration": {k: [h.counts, h.sum] for k, h in self.request_duration.items()},
+            "requests": [[r.name, m.decode("latin-1"), s, n] for r in routes for (m, s), n in r.counts.items()],
+            "request_duration": {r.name: [r.duration.counts, r.duration.sum] for r in routes if r.counts},
             "upstream_duration": {k: [h.counts, h.sum] for k, h in self.upstream_duration.items()},
             "counters": [[n, [list(p) for p in labels], v] for (n, labels), v in self.counters.items()],
             "gauges": [[n, [list(p) for p in labels], v] for (n, labels), v in self.gauges.items()],

@@ -44,7 +44,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("worker", "transport", "parser", "peer_ip", "peer_ip_bytes", "peer_trusted", "scheme", "active",
                  "pending", "incoming", "paused", "closing", "in_head", "head_started", "last_active",
-                 "write_paused", "fatal", "limits")
+                 "write_paused", "fatal", "limits", "corked")
 
     def __init__(self, worker, scheme: bytes):
         self.worker = worker
@@ -65,6 +65,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.fatal = None
         self.limits = None
+        self.corked: list[bytes] | None = None
 
     # asyncio.Protocol --------------------------------------------------------
     def connection_made(self, transport):
@@ -139,6 +140,26 @@ class ClientConnection(asyncio.Protocol):
             if up.paused:
                 up.paused = False
                 up.transport.resume_reading()
+
+    # writing -----------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        """Write to the client; while corked, gather writes into one syscall."""
+        corked = self.corked
+        if corked is None:
+            self.transport.write(data)
+        else:
+            corked.append(data)
+
+    def cork(self) -> None:
+        if self.corked is None:
+            self.corked = []
+
+    def uncork(self) -> None:
+        corked = self.corked
+        if corked is not None:
+            self.corked = None
+            if corked and not self.transport.is_closing():
+                self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
     # httptools callbacks -----------------------------------------------------
     def on_message_begin(self):
@@ -235,11 +256,11 @@ class ClientConnection(asyncio.Protocol):
         if self.closing:
             return
         if not ex.keep_alive:
-            self.closing = True
-            self.transport.close()
+            self.close()
             return
         self.last_active = self.worker.loop.time()
         if self.pending:
+            self.uncork()
             nxt = self.pending.popleft()
             self.active = nxt
             if not self.pending:
@@ -248,8 +269,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.resume_reading(PAUSE_PIPELINE)
             if self.worker.draining:
-                self.closing = True
-                self.transport.close()
+                self.close()
 
     def _fail(self, reply: Reply):
         """A request that cannot be parsed: answer it in turn, then close."""
@@ -294,6 +314,12 @@ class ClientConnection(asyncio.Protocol):
             if not self.paused and not self.closing:
                 self.transport.resume_reading()
 
+    def close(self):
+        """Close after what is written (corked bytes included) has gone out."""
+        self.uncork()
+        self.closing = True
+        self.transport.close()
+
     def abort(self):
         """End the connection at once (a response that cannot be completed)."""
         self.closing = True
@@ -310,11 +336,9 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.abort()
         elif self.active is None and not self.in_head and now - self.last_active > limits.idle_timeout:
-            self.closing = True
-            self.transport.close()
+            self.close()
 
     def drain(self) -> None:
         """Shutdown: close now if idle, else after the current response."""
         if self.active is None and not self.in_head and not self.closing:
-            self.closing = True
-            self.transport.close()
+            self.close()

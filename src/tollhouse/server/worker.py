@@ -27,6 +27,7 @@ from .protocol import ClientConnection
 log = logging.getLogger("tollhouse.worker")
 
 SWEEP_INTERVAL = 0.25
+DEADLINE_INTERVAL = 0.02   # upstream timeouts are enforced to within this
 
 
 def make_listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -57,6 +58,7 @@ class Worker:
         self.index = index
         self.stats = Stats()
         self.connections: set[ClientConnection] = set()
+        self.inflight: set = set()   # exchanges waiting on an upstream, watched for timeouts
         self.draining = False
         self.next_request_id = request_id_factory()
         self.date = b""
@@ -81,6 +83,7 @@ class Worker:
                                                    backlog=4096)
             self.servers.append(server)
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        self._deadlines = self.loop.call_later(DEADLINE_INTERVAL, self._check_deadlines)
 
     def bound_addresses(self) -> list[tuple[str, int]]:
         return [s.sockets[0].getsockname()[:2] for s in self.servers]
@@ -98,6 +101,15 @@ class Worker:
             conn.check_timeouts(now, limits)
         for pool in self.state.pools.values():
             pool.reap(now)
+
+    def _check_deadlines(self) -> None:
+        self._deadlines = self.loop.call_later(DEADLINE_INTERVAL, self._check_deadlines)
+        if not self.inflight:
+            return
+        now = self.loop.time()
+        done = [ex for ex in self.inflight if ex.deadline <= now and not ex.check_deadline(now)]
+        for ex in done:
+            self.inflight.discard(ex)
 
     # config versions ---------------------------------------------------------------
     def apply(self, config) -> None:
@@ -167,6 +179,7 @@ class Worker:
             conn.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+            self._deadlines.cancel()
         for pool in self.state.pools.values():
             pool.close()
         if self.access_log is not None:

@@ -17,6 +17,11 @@ import httptools
 from .balancer import SmoothWeightedRoundRobin
 
 
+# 0: dropped, 1: content-length, 2: transfer-encoding, 3: connection
+_RESPONSE_SPECIAL = {b"content-length": 1, b"transfer-encoding": 2, b"connection": 3, b"keep-alive": 0,
+                     b"proxy-connection": 0, b"te": 0, b"trailer": 0, b"upgrade": 0, b"x-request-id": 0}
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One connection to a target; relays one exchange at a time.
 
@@ -25,7 +30,8 @@ class UpstreamConnection(asyncio.Protocol):
     """
 
     __slots__ = ("target", "transport", "parser", "exchange", "closed", "idle_since", "headers", "reused",
-                 "got_bytes", "paused", "last_read", "head_only", "loop")
+                 "got_bytes", "paused", "last_read", "head_only", "loop", "content_length", "chunked",
+                 "connection_tokens")
 
     def __init__(self, target: "TargetPool"):
         self.target = target
@@ -41,6 +47,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_read = 0.0
         self.head_only = False
         self.loop = target.loop
+        self.content_length = None
+        self.chunked = False
+        self.connection_tokens = None
 
     # asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport):
@@ -55,12 +64,18 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         self.last_read = self.loop.time()
+        client = ex.conn
+        # Everything this read produces for the client (head, body, last
+        # chunk) leaves in one write: syscalls dominate a small response.
+        client.cork()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
             if self.exchange is not None:
                 self.exchange.upstream_failed("invalid", f"invalid response from upstream: {e}")
             self.abort()
+        finally:
+            client.uncork()
 
     def eof_received(self):
         return False  # close the transport; connection_lost follows
@@ -86,9 +101,26 @@ class UpstreamConnection(asyncio.Protocol):
     # httptools callbacks ---------------------------------------------------
     def on_message_begin(self):
         self.headers = []
+        self.content_length = None
+        self.chunked = False
+        self.connection_tokens = None
 
     def on_header(self, name, value):
-        self.headers.append((name.lower(), value))
+        # Classified here, once: framing and hop-by-hop headers (RFC 9110
+        # §7.6.1) are never relayed; the exchange redoes the framing.
+        name = name.lower()
+        kind = _RESPONSE_SPECIAL.get(name)
+        if kind is None:
+            self.headers.append((name, value))
+        elif kind == 1:
+            self.content_length = value
+            self.headers.append((name, value))
+        elif kind == 2:
+            self.chunked = True
+        elif kind == 3:
+            tokens = value.lower()
+            if tokens != b"keep-alive" and tokens != b"close":
+                self.connection_tokens = tokens if self.connection_tokens is None else self.connection_tokens + b"," + tokens
 
     def on_headers_complete(self):
         status = self.parser.get_status_code()

@@ -1,0 +1,306 @@
+"""Side-by-side benchmark: Tollhouse vs nginx as a reverse proxy, one run.
+
+Layout (2 cores): the proxy under test is pinned to core 0; wrk and the
+nginx upstream (a fixed ~300-byte JSON) share core 1. Rounds alternate the
+targets (direct, nginx proxy, tollhouse, ...) and are repeated; each figure
+is the median over rounds. Results print as a table and are written to
+docs/benchmarks.md (between the BENCH markers).
+
+Environment: BENCH_DURATION (seconds per wrk run, default 5), BENCH_ROUNDS
+(default 3), BENCH_CONNECTIONS (default 50), BENCH_SCENARIOS (comma list,
+default all), BENCH_PROXY_CPUS / BENCH_LOAD_CPUS (default 0 / 1),
+BENCH_WORKERS (comma list of worker counts for the scaling table, default
+none; needs more cores), BENCH_NO_WRITE=1 to leave the docs alone.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DURATION = int(os.environ.get("BENCH_DURATION", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+CONNS = int(os.environ.get("BENCH_CONNECTIONS", "50"))
+PROXY_CPUS = os.environ.get("BENCH_PROXY_CPUS", "0")
+LOAD_CPUS = os.environ.get("BENCH_LOAD_CPUS", "1")
+PAYLOAD = ('{"id":12345,"name":"Ada Lovelace","email":"ada@example.com","roles":["admin","author"],'
+           '"created":"2026-01-01T00:00:00Z","plan":"premium","quota":{"requests":600,"window":"1m"},'
+           '"tags":["math","engines","poetry"],"address":{"city":"London","country":"UK"},'
+           '"bio":"First to publish an algorithm intended for a machine.","active":true}')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def nginx_conf(workdir: str, body: str) -> str:
+    path = os.path.join(workdir, f"nginx-{abs(hash(body))}.conf")
+    with open(path, "w") as f:
+        f.write(f"""worker_processes 1;
+daemon off;
+pid {path}.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  {body}
+}}
+""")
+    return path
+
+
+def start_nginx(workdir: str, body: str, cpus: str) -> subprocess.Popen:
+    conf = nginx_conf(workdir, body)
+    return subprocess.Popen(["taskset", "-c", cpus, "nginx", "-c", conf, "-p", workdir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(port: int, path: str, connections: int, duration: int, headers: list[str] = ()) -> dict:
+    cmd = ["taskset", "-c", LOAD_CPUS, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    cmd.append(f"http://127.0.0.1:{port}{path}")
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50": p50, "p99": p99, "non2xx": int(errors.group(1)) if errors else 0}
+
+
+def tollhouse_config(port: int, admin_port: int, upstream_port: int, workers: int = 1, extra: str = "",
+                     route_extra: str = "") -> str:
+    return f"""listen: 127.0.0.1:{port}
+workers: {workers}
+admin: {{listen: "127.0.0.1:{admin_port}"}}
+access_log: true
+{extra}
+upstreams:
+  bench:
+    targets: ["http://127.0.0.1:{upstream_port}"]
+    max_connections: 1024
+routes:
+  - name: plain
+    match: {{prefix: /}}
+    upstream: bench
+{route_extra}
+"""
+
+
+class Tollhouse:
+    def __init__(self, workdir: str, upstream_port: int, cpus: str, workers: int = 1, extra: str = "",
+                 route_extra: str = ""):
+        self.port = free_port()
+        self.admin_port = free_port()
+        path = os.path.join(workdir, f"tollhouse-{self.port}.yaml")
+        with open(path, "w") as f:
+            f.write(tollhouse_config(self.port, self.admin_port, upstream_port, workers, extra, route_extra))
+        env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src"), "TOLLHOUSE_LOG_LEVEL": "WARNING"}
+        self.log = open(os.path.join(workdir, f"tollhouse-{self.port}.log"), "wb")
+        self.proc = subprocess.Popen(["taskset", "-c", cpus, sys.executable, "-m", "tollhouse", "run", "-c", path],
+                                     stdout=subprocess.DEVNULL, stderr=self.log, env=env)
+        wait_port(self.port)
+        wait_port(self.admin_port)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def median_result(results: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in results) for k in results[0]}
+
+
+def run_core(workdir: str, upstream_port: int) -> dict:
+    nginx_port = free_port()
+    proxy = start_nginx(workdir, f"""
+  upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{nginx_port};
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}""", PROXY_CPUS)
+    wait_port(nginx_port)
+    th = Tollhouse(workdir, upstream_port, PROXY_CPUS)
+    targets = {"direct": upstream_port, "nginx": nginx_port, "tollhouse": th.port}
+    results: dict[str, dict[str, list]] = {name: {"c": [], "one": []} for name in targets}
+    try:
+        for name, port in targets.items():  # warm-up
+            wrk(port, "/", CONNS, 1)
+        for rnd in range(ROUNDS):
+            for name, port in targets.items():
+                results[name]["c"].append(wrk(port, "/", CONNS, DURATION))
+                results[name]["one"].append(wrk(port, "/", 1, max(2, DURATION // 2)))
+            print(f"  round {rnd + 1}/{ROUNDS}: " + ", ".join(
+                f"{n} {results[n]['c'][-1]['rps']:.0f} req/s" for n in targets), flush=True)
+    finally:
+        th.stop()
+        proxy.terminate()
+        proxy.wait()
+    return {name: {"c": median_result(r["c"]), "one": median_result(r["one"])} for name, r in results.items()}
+
+
+SCENARIOS: dict[str, dict] = {}
+
+
+def scenario(name: str, description: str, extra: str = "", route_extra: str = "", path: str = "/",
+             headers: tuple = (), needs_redis: bool = False):
+    SCENARIOS[name] = dict(description=description, extra=extra, route_extra=route_extra, path=path,
+                           headers=headers, needs_redis=needs_redis)
+
+
+def run_scenarios(workdir: str, upstream_port: int, selected: list[str]) -> list[tuple]:
+    """Each scenario route vs the plain route on the same Tollhouse, alternating."""
+    rows = []
+    for name in selected:
+        sc = SCENARIOS[name]
+        redis = None
+        extra = sc["extra"]
+        if sc["needs_redis"]:
+            rport = free_port()
+            redis = subprocess.Popen(["taskset", "-c", LOAD_CPUS, "redis-server", "--port", str(rport), "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL)
+            wait_port(rport)
+            extra = extra.replace("{redis_port}", str(rport))
+        th = Tollhouse(workdir, upstream_port, PROXY_CPUS, extra=extra, route_extra=sc["route_extra"])
+        try:
+            wrk(th.port, sc["path"], CONNS, 1, list(sc["headers"]))
+            plain, policy = [], []
+            for _ in range(ROUNDS):
+                plain.append(wrk(th.port, "/plain", CONNS, DURATION))
+                policy.append(wrk(th.port, sc["path"], CONNS, DURATION, list(sc["headers"])))
+            p, q = median_result(plain), median_result(policy)
+            rows.append((name, sc["description"], p["rps"], q["rps"], q["rps"] / p["rps"], q["non2xx"]))
+            print(f"  {name}: {q['rps']:.0f} vs plain {p['rps']:.0f} req/s = {q['rps'] / p['rps']:.2f}x", flush=True)
+        finally:
+            th.stop()
+            if redis is not None:
+                redis.terminate()
+                redis.wait()
+    return rows
+
+
+def run_scaling(workdir: str, upstream_port: int, counts: list[int]) -> list[tuple]:
+    rows = []
+    for n in counts:
+        th = Tollhouse(workdir, upstream_port, PROXY_CPUS, workers=n)
+        try:
+            time.sleep(1)
+            wrk(th.port, "/", CONNS * n, 1)
+            r = median_result([wrk(th.port, "/", CONNS * n, DURATION) for _ in range(ROUNDS)])
+            rows.append((n, r["rps"]))
+            print(f"  workers={n}: {r['rps']:.0f} req/s", flush=True)
+        finally:
+            th.stop()
+    return rows
+
+
+def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: str) -> str:
+    ng = core["nginx"]
+    direct = core["direct"]
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} with `make bench` ({env}).", "",
+             f"Plain proxied route, {CONNS} connections (median of {ROUNDS} rounds of {DURATION}s):", "",
+             "| target | req/s | ratio to nginx | p50 ms | p99 ms | added p50 at 1 conn, ms | ratio to nginx |",
+             "|---|---|---|---|---|---|---|"]
+    for name in ("direct", "nginx", "tollhouse"):
+        r = core[name]
+        added = r["one"]["p50"] - direct["one"]["p50"]
+        ng_added = ng["one"]["p50"] - direct["one"]["p50"]
+        lines.append(f"| {name} | {r['c']['rps']:.0f} | {r['c']['rps'] / ng['c']['rps']:.2f} | {r['c']['p50']:.3f} | "
+                     f"{r['c']['p99']:.3f} | {added:.3f} | "
+                     f"{(added / ng_added) if ng_added > 0 and name != 'direct' else float('nan'):.2f} |")
+    if scenario_rows:
+        lines += ["", "Policies, each against the plain route of the same gateway:", "",
+                  "| scenario | what | plain req/s | scenario req/s | ratio | non-2xx |", "|---|---|---|---|---|---|"]
+        for name, desc, p, q, ratio, bad in scenario_rows:
+            lines.append(f"| {name} | {desc} | {p:.0f} | {q:.0f} | {ratio:.2f} | {bad:.0f} |")
+    if scaling:
+        base = scaling[0][1] / scaling[0][0]
+        lines += ["", "Workers (load generator on its own cores):", "", "| workers | req/s | per-worker efficiency |",
+                  "|---|---|---|"]
+        for n, rps in scaling:
+            lines.append(f"| {n} | {rps:.0f} | {rps / (base * n):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(table: str) -> None:
+    path = os.path.join(ROOT, "docs", "benchmarks.md")
+    with open(path) as f:
+        text = f.read()
+    start, end = "<!-- BENCH:START -->", "<!-- BENCH:END -->"
+    if start in text and end in text:
+        text = text[:text.index(start) + len(start)] + "\n" + table + text[text.index(end):]
+    else:
+        text += f"\n{start}\n{table}{end}\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main() -> int:
+    for tool in ("nginx", "wrk", "taskset"):
+        if not shutil.which(tool):
+            print(f"{tool} is missing (make bench installs nginx and wrk when run as root)", file=sys.stderr)
+            return 1
+    workdir = tempfile.mkdtemp(prefix="tollhouse-bench-")
+    upstream_port = free_port()
+    upstream = start_nginx(workdir, f"""
+  server {{
+    listen 127.0.0.1:{upstream_port};
+    location / {{ default_type application/json; return 200 '{PAYLOAD}'; }}
+  }}""", LOAD_CPUS)
+    wait_port(upstream_port)
+    try:
+        print(f"core: direct vs nginx vs tollhouse, {ROUNDS} rounds x {DURATION}s", flush=True)
+        core = run_core(workdir, upstream_port)
+        selected = [s for s in os.environ.get("BENCH_SCENARIOS", ",".join(SCENARIOS)).split(",") if s]
+        rows = run_scenarios(workdir, upstream_port, selected) if selected else []
+        counts = [int(n) for n in os.environ.get("BENCH_WORKERS", "").split(",") if n]
+        scaling = run_scaling(workdir, upstream_port, counts) if counts else []
+    finally:
+        upstream.terminate()
+        upstream.wait()
+    env = f"{os.cpu_count()} cores, proxy on CPU {PROXY_CPUS}, wrk + upstream on CPU {LOAD_CPUS}"
+    table = render(core, rows, scaling, env)
+    print(table)
+    if not os.environ.get("BENCH_NO_WRITE"):
+        write_docs(table)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
