@@ -24,7 +24,7 @@ class AuditPolicy(Policy):
         return None
 
     def on_response(self, exchange):
-        exchange.response_headers.append([b"x-audited", self.config.tag.encode()])
+        exchange.set_response_header("X-Audited", self.config.tag)
 
 
 class VisitCounter(Policy):

@@ -44,11 +44,16 @@ class Exchange:
     (template variables), `route`, `request_id`, `client_ip`, `header(name)`,
     `set_header(name, value)`, `remove_header(name)`, `vars` (a dict for
     per-request state), `consumer`; on the response side `status` and
-    `response_headers` (a list of [name, value] bytes pairs, lower-case names).
+    `response_header(name)`, `set_response_header(name, value)`,
+    `remove_response_header(name)`.
+
+    Headers are kept as ready-to-send lines (b"Name: value\r\n", names as
+    the peer spelled them): relaying them costs one join, and the helpers
+    above compare names case-insensitively.
     """
 
     __slots__ = ("conn", "worker", "headers", "body_chunks",
-                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "head_size", "_client_ip")
+                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip")
 
     def __init__(self, conn):
         self.conn = conn
@@ -103,7 +108,6 @@ class Exchange:
         self.sent_body = False
         self.upstream_keepalive = False
         self.upstream_delimited = False
-        self.head_size = 0
         self._client_ip = None
 
     # ----------------------------------------------------------------- policy API
@@ -130,19 +134,25 @@ class Exchange:
         if special is not None:
             value = getattr(self, special)
             return value.decode("latin-1") if value else None
-        for n, v in self.headers:
-            if n == key:
-                return v.decode("latin-1")
-        return None
+        return _find(self.headers, key)
 
     def set_header(self, name: str, value: str) -> None:
         """Set a header sent upstream (replacing any of that name)."""
         self.remove_header(name)
-        self.headers.append((name.lower().encode(), value.encode("latin-1")))
+        self.headers.append(b"%s: %s\r\n" % (name.encode(), value.encode("latin-1")))
 
     def remove_header(self, name: str) -> None:
-        key = name.lower().encode()
-        self.headers = [(n, v) for n, v in self.headers if n != key]
+        self.headers = _without(self.headers, {name.lower().encode()})
+
+    def response_header(self, name: str) -> str | None:
+        return _find(self.response_headers or (), name.lower().encode())
+
+    def set_response_header(self, name: str, value: str) -> None:
+        self.remove_response_header(name)
+        self.response_headers.append(b"%s: %s\r\n" % (name.encode(), value.encode("latin-1")))
+
+    def remove_response_header(self, name: str) -> None:
+        self.response_headers = _without(self.response_headers, {name.lower().encode()})
 
     # ------------------------------------------------------------- head complete
     def finalise_head(self, limits) -> None:
@@ -208,7 +218,7 @@ class Exchange:
         if self.connection_tokens:
             drop = {t.strip().lower() for t in self.connection_tokens.split(b",")} - {b"close", b"keep-alive"}
             if drop:
-                self.headers = [(n, v) for n, v in self.headers if n not in drop]
+                self.headers = _without(self.headers, drop)
         rid = self.request_id
         if not rid or not _SANE_ID.fullmatch(rid):
             self.request_id = self.worker.next_request_id()
@@ -315,8 +325,7 @@ class Exchange:
         target.in_flight += 1
         parts = [self.method, b" ", route.upstream_path(self.path, self.params), self.query, b" HTTP/1.1\r\nhost: ",
                  self.host if route.preserve_host else target.host_header, b"\r\n"]
-        for name, value in self.headers:
-            parts += (name, b": ", value, b"\r\n")
+        parts += self.headers
         conn_peer = self.conn
         peer = conn_peer.peer_ip_bytes
         if conn_peer.peer_trusted:
@@ -412,8 +421,7 @@ class Exchange:
         route = self.route
         route.stats.observe_upstream(perf_counter() - self.upstream_clock)
         if conn.connection_tokens is not None:
-            drop = {t.strip().lower() for t in conn.connection_tokens.split(b",")}
-            headers = [h for h in headers if h[0] not in drop]
+            headers = _without(headers, {t.strip() for t in conn.connection_tokens.split(b",")})
         self.status = status
         self.response_headers = headers
         content_length = conn.content_length
@@ -423,7 +431,7 @@ class Exchange:
             self.mode = _RAW
         else:
             if content_length is not None:
-                self.response_headers = headers = [h for h in headers if h[0] != b"content-length"]
+                self.response_headers = headers = _without(headers, {b"content-length"})
             if self.version == "1.1":
                 self.mode = _CHUNKED
             else:
@@ -439,10 +447,7 @@ class Exchange:
         self.write_head()
 
     def write_head(self) -> None:
-        parts = [status_line(self.status)]
-        for header in self.response_headers:
-            parts += (header[0], b": ", header[1], b"\r\n")
-        parts += (b"x-request-id: ", self.request_id, b"\r\n")
+        parts = [status_line(self.status), *self.response_headers, b"x-request-id: ", self.request_id, b"\r\n"]
         if self.mode == _CHUNKED:
             parts.append(b"transfer-encoding: chunked\r\n")
         if not self.keep_alive:
@@ -574,9 +579,9 @@ class Exchange:
         self.abort_upstream()
         body, content_type = reply.render_body(self.request_id.decode() if self.request_id else "")
         self.status = reply.status
-        headers = [[n.encode("latin-1"), v.encode("latin-1")] for n, v in reply.headers]
+        headers = [b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")) for n, v in reply.headers]
         if content_type:
-            headers.append([b"content-type", content_type.encode()])
+            headers.append(b"content-type: %s\r\n" % content_type.encode())
         self.response_headers = headers
         if not self.body_done:
             # The request body is unread; closing is the only safe way on.
@@ -586,11 +591,11 @@ class Exchange:
             for hook in route.chain.response_hooks:
                 hook(self)
         headers = self.response_headers
-        headers.append([b"date", self.worker.date])
+        headers.append(b"date: %s\r\n" % self.worker.date)
         if self.method == b"HEAD" or reply.status in _NO_BODY_STATUS:
             self.mode = _NONE
             body = b""
-        headers.append([b"content-length", b"%d" % len(body)])
+        headers.append(b"content-length: %d\r\n" % len(body))
         self.write_head()
         if body:
             self.conn.write(body)
@@ -638,6 +643,22 @@ class Exchange:
 _SPECIAL_ATTR = {b"host": "host", b"x-forwarded-for": "xff", b"x-forwarded-proto": "xfp",
                  b"x-forwarded-host": "xfh", b"x-request-id": "request_id", b"expect": "expect",
                  b"transfer-encoding": "te", b"connection": "connection_tokens"}
+
+
+def _line_name(line: bytes) -> bytes:
+    return line[:line.find(b":")].strip().lower()
+
+
+def _find(lines, key: bytes) -> str | None:
+    for line in lines:
+        if _line_name(line) == key:
+            return line[line.find(b":") + 1:].strip().decode("latin-1")
+    return None
+
+
+def _without(lines, names: set) -> list:
+    """Header lines whose (lower-case) name is not in `names`."""
+    return [line for line in lines if _line_name(line) not in names]
 
 
 def _reason(exc: BaseException) -> str:

@@ -31,6 +31,8 @@ _SPECIAL = {
     b"x-consumer-id": _DROP, b"x-consumer-tier": _DROP, b"x-auth-scopes": _DROP,
 }
 
+_SPECIAL_LENGTHS = frozenset(len(n) for n in _SPECIAL)
+
 # Reasons to pause reading (a bit each).
 PAUSE_UPSTREAM, PAUSE_BUFFER, PAUSE_PIPELINE = 1, 2, 4
 
@@ -39,12 +41,17 @@ class _HeadTooLarge(Exception):
     pass
 
 
+def _too_large(limits) -> Reply:
+    return Reply.problem(431, "Request Header Fields Too Large",
+                         f"at most {limits.max_headers} header fields and {limits.max_header_bytes} bytes")
+
+
 class ClientConnection(asyncio.Protocol):
     """asyncio.Protocol for one client connection."""
 
     __slots__ = ("worker", "transport", "parser", "peer_ip", "peer_ip_bytes", "peer_trusted", "scheme", "active",
                  "pending", "incoming", "paused", "closing", "in_head", "head_started", "last_active",
-                 "write_paused", "fatal", "limits", "corked")
+                 "write_paused", "fatal", "limits", "corked", "head_bytes")
 
     def __init__(self, worker, scheme: bytes):
         self.worker = worker
@@ -66,6 +73,7 @@ class ClientConnection(asyncio.Protocol):
         self.fatal = None
         self.limits = None
         self.corked: list[bytes] | None = None
+        self.head_bytes = 0
 
     # asyncio.Protocol --------------------------------------------------------
     def connection_made(self, transport):
@@ -99,6 +107,8 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data):
         if self.closing:
             return
+        if self.in_head:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -117,6 +127,13 @@ class ClientConnection(asyncio.Protocol):
         except Exception:  # noqa: BLE001 - a bug must not take the worker down
             log.exception("error while handling a request")
             self._fail(Reply.problem(500, "Internal Server Error", "the gateway failed to handle this request"))
+            return
+        # A head still incomplete after this many bytes is too large: counted
+        # per read rather than per header (on_headers_complete checks exactly).
+        if self.in_head and not self.closing:
+            limits = self.limits
+            if self.head_bytes > limits.max_header_bytes + limits.max_uri_bytes:
+                self._fail(_too_large(limits))
 
     def eof_received(self):
         # A half-closed client still gets its in-flight answer (then we close).
@@ -167,6 +184,7 @@ class ClientConnection(asyncio.Protocol):
         ex.state = self.worker.state
         self.incoming = ex
         self.in_head = True
+        self.head_bytes = 0
         self.head_started = self.worker.loop.time()
         self.limits = ex.state.limits
 
@@ -179,17 +197,17 @@ class ClientConnection(asyncio.Protocol):
 
     def on_header(self, name, value):
         ex = self.incoming
-        ex.head_size += len(name) + len(value) + 4
-        limits = self.limits
-        if ex.head_size > limits.max_header_bytes or len(ex.headers) >= limits.max_headers:
-            self.fatal = Reply.problem(431, "Request Header Fields Too Large",
-                                       f"at most {limits.max_headers} header fields and {limits.max_header_bytes} bytes")
-            raise _HeadTooLarge
-        name = name.lower()
-        kind = _SPECIAL.get(name)
-        if kind is None:
-            ex.headers.append((name, value))
-        elif kind == _HOST:
+        # Only names as long as a special one can be special: most headers
+        # skip the lower() and the lookup (and sizes are checked per read).
+        if len(name) in _SPECIAL_LENGTHS:
+            kind = _SPECIAL.get(name.lower())
+            if kind is not None:
+                self._special_header(ex, kind, value)
+                return
+        ex.headers.append(b"%s: %s\r\n" % (name, value))
+
+    def _special_header(self, ex, kind, value):
+        if kind == _HOST:
             ex.host = value
             ex.host_count += 1
         elif kind == _CL:
@@ -215,6 +233,10 @@ class ClientConnection(asyncio.Protocol):
         ex = self.incoming
         parser = self.parser
         self.in_head = False
+        limits = self.limits
+        if len(ex.headers) > limits.max_headers or sum(map(len, ex.headers)) > limits.max_header_bytes:
+            self.fatal = _too_large(limits)
+            raise _HeadTooLarge
         ex.method = parser.get_method()
         ex.version = parser.get_http_version()
         ex.keep_alive = parser.should_keep_alive() and not self.worker.draining

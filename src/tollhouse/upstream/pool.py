@@ -22,6 +22,9 @@ _RESPONSE_SPECIAL = {b"content-length": 1, b"transfer-encoding": 2, b"connection
                      b"proxy-connection": 0, b"te": 0, b"trailer": 0, b"upgrade": 0, b"x-request-id": 0}
 
 
+_SPECIAL_LENGTHS = frozenset(len(n) for n in _RESPONSE_SPECIAL)
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One connection to a target; relays one exchange at a time.
 
@@ -107,20 +110,23 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name, value):
         # Classified here, once: framing and hop-by-hop headers (RFC 9110
-        # §7.6.1) are never relayed; the exchange redoes the framing.
-        name = name.lower()
-        kind = _RESPONSE_SPECIAL.get(name)
-        if kind is None:
-            self.headers.append((name, value))
-        elif kind == 1:
-            self.content_length = value
-            self.headers.append((name, value))
-        elif kind == 2:
-            self.chunked = True
-        elif kind == 3:
-            tokens = value.lower()
-            if tokens != b"keep-alive" and tokens != b"close":
-                self.connection_tokens = tokens if self.connection_tokens is None else self.connection_tokens + b"," + tokens
+        # §7.6.1) are never relayed; the exchange redoes the framing. Only
+        # names as long as a special one can be special (saves a lower()).
+        if len(name) in _SPECIAL_LENGTHS:
+            kind = _RESPONSE_SPECIAL.get(name.lower())
+            if kind is not None:
+                if kind == 1:
+                    self.content_length = value
+                    self.headers.append(b"%s: %s\r\n" % (name, value))
+                elif kind == 2:
+                    self.chunked = True
+                elif kind == 3:
+                    tokens = value.lower()
+                    if tokens != b"keep-alive" and tokens != b"close":
+                        self.connection_tokens = (tokens if self.connection_tokens is None
+                                                  else self.connection_tokens + b"," + tokens)
+                return
+        self.headers.append(b"%s: %s\r\n" % (name, value))
 
     def on_headers_complete(self):
         status = self.parser.get_status_code()

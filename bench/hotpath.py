@@ -1,0 +1,132 @@
+"""Microbenchmark of one proxied request through the protocol objects, no sockets.
+
+Feeds a request into a ClientConnection and the upstream's response into a
+pooled UpstreamConnection, with transports that only record. It isolates the
+Python cost per request (the part Tollhouse controls) from the kernel's.
+
+    .venv/bin/python bench/hotpath.py            # µs per request
+    .venv/bin/python bench/hotpath.py --profile  # cProfile of the same loop
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+
+from tollhouse.config import load_text  # noqa: E402
+from tollhouse.observability.metrics import Stats  # noqa: E402
+from tollhouse.server.protocol import ClientConnection  # noqa: E402
+from tollhouse.state import build_state  # noqa: E402
+from tollhouse.store import MemoryStore  # noqa: E402
+from tollhouse.upstream.pool import UpstreamConnection  # noqa: E402
+
+REQUEST = b"GET /api/users/7 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 300\r\nConnection: keep-alive\r\n\r\n" + b"x" * 300)
+
+
+class NullTransport(asyncio.Transport):
+    def __init__(self):
+        super().__init__()
+        self.sent = 0
+
+    def write(self, data):
+        self.sent += 1
+
+    def writelines(self, parts):
+        self.sent += 1
+
+    def is_closing(self):
+        return False
+
+    def close(self):
+        pass
+
+    def abort(self):
+        pass
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 5555) if name == "peername" else default
+
+
+class Worker:
+    def __init__(self, access_log: bool):
+        self.loop = asyncio.new_event_loop()
+        config, errors = load_text("""
+upstreams: {u: {targets: ["http://127.0.0.1:9"]}}
+routes:
+  - {name: users, match: {prefix: /api}, upstream: u}
+""")
+        assert not errors, errors
+        self.stats = Stats()
+        self.state = build_state(config, self.loop, self.stats, MemoryStore())
+        self.connections = set()
+        self.inflight = set()
+        self.draining = False
+        self.date = b"Thu, 01 Jan 2026 00:00:00 GMT"
+        from tollhouse.observability.access_log import request_id_factory
+
+        self.next_request_id = request_id_factory()
+        self.access_log = _ListLog() if access_log else None
+
+
+class _ListLog:
+    def __init__(self):
+        self.batch = []
+
+    def write(self, record):
+        self.batch.append(record)
+        if len(self.batch) > 10000:
+            self.batch.clear()
+
+
+def setup(access_log=True):
+    worker = Worker(access_log)
+    client = ClientConnection(worker, b"http")
+    client.connection_made(NullTransport())
+    target = worker.state.pools["u"].targets[0]
+    up = UpstreamConnection(target)
+    up.connection_made(NullTransport())
+    target.open = 1
+    target.idle.append(up)
+    return worker, client, up
+
+
+def run(n: int, client, up) -> float:
+    feed_client = client.data_received
+    feed_up = up.data_received
+    t0 = time.perf_counter()
+    for _ in range(n):
+        feed_client(REQUEST)
+        feed_up(RESPONSE)
+    return (time.perf_counter() - t0) / n
+
+
+def main():
+    worker, client, up = setup()
+    run(2000, client, up)
+    if "--profile" in sys.argv:
+        import cProfile
+        import pstats
+
+        pr = cProfile.Profile()
+        pr.enable()
+        run(20000, client, up)
+        pr.disable()
+        pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+        return
+    best = min(run(20000, client, up) for _ in range(5))
+    print(f"{best * 1e6:.2f} us per proxied request (Python side, access log on)")
+
+
+if __name__ == "__main__":
+    main()
