@@ -11,8 +11,11 @@ import logging
 import re
 import time
 from http import HTTPStatus
+from bisect import bisect_left
 from time import perf_counter
 
+from .clock import CLOCK
+from .observability.metrics import BUCKETS
 from .pipeline import Reply
 from .paths import BadPath, normalise_path
 
@@ -253,12 +256,17 @@ class Exchange:
     def proxy(self) -> None:
         if self.finished:
             return
-        target = self.route.upstream.pick()
+        pool = self.route.upstream
+        target = pool.single or pool.balancer.pick()
         self.target = target
-        conn = target.take_idle()
-        if conn is not None:
-            self.send_upstream(conn)
-        elif target.can_open():
+        idle = target.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                self.send_upstream(conn)
+                return
+        if target.can_open():
             target.open += 1
             self.connect(target)
         else:
@@ -357,7 +365,7 @@ class Exchange:
             self.body_buffered = 0
             self.conn.resume_reading(2)
         loop = self.worker.loop
-        self.upstream_started = loop.time()
+        self.upstream_started = CLOCK.now
         self.upstream_clock = perf_counter()
         conn.send(self, b"".join(parts), self.method == b"HEAD")
         if self.expect and not self.body_done and not self.continue_sent and not self.body_received:
@@ -387,7 +395,7 @@ class Exchange:
         up = self.upstream
         if up is not None:
             self.sent_body = True
-            up.last_read = self.worker.loop.time()  # upload progress counts as activity for read_timeout
+            up.last_read = CLOCK.now  # upload progress counts as activity for read_timeout
             if self.chunked:
                 up.transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
             else:
@@ -405,7 +413,7 @@ class Exchange:
         up = self.upstream
         if up is not None:
             # Like Envoy's route timeout, the wait for the answer starts when the request is complete.
-            self.upstream_started = up.last_read = self.worker.loop.time()
+            self.upstream_started = up.last_read = CLOCK.now
             if self.chunked:
                 up.transport.write(_LAST_CHUNK)
         if self.response_done:
@@ -464,7 +472,11 @@ class Exchange:
             return
         mode = self.mode
         if mode == _RAW:
-            self.conn.write(chunk)
+            corked = self.conn.corked
+            if corked is not None:
+                corked.append(chunk)
+            else:
+                self.conn.transport.write(chunk)
         elif mode == _CHUNKED:
             self.conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         else:
@@ -608,13 +620,20 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        self._cancel_timer()
+        if self.timer is not None:
+            self._cancel_timer()
         worker = self.worker
         worker.inflight.discard(self)
         worker.stats.active_requests -= 1
         duration = perf_counter() - self.started
         route = self.route
-        (route.stats if route is not None else worker.stats.unrouted).observe(self.method, self.status, duration)
+        stats = route.stats if route is not None else worker.stats.unrouted
+        key = (self.method, self.status)
+        counts = stats.counts
+        counts[key] = counts.get(key, 0) + 1
+        hist = stats.duration
+        hist.counts[bisect_left(BUCKETS, duration)] += 1
+        hist.sum += duration
         if worker.access_log is not None:
             # Raw values; the log's writer thread formats them.
             worker.access_log.write((time.time(), self.request_id, self.client_ip, self.method, self.path,

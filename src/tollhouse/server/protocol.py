@@ -15,6 +15,7 @@ from time import perf_counter
 
 import httptools
 
+from ..clock import CLOCK
 from ..exchange import Exchange
 from ..pipeline import Reply
 
@@ -84,7 +85,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip_bytes = self.peer_ip.encode()
         self.peer_trusted = worker.state.is_trusted(self.peer_ip)
         self.parser = httptools.HttpRequestParser(self)
-        self.last_active = worker.loop.time()
+        self.last_active = CLOCK.now
         worker.connections.add(self)
         worker.stats.active_connections += 1
         if len(worker.connections) > worker.state.limits.max_connections or worker.draining:
@@ -185,7 +186,7 @@ class ClientConnection(asyncio.Protocol):
         self.incoming = ex
         self.in_head = True
         self.head_bytes = 0
-        self.head_started = self.worker.loop.time()
+        self.head_started = CLOCK.now
         self.limits = ex.state.limits
 
     def on_url(self, url):
@@ -280,7 +281,7 @@ class ClientConnection(asyncio.Protocol):
         if not ex.keep_alive:
             self.close()
             return
-        self.last_active = self.worker.loop.time()
+        self.last_active = CLOCK.now
         if self.pending:
             self.uncork()
             nxt = self.pending.popleft()

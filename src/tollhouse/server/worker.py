@@ -17,6 +17,7 @@ import ssl
 import time
 
 from .. import __version__
+from ..clock import CLOCK
 from ..config import load_file, load_text
 from ..observability.access_log import AccessLog, request_id_factory
 from ..observability.metrics import Stats
@@ -95,7 +96,7 @@ class Worker:
     def _sweep(self) -> None:
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
         self._update_date()
-        now = self.loop.time()
+        now = CLOCK.now = self.loop.time()
         limits = self.state.limits
         for conn in list(self.connections):
             conn.check_timeouts(now, limits)
@@ -104,9 +105,9 @@ class Worker:
 
     def _check_deadlines(self) -> None:
         self._deadlines = self.loop.call_later(DEADLINE_INTERVAL, self._check_deadlines)
+        CLOCK.now = now = self.loop.time()
         if not self.inflight:
             return
-        now = self.loop.time()
         done = [ex for ex in self.inflight if ex.deadline <= now and not ex.check_deadline(now)]
         for ex in done:
             self.inflight.discard(ex)

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from ..clock import CLOCK
 from .balancer import SmoothWeightedRoundRobin
 
 
@@ -66,11 +67,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         self.got_bytes = True
-        self.last_read = self.loop.time()
+        self.last_read = CLOCK.now
         client = ex.conn
         # Everything this read produces for the client (head, body, last
         # chunk) leaves in one write: syscalls dominate a small response.
-        client.cork()
+        nested = client.corked is not None
+        if not nested:
+            client.corked = []
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
@@ -78,7 +81,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self.exchange.upstream_failed("invalid", f"invalid response from upstream: {e}")
             self.abort()
         finally:
-            client.uncork()
+            if not nested:
+                client.uncork()
 
     def eof_received(self):
         return False  # close the transport; connection_lost follows
@@ -147,9 +151,12 @@ class UpstreamConnection(asyncio.Protocol):
             ex.upstream_body(body)
 
     def on_message_complete(self):
-        if self.parser.get_status_code() < 200 or self.head_only:
+        if self.head_only or self.parser.get_status_code() < 200:
             return
-        self.finish_message()
+        ex = self.exchange
+        if ex is not None:
+            self.exchange = None
+            ex.upstream_done(self)
 
     def finish_message(self):
         ex = self.exchange
@@ -162,7 +169,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = exchange
         self.got_bytes = False
         self.head_only = head_only
-        self.last_read = self.loop.time()
+        self.last_read = CLOCK.now
         if self.paused:
             self.paused = False
             self.transport.resume_reading()
@@ -235,7 +242,7 @@ class TargetPool:
             if waiter.accept_connection(self, conn):
                 return
         # Reading stays on while idle, so that an upstream close is noticed.
-        conn.idle_since = self.loop.time()
+        conn.idle_since = CLOCK.now
         self.idle.append(conn)
 
     def lost(self, conn: UpstreamConnection):
@@ -272,6 +279,7 @@ class UpstreamPool:
         self.settings = settings
         self.targets = [TargetPool(t.url, t.weight, settings, loop) for t in settings.targets]
         self.balancer = SmoothWeightedRoundRobin(self.targets)
+        self.single = self.targets[0] if len(self.targets) == 1 else None
         self.signature = repr(settings)
 
     def pick(self) -> TargetPool:
