@@ -83,6 +83,8 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 def _ms(text: str) -> float:
     m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if m is None:
+        raise ValueError(f"unexpected wrk latency {text!r}")
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
@@ -92,6 +94,8 @@ def wrk(port: int, path: str, connections: int, duration: int, headers: list[str
         cmd += ["-H", h]
     cmd.append(f"http://127.0.0.1:{port}{path}")
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    if "50%" not in out:
+        raise RuntimeError(f"wrk failed against port {port}:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
     p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))

@@ -1,5 +1,5 @@
 """Worked example of custom policies (docs/policies.md); tests/integration/test_policies.py runs it."""
-from tollhouse.config.schema import Field, ListOf, Schema, Str
+from tollhouse.config.schema import Field, Int, ListOf, Schema, Str
 from tollhouse.pipeline import Policy, Reply
 
 
@@ -35,8 +35,6 @@ class VisitCounter(Policy):
     """
 
     class Config(Schema):
-        from tollhouse.config.schema import Int
-
         limit = Field(Int(min=1), 3, "visits allowed per client")
 
     async def on_request(self, exchange):
