@@ -56,7 +56,7 @@ class Exchange:
     """
 
     __slots__ = ("conn", "worker", "headers", "body_chunks",
-                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip")
+                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit")
 
     def __init__(self, conn):
         self.conn = conn
@@ -94,6 +94,8 @@ class Exchange:
         self.started = 0.0
         self.upstream_started = 0.0
         self.upstream_clock = 0.0
+        self.tier = None
+        self.ratelimit = None
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None
@@ -639,7 +641,8 @@ class Exchange:
             worker.access_log.write((time.time(), self.request_id, self.client_ip, self.method, self.path,
                                      route.name if route is not None else "", self.status, self.bytes_sent,
                                      duration, self.target.url if self.target is not None else None,
-                                     self.consumer, None, None))
+                                     self.consumer, None,
+                                     self.ratelimit[0] if isinstance(self.ratelimit, tuple) else self.ratelimit))
         self.conn.exchange_finished(self)
 
     def client_gone(self) -> None:

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import inspect
 from typing import Any, Awaitable, Callable
 
 import orjson
+
+log = logging.getLogger("tollhouse.pipeline")
 
 #: Phase order of request hooks; built-in policies take their phase's name.
 PHASES = ("ip", "cors", "auth", "ratelimit", "validate", "cache", "access", "transform")
@@ -114,20 +117,38 @@ class Chain:
         self.request_hooks = tuple(p.on_request for p in ordered if _overrides(p, "on_request"))
         self.response_hooks = tuple(p.on_response for p in reversed(ordered) if _overrides(p, "on_response"))
 
-    def run(self, exchange, proceed: Callable[[], None], answer: Callable[[Reply], None]) -> None:
+    def run(self, exchange, proceed: Callable[[], None], answer: Callable[[Reply], None], start: int = 0) -> None:
         """Run the request hooks; then `proceed()` or `answer(reply)`."""
         hooks = self.request_hooks
-        for i in range(len(hooks)):
+        for i in range(start, len(hooks)):
             result = hooks[i](exchange)
             if result is None:
                 continue
             if isinstance(result, Reply):
                 answer(result)
                 return
+            if isinstance(result, asyncio.Future):
+                # A future (e.g. a batched store call) is followed by a callback: no task.
+                result.add_done_callback(lambda fut: self._after(exchange, fut, i + 1, proceed, answer))
+                return
             exchange.task = asyncio.get_running_loop().create_task(
                 self._resume(exchange, result, i + 1, proceed, answer))
             return
         proceed()
+
+    def _after(self, exchange, fut, start, proceed, answer):
+        if exchange.finished:
+            return
+        try:
+            result = fut.result()
+        except Exception:  # noqa: BLE001 - a policy bug: the client gets a 500
+            log.exception("policy failed")
+            answer(Reply.problem(500, "Internal Server Error", "a policy failed on this request"))
+            return
+        if isinstance(result, Reply):
+            answer(result)
+        else:
+            self.run(exchange, proceed, answer, start)
 
     async def _resume(self, exchange, pending, start, proceed, answer):
         result = await pending

@@ -11,6 +11,7 @@ from functools import lru_cache
 
 from .config.loader import ConfigError
 from .pipeline import EMPTY_CHAIN, Chain, PolicyContext, load_policy_class
+from .policies.ratelimit import RateLimitPolicy, make_limiter
 from .routing import RouteTable, RouteTarget
 from .upstream.pool import UpstreamPool
 
@@ -60,7 +61,8 @@ def policy_classes(config) -> tuple[dict[str, tuple[type, object]], list[ConfigE
     return out, errors
 
 
-def build_state(config, loop, stats, store, previous: GatewayState | None = None, version: int = 1) -> GatewayState:
+def build_state(config, loop, stats, store, previous: GatewayState | None = None, version: int = 1,
+                limiter=None) -> GatewayState:
     classes, errors = policy_classes(config)
     if errors:
         raise ValueError("; ".join(map(str, errors)))
@@ -76,6 +78,11 @@ def build_state(config, loop, stats, store, previous: GatewayState | None = None
     for i, r in enumerate(config.routes):
         name = r.name or f"route-{i}"
         policies = []
+        if r.rate_limits:
+            if limiter is None:
+                limiter = make_limiter(store, stats, config.store_failure)
+            policies.append(RateLimitPolicy(r.rate_limits, PolicyContext(store, stats, name), tiers=config.tiers,
+                                            limiter=limiter, route_name=name))
         for pname in r.policies:
             cls, options = classes[pname]
             policies.append(cls(options, PolicyContext(store, stats, name)))

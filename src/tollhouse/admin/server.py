@@ -137,7 +137,7 @@ class AdminServer:
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started, 3),
             "ready": ready,
-            "store": store,
+            "store": {**first.get("store", {}), **store},
             "workers": [{"pid": w["pid"], "worker": w["worker"], "config_version": w["config_version"],
                          "connections": w["connections"]} for w in workers],
             "routes": first.get("routes", []),

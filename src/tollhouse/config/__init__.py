@@ -4,8 +4,17 @@ from __future__ import annotations
 import re
 
 from .loader import ConfigError, parse_yaml
-from .model import Gateway
 from .schema import MISSING
+
+
+def __getattr__(name):
+    # The model imports policy schemas, which import tollhouse.config.schema:
+    # loading it lazily keeps that import from being circular.
+    if name == "Gateway":
+        from .model import Gateway
+
+        return Gateway
+    raise AttributeError(name)
 
 __all__ = ["ConfigError", "Gateway", "load_text", "load_file"]
 
@@ -33,6 +42,8 @@ def load_text(text: str) -> tuple[Gateway | None, list[ConfigError]]:
         return None, errors
     if doc is None:
         doc = {}
+    from .model import Gateway
+
     config = Gateway.validate(doc, "", 1, errors)
     for e in errors:
         if e.line is None and e.path:

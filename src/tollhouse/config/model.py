@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from .loader import ConfigError
 from .schema import (Address, Bool, Duration, Field, Int, Kind, ListOf, MapOf, Network, OneOf, Ratio, Schema,
                      Size, Str, error_at)
+from ..policies.ratelimit.schema import RateLimit, Tier
 
 NAME = r"[A-Za-z0-9_.-]+"
 _TEMPLATE_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -134,7 +135,7 @@ class Route(Schema):
     preserve_host = Field(Bool(), False, "send the client's Host upstream instead of the target's host")
     policies = Field(ListOf(Str(pattern=NAME)), (), "custom policies (names from top-level `policies`), in order")
     auth = Field(NotYet("route auth (issue 4)"), None)
-    rate_limits = Field(NotYet("rate_limits (issue 3)"), None)
+    rate_limits = Field(ListOf(RateLimit), (), "limits checked together; see docs/ratelimiting.md")
     cache = Field(NotYet("cache (issue 5)"), None)
     ip = Field(NotYet("route ip allow/deny"), None)
     cors = Field(NotYet("cors"), None)
@@ -191,7 +192,7 @@ class Gateway(Schema):
     ip = Field(NotYet("global ip allow/deny"), None)
     auth = Field(NotYet("auth (issue 4)"), None)
     consumers = Field(NotYet("consumers (issue 4)"), None)
-    tiers = Field(NotYet("tiers (issue 3)"), None)
+    tiers = Field(MapOf(Tier, key_pattern=NAME), {}, "tier name -> {rate_limits}; callers without a tier use `default`")
 
     def check(self, path, lines, line, errors):
         seen = set()

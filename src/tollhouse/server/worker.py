@@ -21,6 +21,7 @@ from ..clock import CLOCK
 from ..config import load_file, load_text
 from ..observability.access_log import AccessLog, request_id_factory
 from ..observability.metrics import Stats
+from ..policies.ratelimit import make_limiter
 from ..state import GatewayState, build_state, retire
 from ..store import open_store
 from .protocol import ClientConnection
@@ -65,7 +66,8 @@ class Worker:
         self.date = b""
         self.started_at = time.time()
         self.store = open_store(config.store)
-        self.state: GatewayState = build_state(config, loop, self.stats, self.store)
+        self.limiter = make_limiter(self.store, self.stats, config.store_failure)
+        self.state: GatewayState = build_state(config, loop, self.stats, self.store, limiter=self.limiter)
         self.access_log = AccessLog(loop) if config.access_log else None
         self.servers: list[asyncio.AbstractServer] = []
         self._sockets = sockets
@@ -85,6 +87,12 @@ class Worker:
             self.servers.append(server)
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
         self._deadlines = self.loop.call_later(DEADLINE_INTERVAL, self._check_deadlines)
+        self._announce_if_needed()
+
+    def _announce_if_needed(self) -> None:
+        # store_failure: local divides limits by the live instances, which announce themselves.
+        if self.state.config.store_failure == "local" and hasattr(self.limiter, "start_announcing"):
+            self.limiter.start_announcing()
 
     def bound_addresses(self) -> list[tuple[str, int]]:
         return [s.sockets[0].getsockname()[:2] for s in self.servers]
@@ -116,7 +124,11 @@ class Worker:
     def apply(self, config) -> None:
         """Swap in a validated config: new requests use it, in-flight ones finish on theirs."""
         previous = self.state
-        self.state = build_state(config, self.loop, self.stats, self.store, previous, previous.version + 1)
+        if hasattr(self.limiter, "failure_mode"):
+            self.limiter.failure_mode = config.store_failure
+        self.state = build_state(config, self.loop, self.stats, self.store, previous, previous.version + 1,
+                                 limiter=self.limiter)
+        self._announce_if_needed()
         retire(previous, self.state)
         log.info("config version %d in force", self.state.version)
 
@@ -153,7 +165,7 @@ class Worker:
             "worker": self.index,
             "config_version": state.version,
             "connections": len(self.connections),
-            "store": {"kind": self.store.kind},
+            "store": {"kind": self.store.kind, **(self.limiter.status() if hasattr(self.limiter, "status") else {})},
             "routes": [{"name": r.name, "host": r.host or None, "path": r.path.decode() or None,
                         "prefix": r.prefix.decode() or ("/" if not r.path else None),
                         "methods": sorted(m.decode() for m in r.methods) or None, "upstream": r.upstream.name}
@@ -185,6 +197,8 @@ class Worker:
             pool.close()
         if self.access_log is not None:
             self.access_log.close()
+        if hasattr(self.limiter, "close"):
+            self.limiter.close()
         await self.store.close()
         self._stopped.set()
 

@@ -1,0 +1,79 @@
+"""The three algorithms, for the memory store; ratelimit.lua is their twin for Redis.
+
+Every function decides for *all* limits of one request together: each limit
+is evaluated, and only if all allow is the request counted in any of them
+(a rejected request consumes nothing). Times are seconds (floats).
+
+State per limit and key:
+- fixed_window:   [window index, count]
+- sliding_window: [window index, count this window, count previous window]
+  (the weighted previous-window counter: estimate = prev * (1 - elapsed) + cur)
+- token_bucket:   GCRA's theoretical arrival time (TAT), capacity `burst`,
+  one token per window/limit seconds.
+"""
+from __future__ import annotations
+
+import math
+
+FIXED, SLIDING, BUCKET = 0, 1, 2
+ALGORITHMS = {"fixed_window": FIXED, "sliding_window": SLIDING, "token_bucket": BUCKET}
+
+
+class Decision:
+    """Outcome for one limit: allowed, remaining after this request, seconds to reset, retry after."""
+
+    __slots__ = ("allowed", "limit", "remaining", "reset", "retry_after", "spec")
+
+    def __init__(self, allowed: bool, limit: int, remaining: int, reset: float, retry_after: float, spec):
+        self.allowed = allowed
+        self.limit = limit
+        self.remaining = remaining
+        self.reset = reset
+        self.retry_after = retry_after
+        self.spec = spec
+
+
+def evaluate(algo: int, limit: int, window: float, burst: int, state, now: float):
+    """(Decision fields..., new state if counted) for one limit."""
+    if algo == BUCKET:
+        interval = window / limit
+        tat = state if state is not None and state > now else now
+        new_tat = tat + interval
+        allow_at = new_tat - burst * interval
+        if now < allow_at - 1e-9:
+            return False, 0, tat - now, allow_at - now, None
+        remaining = int((now - allow_at) / interval + 1e-9)
+        return True, remaining, new_tat - now, 0.0, new_tat
+    index = int(now // window)
+    window_end = (index + 1) * window
+    if state is None or state[0] < index - 1:
+        cur, prev = 0, 0
+    elif state[0] == index - 1:
+        cur, prev = 0, state[1]
+    else:
+        cur, prev = state[1], state[2] if algo == SLIDING else 0
+    if algo == FIXED:
+        if cur + 1 > limit:
+            return False, 0, window_end - now, window_end - now, None
+        return True, limit - cur - 1, window_end - now, 0.0, [index, cur + 1]
+    weight = 1.0 - (now - index * window) / window
+    estimate = prev * weight + cur
+    if estimate + 1 > limit + 1e-9:
+        return False, 0, window_end - now, _sliding_retry(limit, window, now, index, cur, prev), None
+    remaining = max(0, math.floor(limit - estimate - 1 + 1e-9))
+    return True, remaining, window_end - now, 0.0, [index, cur + 1, prev]
+
+
+def _sliding_retry(limit, window, now, index, cur, prev) -> float:
+    """Seconds until the weighted estimate leaves room for one request."""
+    room = limit - 1 - cur
+    if room >= 0 and prev > 0:
+        # prev * (1 - f) <= room  =>  f >= 1 - room / prev
+        f = 1.0 - room / prev
+        return max(0.0, index * window + f * window - now)
+    # This window alone is full: wait for the next, where cur becomes prev.
+    next_start = (index + 1) * window
+    if cur <= 0:
+        return next_start - now
+    f = max(0.0, 1.0 - (limit - 1) / cur)
+    return next_start - now + f * window

@@ -1,0 +1,159 @@
+"""Rate limiting through the real gateway, with real Redis (single node and cluster)."""
+import json
+import time
+
+import pytest
+
+from tests.integration.conftest import basic_config
+from tests.support.client import request
+from tests.support.load import concurrent_statuses
+from tests.support.processes import Gateway, RedisCluster, RedisServer, wait_for
+
+
+def limited(limits: str, extra: str = "", upstream_url: str = "", name: str = "limited") -> str:
+    return basic_config(upstream_url, extra_routes=f"""  - name: {name}
+    match: {{prefix: /limited}}
+    upstream: app
+    rate_limits:
+{limits}
+""", extra=extra)
+
+
+def get(port, target="/limited/x", headers=""):
+    return request(port, f"GET {target} HTTP/1.1\r\nHost: a\r\n{headers}\r\n".encode())
+
+
+REQ = b"GET /limited/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+
+
+@pytest.fixture
+def redis():
+    r = RedisServer().start()
+    yield r
+    r.cleanup()
+
+
+def test_headers_on_allowed_and_429_problem_with_retry_after(gateway_factory, upstream):
+    g = gateway_factory(limited("      - {limit: 2, window: 1m, key: ip, algorithm: fixed_window}", upstream_url=upstream.url))
+    r = get(g.port)
+    assert r.status == 200
+    assert r.getheader("ratelimit-limit") == "2" and r.getheader("ratelimit-remaining") == "1"
+    assert 0 < int(r.getheader("ratelimit-reset")) <= 60
+    assert r.getheader("ratelimit-policy") == '"ip-60s";q=2;w=60'
+    assert r.getheader("ratelimit").startswith('"ip-60s";r=1;t=')
+    assert get(g.port).status == 200
+    r = get(g.port)
+    assert r.status == 429
+    assert r.getheader("content-type") == "application/problem+json"
+    assert int(r.getheader("retry-after")) >= 1
+    assert json.loads(r.body)["status"] == 429
+    assert get(g.port, "/other").getheader("ratelimit-limit") is None   # only limited routes
+    text = g.get_admin("/metrics")[1].decode()
+    assert 'tollhouse_ratelimit_rejections_total{route="limited"} 1.0' in text
+    assert 'tollhouse_ratelimit_decisions_total{result="allowed",route="limited"} 2.0' in text
+
+
+def test_memory_store_admits_exactly_the_limit_under_concurrency(gateway_factory, upstream):
+    g = gateway_factory(limited("      - {limit: 100, window: 1m, key: route}", upstream_url=upstream.url))
+    statuses = concurrent_statuses([g.port], 300, REQ)
+    assert statuses.count(200) == 100 and statuses.count(429) == 200
+
+
+def test_three_gateways_sharing_redis_admit_exactly_the_limit(gateway_factory, upstream, redis):
+    cfg = limited("      - {limit: 100, window: 1m, key: global, algorithm: fixed_window}\n"
+                  "      - {limit: 1000, window: 1m, key: ip, algorithm: token_bucket}",
+                  extra=f"store: {redis.url}", upstream_url=upstream.url)
+    gateways = [gateway_factory(cfg) for _ in range(3)]
+    statuses = concurrent_statuses([g.port for g in gateways], 100, REQ)
+    assert statuses.count(200) == 100, statuses.count(200)
+    assert statuses.count(429) == 200
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "token_bucket"])
+def test_same_algorithm_in_redis(gateway_factory, upstream, redis, algorithm):
+    g = gateway_factory(limited(f"      - {{limit: 3, window: 1m, key: ip, algorithm: {algorithm}}}",
+                                extra=f"store: {redis.url}", upstream_url=upstream.url))
+    assert [get(g.port).status for _ in range(5)] == [200, 200, 200, 429, 429]
+
+
+def test_rejected_requests_do_not_keep_a_client_out(gateway_factory, upstream, redis):
+    g = gateway_factory(limited("      - {limit: 5, window: 1s, key: ip, algorithm: sliding_window}",
+                                extra=f"store: {redis.url}", upstream_url=upstream.url))
+    assert [get(g.port).status for _ in range(5)] == [200] * 5
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:       # hammer the full limit for a second
+        assert get(g.port).status == 429
+    time.sleep(1.2)                          # the previous window now weighs little
+    assert get(g.port).status == 200
+
+
+def test_keys_by_header_and_tiers(gateway_factory, upstream):
+    g = gateway_factory(limited("      - {limit: 1, window: 1m, key: header:X-User}\n      - {tiered: true}",
+                                extra="tiers:\n  default: {rate_limits: [{limit: 3, window: 1m, key: ip}]}",
+                                upstream_url=upstream.url))
+    assert get(g.port, headers="X-User: a\r\n").status == 200
+    assert get(g.port, headers="X-User: a\r\n").status == 429
+    assert get(g.port, headers="X-User: b\r\n").status == 200
+    assert get(g.port, headers="X-User: c\r\n").status == 200
+    r = get(g.port, headers="X-User: d\r\n")   # the default tier's 3 per ip are spent
+    assert r.status == 429 and "ip-60s" in r.getheader("ratelimit")
+
+
+def test_store_failure_open_lets_requests_through_without_stalling(gateway_factory, upstream, redis):
+    g = gateway_factory(limited("      - {limit: 2, window: 1m, key: ip}", extra=f"store: {redis.url}\nstore_failure: open",
+                                upstream_url=upstream.url))
+    assert get(g.port).status == 200
+    redis.kill()
+    t0 = time.monotonic()
+    statuses = [get(g.port).status for _ in range(10)]
+    assert statuses == [200] * 10
+    assert time.monotonic() - t0 < 2.0
+    status = json.loads(g.get_admin("/status")[1])["store"]
+    assert status["breaker"] == "open" and status["in_force"] == "open"
+    assert "store_failure=open in force" in g.stderr()
+    redis.start()
+    wait_for(lambda: json.loads(g.get_admin("/status")[1])["store"]["breaker"] == "closed", timeout=10)
+    assert [get(g.port).status for _ in range(3)] == [200, 200, 429]   # limiting resumed (fresh Redis)
+
+
+def test_store_failure_closed_answers_503_at_once_even_when_redis_hangs(gateway_factory, upstream, redis):
+    g = gateway_factory(limited("      - {limit: 100, window: 1m, key: ip}",
+                                extra=f"store: {redis.url}\nstore_failure: closed", upstream_url=upstream.url))
+    assert get(g.port).status == 200
+    redis.pause()                            # SIGSTOP: connections hang rather than fail
+    try:
+        first = time.monotonic()
+        r = get(g.port)
+        assert r.status == 503 and r.getheader("retry-after") == "1"
+        assert time.monotonic() - first < 1.5   # bounded by the store timeout
+        t0 = time.monotonic()
+        assert [get(g.port).status for _ in range(10)] == [503] * 10
+        assert time.monotonic() - t0 < 0.5     # the breaker answers at once
+    finally:
+        redis.resume()
+    wait_for(lambda: get(g.port).status == 200, timeout=10)
+
+
+def test_store_failure_local_divides_the_limit_by_live_instances(gateway_factory, upstream, redis):
+    cfg = limited("      - {limit: 10, window: 1m, key: ip, algorithm: fixed_window}",
+                  extra=f"store: {redis.url}\nstore_failure: local", upstream_url=upstream.url)
+    a, b = gateway_factory(cfg), gateway_factory(cfg)
+    wait_for(lambda: json.loads(a.get_admin("/status")[1])["store"]["live_instances"] == 2, timeout=12)
+    redis.kill()
+    assert get(a.port).status == 200    # trips the breaker; decided locally: 1 of 10 / 2 instances
+    statuses = [get(a.port).status for _ in range(8)]
+    assert statuses == [200] * 4 + [429] * 4
+    assert json.loads(a.get_admin("/status")[1])["store"]["in_force"] == "local"
+
+
+def test_redis_cluster(gateway_factory, upstream):
+    cluster = RedisCluster().start()
+    try:
+        cfg = limited("      - {limit: 5, window: 1m, key: ip}\n      - {limit: 50, window: 1m, key: global}",
+                      extra=f"store: {cluster.url}", upstream_url=upstream.url)
+        g1, g2 = gateway_factory(cfg), gateway_factory(cfg)
+        statuses = [get(g.port).status for g in (g1, g2) for _ in range(4)]
+        assert statuses.count(200) == 5 and statuses.count(429) == 3
+        assert g1.get_admin("/readyz")[0] == 200
+    finally:
+        cluster.cleanup()
