@@ -6,6 +6,7 @@ Python cost per request (the part Tollhouse controls) from the kernel's.
 
     .venv/bin/python bench/hotpath.py            # µs per request
     .venv/bin/python bench/hotpath.py --profile  # cProfile of the same loop
+    .venv/bin/python bench/hotpath.py ratelimit-memory [--profile]
 """
 from __future__ import annotations
 
@@ -59,13 +60,12 @@ class NullTransport(asyncio.Transport):
 
 
 class Worker:
-    def __init__(self, access_log: bool):
+    def __init__(self, access_log: bool, route_extra: str = ""):
         self.loop = asyncio.new_event_loop()
         config, errors = load_text("""
 upstreams: {u: {targets: ["http://127.0.0.1:9"]}}
 routes:
-  - {name: users, match: {prefix: /api}, upstream: u}
-""")
+  - {name: users, match: {prefix: /api}, upstream: u""" + route_extra + "}")
         assert not errors, errors
         self.stats = Stats()
         self.state = build_state(config, self.loop, self.stats, MemoryStore())
@@ -89,8 +89,14 @@ class _ListLog:
             self.batch.clear()
 
 
-def setup(access_log=True):
-    worker = Worker(access_log)
+SCENARIOS = {
+    "plain": "",
+    "ratelimit-memory": ", rate_limits: [{limit: 100000000, window: 1m, key: ip}]",
+}
+
+
+def setup(access_log=True, route_extra=""):
+    worker = Worker(access_log, route_extra)
     client = ClientConnection(worker, b"http")
     client.connection_made(NullTransport())
     target = worker.state.pools["u"].targets[0]
@@ -112,7 +118,8 @@ def run(n: int, client, up) -> float:
 
 
 def main():
-    worker, client, up = setup()
+    scenario = next((a for a in sys.argv[1:] if a in SCENARIOS), "plain")
+    worker, client, up = setup(route_extra=SCENARIOS[scenario])
     run(2000, client, up)
     if "--profile" in sys.argv:
         import cProfile
@@ -125,7 +132,7 @@ def main():
         pstats.Stats(pr).sort_stats("tottime").print_stats(25)
         return
     best = min(run(20000, client, up) for _ in range(5))
-    print(f"{best * 1e6:.2f} us per proxied request (Python side, access log on)")
+    print(f"{scenario}: {best * 1e6:.2f} us per proxied request (Python side, access log on)")
 
 
 if __name__ == "__main__":

@@ -154,13 +154,29 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 50000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class RedisCluster:
     """Three real redis-server nodes in cluster mode, joined with redis-cli --cluster create."""
 
     def __init__(self, nodes: int = 3):
         if not shutil.which("redis-cli"):
             raise RuntimeError("redis-cli is not installed")
-        self.ports = [free_port() for _ in range(nodes)]
+        self.ports = [_cluster_port() for _ in range(nodes)]
         self.dir = tempfile.mkdtemp(prefix="tollhouse-cluster-")
         self.procs = []
 

@@ -2,20 +2,34 @@
 import pytest
 
 from tollhouse.policies.ratelimit.algorithms import BUCKET, FIXED, SLIDING
-from tollhouse.policies.ratelimit.limiter import MemoryLimiter
+from tollhouse.policies.ratelimit.limiter import MemoryLimiter, decide
 
 
 class Clock:
     def __init__(self, now=1000.0):
         self.now = now
 
-    def __call__(self):
-        return self.now
+
+class Limit:
+    def __init__(self, spec):
+        self.algo, self.limit, self.window, self.burst = spec
+
+
+class Harness:
+    """The memory limiter at a controlled time."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.memory = MemoryLimiter()
+
+    def check(self, specs, spec_ids, keys, divisor=1):
+        tables = [self.memory.table(sid, spec) for sid, spec in zip(spec_ids, specs)]
+        return decide([Limit(s) for s in specs], tables, keys, self.clock.now, divisor)
 
 
 def limiter():
     clock = Clock()
-    return MemoryLimiter(clock), clock
+    return Harness(clock), clock
 
 
 def allowed(lim, specs, keys=None):
@@ -29,7 +43,7 @@ def test_fixed_window_admits_limit_then_resets_at_the_window_edge():
     spec = (FIXED, 3, 10.0, 3)
     assert [allowed(lim, [spec])[0] for _ in range(5)] == [True, True, True, False, False]
     ok, d = allowed(lim, [spec])
-    assert d[0].retry_after == pytest.approx(10.0) and d[0].remaining == 0
+    assert d[0][4] == pytest.approx(10.0) and d[0][2] == 0
     clock.now += 10
     assert allowed(lim, [spec])[0]
 
@@ -44,7 +58,7 @@ def test_sliding_window_weighs_the_previous_window():
     results = [allowed(lim, [spec])[0] for _ in range(6)]
     assert results == [True] * 5 + [False]
     ok, d = allowed(lim, [spec])
-    assert not ok and d[0].retry_after > 0
+    assert not ok and d[0][4] > 0
 
 
 def test_token_bucket_bursts_then_refills_at_the_rate():
@@ -52,7 +66,7 @@ def test_token_bucket_bursts_then_refills_at_the_rate():
     spec = (BUCKET, 2, 1.0, 4)     # 2 per second, bursts of 4
     assert [allowed(lim, [spec])[0] for _ in range(5)] == [True] * 4 + [False]
     ok, d = allowed(lim, [spec])
-    assert d[0].retry_after == pytest.approx(0.5)
+    assert d[0][4] == pytest.approx(0.5)
     clock.now += 0.5
     assert allowed(lim, [spec])[0]
     assert not allowed(lim, [spec])[0]
@@ -66,7 +80,7 @@ def test_a_rejected_request_consumes_nothing_in_any_limit():
         allowed(lim, [wide, narrow])
     ok, d = allowed(lim, [wide, narrow])
     assert not ok
-    assert d[0].remaining == 100 - 2 - 1   # only the two admitted requests counted in the wide limit
+    assert d[0][2] == 100 - 2 - 1   # only the two admitted requests counted in the wide limit
     clock.now += 1
     assert allowed(lim, [wide, narrow])[0]   # let back in as soon as the narrow window allows
 
@@ -95,14 +109,16 @@ def test_keys_are_counted_apart_and_divisor_scales_limits():
     assert (ok, ok2, ok3) == (True, True, False)
 
 
-def test_idle_keys_are_forgotten():
+def test_idle_keys_are_forgotten_after_two_generations():
     lim, clock = limiter()
-    spec = (FIXED, 1, 0.001, 1)
+    spec = (FIXED, 1, 1.0, 1)          # a generation lasts 2 windows
     for i in range(1000):
         lim.check([spec], ["s"], [f"k{i}"])
-    table = lim.tables["s"]
-    table.rotate_at = 0
-    table.maybe_rotate(1.0)
-    table.rotate_at = 0
-    table.maybe_rotate(2.0)
-    assert not table.current and not table.old
+    table = lim.memory.tables["s"]
+    assert len(table.current) == 1000
+    clock.now += 2.5
+    lim.check([spec], ["s"], ["other"])
+    assert len(table.old) == 1000 and len(table.current) == 1
+    clock.now += 2.5
+    lim.check([spec], ["s"], ["other"])
+    assert not table.old.keys() - {"other"} and len(table.current) == 1

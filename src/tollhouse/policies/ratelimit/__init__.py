@@ -10,8 +10,10 @@ import hashlib
 import math
 
 from ...pipeline import Policy, Reply
-from .algorithms import ALGORITHMS
-from .limiter import MemoryLimiter, RedisLimiter, StoreDown
+from .algorithms import ALGORITHMS, evaluate
+from time import time as _now
+
+from .limiter import MemoryLimiter, RedisLimiter, StoreDown, decide
 from .schema import RateLimit, Tier
 
 __all__ = ["RateLimit", "Tier", "RateLimitPolicy", "make_limiter"]
@@ -19,21 +21,30 @@ __all__ = ["RateLimit", "Tier", "RateLimitPolicy", "make_limiter"]
 class _Limit:
     """A limit compiled for the request path."""
 
-    __slots__ = ("spec", "spec_id", "key_kind", "header", "name", "policy_item")
+    __slots__ = ("spec", "algo", "limit", "window", "window_ms", "burst", "spec_id", "key_kind", "header", "name", "name_bytes",
+                 "policy_item", "table", "local_table")
 
-    def __init__(self, cfg: RateLimit, spec_id: str):
+    def __init__(self, cfg: RateLimit, spec_id: str, limiter):
         burst = cfg.burst or cfg.limit
-        self.spec = (ALGORITHMS[cfg.algorithm], cfg.limit, cfg.window, burst)
+        self.algo, self.limit, self.window, self.burst = ALGORITHMS[cfg.algorithm], cfg.limit, cfg.window, burst
+        self.spec = (self.algo, self.limit, self.window, burst)
+        self.window_ms = int(cfg.window * 1000)
         self.spec_id = spec_id
         self.key_kind = cfg.key.split(":", 1)[0]
         self.header = cfg.key.split(":", 1)[1] if ":" in cfg.key else None
-        window = f"{cfg.window:g}"
-        self.name = f"{cfg.key.replace(':', '-').lower()}-{window}s"
+        self.name = f"{cfg.key.replace(':', '-').lower()}-{cfg.window:g}s"
+        self.name_bytes = self.name.encode()
         self.policy_item = f'"{self.name}";q={cfg.limit};w={max(1, math.ceil(cfg.window))}'
+        # Memory tables are resolved once here, not looked up per request.
+        self.table = limiter.table(spec_id, self.spec) if isinstance(limiter, MemoryLimiter) else None
+        self.local_table = limiter.local.table(spec_id, self.spec) if isinstance(limiter, RedisLimiter) else None
 
 
 def _short(value: str) -> str:
     return value if len(value) <= 64 else hashlib.sha1(value.encode()).hexdigest()
+
+
+_RESULTS = ("allowed", "rejected", "store_down_open", "store_down_closed", "store_down_local")
 
 
 class RateLimitPolicy(Policy):
@@ -44,9 +55,9 @@ class RateLimitPolicy(Policy):
         self.limiter = limiter
         self.route = route_name
         self.memory = isinstance(limiter, MemoryLimiter)
-        self.fixed = [_Limit(c, f"{route_name}:{i}") for i, c in enumerate(config) if not c.tiered]
+        self.fixed = [_Limit(c, f"{route_name}:{i}", limiter) for i, c in enumerate(config) if not c.tiered]
         self.tiered = any(c.tiered for c in config)
-        self.tiers = {name: [_Limit(c, f"{route_name}:t:{name}:{j}") for j, c in enumerate(tier.rate_limits)]
+        self.tiers = {name: [_Limit(c, f"{route_name}:t:{name}:{j}", limiter) for j, c in enumerate(tier.rate_limits)]
                       for name, tier in tiers.items()}
         uses_global = any(lim.key_kind == "global" for lim in self.fixed) or any(
             lim.key_kind == "global" for limits in self.tiers.values() for lim in limits)
@@ -54,13 +65,16 @@ class RateLimitPolicy(Policy):
         # sees them all: the route's slot, or the shared one if a global key is used.
         tag = "global" if uses_global else route_name
         self.prefix = f"th:rl:v1:{{{tag}}}:"
-        stats = context.stats
-        route_label = (("route", route_name),)
-        self.labels = {r: (("route", route_name), ("result", r)) for r in
-                       ("allowed", "rejected", "store_down_open", "store_down_closed", "store_down_local")}
-        self.rejections = route_label
-        self.stats = stats
+        self.counters = context.stats.counters
+        self.count_keys = {r: ("ratelimit_decisions", (("route", route_name), ("result", r))) for r in _RESULTS}
+        self.rejection_key = ("ratelimit_rejections", (("route", route_name),))
         self.policy_header = None if self.tiered else ", ".join(lim.policy_item for lim in self.fixed).encode()
+        # The common case, one limit counted in memory, skips the lists of the general path.
+        self.single = self.fixed[0] if self.memory and not self.tiered and len(self.fixed) == 1 else None
+
+    def _count(self, key) -> None:
+        counters = self.counters
+        counters[key] = counters.get(key, 0) + 1
 
     def _limits(self, exchange):
         if not self.tiered:
@@ -68,7 +82,8 @@ class RateLimitPolicy(Policy):
         tier = exchange.tier or "default"
         return self.fixed + self.tiers.get(tier, [])
 
-    def _key(self, lim: _Limit, exchange) -> str:
+    @staticmethod
+    def _key(lim: _Limit, exchange) -> str:
         kind = lim.key_kind
         if kind == "ip":
             return "ip:" + exchange.client_ip
@@ -80,15 +95,31 @@ class RateLimitPolicy(Policy):
         return "h:" + _short(value) if value else "ip:" + exchange.client_ip
 
     def on_request(self, exchange):
+        lim = self.single
+        if lim is not None:
+            key = self._key(lim, exchange)
+            now = _now()
+            table = lim.table
+            ok, remaining, reset, retry, state = evaluate(lim.algo, lim.limit, lim.window, lim.burst,
+                                                          table.get(key, now), now)
+            if ok:
+                table.current[key] = state
+                exchange.ratelimit = ("allowed", (True, lim.limit, remaining, reset, 0.0), lim, self.policy_header)
+                counters = self.counters
+                k = self.count_keys["allowed"]
+                counters[k] = counters.get(k, 0) + 1
+                return None
+            return self._decide(exchange, self.fixed, False, [(False, lim.limit, remaining, reset, retry)], "allowed")
         limits = self._limits(exchange)
         if not limits:
             return None
-        keys = [self._key(lim, exchange) for lim in limits]
+        key = self._key
+        keys = [key(lim, exchange) for lim in limits]
         if self.memory:
-            allowed, decisions = self.limiter.check([lim.spec for lim in limits], [lim.spec_id for lim in limits], keys)
+            allowed, decisions = decide(limits, [lim.table for lim in limits], keys, _now(), 1)
             return self._decide(exchange, limits, allowed, decisions, "allowed")
-        store_keys = [f"{self.prefix}{lim.spec_id}:{k}" for lim, k in zip(limits, keys)]
-        return self.limiter.check([lim.spec for lim in limits], store_keys,
+        prefix = self.prefix
+        return self.limiter.check(limits, [f"{prefix}{lim.spec_id}:{k}" for lim, k in zip(limits, keys)],
                                   lambda result: self._resolved(exchange, limits, keys, result))
 
     def _resolved(self, exchange, limits, keys, result):
@@ -98,47 +129,52 @@ class RateLimitPolicy(Policy):
             return self._decide(exchange, limits, allowed, decisions, "allowed")
         mode = self.limiter.failure_mode
         if mode == "open":
-            self.stats.inc("ratelimit_decisions", self.labels["store_down_open"])
+            self._count(self.count_keys["store_down_open"])
             exchange.ratelimit = "store_down_open"
             return None
         if mode == "closed":
-            self.stats.inc("ratelimit_decisions", self.labels["store_down_closed"])
+            self._count(self.count_keys["store_down_closed"])
             exchange.ratelimit = "store_down_closed"
             return Reply.problem(503, "Service Unavailable", "the rate-limit store is unavailable",
                                  headers=[("retry-after", "1")])
-        allowed, decisions = self.limiter.local.check([lim.spec for lim in limits], [lim.spec_id for lim in limits],
-                                                      keys, divisor=self.limiter.live_instances)
+        allowed, decisions = decide(limits, [lim.local_table for lim in limits], keys, _now(),
+                                    self.limiter.live_instances)
         return self._decide(exchange, limits, allowed, decisions, "store_down_local")
 
     def _decide(self, exchange, limits, allowed, decisions, result):
-        tightest = min(decisions, key=lambda d: (d.remaining, -d.reset)) if allowed else \
-            max((d for d in decisions if not d.allowed), key=lambda d: d.retry_after)
-        index = decisions.index(tightest)
-        exchange.ratelimit = (result if allowed else "rejected", tightest, limits[index],
-                              self.policy_header or ", ".join(lim.policy_item for lim in limits).encode())
+        # decisions: (ok, limit, remaining, reset, retry) per limit
         if allowed:
-            self.stats.inc("ratelimit_decisions", self.labels[result])
+            best = 0
+            for i in range(1, len(decisions)):
+                if decisions[i][2] < decisions[best][2]:
+                    best = i
+            exchange.ratelimit = (result, decisions[best], limits[best], self.policy_header)
+            self._count(self.count_keys[result])
             return None
-        self.stats.inc("ratelimit_decisions", self.labels["rejected"])
-        self.stats.inc("ratelimit_rejections", self.rejections)
-        retry = max(1, math.ceil(tightest.retry_after))
-        return Reply.problem(429, "Too Many Requests",
-                             f"rate limit {limits[index].name} exceeded; retry in {retry}s",
+        best = -1
+        for i, d in enumerate(decisions):
+            if not d[0] and (best < 0 or d[4] > decisions[best][4]):
+                best = i
+        d = decisions[best]
+        exchange.ratelimit = ("rejected", d, limits[best], self.policy_header)
+        self._count(self.count_keys["rejected"])
+        self._count(self.rejection_key)
+        retry = max(1, math.ceil(d[4]))
+        return Reply.problem(429, "Too Many Requests", f"rate limit {limits[best].name} exceeded; retry in {retry}s",
                              headers=[("retry-after", str(retry))])
 
     def on_response(self, exchange):
         state = exchange.ratelimit
-        if not isinstance(state, tuple):
+        if state.__class__ is not tuple:
             return
         _, d, lim, policy = state
-        reset = max(0, math.ceil(d.reset))
-        exchange.response_headers += (
-            b"ratelimit-limit: %d\r\n" % d.limit,
-            b"ratelimit-remaining: %d\r\n" % d.remaining,
-            b"ratelimit-reset: %d\r\n" % reset,
-            b"ratelimit-policy: %s\r\n" % policy,
-            b'ratelimit: "%s";r=%d;t=%d\r\n' % (lim.name.encode(), d.remaining, reset),
-        )
+        if policy is None:
+            policy = ", ".join(x.policy_item for x in self._limits(exchange)).encode()
+        reset = max(0, math.ceil(d[3]))
+        # One entry holding five header lines: this runs on every limited response.
+        exchange.response_headers.append(
+            b'ratelimit-limit: %d\r\nratelimit-remaining: %d\r\nratelimit-reset: %d\r\nratelimit-policy: %s\r\n'
+            b'ratelimit: "%s";r=%d;t=%d\r\n' % (d[1], d[2], reset, policy, lim.name_bytes, d[2], reset))
 
 
 def make_limiter(store, stats, failure_mode: str):

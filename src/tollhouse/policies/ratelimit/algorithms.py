@@ -19,20 +19,6 @@ FIXED, SLIDING, BUCKET = 0, 1, 2
 ALGORITHMS = {"fixed_window": FIXED, "sliding_window": SLIDING, "token_bucket": BUCKET}
 
 
-class Decision:
-    """Outcome for one limit: allowed, remaining after this request, seconds to reset, retry after."""
-
-    __slots__ = ("allowed", "limit", "remaining", "reset", "retry_after", "spec")
-
-    def __init__(self, allowed: bool, limit: int, remaining: int, reset: float, retry_after: float, spec):
-        self.allowed = allowed
-        self.limit = limit
-        self.remaining = remaining
-        self.reset = reset
-        self.retry_after = retry_after
-        self.spec = spec
-
-
 def evaluate(algo: int, limit: int, window: float, burst: int, state, now: float):
     """(Decision fields..., new state if counted) for one limit."""
     if algo == BUCKET:

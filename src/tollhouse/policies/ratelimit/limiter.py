@@ -1,9 +1,10 @@
 """Where limits are counted: in this process, or in Redis with a breaker around it.
 
 `MemoryLimiter.check` is synchronous (atomic within the process).
-`RedisLimiter.check` returns a Future resolved by a batch: every request
-decided in one event-loop tick goes to Redis in one pipelined round trip,
-one atomic script call per request. While Redis fails, a breaker answers
+`RedisLimiter.check` returns a Future resolved by a batch: the requests
+gathered while at most MAX_IN_FLIGHT batches are out go to Redis in one
+script call (one per hash slot with Cluster), which decides each request
+atomically, in order, in one round trip. While Redis fails, a breaker answers
 at once with the `store_failure` mode and a background probe closes it
 when Redis answers again.
 """
@@ -17,7 +18,6 @@ import time
 from redis.exceptions import NoScriptError, RedisError
 
 from . import algorithms
-from .algorithms import Decision
 
 log = logging.getLogger("tollhouse.ratelimit")
 
@@ -33,6 +33,8 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return redis.call('ZCARD', KEYS[1])
 """
 INSTANCES_KEY = "th:instances:v1"
+MAX_IN_FLIGHT = 2     # script calls out at once; more requests wait for the next batch
+MAX_BATCH = 256       # requests per script call
 ANNOUNCE_EVERY = 5.0
 INSTANCE_TTL = 15
 
@@ -47,9 +49,14 @@ class LimitTable:
         self.current: dict = {}
         self.old: dict = {}
         self.period = period
-        self.rotate_at = time.monotonic() + period
+        self.rotate_at = 0.0
 
-    def get(self, key):
+    def get(self, key, now: float):
+        if now >= self.rotate_at:
+            if self.rotate_at:
+                self.old = self.current
+                self.current = {}
+            self.rotate_at = now + self.period
         state = self.current.get(key)
         if state is None:
             state = self.old.pop(key, None)
@@ -57,61 +64,46 @@ class LimitTable:
                 self.current[key] = state
         return state
 
-    def __setitem__(self, key, value):
-        self.current[key] = value
-
-    def maybe_rotate(self, now_mono: float) -> None:
-        if now_mono >= self.rotate_at:
-            self.old = self.current
-            self.current = {}
-            self.rotate_at = now_mono + self.period
-
 
 class MemoryLimiter:
     """In-process counting: exact within one process, nothing shared."""
 
     kind = "memory"
 
-    def __init__(self, clock=time.time):
-        self.clock = clock
+    def __init__(self):
         self.tables: dict[str, LimitTable] = {}
 
     def table(self, spec_id: str, spec) -> LimitTable:
         t = self.tables.get(spec_id)
         if t is None:
             algo, limit, window, burst = spec
-            period = max(2 * window, burst * window / limit)
-            t = self.tables[spec_id] = LimitTable(period)
+            t = self.tables[spec_id] = LimitTable(max(2 * window, burst * window / limit))
         return t
 
-    def check(self, specs, spec_ids, keys, divisor: int = 1):
-        now = self.clock()
-        mono = time.monotonic()
-        tables = []
-        for spec, sid in zip(specs, spec_ids):
-            t = self.table(sid, spec)
-            t.maybe_rotate(mono)
-            tables.append(t)
-        if divisor > 1:
-            specs = [(a, max(1, limit // divisor), w, max(1, burst // divisor)) for a, limit, w, burst in specs]
-        return _check_tables(specs, tables, keys, now)
 
+def decide(limits, tables, keys, now: float, divisor: int):
+    """Check every limit; count in all of them only if all allow (nothing otherwise).
 
-def _check_tables(specs, tables, keys, now):
+    Returns (allowed, [(ok, limit, remaining, reset, retry), ...]). `divisor`
+    scales limits down for store_failure: local.
+    """
     decisions = []
     updates = []
     allowed = True
-    for spec, table, key in zip(specs, tables, keys):
-        algo, limit, window, burst = spec
-        ok, remaining, reset, retry, new_state = algorithms.evaluate(algo, limit, window, burst, table.get(key), now)
-        decisions.append(Decision(ok, limit, remaining, reset, retry, spec))
+    evaluate = algorithms.evaluate
+    for lim, table, key in zip(limits, tables, keys):
+        limit, burst = lim.limit, lim.burst
+        if divisor > 1:
+            limit, burst = max(1, limit // divisor), max(1, burst // divisor)
+        ok, remaining, reset, retry, state = evaluate(lim.algo, limit, lim.window, burst, table.get(key, now), now)
+        decisions.append((ok, limit, remaining, reset, retry))
         if ok:
-            updates.append((table, key, new_state))
+            updates.append((table, key, state))
         else:
             allowed = False
     if allowed:
-        for table, key, new_state in updates:
-            table[key] = new_state
+        for table, key, state in updates:
+            table.current[key] = state
     return allowed, decisions
 
 
@@ -120,7 +112,8 @@ class StoreDown(Exception):
 
 
 class RedisLimiter:
-    """Counting in Redis: one script call per request, pipelined per loop tick."""
+    """Counting in Redis: the requests of a loop tick go out in one script call
+    (per hash slot), each request decided atomically within it."""
 
     kind = "redis"
 
@@ -134,88 +127,102 @@ class RedisLimiter:
         self.sha: str | None = None
         self.pending: list = []
         self.flush_scheduled = False
+        self.in_flight = 0
         self.open = False            # breaker state
         self.opened_at = 0.0
         self.probe_task = None
         self.live_instances = 1
         self.instance_id = os.urandom(8).hex()
         self.announcer = None
-        self.local = MemoryLimiter()
+        self.local = MemoryLimiter()   # for store_failure: local
 
     # --- the request side ---------------------------------------------------------
-    def check(self, specs, keys, resolve):
+    def check(self, limits, keys, resolve):
         """`resolve((allowed, decisions))` or `resolve(StoreDown())` decides; returns
         that at once while the breaker is open, else a Future of it (no task per request)."""
         if self.open:
             return resolve(StoreDown())
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        args = []
-        for algo, limit, window, burst in specs:
-            args += (algo, limit, int(window * 1000), burst)
-        self.pending.append((keys, args, specs, fut, resolve))
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            loop.call_soon(self._start_flush)
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append((keys, limits, fut, resolve))
+        if self.in_flight < MAX_IN_FLIGHT:
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._start_flush)
         return fut
 
     def _start_flush(self):
+        # Requests that arrive while MAX_IN_FLIGHT batches are out wait for the
+        # next one: under load batches grow instead of round trips multiplying.
         self.flush_scheduled = False
-        batch, self.pending = self.pending, []
-        if batch:
-            asyncio.get_running_loop().create_task(self._flush(batch))
+        if not self.pending or self.in_flight >= MAX_IN_FLIGHT:
+            return
+        batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
+        self.in_flight += 1
+        asyncio.get_running_loop().create_task(self._flush(batch))
 
     async def _flush(self, batch):
         try:
-            results = await asyncio.wait_for(self._run(batch), self.timeout)
-        except (RedisError, OSError, asyncio.TimeoutError) as e:
-            self._failed(e)
-            results = [None] * len(batch)
-        for (keys, args, specs, fut, resolve), result in zip(batch, results):
-            if fut.done():
-                continue
-            if result is None or isinstance(result, Exception):
-                outcome = StoreDown()
-            else:
-                decisions = []
-                for i, spec in enumerate(specs):
-                    ok, remaining, reset_ms, retry_ms = result[1 + 4 * i:5 + 4 * i]
-                    decisions.append(Decision(bool(ok), spec[1], int(remaining), reset_ms / 1000, retry_ms / 1000,
-                                              spec))
-                outcome = (bool(result[0]), decisions)
             try:
-                fut.set_result(resolve(outcome))
-            except Exception as e:  # noqa: BLE001 - surfaces as the request's 500
-                fut.set_exception(e)
+                results = await asyncio.wait_for(self._run(batch), self.timeout)
+            except (RedisError, OSError, asyncio.TimeoutError) as e:
+                self._failed(e)
+                results = [None] * len(batch)
+            for (keys, limits, fut, resolve), result in zip(batch, results):
+                if fut.done():
+                    continue
+                if result is None:
+                    outcome = StoreDown()
+                else:
+                    decisions = []
+                    for i, lim in enumerate(limits):
+                        ok, remaining, reset_ms, retry_ms = result[1 + 4 * i:5 + 4 * i]
+                        decisions.append((bool(ok), lim.limit, int(remaining), reset_ms / 1000, retry_ms / 1000))
+                    outcome = (bool(result[0]), decisions)
+                try:
+                    fut.set_result(resolve(outcome))
+                except Exception as e:  # noqa: BLE001 - surfaces as the request's 500
+                    fut.set_exception(e)
+        finally:
+            self.in_flight -= 1
+            if self.pending and not self.flush_scheduled:
+                self.flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._start_flush)
 
     async def _run(self, batch):
+        """One script call per hash slot group (one in all without Cluster); per-request results."""
+        if self.cluster:
+            groups: dict[str, list[int]] = {}
+            for i, (keys, *_) in enumerate(batch):
+                groups.setdefault(keys[0][:keys[0].index("}") + 1], []).append(i)
+            results = [None] * len(batch)
+            answers = await asyncio.gather(*(self._call([batch[i] for i in idx]) for idx in groups.values()))
+            for idx, answer in zip(groups.values(), answers):
+                for i, r in zip(idx, answer):
+                    results[i] = r
+            return results
+        return await self._call(batch)
+
+    async def _call(self, batch):
+        keys_all: list = []
+        args: list = [len(batch)]
+        for keys, limits, _, _ in batch:
+            keys_all += keys
+            args.append(len(limits))
+            for lim in limits:
+                args += (lim.algo, lim.limit, lim.window_ms, lim.burst)
         if self.sha is None:
             self.sha = await self.client.script_load(LUA)
-        if self.cluster:
-            # Cluster: each request's keys share one slot; calls go to their nodes.
-            return await asyncio.gather(*(self._one(keys, args) for keys, args, *_ in batch),
-                                        return_exceptions=True)
-        pipe = self.client.pipeline(transaction=False)
-        for keys, args, *_ in batch:
-            pipe.evalsha(self.sha, len(keys), *keys, *args)
-        results = await pipe.execute(raise_on_error=False)
-        if any(isinstance(r, NoScriptError) for r in results):
-            # The server lost its scripts (restart, SCRIPT FLUSH): load again, redo those.
-            self.sha = await self.client.script_load(LUA)
-            for i, r in enumerate(results):
-                if isinstance(r, NoScriptError):
-                    keys, args = batch[i][0], batch[i][1]
-                    results[i] = await self.client.evalsha(self.sha, len(keys), *keys, *args)
-        for r in results:
-            if isinstance(r, (ConnectionError, OSError)) or (isinstance(r, RedisError) and "connect" in str(r).lower()):
-                raise r
-        return results
-
-    async def _one(self, keys, args):
         try:
-            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
+            flat = await self.client.evalsha(self.sha, len(keys_all), *keys_all, *args)
         except NoScriptError:
-            return await self.client.eval(LUA, len(keys), *keys, *args)
+            # The server lost its scripts (restart, SCRIPT FLUSH): EVAL loads it again.
+            flat = await self.client.eval(LUA, len(keys_all), *keys_all, *args)
+        results, pos = [], 0
+        for keys, limits, _, _ in batch:
+            size = 1 + 4 * len(limits)
+            results.append(flat[pos:pos + size])
+            pos += size
+        return results
 
     # --- the breaker ------------------------------------------------------------------
     def _failed(self, error) -> None:

@@ -1,91 +1,103 @@
--- Rate limits for one request, decided atomically (tollhouse/policies/ratelimit).
--- The twin of algorithms.py: same algorithms, same semantics.
--- KEYS[i]: storage key of limit i (all in one hash slot).
--- ARGV: per limit, 4 values: algorithm (0 fixed, 1 sliding, 2 bucket), limit, window_ms, burst.
+-- Rate limits for a batch of requests (tollhouse/policies/ratelimit).
+-- The twin of algorithms.py: same algorithms, same semantics. Each request's
+-- limits are decided together and atomically; a rejected request changes nothing.
+-- Requests in one call are decided in order, so a batch is exactly as if the
+-- requests had arrived one after another.
+-- KEYS: the storage keys of every limit of every request, in order (one hash slot).
+-- ARGV: number of requests, then per request: number of limits, then per limit
+--       4 values: algorithm (0 fixed, 1 sliding, 2 bucket), limit, window_ms, burst.
 -- Uses the Redis server's clock, so gateway clocks may drift.
--- Returns {allowed, then per limit: allowed, remaining, reset_ms, retry_ms}.
+-- Returns, per request: allowed, then per limit: allowed, remaining, reset_ms, retry_ms.
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = #KEYS
-local out = {1}
-local updates = {}
-local all = 1
-for i = 1, n do
-  local base = (i - 1) * 4
-  local algo = tonumber(ARGV[base + 1])
-  local limit = tonumber(ARGV[base + 2])
-  local window = tonumber(ARGV[base + 3])
-  local burst = tonumber(ARGV[base + 4])
-  local key = KEYS[i]
-  local ok, remaining, reset, retry = 1, 0, 0, 0
-  if algo == 2 then
-    local interval = window / limit
-    local tat = tonumber(redis.call('GET', key) or '0')
-    if tat < now then tat = now end
-    local new_tat = tat + interval
-    local allow_at = new_tat - burst * interval
-    if now < allow_at then
-      ok, remaining, reset, retry = 0, 0, tat - now, allow_at - now
-    else
-      remaining = math.floor((now - allow_at) / interval)
-      reset = new_tat - now
-      updates[#updates + 1] = {2, key, new_tat, math.max(1, math.ceil(new_tat - now))}
-    end
-  else
-    local index = math.floor(now / window)
-    local window_end = (index + 1) * window
-    local state = redis.call('HMGET', key, 'w', 'c', 'p')
-    local w, c, p = tonumber(state[1]), tonumber(state[2] or '0'), tonumber(state[3] or '0')
-    local cur, prev = 0, 0
-    if w == index then
-      cur, prev = c, p
-    elseif w == index - 1 then
-      cur, prev = 0, c
-    end
-    if algo == 0 then prev = 0 end
-    reset = window_end - now
-    if algo == 0 then
-      if cur + 1 > limit then
-        ok, retry = 0, window_end - now
+local out = {}
+local argi = 2
+local keyi = 1
+for _ = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[argi])
+  argi = argi + 1
+  local head = #out + 1
+  out[head] = 1
+  local updates = {}
+  local all = 1
+  for _ = 1, n do
+    local algo = tonumber(ARGV[argi])
+    local limit = tonumber(ARGV[argi + 1])
+    local window = tonumber(ARGV[argi + 2])
+    local burst = tonumber(ARGV[argi + 3])
+    argi = argi + 4
+    local key = KEYS[keyi]
+    keyi = keyi + 1
+    local ok, remaining, reset, retry = 1, 0, 0, 0
+    if algo == 2 then
+      local interval = window / limit
+      local tat = tonumber(redis.call('GET', key) or '0')
+      if tat < now then tat = now end
+      local new_tat = tat + interval
+      local allow_at = new_tat - burst * interval
+      if now < allow_at then
+        ok, remaining, reset, retry = 0, 0, tat - now, allow_at - now
       else
-        remaining = limit - cur - 1
+        remaining = math.floor((now - allow_at) / interval)
+        reset = new_tat - now
+        updates[#updates + 1] = {2, key, new_tat, math.max(1, math.ceil(new_tat - now))}
       end
     else
-      local weight = 1 - (now - index * window) / window
-      local estimate = prev * weight + cur
-      if estimate + 1 > limit then
-        ok = 0
-        local room = limit - 1 - cur
-        if room >= 0 and prev > 0 then
-          retry = math.max(0, index * window + (1 - room / prev) * window - now)
-        elseif cur <= 0 then
-          retry = window_end - now
+      local index = math.floor(now / window)
+      local window_end = (index + 1) * window
+      local state = redis.call('HMGET', key, 'w', 'c', 'p')
+      local w, c, p = tonumber(state[1]), tonumber(state[2] or '0'), tonumber(state[3] or '0')
+      local cur, prev = 0, 0
+      if w == index then
+        cur, prev = c, p
+      elseif w == index - 1 then
+        cur, prev = 0, c
+      end
+      if algo == 0 then prev = 0 end
+      reset = window_end - now
+      if algo == 0 then
+        if cur + 1 > limit then
+          ok, retry = 0, window_end - now
         else
-          retry = window_end - now + math.max(0, 1 - (limit - 1) / cur) * window
+          remaining = limit - cur - 1
         end
       else
-        remaining = math.max(0, math.floor(limit - estimate - 1))
+        local weight = 1 - (now - index * window) / window
+        local estimate = prev * weight + cur
+        if estimate + 1 > limit then
+          ok = 0
+          local room = limit - 1 - cur
+          if room >= 0 and prev > 0 then
+            retry = math.max(0, index * window + (1 - room / prev) * window - now)
+          elseif cur <= 0 then
+            retry = window_end - now
+          else
+            retry = window_end - now + math.max(0, 1 - (limit - 1) / cur) * window
+          end
+        else
+          remaining = math.max(0, math.floor(limit - estimate - 1))
+        end
+      end
+      if ok == 1 then
+        updates[#updates + 1] = {algo, key, index, cur + 1, prev, 2 * window}
       end
     end
-    if ok == 1 then
-      updates[#updates + 1] = {algo, key, index, cur + 1, prev, 2 * window}
-    end
+    if ok == 0 then all = 0 end
+    out[#out + 1] = ok
+    out[#out + 1] = remaining
+    out[#out + 1] = math.ceil(reset)
+    out[#out + 1] = math.ceil(retry)
   end
-  if ok == 0 then all = 0 end
-  out[#out + 1] = ok
-  out[#out + 1] = remaining
-  out[#out + 1] = math.ceil(reset)
-  out[#out + 1] = math.ceil(retry)
-end
-out[1] = all
-if all == 1 then
-  for _, u in ipairs(updates) do
-    if u[1] == 2 then
-      redis.call('SET', u[2], tostring(u[3]), 'PX', u[4])
-    else
-      redis.call('HSET', u[2], 'w', u[3], 'c', u[4], 'p', u[5])
-      redis.call('PEXPIRE', u[2], u[6])
+  out[head] = all
+  if all == 1 then
+    for _, u in ipairs(updates) do
+      if u[1] == 2 then
+        redis.call('SET', u[2], tostring(u[3]), 'PX', u[4])
+      else
+        redis.call('HSET', u[2], 'w', u[3], 'c', u[4], 'p', u[5])
+        redis.call('PEXPIRE', u[2], u[6])
+      end
     end
   end
 end
