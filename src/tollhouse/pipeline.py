@@ -61,6 +61,30 @@ class Reply:
         return orjson.dumps({**self.problem_fields, "request_id": request_id}), "application/problem+json"
 
 
+class Deferred:
+    """A decision that arrives later, delivered by a direct call (no task, no
+    scheduled callback): for policies whose answers come in batches.
+
+    The policy returns it from `on_request`; whoever decides later calls
+    `resolve(None | Reply)` once, or `fail(exception)`.
+    """
+
+    __slots__ = ("callback",)
+
+    def __init__(self):
+        self.callback = None
+
+    def resolve(self, value) -> None:
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback(value, None)
+
+    def fail(self, error: BaseException) -> None:
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback(None, error)
+
+
 class Policy:
     """Base class of built-in and custom policies.
 
@@ -127,22 +151,20 @@ class Chain:
             if isinstance(result, Reply):
                 answer(result)
                 return
-            if isinstance(result, asyncio.Future):
-                # A future (e.g. a batched store call) is followed by a callback: no task.
-                result.add_done_callback(lambda fut: self._after(exchange, fut, i + 1, proceed, answer))
+            if result.__class__ is Deferred:
+                # Decided later by a direct call (e.g. a batched store call): no task.
+                result.callback = lambda value, error: self._after(exchange, value, error, i + 1, proceed, answer)
                 return
             exchange.task = asyncio.get_running_loop().create_task(
                 self._resume(exchange, result, i + 1, proceed, answer))
             return
         proceed()
 
-    def _after(self, exchange, fut, start, proceed, answer):
+    def _after(self, exchange, result, error, start, proceed, answer):
         if exchange.finished:
             return
-        try:
-            result = fut.result()
-        except Exception:  # noqa: BLE001 - a policy bug: the client gets a 500
-            log.exception("policy failed")
+        if error is not None:
+            log.error("policy failed", exc_info=error)
             answer(Reply.problem(500, "Internal Server Error", "a policy failed on this request"))
             return
         if isinstance(result, Reply):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import gc
 import logging
 import os
 import signal
@@ -88,6 +89,11 @@ class Worker:
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
         self._deadlines = self.loop.call_later(DEADLINE_INTERVAL, self._check_deadlines)
         self._announce_if_needed()
+        # Start-up objects (config, routes, modules) never become garbage: move
+        # them out of the collector's sight, and collect young objects less
+        # often. The request path makes few cycles; full scans were ~3% of CPU.
+        gc.freeze()
+        gc.set_threshold(20000, 50, 100)
 
     def _announce_if_needed(self) -> None:
         # store_failure: local divides limits by the live instances, which announce themselves.

@@ -21,14 +21,15 @@ __all__ = ["RateLimit", "Tier", "RateLimitPolicy", "make_limiter"]
 class _Limit:
     """A limit compiled for the request path."""
 
-    __slots__ = ("spec", "algo", "limit", "window", "window_ms", "burst", "spec_id", "key_kind", "header", "name", "name_bytes",
+    __slots__ = ("spec", "algo", "limit", "window", "script_args", "burst", "spec_id", "key_kind", "header", "name", "name_bytes",
                  "policy_item", "table", "local_table")
 
     def __init__(self, cfg: RateLimit, spec_id: str, limiter):
         burst = cfg.burst or cfg.limit
         self.algo, self.limit, self.window, self.burst = ALGORITHMS[cfg.algorithm], cfg.limit, cfg.window, burst
         self.spec = (self.algo, self.limit, self.window, burst)
-        self.window_ms = int(cfg.window * 1000)
+        # Pre-encoded for the Redis script (the client would encode them per call).
+        self.script_args = tuple(b"%d" % v for v in (self.algo, self.limit, int(cfg.window * 1000), burst))
         self.spec_id = spec_id
         self.key_kind = cfg.key.split(":", 1)[0]
         self.header = cfg.key.split(":", 1)[1] if ":" in cfg.key else None

@@ -17,6 +17,7 @@ import time
 
 from redis.exceptions import NoScriptError, RedisError
 
+from ...pipeline import Deferred
 from . import algorithms
 
 log = logging.getLogger("tollhouse.ratelimit")
@@ -33,8 +34,9 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return redis.call('ZCARD', KEYS[1])
 """
 INSTANCES_KEY = "th:instances:v1"
-MAX_IN_FLIGHT = 2     # script calls out at once; more requests wait for the next batch
+MAX_IN_FLIGHT = 4     # script calls out at once; more requests wait for the next batch
 MAX_BATCH = 256       # requests per script call
+_CALLS = ("ratelimit_store_calls", ())
 ANNOUNCE_EVERY = 5.0
 INSTANCE_TTL = 15
 
@@ -139,10 +141,10 @@ class RedisLimiter:
     # --- the request side ---------------------------------------------------------
     def check(self, limits, keys, resolve):
         """`resolve((allowed, decisions))` or `resolve(StoreDown())` decides; returns
-        that at once while the breaker is open, else a Future of it (no task per request)."""
+        that at once while the breaker is open, else a Deferred of it (no task per request)."""
         if self.open:
             return resolve(StoreDown())
-        fut = asyncio.get_running_loop().create_future()
+        fut = Deferred()
         self.pending.append((keys, limits, fut, resolve))
         if self.in_flight < MAX_IN_FLIGHT:
             if not self.flush_scheduled:
@@ -163,13 +165,12 @@ class RedisLimiter:
     async def _flush(self, batch):
         try:
             try:
-                results = await asyncio.wait_for(self._run(batch), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    results = await self._run(batch)
             except (RedisError, OSError, asyncio.TimeoutError) as e:
                 self._failed(e)
                 results = [None] * len(batch)
             for (keys, limits, fut, resolve), result in zip(batch, results):
-                if fut.done():
-                    continue
                 if result is None:
                     outcome = StoreDown()
                 else:
@@ -179,9 +180,11 @@ class RedisLimiter:
                         decisions.append((bool(ok), lim.limit, int(remaining), reset_ms / 1000, retry_ms / 1000))
                     outcome = (bool(result[0]), decisions)
                 try:
-                    fut.set_result(resolve(outcome))
+                    decision = resolve(outcome)
                 except Exception as e:  # noqa: BLE001 - surfaces as the request's 500
-                    fut.set_exception(e)
+                    fut.fail(e)
+                else:
+                    fut.resolve(decision)
         finally:
             self.in_flight -= 1
             if self.pending and not self.flush_scheduled:
@@ -204,12 +207,21 @@ class RedisLimiter:
 
     async def _call(self, batch):
         keys_all: list = []
-        args: list = [len(batch)]
+        profiles: dict[int, int] = {}
+        profile_args: list = []
+        request_args: list = []
         for keys, limits, _, _ in batch:
             keys_all += keys
-            args.append(len(limits))
-            for lim in limits:
-                args += (lim.algo, lim.limit, lim.window_ms, lim.burst)
+            index = profiles.get(id(limits))
+            if index is None:
+                index = profiles[id(limits)] = len(profiles) + 1
+                profile_args.append(len(limits))
+                for lim in limits:
+                    profile_args += lim.script_args
+            request_args.append(index)
+        args = [len(profiles), *profile_args, len(batch), *request_args]
+        counters = self.stats.counters
+        counters[_CALLS] = counters.get(_CALLS, 0) + 1
         if self.sha is None:
             self.sha = await self.client.script_load(LUA)
         try:

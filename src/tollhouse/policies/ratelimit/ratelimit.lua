@@ -4,19 +4,30 @@
 -- Requests in one call are decided in order, so a batch is exactly as if the
 -- requests had arrived one after another.
 -- KEYS: the storage keys of every limit of every request, in order (one hash slot).
--- ARGV: number of requests, then per request: number of limits, then per limit
---       4 values: algorithm (0 fixed, 1 sliding, 2 bucket), limit, window_ms, burst.
+-- ARGV: number of profiles; per profile: number of limits, then per limit 4 values:
+--       algorithm (0 fixed, 1 sliding, 2 bucket), limit, window_ms, burst;
+--       then the number of requests and, per request, the index (1-based) of its profile.
+--       (Requests of one route share a profile: the batch carries it once.)
 -- Uses the Redis server's clock, so gateway clocks may drift.
 -- Returns, per request: allowed, then per limit: allowed, remaining, reset_ms, retry_ms.
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
+local profiles = {}
 local argi = 2
-local keyi = 1
-for _ = 1, tonumber(ARGV[1]) do
+for p = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[argi])
-  argi = argi + 1
+  profiles[p] = argi + 1
+  argi = argi + 1 + 4 * n
+end
+local nreq = tonumber(ARGV[argi])
+local reqi = argi + 1
+local out = {}
+local keyi = 1
+for r = 1, nreq do
+  local pstart = profiles[tonumber(ARGV[reqi + r - 1])]
+  local n = tonumber(ARGV[pstart - 1])
+  local argi = pstart
   local head = #out + 1
   out[head] = 1
   local updates = {}
