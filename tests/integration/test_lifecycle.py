@@ -195,8 +195,8 @@ upstreams:
 routes:
   - match: {prefix: /a}
     upstream: users
-    rate_limits:
-      - {limit: 10, window: 1m}
+    cache:
+      ttl: 30s
   - match: {prefix: /b, methodz: [GET]}
     upstream: users
 """)
@@ -206,7 +206,7 @@ routes:
     err = out.stderr
     assert "limits.header_timeout (line 2)" in err
     assert "upstreams.users.targets[0].url (line 5)" in err
-    assert "routes[0].rate_limits (line 9)" in err and "not available" in err
+    assert "routes[0].cache (line 9)" in err and "not available" in err
     assert "routes[1].match.methodz (line 11)" in err and "did you mean 'methods'" in err
     good = tmp_path / "good.yaml"
     good.write_text("upstreams: {u: {targets: [http://127.0.0.1:1]}}\nroutes: [{match: {prefix: /}, upstream: u}]\n")

@@ -190,6 +190,9 @@ class Upstream:
             self._server.close()
             for t in list(self.open_transports):
                 t.abort()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
         asyncio.run_coroutine_threadsafe(shut(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
