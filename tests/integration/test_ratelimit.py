@@ -91,6 +91,20 @@ def test_rejected_requests_do_not_keep_a_client_out(gateway_factory, upstream, r
     assert get(g.port).status == 200
 
 
+def test_global_limit_is_shared_by_routes(gateway_factory, upstream):
+    g = gateway_factory(basic_config(upstream.url, extra_routes="""  - name: one
+    match: {prefix: /one}
+    upstream: app
+    rate_limits: [{limit: 3, window: 1m, key: global}]
+  - name: two
+    match: {prefix: /two}
+    upstream: app
+    rate_limits: [{limit: 3, window: 1m, key: global}, {limit: 10, window: 1m, key: route}]
+"""))
+    statuses = [get(g.port, p).status for p in ("/one", "/two", "/one", "/two")]
+    assert statuses == [200, 200, 200, 429]
+
+
 def test_keys_by_header_and_tiers(gateway_factory, upstream):
     g = gateway_factory(limited("      - {limit: 1, window: 1m, key: header:X-User}\n      - {tiered: true}",
                                 extra="tiers:\n  default: {rate_limits: [{limit: 3, window: 1m, key: ip}]}",

@@ -22,6 +22,9 @@ def curl_lines(port: int, admin_port: int) -> str:
         f"  curl -i {base}/api/%75sers/2         # normalised to /api/users/2",
         f"  curl -i -X POST {base}/api/users/    # 405 with Allow",
         f"  curl -i {base}/nowhere               # 404 problem+json",
+        f"  for i in $(seq 8); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/api/limited/; done; echo"
+        "   # 5 per 10 s and bursts of 3 per IP: 200s, then 429",
+        f"  curl -si {base}/api/limited/ | grep -i -E '^(HTTP|ratelimit|retry-after)'   # the RateLimit headers",
         f"  curl -s http://127.0.0.1:{admin_port}/metrics | grep tollhouse_requests",
         f"  curl -s http://127.0.0.1:{admin_port}/status",
         "Ctrl-C stops it.",

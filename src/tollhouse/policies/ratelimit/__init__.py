@@ -30,6 +30,9 @@ class _Limit:
         self.spec = (self.algo, self.limit, self.window, burst)
         # Pre-encoded for the Redis script (the client would encode them per call).
         self.script_args = tuple(b"%d" % v for v in (self.algo, self.limit, int(cfg.window * 1000), burst))
+        if cfg.key == "global":
+            # One counter for every route declaring the same global limit.
+            spec_id = f"global:{cfg.algorithm}:{cfg.limit}:{cfg.window:g}:{burst}"
         self.spec_id = spec_id
         self.key_kind = cfg.key.split(":", 1)[0]
         self.header = cfg.key.split(":", 1)[1] if ":" in cfg.key else None
