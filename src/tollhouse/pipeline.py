@@ -69,20 +69,20 @@ class Deferred:
     `resolve(None | Reply)` once, or `fail(exception)`.
     """
 
-    __slots__ = ("callback",)
+    __slots__ = ("chain", "exchange", "start", "proceed", "answer")
 
     def __init__(self):
-        self.callback = None
+        self.chain = None
 
     def resolve(self, value) -> None:
-        callback, self.callback = self.callback, None
-        if callback is not None:
-            callback(value, None)
+        chain, self.chain = self.chain, None
+        if chain is not None:
+            chain._after(self.exchange, value, None, self.start, self.proceed, self.answer)
 
     def fail(self, error: BaseException) -> None:
-        callback, self.callback = self.callback, None
-        if callback is not None:
-            callback(None, error)
+        chain, self.chain = self.chain, None
+        if chain is not None:
+            chain._after(self.exchange, None, error, self.start, self.proceed, self.answer)
 
 
 class Policy:
@@ -153,7 +153,8 @@ class Chain:
                 return
             if result.__class__ is Deferred:
                 # Decided later by a direct call (e.g. a batched store call): no task.
-                result.callback = lambda value, error: self._after(exchange, value, error, i + 1, proceed, answer)
+                result.chain, result.exchange, result.start = self, exchange, i + 1
+                result.proceed, result.answer = proceed, answer
                 return
             exchange.task = asyncio.get_running_loop().create_task(
                 self._resume(exchange, result, i + 1, proceed, answer))

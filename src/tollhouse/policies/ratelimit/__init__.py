@@ -21,7 +21,7 @@ __all__ = ["RateLimit", "Tier", "RateLimitPolicy", "make_limiter"]
 class _Limit:
     """A limit compiled for the request path."""
 
-    __slots__ = ("spec", "algo", "limit", "window", "script_args", "burst", "spec_id", "key_kind", "header", "name", "name_bytes",
+    __slots__ = ("spec", "algo", "limit", "window", "script_args", "burst", "spec_id", "store_prefix", "key_kind", "header", "name", "name_bytes",
                  "policy_item", "table", "local_table")
 
     def __init__(self, cfg: RateLimit, spec_id: str, limiter):
@@ -34,6 +34,7 @@ class _Limit:
             # One counter for every route declaring the same global limit.
             spec_id = f"global:{cfg.algorithm}:{cfg.limit}:{cfg.window:g}:{burst}"
         self.spec_id = spec_id
+        self.store_prefix = ""
         self.key_kind = cfg.key.split(":", 1)[0]
         self.header = cfg.key.split(":", 1)[1] if ":" in cfg.key else None
         self.name = f"{cfg.key.replace(':', '-').lower()}-{cfg.window:g}s"
@@ -69,6 +70,8 @@ class RateLimitPolicy(Policy):
         # sees them all: the route's slot, or the shared one if a global key is used.
         tag = "global" if uses_global else route_name
         self.prefix = f"th:rl:v1:{{{tag}}}:"
+        for lim in self.fixed + [x for limits in self.tiers.values() for x in limits]:
+            lim.store_prefix = f"{self.prefix}{lim.spec_id}:"
         self.counters = context.stats.counters
         self.count_keys = {r: ("ratelimit_decisions", (("route", route_name), ("result", r))) for r in _RESULTS}
         self.rejection_key = ("ratelimit_rejections", (("route", route_name),))
@@ -122,11 +125,10 @@ class RateLimitPolicy(Policy):
         if self.memory:
             allowed, decisions = decide(limits, [lim.table for lim in limits], keys, _now(), 1)
             return self._decide(exchange, limits, allowed, decisions, "allowed")
-        prefix = self.prefix
-        return self.limiter.check(limits, [f"{prefix}{lim.spec_id}:{k}" for lim, k in zip(limits, keys)],
-                                  lambda result: self._resolved(exchange, limits, keys, result))
+        return self.limiter.check(limits, [(lim.store_prefix + k).encode() for lim, k in zip(limits, keys)],
+                                  self, exchange, keys)
 
-    def _resolved(self, exchange, limits, keys, result):
+    def resolved(self, exchange, limits, keys, result):
         """Turn the store's answer (or StoreDown) into None or a Reply."""
         if not isinstance(result, StoreDown):
             allowed, decisions = result

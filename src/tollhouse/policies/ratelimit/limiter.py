@@ -139,13 +139,14 @@ class RedisLimiter:
         self.local = MemoryLimiter()   # for store_failure: local
 
     # --- the request side ---------------------------------------------------------
-    def check(self, limits, keys, resolve):
-        """`resolve((allowed, decisions))` or `resolve(StoreDown())` decides; returns
-        that at once while the breaker is open, else a Deferred of it (no task per request)."""
+    def check(self, limits, store_keys, policy, exchange, keys):
+        """`policy.resolved(exchange, limits, keys, (allowed, decisions) | StoreDown())`
+        decides; returned at once while the breaker is open, else through a
+        Deferred (no task per request)."""
         if self.open:
-            return resolve(StoreDown())
+            return policy.resolved(exchange, limits, keys, StoreDown())
         fut = Deferred()
-        self.pending.append((keys, limits, fut, resolve))
+        self.pending.append((store_keys, limits, fut, policy, exchange, keys))
         if self.in_flight < MAX_IN_FLIGHT:
             if not self.flush_scheduled:
                 self.flush_scheduled = True
@@ -170,7 +171,7 @@ class RedisLimiter:
             except (RedisError, OSError, asyncio.TimeoutError) as e:
                 self._failed(e)
                 results = [None] * len(batch)
-            for (keys, limits, fut, resolve), result in zip(batch, results):
+            for (_, limits, fut, policy, exchange, keys), result in zip(batch, results):
                 if result is None:
                     outcome = StoreDown()
                 else:
@@ -180,7 +181,7 @@ class RedisLimiter:
                         decisions.append((bool(ok), lim.limit, int(remaining), reset_ms / 1000, retry_ms / 1000))
                     outcome = (bool(result[0]), decisions)
                 try:
-                    decision = resolve(outcome)
+                    decision = policy.resolved(exchange, limits, keys, outcome)
                 except Exception as e:  # noqa: BLE001 - surfaces as the request's 500
                     fut.fail(e)
                 else:
@@ -196,7 +197,7 @@ class RedisLimiter:
         if self.cluster:
             groups: dict[str, list[int]] = {}
             for i, (keys, *_) in enumerate(batch):
-                groups.setdefault(keys[0][:keys[0].index("}") + 1], []).append(i)
+                groups.setdefault(keys[0][:keys[0].index(b"}") + 1], []).append(i)
             results = [None] * len(batch)
             answers = await asyncio.gather(*(self._call([batch[i] for i in idx]) for idx in groups.values()))
             for idx, answer in zip(groups.values(), answers):
@@ -210,16 +211,17 @@ class RedisLimiter:
         profiles: dict[int, int] = {}
         profile_args: list = []
         request_args: list = []
-        for keys, limits, _, _ in batch:
+        for keys, limits, *_ in batch:
             keys_all += keys
             index = profiles.get(id(limits))
             if index is None:
-                index = profiles[id(limits)] = len(profiles) + 1
-                profile_args.append(len(limits))
+                index = profiles[id(limits)] = b"%d" % (len(profiles) + 1)
+                profile_args.append(b"%d" % len(limits))
                 for lim in limits:
                     profile_args += lim.script_args
             request_args.append(index)
-        args = [len(profiles), *profile_args, len(batch), *request_args]
+        # Everything already bytes: the client's encoder passes bytes through.
+        args = [b"%d" % len(profiles), *profile_args, b"%d" % len(batch), *request_args]
         counters = self.stats.counters
         counters[_CALLS] = counters.get(_CALLS, 0) + 1
         if self.sha is None:
@@ -230,7 +232,7 @@ class RedisLimiter:
             # The server lost its scripts (restart, SCRIPT FLUSH): EVAL loads it again.
             flat = await self.client.eval(LUA, len(keys_all), *keys_all, *args)
         results, pos = [], 0
-        for keys, limits, _, _ in batch:
+        for keys, limits, *_ in batch:
             size = 1 + 4 * len(limits)
             results.append(flat[pos:pos + size])
             pos += size
