@@ -55,6 +55,20 @@ def _text_with_workers(text: str, workers: int) -> str:
     return text + f"\nworkers: {workers}\n"
 
 
+def cmd_token(args) -> int:
+    """Mint a signed JWT for development (PRODUCT.md §1)."""
+    from .policies.auth.tokens import mint
+
+    try:
+        print(mint(secret=args.secret, key_file=args.key, subject=args.sub, scope=args.scope, tier=args.tier,
+                   ttl=args.ttl, issuer=args.iss, audience=args.aud, kid=args.kid, algorithm=args.alg,
+                   roles=args.role))
+    except (ValueError, OSError) as e:
+        print(f"tollhouse token: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo.run import run_demo
 
@@ -80,6 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check", help="validate a config file")
     c.add_argument("-c", "--config", required=True)
     c.set_defaults(func=cmd_check)
+    t = sub.add_parser("token", help="mint a signed JWT for development")
+    key = t.add_mutually_exclusive_group(required=True)
+    key.add_argument("--secret", help="HMAC secret (HS256 unless --alg)")
+    key.add_argument("--key", help="PEM private key file (RSA: RS256, EC P-256: ES256, Ed25519: EdDSA)")
+    t.add_argument("--sub", required=True, help="subject: the consumer id")
+    t.add_argument("--scope", default="", help="space-separated scopes")
+    t.add_argument("--tier", default="", help="tier claim")
+    t.add_argument("--role", action="append", default=[], help="a role (repeatable)")
+    t.add_argument("--ttl", default="1h", help="lifetime: 30s, 15m, 1h, 1d")
+    t.add_argument("--iss", default="", help="issuer")
+    t.add_argument("--aud", default="", help="audience")
+    t.add_argument("--kid", default="", help="key id header")
+    t.add_argument("--alg", default="", help="algorithm (default from the key)")
+    t.set_defaults(func=cmd_token)
     d = sub.add_parser("demo", help="run the embedded demo (no Redis, no config needed)")
     d.set_defaults(func=cmd_demo)
     w = sub.add_parser("_worker", help=argparse.SUPPRESS)

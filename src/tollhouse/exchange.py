@@ -56,7 +56,7 @@ class Exchange:
     """
 
     __slots__ = ("conn", "worker", "headers", "body_chunks",
-                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit")
+                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit", "local")
 
     def __init__(self, conn):
         self.conn = conn
@@ -96,6 +96,7 @@ class Exchange:
         self.upstream_clock = 0.0
         self.tier = None
         self.ratelimit = None
+        self.local = None
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None
@@ -248,6 +249,11 @@ class Exchange:
             return
         self.route = route
         self.params = params
+        if route.local is not None:
+            self.local = route.local
+            if self.body_done:
+                self.run_local()
+            return
         chain = route.chain
         if chain.request_hooks:
             chain.run(self, self.proxy, self.answer)
@@ -378,6 +384,25 @@ class Exchange:
         self.deadline = self.upstream_started + min(route.timeout, target.settings.read_timeout)
         self.worker.inflight.add(self)
 
+    # ------------------------------------------------------- endpoints of the gateway
+    def run_local(self) -> None:
+        """Answer from a gateway endpoint (e.g. the OAuth token endpoint) with the whole body."""
+        body = b"".join(self.body_chunks or ())
+        result = self.local(self, body)
+        if isinstance(result, Reply):
+            self.answer(result)
+            return
+        self.task = self.worker.loop.create_task(self._local_async(result))
+
+    async def _local_async(self, pending) -> None:
+        try:
+            reply = await pending
+        except Exception:  # noqa: BLE001 - a bug: logged, 500
+            log.exception("gateway endpoint failed")
+            reply = Reply.problem(500, "Internal Server Error", "the gateway failed to answer")
+        self.task = None
+        self.answer(reply)
+
     # ------------------------------------------------------- request body (client)
     def feed_body(self, chunk: bytes) -> None:
         if self.finished:
@@ -406,11 +431,18 @@ class Exchange:
             self.body_chunks.append(chunk)
             self.body_buffered += len(chunk)
             if self.body_buffered > _BODY_BUFFER_HIGH:
+                if self.local is not None:
+                    self.keep_alive = False
+                    self.answer(Reply.problem(413, "Content Too Large", "this endpoint takes at most 64 KiB"))
+                    return
                 self.conn.pause_reading(2)
 
     def body_complete(self) -> None:
         self.body_done = True
         if self.finished:
+            return
+        if self.local is not None and self.task is None and not self.response_done:
+            self.run_local()
             return
         up = self.upstream
         if up is not None:

@@ -20,11 +20,11 @@ class RouteTarget:
     """What the proxy needs of a matched route; built from config at load."""
 
     __slots__ = ("name", "index", "host", "methods", "path", "prefix", "template", "strip_prefix", "rewrite",
-                 "timeout", "preserve_host", "upstream", "chain", "name_bytes", "specificity", "match_key", "stats")
+                 "timeout", "preserve_host", "upstream", "chain", "name_bytes", "specificity", "match_key", "stats", "local")
 
     def __init__(self, name: str, index: int, *, host: str = "", methods=(), path: str = "", prefix: str = "",
                  strip_prefix: bool = False, rewrite: str = "", timeout: float = 60.0, preserve_host: bool = False,
-                 upstream: Any = None, chain: Any = None, stats: Any = None):
+                 upstream: Any = None, chain: Any = None, stats: Any = None, local: Any = None):
         self.name = name
         self.name_bytes = name.encode()
         self.index = index
@@ -48,6 +48,7 @@ class RouteTarget:
         self.upstream = upstream
         self.chain = chain
         self.stats = stats
+        self.local = local    # handler(exchange, body) for endpoints the gateway answers itself
         # Templates: more literal characters = more specific.
         self.specificity = len(_VAR.sub(b"", self.path))
         self.match_key = (self.path, self.prefix)

@@ -11,6 +11,7 @@ from functools import lru_cache
 
 from .config.loader import ConfigError
 from .pipeline import EMPTY_CHAIN, Chain, PolicyContext, load_policy_class
+from .policies.auth import AuthPolicy, AuthService
 from .policies.ratelimit import RateLimitPolicy, make_limiter
 from .routing import RouteTable, RouteTarget
 from .upstream.pool import UpstreamPool
@@ -19,12 +20,13 @@ from .upstream.pool import UpstreamPool
 class GatewayState:
     """One immutable config version's runtime objects."""
 
-    def __init__(self, config, table: RouteTable, pools: dict[str, UpstreamPool], version: int):
+    def __init__(self, config, table: RouteTable, pools: dict[str, UpstreamPool], version: int, auth=None):
         self.config = config
         self.limits = config.limits
         self.table = table
         self.pools = pools
         self.version = version
+        self.auth = auth
         networks = tuple(config.trusted_proxies)
 
         @lru_cache(maxsize=4096)
@@ -74,10 +76,15 @@ def build_state(config, loop, stats, store, previous: GatewayState | None = None
             pools[name] = old
         else:
             pools[name] = UpstreamPool(name, settings, loop)
+    auth = None
+    if config.auth is not None or config.consumers:
+        auth = AuthService(config.auth, config.consumers, store)
     routes = []
     for i, r in enumerate(config.routes):
         name = r.name or f"route-{i}"
         policies = []
+        if r.auth is not None:
+            policies.append(AuthPolicy(r.auth, PolicyContext(store, stats, name), service=auth, route_name=name))
         if r.rate_limits:
             if limiter is None:
                 limiter = make_limiter(store, stats, config.store_failure)
@@ -91,11 +98,18 @@ def build_state(config, loop, stats, store, previous: GatewayState | None = None
             strip_prefix=r.strip_prefix, rewrite=r.rewrite, timeout=r.timeout, preserve_host=r.preserve_host,
             upstream=pools[r.upstream], chain=Chain(policies) if policies else EMPTY_CHAIN,
             stats=stats.route(name, r.upstream)))
-    return GatewayState(config, RouteTable(routes), pools, version)
+    if auth is not None:
+        for method, path, handler in auth.local_routes():
+            name = "oauth" + path.replace("/", "-").replace(".", "")
+            routes.append(RouteTarget(name, len(routes), methods=(method,), path=path, chain=EMPTY_CHAIN,
+                                      stats=stats.route(name, None), local=handler))
+    return GatewayState(config, RouteTable(routes), pools, version, auth)
 
 
 def retire(previous: GatewayState, current: GatewayState) -> None:
     """Close pools the new version no longer uses (their in-flight exchanges finish first)."""
+    if previous.auth is not None:
+        previous.auth.close()
     kept = {id(p) for p in current.pools.values()}
     for pool in previous.pools.values():
         if id(pool) not in kept:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from .loader import ConfigError
 from .schema import (Address, Bool, Duration, Field, Int, Kind, ListOf, MapOf, Network, OneOf, Ratio, Schema,
                      Size, Str, error_at)
+from ..policies.auth.schema import Auth, Consumer, RouteAuth
 from ..policies.ratelimit.schema import RateLimit, Tier
 
 NAME = r"[A-Za-z0-9_.-]+"
@@ -134,7 +135,7 @@ class Route(Schema):
     timeout = Field(Duration(min=0.001), 60.0, "longest wait for the upstream's response head; 504 beyond")
     preserve_host = Field(Bool(), False, "send the client's Host upstream instead of the target's host")
     policies = Field(ListOf(Str(pattern=NAME)), (), "custom policies (names from top-level `policies`), in order")
-    auth = Field(NotYet("route auth (issue 4)"), None)
+    auth = Field(RouteAuth, None, "who may call: {providers, scopes, roles, optional}; see docs/auth.md")
     rate_limits = Field(ListOf(RateLimit), (), "limits checked together; see docs/ratelimiting.md")
     cache = Field(NotYet("cache (issue 5)"), None)
     ip = Field(NotYet("route ip allow/deny"), None)
@@ -190,11 +191,27 @@ class Gateway(Schema):
     upstreams = Field(MapOf(Upstream, key_pattern=NAME), {}, "named upstream services")
     routes = Field(ListOf(Route), (), "routes, chosen by host then the most specific path")
     ip = Field(NotYet("global ip allow/deny"), None)
-    auth = Field(NotYet("auth (issue 4)"), None)
-    consumers = Field(NotYet("consumers (issue 4)"), None)
+    auth = Field(Auth, None, "credential providers, claim names, the token endpoint; see docs/auth.md")
+    consumers = Field(ListOf(Consumer), (), "known callers: API keys, OAuth clients, tier, scopes, roles")
     tiers = Field(MapOf(Tier, key_pattern=NAME), {}, "tier name -> {rate_limits}; callers without a tier use `default`")
 
     def check(self, path, lines, line, errors):
+        ids, keys, clients = set(), set(), set()
+        for i, c in enumerate(self.consumers):
+            where = f"consumers[{i}]"
+            if c.id in ids:
+                errors.append(_err(where + ".id", None, f"duplicate consumer id {c.id!r}"))
+            ids.add(c.id)
+            if c.tier and self.tiers and c.tier not in self.tiers:
+                errors.append(_err(where + ".tier", None, f"no tier named {c.tier!r} in tiers"))
+            for k in c.api_keys:
+                if k in keys:
+                    errors.append(_err(where + ".api_keys", None, "an API key is given to two consumers"))
+                keys.add(k)
+            if c.client_id:
+                if c.client_id in clients:
+                    errors.append(_err(where + ".client_id", None, f"duplicate client_id {c.client_id!r}"))
+                clients.add(c.client_id)
         seen = set()
         for i, route in enumerate(self.routes):
             name = route.name or f"route-{i}"
@@ -206,6 +223,13 @@ class Gateway(Schema):
                 errors.append(_err(where + ".upstream", None, "is required"))
             elif route.upstream not in self.upstreams:
                 errors.append(_err(where + ".upstream", None, f"no upstream named {route.upstream!r} in upstreams"))
+            if route.auth is not None:
+                known = set(self.auth.providers) if self.auth is not None else set()
+                if self.auth is not None and self.auth.token_endpoint is not None:
+                    known.add("self")
+                for j, pname in enumerate(route.auth.providers):
+                    if pname not in known:
+                        errors.append(_err(f"{where}.auth.providers[{j}]", None, f"no auth provider named {pname!r}"))
             for j, pname in enumerate(route.policies):
                 if pname not in self.policies:
                     errors.append(_err(f"{where}.policies[{j}]", None, f"no policy named {pname!r} in policies"))

@@ -1,0 +1,201 @@
+"""Authentication and authorisation (PRODUCT.md §2 `auth`, `consumers`, route `auth`; §3).
+
+`AuthService` holds the providers of one config version; `AuthPolicy` is
+a route's check: any listed provider may succeed, all `scopes` are required,
+any of `roles`. Failures are problem+json with an RFC 6750 challenge: 401
+`error="invalid_token"` (or no error when no credential was sent), 403
+`error="insufficient_scope"`. After success the upstream receives
+`X-Consumer-Id`, `X-Consumer-Tier`, `X-Auth-Scopes` (client-sent copies are
+always removed), and the rate limiter sees the consumer and tier.
+"""
+from __future__ import annotations
+
+import time
+import urllib.parse
+
+from ...pipeline import Policy, Reply
+from .issuer import TokenIssuer
+from .providers import (ApiKeyProvider, AuthFailure, Identity, IntrospectionProvider, JwtProvider, token_hash)
+from .schema import Auth, Consumer, RouteAuth
+
+__all__ = ["Auth", "Consumer", "RouteAuth", "AuthService", "AuthPolicy", "AuthFailure", "Identity"]
+
+
+class AuthService:
+    """The providers of one config version (and the token issuer, if configured)."""
+
+    def __init__(self, auth_cfg, consumers, store):
+        auth_cfg = auth_cfg or Auth()
+        self.consumers = {c.id: c for c in consumers}
+        self.providers: dict = {}
+        for name, cfg in auth_cfg.providers.items():
+            if cfg.type == "jwt":
+                self.providers[name] = JwtProvider(name, cfg, auth_cfg.claims, self.consumers)
+            elif cfg.type == "api_key":
+                self.providers[name] = ApiKeyProvider(name, cfg, consumers)
+            else:
+                self.providers[name] = IntrospectionProvider(name, cfg, auth_cfg.claims, self.consumers)
+        self.issuer = None
+        if auth_cfg.token_endpoint is not None:
+            self.issuer = TokenIssuer(auth_cfg.token_endpoint, consumers, store)
+            te = auth_cfg.token_endpoint
+            self_cfg = _SelfProviderConfig(self.issuer.algorithm, te.audience)
+            self.providers["self"] = JwtProvider("self", self_cfg, auth_cfg.claims, self.consumers,
+                                                 static_key=self.issuer.public_key, issuer_override=te.issuer)
+        self.started = False
+
+    def start(self) -> None:
+        """Background work (JWKS refresh) needs the running loop: started on first use."""
+        if not self.started:
+            self.started = True
+            for p in self.providers.values():
+                if isinstance(p, JwtProvider):
+                    p.start()
+
+    def close(self) -> None:
+        for p in self.providers.values():
+            if isinstance(p, JwtProvider):
+                p.close()
+
+    def local_routes(self):
+        """(method, path, handler) the gateway answers itself."""
+        if self.issuer is None:
+            return []
+        te = self.issuer.cfg
+        return [("POST", te.path, self.issuer.token_endpoint), ("POST", te.revoke_path, self.issuer.revoke_endpoint),
+                ("GET", te.jwks_path, self.issuer.jwks_endpoint)]
+
+
+class _SelfProviderConfig:
+    """The `self` provider: tokens from our own issuer."""
+
+    def __init__(self, algorithm: str, audience: str):
+        self.algorithms = (algorithm,)
+        self.audience = audience
+        self.leeway = 0.0
+        self.issuer = ""
+        self.jwks_url = ""
+        self.secret = ""
+        self.public_key = ""
+        self.timeout = 2.0
+
+
+_CHALLENGE = 'Bearer realm="tollhouse"'
+
+
+class AuthPolicy(Policy):
+    phase = "auth"
+
+    def __init__(self, config: RouteAuth, context, *, service: AuthService, route_name: str):
+        super().__init__(config, context)
+        self.service = service
+        self.providers = [service.providers[name] for name in config.providers]
+        self.bearer = [p for p in self.providers if p.kind in ("jwt", "introspection")]
+        self.api_keys = [p for p in self.providers if p.kind == "api_key"]
+        self.scopes = frozenset(config.scopes)
+        self.roles = frozenset(config.roles)
+        self.optional = config.optional
+        self.route = route_name
+        self.counters = context.stats.counters
+        self.scope_param = " ".join(sorted(self.scopes))
+
+    def on_request(self, exchange):
+        service = self.service
+        if not service.started:
+            service.start()
+        failure = None
+        token = None
+        auth = exchange.header("authorization")
+        if auth is not None and auth[:7].lower() == "bearer ":
+            token = auth[7:].strip()
+        if token and self.bearer:
+            key = token_hash(token)
+            now = time.time()
+            for provider in self.bearer:
+                try:
+                    result = provider.verify(token, key, now)
+                except AuthFailure as e:
+                    failure = failure or e
+                    continue
+                if isinstance(result, Identity):
+                    return self._admit(exchange, result)
+                return self._await(exchange, result, self.bearer.index(provider), token, key)
+        for provider in self.api_keys:
+            presented = self._api_key(exchange, provider)
+            if presented is None:
+                continue
+            try:
+                return self._admit(exchange, provider.verify(presented))
+            except AuthFailure as e:
+                failure = failure or e
+        if failure is None and token is None and self.optional:
+            return None
+        return self._deny(failure)
+
+    async def _await(self, exchange, pending, index, token, key):
+        """A provider had to wait (JWKS refetch, introspection); later ones still get their turn."""
+        failure = None
+        try:
+            return self._admit(exchange, await pending)
+        except AuthFailure as e:
+            failure = e
+        for provider in self.bearer[index + 1:]:
+            try:
+                result = provider.verify(token, key, time.time())
+                if not isinstance(result, Identity):
+                    result = await result
+                return self._admit(exchange, result)
+            except AuthFailure:
+                continue
+        return self._deny(failure)
+
+    def _api_key(self, exchange, provider) -> str | None:
+        if provider.query:
+            query = exchange.query
+            if not query:
+                return None
+            pairs = urllib.parse.parse_qsl(query[1:].decode("latin-1"), keep_blank_values=True)
+            value = next((v for k, v in pairs if k == provider.query), None)
+            if value is not None:
+                # The credential is not forwarded upstream.
+                rest = [(k, v) for k, v in pairs if k != provider.query]
+                exchange.query = ("?" + urllib.parse.urlencode(rest)).encode() if rest else b""
+            return value
+        value = exchange.header(provider.header)
+        if value is not None:
+            exchange.remove_header(provider.header)
+        return value
+
+    def _admit(self, exchange, identity: Identity):
+        if self.scopes and not self.scopes <= identity.scopes:
+            self._count("insufficient_scope")
+            return Reply.problem(403, "Forbidden", "the credential lacks a required scope", headers=[
+                ("www-authenticate", f'{_CHALLENGE}, error="insufficient_scope", scope="{self.scope_param}"')])
+        if self.roles and not self.roles & identity.roles:
+            self._count("forbidden_role")
+            return Reply.problem(403, "Forbidden", "the caller has none of the required roles",
+                                 headers=[("www-authenticate", f'{_CHALLENGE}, error="insufficient_scope"')])
+        exchange.consumer = identity.consumer
+        exchange.tier = identity.tier
+        headers = exchange.headers
+        headers.append(b"x-consumer-id: %s\r\n" % identity.consumer.encode("latin-1", "replace"))
+        if identity.tier:
+            headers.append(b"x-consumer-tier: %s\r\n" % identity.tier.encode("latin-1", "replace"))
+        if identity.scopes:
+            headers.append(b"x-auth-scopes: %s\r\n" % " ".join(sorted(identity.scopes)).encode("latin-1", "replace"))
+        return None
+
+    def _deny(self, failure: AuthFailure | None) -> Reply:
+        if failure is None:
+            # No credential at all: a bare challenge (RFC 6750 §3.1).
+            self._count("missing")
+            return Reply.problem(401, "Unauthorized", "credentials are required",
+                                 headers=[("www-authenticate", _CHALLENGE)])
+        self._count(failure.reason)
+        detail = failure.detail.replace('"', "'")
+        return Reply.problem(401, "Unauthorized", failure.detail, headers=[
+            ("www-authenticate", f'{_CHALLENGE}, error="invalid_token", error_description="{detail}"')])
+
+    def _count(self, reason: str) -> None:
+        key = ("auth_failures", (("reason", reason), ("route", self.route)))
+        self.counters[key] = self.counters.get(key, 0) + 1

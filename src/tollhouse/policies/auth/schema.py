@@ -1,0 +1,119 @@
+"""Config schema of authentication (top-level `auth`, `consumers`; route `auth`)."""
+from __future__ import annotations
+
+import hashlib
+import re
+
+from ...config.schema import Bool, Duration, Field, Kind, ListOf, MapOf, Schema, Str, error_at
+
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                  "ES256", "ES384", "EdDSA")
+NAME = r"[A-Za-z0-9_.-]+"
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def hashed_secret(value: str) -> str:
+    """`sha256:<hex>` as given, or the hash of a plain secret (hashed at load)."""
+    if _SHA256.fullmatch(value):
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+
+
+class Secret(Kind):
+    """A secret stored hashed: `sha256:<64 hex>`, or plain text hashed at load."""
+
+    label = "secret"
+
+    def convert(self, value):
+        if not isinstance(value, str) or not value:
+            raise ValueError("expected a non-empty string")
+        return hashed_secret(value)
+
+
+class Provider(Schema):
+    type = Field(Str(choices=("jwt", "api_key", "introspection")), doc="jwt, api_key or introspection")
+    # jwt
+    algorithms = Field(ListOf(Str(choices=JWT_ALGORITHMS)), (), "jwt: accepted algorithms (never `none`)")
+    secret = Field(Str(), "", "jwt: HMAC secret (HS*)")
+    public_key = Field(Str(), "", "jwt: PEM public key file (RS*, PS*, ES*, EdDSA)")
+    jwks_url = Field(Str(pattern=r"https?://.+"), "", "jwt: JWKS document URL, fetched and refreshed in the background")
+    jwks_refresh = Field(Duration(min=1), 300.0, "jwt: how often the JWKS is refetched")
+    issuer = Field(Str(), "", "jwt/introspection: required `iss`")
+    audience = Field(Str(), "", "jwt/introspection: required in `aud`")
+    leeway = Field(Duration(), 0.0, "jwt: clock skew allowed on exp/nbf/iat")
+    # api_key
+    header = Field(Str(pattern=r"[A-Za-z0-9-]+"), "", "api_key: header carrying the key (default X-API-Key)")
+    query = Field(Str(pattern=r"[A-Za-z0-9_.-]+"), "", "api_key: query parameter carrying the key")
+    # introspection
+    url = Field(Str(pattern=r"https?://.+"), "", "introspection: RFC 7662 endpoint")
+    client_id = Field(Str(), "", "introspection: client id (HTTP Basic)")
+    client_secret = Field(Str(), "", "introspection: client secret (HTTP Basic)")
+    cache_ttl = Field(Duration(), 60.0, "introspection: active answers are cached this long (never past exp)")
+    inactive_ttl = Field(Duration(), 10.0, "introspection: inactive answers are cached this long")
+    timeout = Field(Duration(min=0.01), 2.0, "jwt (JWKS fetch) / introspection: HTTP timeout")
+
+    def check(self, path, lines, line, errors):
+        if self.type == "jwt":
+            if not self.algorithms:
+                error_at(errors, path, "algorithms", lines, line, "a jwt provider needs its algorithms")
+            sources = [bool(self.secret), bool(self.public_key), bool(self.jwks_url)]
+            if sum(sources) != 1:
+                error_at(errors, path, "secret", lines, line, "give exactly one of secret, public_key, jwks_url")
+            hs = [a for a in self.algorithms if a.startswith("HS")]
+            if self.secret and len(hs) != len(self.algorithms):
+                error_at(errors, path, "algorithms", lines, line, "a secret only verifies HS* algorithms")
+            if (self.public_key or self.jwks_url) and hs:
+                # RS->HS confusion: never verify an HMAC with public key material.
+                error_at(errors, path, "algorithms", lines, line, "HS* needs a secret, not a public key")
+        elif self.type == "api_key":
+            if self.header and self.query:
+                error_at(errors, path, "query", lines, line, "use either header or query")
+        elif self.type == "introspection":
+            if not self.url:
+                error_at(errors, path, "url", lines, line, "is required for introspection")
+
+
+class Claims(Schema):
+    consumer = Field(Str(), "sub", "claim naming the consumer")
+    scopes = Field(Str(), "scope", "claim with scopes: space-separated string (`scope`) or list (`scp`)")
+    roles = Field(Str(), "roles", "claim with roles (list or space-separated)")
+    tier = Field(Str(), "tier", "claim with the tier")
+
+
+class TokenEndpoint(Schema):
+    path = Field(Str(pattern=r"/[^\s?#]*"), "/oauth/token", "where the token endpoint answers")
+    revoke_path = Field(Str(pattern=r"/[^\s?#]*"), "/oauth/revoke", "RFC 7009 revocation endpoint")
+    jwks_path = Field(Str(pattern=r"/[^\s?#]*"), "/.well-known/jwks.json", "public keys of the issued tokens")
+    issuer = Field(Str(), doc="`iss` of issued tokens")
+    audience = Field(Str(), "", "`aud` of issued tokens (optional)")
+    signing_key = Field(Str(), doc="PEM private key file: RSA (RS256) or Ed25519 (EdDSA)")
+    kid = Field(Str(), "", "key id (default: derived from the public key)")
+    access_ttl = Field(Duration(min=1), 900.0, "lifetime of access tokens")
+    refresh_ttl = Field(Duration(), 0.0, "issue rotating refresh tokens living this long; 0 = none")
+
+
+class Auth(Schema):
+    providers = Field(MapOf(Provider, key_pattern=NAME), {}, "named credential providers")
+    claims = Field(Claims, Claims(), "where identity lives in a token")
+    token_endpoint = Field(TokenEndpoint, None, "the built-in OAuth 2.0 server (provider name `self`)")
+
+    def check(self, path, lines, line, errors):
+        if "self" in self.providers:
+            error_at(errors, f"{path}.providers", "self", {}, line, "`self` is reserved for the token endpoint")
+
+
+class Consumer(Schema):
+    id = Field(Str(pattern=NAME), doc="consumer id (sent upstream as X-Consumer-Id)")
+    tier = Field(Str(pattern=NAME), "", "tier name (see `tiers`)")
+    api_keys = Field(ListOf(Secret()), (), "API keys, as sha256:<hex> (a plain key is hashed at load)")
+    client_id = Field(Str(), "", "client id for the token endpoint")
+    client_secret = Field(Secret(), "", "client secret for the token endpoint (sha256:<hex> or plain)")
+    scopes = Field(ListOf(Str()), (), "scopes this consumer may hold")
+    roles = Field(ListOf(Str()), (), "roles of this consumer")
+
+
+class RouteAuth(Schema):
+    providers = Field(ListOf(Str(pattern=NAME)), doc="any one may succeed, tried in order")
+    scopes = Field(ListOf(Str()), (), "all required (403 insufficient_scope otherwise)")
+    roles = Field(ListOf(Str()), (), "any one required (403 otherwise)")
+    optional = Field(Bool(), False, "anonymous callers pass; known callers are still identified")
