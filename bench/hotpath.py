@@ -62,10 +62,11 @@ class NullTransport(asyncio.Transport):
 class Worker:
     def __init__(self, access_log: bool, route_extra: str = ""):
         self.loop = asyncio.new_event_loop()
-        config, errors = load_text("""
-upstreams: {u: {targets: ["http://127.0.0.1:9"]}}
+        config, errors = load_text(f"""
+auth: {{providers: {{dev: {{type: jwt, algorithms: [HS256], secret: "{JWT_SECRET}"}}}}}}
+upstreams: {{u: {{targets: ["http://127.0.0.1:9"]}}}}
 routes:
-  - {name: users, match: {prefix: /api}, upstream: u""" + route_extra + "}")
+  - {{name: users, match: {{prefix: /api}}, upstream: u""" + route_extra + "}")
         assert not errors, errors
         self.stats = Stats()
         self.state = build_state(config, self.loop, self.stats, MemoryStore())
@@ -89,9 +90,11 @@ class _ListLog:
             self.batch.clear()
 
 
+JWT_SECRET = "hotpath-secret-0123456789-0123456789-0123456789-0123456789"
 SCENARIOS = {
     "plain": "",
     "ratelimit-memory": ", rate_limits: [{limit: 100000000, window: 1m, key: ip}]",
+    "jwt": ", auth: {providers: [dev], scopes: [bench:read]}",
 }
 
 
@@ -107,12 +110,12 @@ def setup(access_log=True, route_extra=""):
     return worker, client, up
 
 
-def run(n: int, client, up) -> float:
+def run(n: int, client, up, request: bytes = REQUEST) -> float:
     feed_client = client.data_received
     feed_up = up.data_received
     t0 = time.perf_counter()
     for _ in range(n):
-        feed_client(REQUEST)
+        feed_client(request)
         feed_up(RESPONSE)
     return (time.perf_counter() - t0) / n
 
@@ -120,18 +123,24 @@ def run(n: int, client, up) -> float:
 def main():
     scenario = next((a for a in sys.argv[1:] if a in SCENARIOS), "plain")
     worker, client, up = setup(route_extra=SCENARIOS[scenario])
-    run(2000, client, up)
+    request = REQUEST
+    if scenario == "jwt":
+        from tollhouse.policies.auth.tokens import mint
+
+        bearer = mint(secret=JWT_SECRET, subject="bench", scope="bench:read", ttl="1d").encode()
+        request = REQUEST.replace(b"\r\n\r\n", b"\r\nAuthorization: Bearer " + bearer + b"\r\n\r\n")
+    run(2000, client, up, request)
     if "--profile" in sys.argv:
         import cProfile
         import pstats
 
         pr = cProfile.Profile()
         pr.enable()
-        run(20000, client, up)
+        run(20000, client, up, request)
         pr.disable()
         pstats.Stats(pr).sort_stats("tottime").print_stats(25)
         return
-    best = min(run(20000, client, up) for _ in range(5))
+    best = min(run(20000, client, up, request) for _ in range(5))
     print(f"{scenario}: {best * 1e6:.2f} us per proxied request (Python side, access log on)")
 
 

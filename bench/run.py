@@ -183,9 +183,10 @@ SCENARIOS: dict[str, dict] = {}
 
 
 def scenario(name: str, description: str, extra: str = "", route_extra: str = "", path: str = "/",
-             headers: tuple = (), needs_redis: bool = False):
+             headers: tuple = (), needs_redis: bool = False, setup=None):
+    """`setup(workdir)`, when given, returns (extra, headers) computed at run time."""
     SCENARIOS[name] = dict(description=description, extra=extra, route_extra=route_extra, path=path,
-                           headers=headers, needs_redis=needs_redis)
+                           headers=headers, needs_redis=needs_redis, setup=setup)
 
 
 RATE_LIMITED_ROUTE = """  - name: limited
@@ -200,13 +201,47 @@ scenario("ratelimit-memory", "per-IP sliding window in memory, never rejecting",
          route_extra=RATE_LIMITED_ROUTE, path="/rl")
 
 
+def _jwt_setup(workdir: str):
+    """An RS256 key pair: the public half for the gateway, one token reused by wrk (as real clients do)."""
+    sys.path.insert(0, os.path.join(ROOT, "src"))
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tollhouse.policies.auth.tokens import mint
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = os.path.join(workdir, "bench-rs256.pem")
+    public = os.path.join(workdir, "bench-rs256.pub.pem")
+    with open(private, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(public, "wb") as f:
+        f.write(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+    token = mint(key_file=private, subject="bench", scope="bench:read", ttl="1d")
+    extra = f"auth:\n  providers:\n    corp: {{type: jwt, algorithms: [RS256], public_key: {public}}}\n"
+    return extra, (f"Authorization: Bearer {token}",)
+
+
+scenario("jwt-rs256", "RS256 JWT auth (one token reused), scope required", path="/jwt",
+         route_extra="""  - name: jwt
+    match: {prefix: /jwt}
+    upstream: bench
+    auth: {providers: [corp], scopes: [bench:read]}
+""", setup=_jwt_setup)
+
+
 def run_scenarios(workdir: str, upstream_port: int, selected: list[str]) -> list[tuple]:
-    """Each scenario route vs the plain route on the same Tollhouse, alternating."""
+    """Each scenario route vs the plain route on the same Tollhouse, alternating,
+    with identical requests: the ratio is the policy's cost alone."""
     rows = []
     for name in selected:
         sc = SCENARIOS[name]
         redis = None
         extra = sc["extra"]
+        if sc["setup"] is not None:
+            extra, headers = sc["setup"](workdir)
+            sc = {**sc, "headers": headers}
         if sc["needs_redis"]:
             rport = free_port()
             redis = subprocess.Popen(["taskset", "-c", LOAD_CPUS, "redis-server", "--port", str(rport), "--save", "",
@@ -218,7 +253,8 @@ def run_scenarios(workdir: str, upstream_port: int, selected: list[str]) -> list
             wrk(th.port, sc["path"], CONNS, 1, list(sc["headers"]))
             plain, policy = [], []
             for _ in range(ROUNDS):
-                plain.append(wrk(th.port, "/plain", CONNS, DURATION))
+                # The same requests (headers included) to a route without the policy.
+                plain.append(wrk(th.port, "/plain", CONNS, DURATION, list(sc["headers"])))
                 policy.append(wrk(th.port, sc["path"], CONNS, DURATION, list(sc["headers"])))
             p, q = median_result(plain), median_result(policy)
             rows.append((name, sc["description"], p["rps"], q["rps"], q["rps"] / p["rps"], q["non2xx"]))

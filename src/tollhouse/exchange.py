@@ -56,7 +56,7 @@ class Exchange:
     """
 
     __slots__ = ("conn", "worker", "headers", "body_chunks",
-                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit", "local")
+                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit", "local", "authorization")
 
     def __init__(self, conn):
         self.conn = conn
@@ -97,6 +97,7 @@ class Exchange:
         self.tier = None
         self.ratelimit = None
         self.local = None
+        self.authorization = None
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None
@@ -148,7 +149,10 @@ class Exchange:
         self.headers.append(b"%s: %s\r\n" % (name.encode(), value.encode("latin-1")))
 
     def remove_header(self, name: str) -> None:
-        self.headers = _without(self.headers, {name.lower().encode()})
+        key = name.lower().encode()
+        if key == b"authorization":
+            self.authorization = None
+        self.headers = _without(self.headers, {key})
 
     def response_header(self, name: str) -> str | None:
         return _find(self.response_headers or (), name.lower().encode())
@@ -696,7 +700,7 @@ class Exchange:
 
 _SPECIAL_ATTR = {b"host": "host", b"x-forwarded-for": "xff", b"x-forwarded-proto": "xfp",
                  b"x-forwarded-host": "xfh", b"x-request-id": "request_id", b"expect": "expect",
-                 b"transfer-encoding": "te", b"connection": "connection_tokens"}
+                 b"transfer-encoding": "te", b"connection": "connection_tokens", b"authorization": "authorization"}
 
 
 def _line_name(line: bytes) -> bytes:

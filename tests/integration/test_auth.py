@@ -328,3 +328,28 @@ def test_failures_are_counted_by_reason(gw):
     assert 'tollhouse_auth_failures_total{reason="missing",route="hs"}' in text
     assert 'tollhouse_auth_failures_total{reason="expired",route="rsa"}' in text
     assert 'tollhouse_auth_failures_total{reason="insufficient_scope",route="scoped"}' in text
+
+
+def test_consumers_and_tiers_feed_the_rate_limiter(upstream, gateway_factory):
+    g = gateway_factory(basic_config(upstream.url, extra_routes="""  - name: tiered
+    match: {prefix: /tiered}
+    upstream: app
+    auth: {providers: [dev], optional: true}
+    rate_limits: [{tiered: true}]
+""", extra=f"""auth:
+  providers:
+    dev: {{type: jwt, algorithms: [HS256], secret: "{SECRET}"}}
+tiers:
+  free: {{rate_limits: [{{limit: 2, window: 1m, key: consumer}}]}}
+  premium: {{rate_limits: [{{limit: 4, window: 1m, key: consumer}}]}}
+  default: {{rate_limits: [{{limit: 1, window: 1m, key: consumer}}]}}
+consumers:
+  - {{id: carol, tier: premium}}
+"""))
+    carol = token(SECRET, sub="carol")                 # tier from the consumer
+    dan = token(SECRET, sub="dan", tier="free")        # tier from the claim
+    erin = token(SECRET, sub="erin", tier="free")
+    assert [get(g.port, "/tiered/x", carol).status for _ in range(5)] == [200] * 4 + [429]
+    assert [get(g.port, "/tiered/x", dan).status for _ in range(3)] == [200, 200, 429]
+    assert get(g.port, "/tiered/x", erin).status == 200     # counted per consumer, not per IP
+    assert [get(g.port, "/tiered/x").status for _ in range(2)] == [200, 429]   # anonymous: default tier, by IP

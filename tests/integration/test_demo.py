@@ -1,4 +1,6 @@
 """`tollhouse demo` runs on its embedded config and its printed curl lines work."""
+import base64
+import json
 import os
 import re
 import subprocess
@@ -13,6 +15,14 @@ from tests.support.processes import ROOT, free_port, wait_for
 def status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def status_with(url: str, headers: dict) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -42,6 +52,18 @@ def test_demo_serves_what_it_prints():
         limited = [status(f"http://127.0.0.1:{ports['PORT']}/api/limited/") for _ in range(8)]
         assert limited[0] == 200 and 429 in limited
         assert status(f"http://127.0.0.1:{ports['ADMIN_PORT']}/metrics") == 200
+        private = f"http://127.0.0.1:{ports['PORT']}/api/private/1"
+        assert status(private) == 401
+        bearer = re.search(r"Authorization: Bearer ([\w.-]+)", text).group(1)
+        assert status_with(private, {"Authorization": f"Bearer {bearer}"}) == 200
+        assert status_with(private, {"X-API-Key": "demo-key-123"}) == 200
+        form = b"grant_type=client_credentials"
+        req = urllib.request.Request(f"http://127.0.0.1:{ports['PORT']}/oauth/token", data=form, headers={
+            "Authorization": "Basic " + base64.b64encode(b"demo-cli:demo-secret").decode(),
+            "Content-Type": "application/x-www-form-urlencoded"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            access = json.loads(r.read())["access_token"]
+        assert status_with(private, {"Authorization": f"Bearer {access}"}) == 200
     finally:
         proc.terminate()
         assert proc.wait(15) == 0

@@ -12,7 +12,7 @@ from .services import start_services
 CONFIG = os.path.join(os.path.dirname(__file__), "config.yaml")
 
 
-def curl_lines(port: int, admin_port: int) -> str:
+def curl_lines(port: int, admin_port: int, token: str) -> str:
     base = f"http://127.0.0.1:{port}"
     return "\n".join([
         "Tollhouse demo is up. Try:",
@@ -25,13 +25,41 @@ def curl_lines(port: int, admin_port: int) -> str:
         f"  for i in $(seq 8); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/api/limited/; done; echo"
         "   # 5 per 10 s and bursts of 3 per IP: 200s, then 429",
         f"  curl -si {base}/api/limited/ | grep -i -E '^(HTTP|ratelimit|retry-after)'   # the RateLimit headers",
+        f"  curl -i {base}/api/private/1                                  # 401: credentials required",
+        f"  curl -i -H 'Authorization: Bearer {token}' {base}/api/private/1   # a demo JWT (HS256, 1 day)",
+        f"  curl -i -H 'X-API-Key: demo-key-123' {base}/api/private/2         # the demo API key",
+        f"  curl -s -u demo-cli:demo-secret -d grant_type=client_credentials {base}/oauth/token"
+        "   # the built-in OAuth server",
+        f"  curl -s {base}/.well-known/jwks.json",
         f"  curl -s http://127.0.0.1:{admin_port}/metrics | grep tollhouse_requests",
         f"  curl -s http://127.0.0.1:{admin_port}/status",
         "Ctrl-C stops it.",
     ])
 
 
+def _demo_credentials() -> str:
+    """A JWT secret and a signing key for this run (nothing to configure)."""
+    import secrets
+    import tempfile
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    os.environ.setdefault("TOLLHOUSE_DEMO_JWT_SECRET", secrets.token_urlsafe(48))
+    if "TOLLHOUSE_DEMO_SIGNING_KEY" not in os.environ:
+        path = os.path.join(tempfile.mkdtemp(prefix="tollhouse-demo-"), "signing.pem")
+        with open(path, "wb") as f:
+            f.write(ed25519.Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        os.environ["TOLLHOUSE_DEMO_SIGNING_KEY"] = path
+    from ..policies.auth.tokens import mint
+
+    return mint(secret=os.environ["TOLLHOUSE_DEMO_JWT_SECRET"], subject="demo", scope="users:read", tier="premium",
+                ttl="1d")
+
+
 def run_demo() -> int:
+    token = _demo_credentials()
     with open(CONFIG, encoding="utf-8") as f:
         config, errors = load_text(f.read())
     if errors:
@@ -46,7 +74,7 @@ def run_demo() -> int:
 
         def ready(worker, admin_addr):
             port = worker.bound_addresses()[0][1]
-            print(curl_lines(port, admin_addr[1]), file=sys.stderr, flush=True)
+            print(curl_lines(port, admin_addr[1], token), file=sys.stderr, flush=True)
 
         try:
             return await serve_single(config, None, on_ready=ready)

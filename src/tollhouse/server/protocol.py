@@ -22,11 +22,11 @@ from ..pipeline import Reply
 log = logging.getLogger("tollhouse.server")
 
 # Request header names with a job of their own; everything else is relayed.
-_HOST, _CL, _TE, _CONNECTION, _DROP, _EXPECT, _RID, _XFF, _XFP, _XFH, _UPGRADE = range(11)
+_HOST, _CL, _TE, _CONNECTION, _DROP, _EXPECT, _RID, _XFF, _XFP, _XFH, _UPGRADE, _AUTHZ = range(12)
 _SPECIAL = {
     b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONNECTION,
     b"expect": _EXPECT, b"x-request-id": _RID, b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP,
-    b"x-forwarded-host": _XFH, b"upgrade": _UPGRADE,
+    b"x-forwarded-host": _XFH, b"upgrade": _UPGRADE, b"authorization": _AUTHZ,
     # Hop-by-hop (RFC 9110 §7.6.1) and identity headers only the gateway may set (PRODUCT.md §3).
     b"keep-alive": _DROP, b"proxy-connection": _DROP, b"te": _DROP, b"trailer": _DROP,
     b"x-consumer-id": _DROP, b"x-consumer-tier": _DROP, b"x-auth-scopes": _DROP,
@@ -203,8 +203,12 @@ class ClientConnection(asyncio.Protocol):
         if len(name) in _SPECIAL_LENGTHS:
             kind = _SPECIAL.get(name.lower())
             if kind is not None:
-                self._special_header(ex, kind, value)
-                return
+                if kind == _AUTHZ:
+                    # Noted for auth policies (no scan of the lines) and still relayed.
+                    ex.authorization = value
+                else:
+                    self._special_header(ex, kind, value)
+                    return
         ex.headers.append(b"%s: %s\r\n" % (name, value))
 
     def _special_header(self, ex, kind, value):

@@ -105,9 +105,9 @@ class AuthPolicy(Policy):
             service.start()
         failure = None
         token = None
-        auth = exchange.header("authorization")
-        if auth is not None and auth[:7].lower() == "bearer ":
-            token = auth[7:].strip()
+        auth = exchange.authorization
+        if auth is not None and auth[:7].lower() == b"bearer ":
+            token = auth[7:].strip().decode("latin-1")
         if token and self.bearer:
             key = token_hash(token)
             now = time.time()
@@ -177,12 +177,7 @@ class AuthPolicy(Policy):
                                  headers=[("www-authenticate", f'{_CHALLENGE}, error="insufficient_scope"')])
         exchange.consumer = identity.consumer
         exchange.tier = identity.tier
-        headers = exchange.headers
-        headers.append(b"x-consumer-id: %s\r\n" % identity.consumer.encode("latin-1", "replace"))
-        if identity.tier:
-            headers.append(b"x-consumer-tier: %s\r\n" % identity.tier.encode("latin-1", "replace"))
-        if identity.scopes:
-            headers.append(b"x-auth-scopes: %s\r\n" % " ".join(sorted(identity.scopes)).encode("latin-1", "replace"))
+        exchange.headers += identity.upstream_lines
         return None
 
     def _deny(self, failure: AuthFailure | None) -> Reply:

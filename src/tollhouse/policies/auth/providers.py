@@ -42,7 +42,7 @@ class AuthFailure(Exception):
 
 
 class Identity:
-    __slots__ = ("consumer", "tier", "scopes", "roles", "provider", "expires")
+    __slots__ = ("consumer", "tier", "scopes", "roles", "provider", "expires", "upstream_lines")
 
     def __init__(self, consumer, tier, scopes, roles, provider, expires):
         self.consumer = consumer
@@ -51,6 +51,13 @@ class Identity:
         self.roles = roles
         self.provider = provider
         self.expires = expires
+        # What the upstream is told (X-Consumer-Id, -Tier, X-Auth-Scopes), built once per identity.
+        lines = [b"x-consumer-id: %s\r\n" % consumer.encode("latin-1", "replace")]
+        if tier:
+            lines.append(b"x-consumer-tier: %s\r\n" % tier.encode("latin-1", "replace"))
+        if scopes:
+            lines.append(b"x-auth-scopes: %s\r\n" % " ".join(sorted(scopes)).encode("latin-1", "replace"))
+        self.upstream_lines = tuple(lines)
 
 
 def token_hash(token: str) -> bytes:
