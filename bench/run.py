@@ -98,8 +98,9 @@ def wrk(port: int, path: str, connections: int, duration: int, headers: list[str
     if "50%" not in out:
         raise RuntimeError(f"wrk failed against port {port}:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
+    # The latency distribution lines, e.g. "     50%  801.00us" (anchored: "67.99%" elsewhere).
+    p50 = _ms(re.search(r"(?m)^\s+50%\s+(\S+)", out).group(1))
+    p99 = _ms(re.search(r"(?m)^\s+99%\s+(\S+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, "p50": p50, "p99": p99, "non2xx": int(errors.group(1)) if errors else 0}
 
