@@ -296,7 +296,7 @@ def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: st
         ng_added = ng["one"]["p50"] - direct["one"]["p50"]
         lines.append(f"| {name} | {r['c']['rps']:.0f} | {r['c']['rps'] / ng['c']['rps']:.2f} | {r['c']['p50']:.3f} | "
                      f"{r['c']['p99']:.3f} | {added:.3f} | "
-                     f"{(added / ng_added) if ng_added > 0 and name != 'direct' else float('nan'):.2f} |")
+                     + (f"{added / ng_added:.2f} |" if ng_added > 0 and name != "direct" else "- |"))
     if scenario_rows:
         lines += ["", "Policies, each against the plain route of the same gateway:", "",
                   "| scenario | what | plain req/s | scenario req/s | ratio | non-2xx |", "|---|---|---|---|---|---|"]

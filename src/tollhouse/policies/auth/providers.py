@@ -60,10 +60,6 @@ class Identity:
         self.upstream_lines = tuple(lines)
 
 
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
 def _words(value) -> frozenset:
     if value is None:
         return frozenset()
