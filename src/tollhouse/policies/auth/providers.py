@@ -104,6 +104,13 @@ class VerifiedCache:
             return None
         return value
 
+    def lookup(self, key: bytes, now: float) -> Identity | None:
+        """A cached identity; a cached failure is raised again; None when unknown."""
+        hit = self.get(key, now)
+        if isinstance(hit, AuthFailure):
+            raise hit
+        return hit
+
     def put(self, key: bytes, value, until: float) -> None:
         entries = self.entries
         if len(entries) >= CACHE_MAX:
@@ -205,10 +212,8 @@ class JwtProvider:
 
     # --- verification -------------------------------------------------------------------
     def verify(self, token: str, key: bytes, now: float):
-        hit = self.cache.get(key, now)
+        hit = self.cache.lookup(key, now)
         if hit is not None:
-            if isinstance(hit, AuthFailure):
-                raise hit
             return hit
         try:
             header = jwt.get_unverified_header(token)
@@ -314,10 +319,8 @@ class IntrospectionProvider:
         self.cache = VerifiedCache()
 
     def verify(self, token: str, key: bytes, now: float):
-        hit = self.cache.get(key, now)
+        hit = self.cache.lookup(key, now)
         if hit is not None:
-            if isinstance(hit, AuthFailure):
-                raise hit
             return hit
         return self._introspect(token, key)
 
