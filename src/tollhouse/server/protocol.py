@@ -52,7 +52,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("worker", "transport", "parser", "peer_ip", "peer_ip_bytes", "peer_trusted", "scheme", "active",
                  "pending", "incoming", "paused", "closing", "in_head", "head_started", "last_active",
-                 "write_paused", "fatal", "limits", "corked", "head_bytes")
+                 "write_paused", "fatal", "limits", "corked", "head_bytes", "read_size")
 
     def __init__(self, worker, scheme: bytes):
         self.worker = worker
@@ -75,6 +75,7 @@ class ClientConnection(asyncio.Protocol):
         self.limits = None
         self.corked: list[bytes] | None = None
         self.head_bytes = 0
+        self.read_size = 0
 
     # asyncio.Protocol --------------------------------------------------------
     def connection_made(self, transport):
@@ -108,8 +109,9 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data):
         if self.closing:
             return
+        self.read_size = len(data)
         if self.in_head:
-            self.head_bytes += len(data)
+            self.head_bytes += self.read_size
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -185,7 +187,8 @@ class ClientConnection(asyncio.Protocol):
         ex.state = self.worker.state
         self.incoming = ex
         self.in_head = True
-        self.head_bytes = 0
+        # An upper bound of this head's size so far: the whole read it starts in.
+        self.head_bytes = self.read_size
         self.head_started = CLOCK.now
         self.limits = ex.state.limits
 
@@ -239,7 +242,10 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         self.in_head = False
         limits = self.limits
-        if len(ex.headers) > limits.max_headers or sum(map(len, ex.headers)) > limits.max_header_bytes:
+        if len(ex.headers) > limits.max_headers or (
+                self.head_bytes > limits.max_header_bytes and sum(map(len, ex.headers)) > limits.max_header_bytes):
+            # head_bytes bounds the head from above (it may count body or pipelined
+            # bytes of the same reads), so the exact sum is only taken past it.
             self.fatal = _too_large(limits)
             raise _HeadTooLarge
         ex.method = parser.get_method()
