@@ -269,7 +269,12 @@ class Exchange:
         if self.finished:
             return
         pool = self.route.upstream
-        target = pool.single or pool.balancer.pick()
+        breaker = pool.breaker
+        if breaker is not None and not breaker.allow():
+            self.answer(Reply.problem(503, "Service Unavailable", f"the circuit to {pool.name} is open",
+                                      headers=[("retry-after", str(breaker.retry_after()))]))
+            return
+        target = pool.single or pool.balancer.pick(self)
         self.target = target
         idle = target.idle
         while idle:
@@ -305,6 +310,7 @@ class Exchange:
             return
         if self.finished:
             return
+        self.upstream_failure()
         if isinstance(exc, TimeoutError):
             self.answer(Reply.problem(504, "Gateway Timeout", "connecting to the upstream timed out"))
         else:
@@ -466,6 +472,9 @@ class Exchange:
         self.upstream_keepalive = keep_alive
         route = self.route
         route.stats.observe_upstream(perf_counter() - self.upstream_clock)
+        breaker = route.upstream.breaker
+        if breaker is not None:
+            breaker.record(status < 500)
         if conn.connection_tokens is not None:
             headers = _without(headers, {t.strip() for t in conn.connection_tokens.split(b",")})
         self.status = status
@@ -555,6 +564,7 @@ class Exchange:
                     target.open += 1
                     self.connect(target)
                     return
+            self.upstream_failure()
             self.answer(Reply.problem(502, "Bad Gateway", "the upstream closed the connection without answering"))
             return
         if self.upstream_delimited and exc is None:
@@ -578,6 +588,8 @@ class Exchange:
             conn.abort()
         if self.finished:
             return
+        if not self.head_received:
+            self.upstream_failure()
         if not self.head_sent:
             self.answer(Reply.problem(502, "Bad Gateway", detail))
         else:
@@ -599,6 +611,7 @@ class Exchange:
             deadline = min(self.upstream_started + self.route.timeout, conn.last_read + read_timeout)
             if now >= deadline:
                 self.abort_upstream()
+                self.upstream_failure()
                 self.answer(Reply.problem(504, "Gateway Timeout", "the upstream did not answer in time"))
                 return False
         else:
@@ -609,6 +622,12 @@ class Exchange:
                 return False
         self.deadline = deadline
         return True
+
+    def upstream_failure(self) -> None:
+        """A failed attempt (connect error, reset, timeout, invalid answer) for the circuit breaker."""
+        breaker = self.route.upstream.breaker if self.route is not None else None
+        if breaker is not None:
+            breaker.record(False)
 
     def abort_upstream(self) -> None:
         conn = self.upstream

@@ -124,7 +124,10 @@ class AdminServer:
         upstreams: dict = {}
         for w in workers:
             for name, up in w.get("upstreams", {}).items():
-                cur = upstreams.setdefault(name, {"balancer": up["balancer"], "targets": {}})
+                cur = upstreams.setdefault(name, {"balancer": up["balancer"], "circuit": up.get("circuit"),
+                                                  "targets": {}})
+                if _CIRCUIT_RANK.get(up.get("circuit"), 0) > _CIRCUIT_RANK.get(cur["circuit"], 0):
+                    cur["circuit"] = up["circuit"]   # the worst state among workers
                 for t in up["targets"]:
                     agg = cur["targets"].setdefault(t["url"], {"url": t["url"], "weight": t["weight"],
                                                                "open_connections": 0, "idle_connections": 0,
@@ -145,5 +148,6 @@ class AdminServer:
         }
 
 
+_CIRCUIT_RANK = {"closed": 1, "half_open": 2, "open": 3}
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             500: "Internal Server Error", 503: "Service Unavailable"}

@@ -9,8 +9,8 @@ import re
 from urllib.parse import urlsplit
 
 from .loader import ConfigError
-from .schema import (Address, Bool, Duration, Field, Int, Kind, ListOf, MapOf, Network, OneOf, Ratio, Schema,
-                     Size, Str, error_at)
+from .schema import (Address, Bool, Duration, Field, Float, Int, Kind, ListOf, MapOf, Network, OneOf, Ratio,
+                     Schema, Size, Str, error_at)
 from ..policies.auth.schema import Auth, Consumer, RouteAuth
 from ..policies.ratelimit.schema import RateLimit, Tier
 
@@ -93,22 +93,31 @@ def _target_from_str(kind):
     return FromStr()
 
 
+class CircuitBreakerSettings(Schema):
+    failure_ratio = Field(Float(min=0.01, max=1.0), 0.5, "share of failed requests over `window` that opens the circuit")
+    min_requests = Field(Int(min=1), 20, "requests needed in `window` before the ratio counts")
+    window = Field(Duration(min=1), 10.0, "how far back outcomes count")
+    open_for = Field(Duration(min=0.01), 30.0, "how long the circuit stays open before probing")
+    half_open_requests = Field(Int(min=1), 5, "probes let through half-open; all must succeed to close")
+
+
 class Upstream(Schema):
     targets = Field(ListOf(OneOf((_is_str, _target_from_str(Target)), (_is_map, Target))),
                     doc="the instances: URLs or {url, weight}")
-    balancer = Field(Str(choices=("round_robin",)), "round_robin",
-                     "round_robin (smooth weighted); least_connections, two_random_choices and consistent_hash arrive with issue 6")
+    balancer = Field(Str(choices=("round_robin", "least_connections", "two_random_choices", "consistent_hash")),
+                     "round_robin", "round_robin (smooth weighted), least_connections, two_random_choices, consistent_hash")
     connect_timeout = Field(Duration(min=0.001), 1.0, "TCP (and TLS) connect timeout; 502 beyond")
     read_timeout = Field(Duration(min=0.001), 30.0, "longest wait for the next bytes from the upstream; 504 before the head")
     max_connections = Field(Int(min=1), 256, "open connections per target; more requests wait up to connect_timeout, then 503")
     idle_timeout = Field(Duration(min=0.1), 60.0, "pooled idle upstream connections are closed after this")
     tls_verify = Field(Bool(), True, "verify https targets' certificates")
     ca_file = Field(Str(), "", "CA bundle for https targets (default: the system's)")
-    hash_key = Field(NotYet("upstreams.*.hash_key (issue 6)"), None)
+    hash_key = Field(Str(pattern=r"ip|consumer|path|header:[A-Za-z0-9_-]+|cookie:[A-Za-z0-9_.-]+"), "ip",
+                     "consistent_hash only: ip, consumer (ip when anonymous), path, header:NAME, cookie:NAME")
     retries = Field(NotYet("retries (issue 6)"), None)
     health_check = Field(NotYet("health_check (issue 6)"), None)
     outlier = Field(NotYet("outlier ejection (issue 6)"), None)
-    circuit_breaker = Field(NotYet("circuit_breaker (issue 6)"), None)
+    circuit_breaker = Field(CircuitBreakerSettings, None, "open the circuit to a failing upstream (per gateway process)")
 
     def check(self, path, lines, line, errors):
         if not self.targets:

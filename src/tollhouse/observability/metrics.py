@@ -15,6 +15,10 @@ from prometheus_client.exposition import generate_latest
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+#: Gauges that hold a state per worker; merged by maximum, not summed.
+STATE_GAUGES = frozenset(("circuit_state", "ratelimit_fallback"))
+
+
 class Histogram:
     __slots__ = ("counts", "sum")
 
@@ -123,7 +127,8 @@ def merge(snapshots: list[dict]) -> dict:
             counters[key] = counters.get(key, 0) + v
         for n, labels, v in snap.get("gauges", ()):
             key = (n, tuple(tuple(p) for p in labels))
-            gauges[key] = gauges.get(key, 0) + v
+            # States (not counts) are not added up across workers: the worst one shows.
+            gauges[key] = max(gauges.get(key, 0), v) if n in STATE_GAUGES else gauges.get(key, 0) + v
         active_connections += snap["active_connections"]
         active_requests += snap["active_requests"]
     return {"requests": requests, **hist, "counters": counters, "gauges": gauges,

@@ -162,6 +162,11 @@ class Worker:
 
     # questions from the admin side -------------------------------------------------
     def snapshot(self) -> dict:
+        gauges = self.stats.gauges
+        for name, pool in self.state.pools.items():
+            if pool.breaker is not None:
+                # tollhouse_circuit_state: 0 closed, 1 open, 2 half-open (PRODUCT.md §4)
+                gauges[("circuit_state", (("upstream", name),))] = pool.breaker.state
         return self.stats.snapshot()
 
     def status(self) -> dict:

@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 import httptools
 
 from ..clock import CLOCK
-from .balancer import SmoothWeightedRoundRobin
+from .balancer import make_balancer
+from .breaker import STATE_NAMES, CircuitBreaker
 
 
 # 0: dropped, 1: content-length, 2: transfer-encoding, 3: connection
@@ -278,12 +279,13 @@ class UpstreamPool:
         self.name = name
         self.settings = settings
         self.targets = [TargetPool(t.url, t.weight, settings, loop) for t in settings.targets]
-        self.balancer = SmoothWeightedRoundRobin(self.targets)
+        self.balancer = make_balancer(settings.balancer, self.targets, settings.hash_key)
         self.single = self.targets[0] if len(self.targets) == 1 else None
+        self.breaker = CircuitBreaker(settings.circuit_breaker) if settings.circuit_breaker is not None else None
         self.signature = repr(settings)
 
-    def pick(self) -> TargetPool:
-        return self.balancer.pick()
+    def pick(self, exchange=None) -> TargetPool:
+        return self.single or self.balancer.pick(exchange)
 
     def reap(self, now: float):
         for t in self.targets:
@@ -296,6 +298,7 @@ class UpstreamPool:
     def status(self) -> dict:
         return {
             "balancer": self.settings.balancer,
+            "circuit": STATE_NAMES[self.breaker.state] if self.breaker is not None else None,
             "targets": [{"url": t.url, "weight": t.weight, "open_connections": t.open, "idle_connections": len(t.idle),
                          "in_flight": t.in_flight, "waiting": len(t.waiters)} for t in self.targets],
         }

@@ -1,0 +1,89 @@
+"""The circuit breaker of one upstream (upstreams.*.circuit_breaker).
+
+closed → open when, over the last `window`, at least `min_requests` ended and
+the share of failures (connect errors, resets, timeouts, invalid responses,
+5xx) reached `failure_ratio`. Open answers at once (503 + Retry-After)
+without touching the upstream. After `open_for`, half-open lets
+`half_open_requests` probes through: all succeeding closes the circuit, any
+failing opens it again. Outcomes are counted in one-second buckets, so the
+request path does two integer increments.
+"""
+from __future__ import annotations
+
+from ..clock import CLOCK
+
+CLOSED, OPEN, HALF_OPEN = 0, 1, 2
+STATE_NAMES = {CLOSED: "closed", OPEN: "open", HALF_OPEN: "half_open"}
+
+
+class CircuitBreaker:
+    __slots__ = ("cfg", "state", "buckets", "opened_at", "probes", "probe_successes", "clock", "on_change")
+
+    def __init__(self, cfg, clock=CLOCK, on_change=None):
+        self.cfg = cfg
+        self.state = CLOSED
+        self.buckets: dict[int, list[int]] = {}   # second -> [requests, failures]
+        self.opened_at = 0.0
+        self.probes = 0
+        self.probe_successes = 0
+        self.clock = clock
+        self.on_change = on_change
+
+    def allow(self) -> bool:
+        """May a request go to the upstream now?"""
+        state = self.state
+        if state == CLOSED:
+            return True
+        if state == OPEN:
+            if self.clock.now - self.opened_at < self.cfg.open_for:
+                return False
+            self._set(HALF_OPEN)
+            self.probes = self.probe_successes = 0
+        if self.probes < self.cfg.half_open_requests:
+            self.probes += 1
+            return True
+        return False
+
+    def retry_after(self) -> int:
+        left = self.cfg.open_for - (self.clock.now - self.opened_at)
+        return max(1, int(left + 0.999))
+
+    def record(self, ok: bool) -> None:
+        state = self.state
+        if state == HALF_OPEN:
+            if not ok:
+                self._open()
+            else:
+                self.probe_successes += 1
+                if self.probe_successes >= self.cfg.half_open_requests:
+                    self.buckets.clear()
+                    self._set(CLOSED)
+            return
+        if state == OPEN:
+            return
+        second = int(self.clock.now)
+        bucket = self.buckets.get(second)
+        if bucket is None:
+            bucket = self.buckets[second] = [0, 0]
+            horizon = second - int(self.cfg.window)
+            for old in [s for s in self.buckets if s <= horizon]:
+                del self.buckets[old]
+        bucket[0] += 1
+        if not ok:
+            bucket[1] += 1
+            total = failures = 0
+            for requests, failed in self.buckets.values():
+                total += requests
+                failures += failed
+            if total >= self.cfg.min_requests and failures / total >= self.cfg.failure_ratio:
+                self._open()
+
+    def _open(self) -> None:
+        self.opened_at = self.clock.now
+        self._set(OPEN)
+
+    def _set(self, state: int) -> None:
+        if state != self.state:
+            self.state = state
+            if self.on_change is not None:
+                self.on_change(state)
