@@ -31,6 +31,7 @@ def status_line(status: int) -> bytes:
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _NO_BODY_STATUS = frozenset((204, 304))
+_IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 _NORMAL_PATHS: dict[bytes, bytes] = {}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -56,7 +57,8 @@ class Exchange:
     """
 
     __slots__ = ("conn", "worker", "headers", "body_chunks",
-                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit", "local", "authorization")
+                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit", "local", "authorization",
+                 "attempt", "first_started", "tried")
 
     def __init__(self, conn):
         self.conn = conn
@@ -98,6 +100,9 @@ class Exchange:
         self.ratelimit = None
         self.local = None
         self.authorization = None
+        self.attempt = 0
+        self.first_started = 0.0
+        self.tried = None
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None
@@ -275,6 +280,14 @@ class Exchange:
                                       headers=[("retry-after", str(breaker.retry_after()))]))
             return
         target = pool.single or pool.balancer.pick(self)
+        if target.ejected_until > CLOCK.now:
+            target = pool.alternative(None) or target
+        pool.active_requests += 1
+        self.attempt = 1
+        self.first_started = CLOCK.now
+        self.use_target(target)
+
+    def use_target(self, target) -> None:
         self.target = target
         idle = target.idle
         while idle:
@@ -310,11 +323,11 @@ class Exchange:
             return
         if self.finished:
             return
-        self.upstream_failure()
         if isinstance(exc, TimeoutError):
-            self.answer(Reply.problem(504, "Gateway Timeout", "connecting to the upstream timed out"))
+            reply = Reply.problem(504, "Gateway Timeout", "connecting to the upstream timed out")
         else:
-            self.answer(Reply.problem(502, "Bad Gateway", f"cannot connect to the upstream: {_reason(exc)}"))
+            reply = Reply.problem(502, "Bad Gateway", f"cannot connect to the upstream: {_reason(exc)}")
+        self.failed_attempt("connect_error", reply.status, reply, any_method=True)
 
     def accept_connection(self, target, conn) -> bool:
         """A waiter is handed a released connection."""
@@ -472,9 +485,18 @@ class Exchange:
         self.upstream_keepalive = keep_alive
         route = self.route
         route.stats.observe_upstream(perf_counter() - self.upstream_clock)
-        breaker = route.upstream.breaker
-        if breaker is not None:
-            breaker.record(status < 500)
+        pool = route.upstream
+        if status >= 500:
+            if pool.breaker is not None:
+                pool.breaker.record(False)
+            pool.attempt_failed(self.target)
+            if self.may_retry("status", status, False):
+                self.retry()   # this answer is dropped with its connection
+                return
+        else:
+            if pool.breaker is not None:
+                pool.breaker.record(True)
+            pool.attempt_succeeded(self.target)
         if conn.connection_tokens is not None:
             headers = _without(headers, {t.strip() for t in conn.connection_tokens.split(b",")})
         self.status = status
@@ -564,8 +586,8 @@ class Exchange:
                     target.open += 1
                     self.connect(target)
                     return
-            self.upstream_failure()
-            self.answer(Reply.problem(502, "Bad Gateway", "the upstream closed the connection without answering"))
+            self.failed_attempt("reset", 502, Reply.problem(502, "Bad Gateway",
+                                                             "the upstream closed the connection without answering"))
             return
         if self.upstream_delimited and exc is None:
             if self.mode == _CHUNKED:
@@ -589,8 +611,8 @@ class Exchange:
         if self.finished:
             return
         if not self.head_received:
-            self.upstream_failure()
-        if not self.head_sent:
+            self.failed_attempt("reset", 502, Reply.problem(502, "Bad Gateway", detail))
+        elif not self.head_sent:
             self.answer(Reply.problem(502, "Bad Gateway", detail))
         else:
             self.conn.abort()
@@ -608,11 +630,14 @@ class Exchange:
                 self.answer(Reply.problem(408, "Request Timeout", "the request body stalled"))
                 return False
         elif not self.head_received:
-            deadline = min(self.upstream_started + self.route.timeout, conn.last_read + read_timeout)
+            deadline = min(self.first_started + self.route.timeout, conn.last_read + read_timeout)
+            retries = self.route.upstream.retries
+            if retries is not None and retries.per_try_timeout:
+                deadline = min(deadline, self.upstream_started + retries.per_try_timeout)
             if now >= deadline:
                 self.abort_upstream()
-                self.upstream_failure()
-                self.answer(Reply.problem(504, "Gateway Timeout", "the upstream did not answer in time"))
+                self.failed_attempt("timeout", 504, Reply.problem(504, "Gateway Timeout",
+                                                                  "the upstream did not answer in time"))
                 return False
         else:
             deadline = conn.last_read + read_timeout
@@ -623,11 +648,53 @@ class Exchange:
         self.deadline = deadline
         return True
 
-    def upstream_failure(self) -> None:
-        """A failed attempt (connect error, reset, timeout, invalid answer) for the circuit breaker."""
-        breaker = self.route.upstream.breaker if self.route is not None else None
-        if breaker is not None:
-            breaker.record(False)
+    def failed_attempt(self, condition: str, status: int, reply: Reply, any_method: bool = False) -> None:
+        """An attempt failed before any response reached the client: count it for
+        the circuit breaker and outlier detection, then retry or answer."""
+        pool = self.route.upstream
+        if pool.breaker is not None:
+            pool.breaker.record(False)
+        pool.attempt_failed(self.target)
+        if self.may_retry(condition, status, any_method):
+            self.retry()
+        else:
+            self.answer(reply)
+
+    def may_retry(self, condition: str, status: int, any_method: bool) -> bool:
+        pool = self.route.upstream
+        cfg = pool.retries
+        if cfg is None or self.finished or self.head_sent or self.attempt >= cfg.attempts:
+            return False
+        if condition not in cfg.on and str(status) not in cfg.on:
+            return False
+        if not any_method:
+            # After the request went out, only idempotent requests without a
+            # streamed body are repeated (RFC 9110 §9.2.2).
+            if self.method not in _IDEMPOTENT or self.sent_body or not self.body_done or self.chunked \
+                    or self.content_length:
+                return False
+        if CLOCK.now >= self.first_started + self.route.timeout:
+            return False
+        # The budget: retries cannot multiply an outage's load (Envoy's retry budget, minimum 3).
+        return pool.retries_in_flight < max(3.0, cfg.budget * pool.active_requests)
+
+    def retry(self) -> None:
+        pool = self.route.upstream
+        self.abort_upstream()
+        if self.tried is None:
+            self.tried = set()
+            pool.retries_in_flight += 1
+        self.tried.add(self.target)
+        self.attempt += 1
+        pool.retry_count += 1
+        self.head_received = False
+        self.upstream_keepalive = False
+        self.upstream_delimited = False
+        self.worker.inflight.discard(self)
+        target = pool.pick(self)
+        if not pool.usable(target, self.tried):
+            target = pool.alternative(self.tried) or target
+        self.use_target(target)
 
     def abort_upstream(self) -> None:
         conn = self.upstream
@@ -679,6 +746,11 @@ class Exchange:
         self.finished = True
         if self.timer is not None:
             self._cancel_timer()
+        if self.attempt:
+            pool = self.route.upstream
+            pool.active_requests -= 1
+            if self.tried is not None:
+                pool.retries_in_flight -= 1
         worker = self.worker
         worker.inflight.discard(self)
         worker.stats.active_requests -= 1

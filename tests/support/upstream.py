@@ -101,7 +101,9 @@ class _Conn(asyncio.Protocol):
         path = url.path.decode()
         q = {k: v[0] for k, v in parse_qs(url.query.decode() if url.query else "").items()}
         t = self.transport
-        if path.startswith("/status/"):
+        if self.server.fail_with:
+            self.write(self.server.fail_with, b"sick", keep_alive=req["keep_alive"])
+        elif path.startswith("/status/"):
             self.write(int(path.split("/")[2]), b"status body", keep_alive=req["keep_alive"])
         elif path == "/slow":
             await asyncio.sleep(int(q.get("ms", "100")) / 1000)
@@ -154,9 +156,10 @@ class _Conn(asyncio.Protocol):
 class Upstream:
     """Start with `Upstream().start()`; `.port`, `.url`, `.requests`; `.stop()`."""
 
-    def __init__(self, port: int = 0, ssl=None):
+    def __init__(self, port: int = 0, ssl=None, fail_with: int | None = None):
         self.port = port
         self.ssl = ssl
+        self.fail_with = fail_with   # answer every request with this status (a sick instance)
         self.requests: list[dict] = []
         self.connections = 0
         self.open_transports: set = set()

@@ -99,3 +99,10 @@ def test_invalid_yaml_names_the_line():
 def test_features_not_yet_available_are_errors_not_silently_ignored():
     _, errors = load_text(BASE.replace("upstream: u}", "upstream: u, cache: {ttl: 30s}}"))
     assert any("routes[0].cache" in str(e) and "not available" in str(e) for e in errors)
+
+
+def test_yaml_keys_like_on_stay_names():
+    config, errors = load_text(BASE.replace('"http://127.0.0.1:9001", ', '"http://127.0.0.1:9001", ').replace(
+        "u: {targets:", "u: {retries: {attempts: 3, on: [502, connect_error]}, targets:"))
+    assert errors == []
+    assert config.upstreams["u"].retries.on == ("502", "connect_error")

@@ -134,6 +134,9 @@ class AdminServer:
                                                                "in_flight": 0, "waiting": 0})
                     for k in ("open_connections", "idle_connections", "in_flight", "waiting"):
                         agg[k] += t[k]
+                    # Ejection is per worker: shown when any worker has the target out.
+                    agg["ejected"] = agg.get("ejected", False) or t.get("ejected", False)
+                    agg["ejected_for"] = max(agg.get("ejected_for", 0.0), t.get("ejected_for", 0.0))
         for up in upstreams.values():
             up["targets"] = list(up["targets"].values())
         return {

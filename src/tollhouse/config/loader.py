@@ -67,6 +67,10 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
     out.lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, bool):
+            # YAML 1.1 reads the key `on` (as in retries: {on: [...]}) as true:
+            # keys are names here, so they keep their spelling.
+            key = key_node.value
         line = key_node.start_mark.line + 1
         if not isinstance(key, (str, int, float, bool)):
             loader.problems.append(ConfigError("", line, "mapping keys must be scalars"))

@@ -93,6 +93,23 @@ def _target_from_str(kind):
     return FromStr()
 
 
+RETRY_CONDITIONS = r"connect_error|reset|timeout|[1-5][0-9][0-9]"
+
+
+class RetrySettings(Schema):
+    attempts = Field(Int(min=1, max=10), 2, "tries in all, the first included (2 = one retry)")
+    on = Field(ListOf(Str(pattern=RETRY_CONDITIONS)), ("connect_error", "502", "503", "504"),
+               "connect_error, reset (closed before answering), timeout, or a status code")
+    budget = Field(Ratio(), 0.2, "retries in flight stay under this share of the upstream's active requests (at least 3)")
+    per_try_timeout = Field(Duration(min=0.001), 0.0, "each try's limit inside the route's timeout; 0 = none")
+
+
+class OutlierSettings(Schema):
+    consecutive_failures = Field(Int(min=1), 5, "failures in a row (connect errors, resets, timeouts, 5xx) that eject")
+    ejection = Field(Duration(min=0.01), 30.0, "first ejection; each further one of the target lasts this much longer")
+    max_ejected = Field(Ratio(), 0.5, "never more than this share of the upstream's targets ejected")
+
+
 class CircuitBreakerSettings(Schema):
     failure_ratio = Field(Float(min=0.01, max=1.0), 0.5, "share of failed requests over `window` that opens the circuit")
     min_requests = Field(Int(min=1), 20, "requests needed in `window` before the ratio counts")
@@ -114,9 +131,9 @@ class Upstream(Schema):
     ca_file = Field(Str(), "", "CA bundle for https targets (default: the system's)")
     hash_key = Field(Str(pattern=r"ip|consumer|path|header:[A-Za-z0-9_-]+|cookie:[A-Za-z0-9_.-]+"), "ip",
                      "consistent_hash only: ip, consumer (ip when anonymous), path, header:NAME, cookie:NAME")
-    retries = Field(NotYet("retries (issue 6)"), None)
+    retries = Field(RetrySettings, None, "retry failed attempts on another target; see docs/upstreams.md")
     health_check = Field(NotYet("health_check (issue 6)"), None)
-    outlier = Field(NotYet("outlier ejection (issue 6)"), None)
+    outlier = Field(OutlierSettings, None, "eject targets after consecutive failures (per gateway process)")
     circuit_breaker = Field(CircuitBreakerSettings, None, "open the circuit to a failing upstream (per gateway process)")
 
     def check(self, path, lines, line, errors):

@@ -17,6 +17,8 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 #: Gauges that hold a state per worker; merged by maximum, not summed.
 STATE_GAUGES = frozenset(("circuit_state", "ratelimit_fallback"))
+#: Per-worker health views: a target is healthy when every worker sees it healthy.
+MIN_GAUGES = frozenset(("upstream_target_healthy",))
 
 
 class Histogram:
@@ -128,7 +130,12 @@ def merge(snapshots: list[dict]) -> dict:
         for n, labels, v in snap.get("gauges", ()):
             key = (n, tuple(tuple(p) for p in labels))
             # States (not counts) are not added up across workers: the worst one shows.
-            gauges[key] = max(gauges.get(key, 0), v) if n in STATE_GAUGES else gauges.get(key, 0) + v
+            if n in STATE_GAUGES:
+                gauges[key] = max(gauges.get(key, 0), v)
+            elif n in MIN_GAUGES:
+                gauges[key] = min(gauges.get(key, v), v)
+            else:
+                gauges[key] = gauges.get(key, 0) + v
         active_connections += snap["active_connections"]
         active_requests += snap["active_requests"]
     return {"requests": requests, **hist, "counters": counters, "gauges": gauges,

@@ -163,7 +163,13 @@ class Worker:
     # questions from the admin side -------------------------------------------------
     def snapshot(self) -> dict:
         gauges = self.stats.gauges
+        counters = self.stats.counters
         for name, pool in self.state.pools.items():
+            for t in pool.targets:
+                gauges[("upstream_target_healthy", (("target", t.url), ("upstream", name)))] = \
+                    0 if t.ejected_until > CLOCK.now else 1
+            counters[("upstream_retries", (("upstream", name),))] = pool.retry_count
+            counters[("upstream_ejections", (("upstream", name),))] = pool.ejection_count
             if pool.breaker is not None:
                 # tollhouse_circuit_state: 0 closed, 1 open, 2 half-open (PRODUCT.md §4)
                 gauges[("circuit_state", (("upstream", name),))] = pool.breaker.state

@@ -207,6 +207,10 @@ class TargetPool:
         self.in_flight = 0
         self.waiters: deque = deque()
         self.max_connections = settings.max_connections
+        # Passive outlier detection (upstreams.*.outlier)
+        self.consecutive_failures = 0
+        self.ejected_until = 0.0
+        self.ejections = 0
 
     def take_idle(self) -> UpstreamConnection | None:
         idle = self.idle
@@ -282,10 +286,49 @@ class UpstreamPool:
         self.balancer = make_balancer(settings.balancer, self.targets, settings.hash_key)
         self.single = self.targets[0] if len(self.targets) == 1 else None
         self.breaker = CircuitBreaker(settings.circuit_breaker) if settings.circuit_breaker is not None else None
+        self.outlier = settings.outlier
+        self.retries = settings.retries
+        self.active_requests = 0
+        self.retries_in_flight = 0
+        self.ejection_count = 0
+        self.retry_count = 0
+        self._next = 0
         self.signature = repr(settings)
 
     def pick(self, exchange=None) -> TargetPool:
         return self.single or self.balancer.pick(exchange)
+
+    def usable(self, target, tried) -> bool:
+        return target.ejected_until <= CLOCK.now and (tried is None or target not in tried)
+
+    def alternative(self, tried) -> TargetPool | None:
+        """A target that is neither ejected nor already tried, rotating among them."""
+        n = len(self.targets)
+        for i in range(n):
+            t = self.targets[(self._next + i) % n]
+            if self.usable(t, tried):
+                self._next = (self._next + i + 1) % n
+                return t
+        return None
+
+    # --- passive outlier detection ------------------------------------------------------
+    def attempt_failed(self, target) -> None:
+        cfg = self.outlier
+        if cfg is None:
+            return
+        target.consecutive_failures += 1
+        if target.consecutive_failures < cfg.consecutive_failures or target.ejected_until > CLOCK.now:
+            return
+        ejected = sum(1 for t in self.targets if t.ejected_until > CLOCK.now)
+        if ejected + 1 > cfg.max_ejected * len(self.targets):
+            return   # max_ejected: keep enough targets in rotation
+        target.ejections += 1
+        target.ejected_until = CLOCK.now + cfg.ejection * target.ejections
+        target.consecutive_failures = 0
+        self.ejection_count += 1
+
+    def attempt_succeeded(self, target) -> None:
+        target.consecutive_failures = 0
 
     def reap(self, now: float):
         for t in self.targets:
@@ -300,7 +343,9 @@ class UpstreamPool:
             "balancer": self.settings.balancer,
             "circuit": STATE_NAMES[self.breaker.state] if self.breaker is not None else None,
             "targets": [{"url": t.url, "weight": t.weight, "open_connections": t.open, "idle_connections": len(t.idle),
-                         "in_flight": t.in_flight, "waiting": len(t.waiters)} for t in self.targets],
+                         "in_flight": t.in_flight, "waiting": len(t.waiters),
+                         "ejected": t.ejected_until > CLOCK.now,
+                         "ejected_for": round(max(0.0, t.ejected_until - CLOCK.now), 3)} for t in self.targets],
         }
 
 
