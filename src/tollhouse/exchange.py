@@ -280,8 +280,13 @@ class Exchange:
                                       headers=[("retry-after", str(breaker.retry_after()))]))
             return
         target = pool.single or pool.balancer.pick(self)
-        if target.ejected_until > CLOCK.now:
-            target = pool.alternative(None) or target
+        if target.ejected_until > CLOCK.now or not target.healthy:
+            alternative = pool.alternative(None)
+            if alternative is None and not any(t.healthy for t in pool.targets):
+                self.answer(Reply.problem(503, "Service Unavailable", f"no healthy target in {pool.name}",
+                                          headers=[("retry-after", "1")]))
+                return
+            target = alternative or target
         pool.active_requests += 1
         self.attempt = 1
         self.first_started = CLOCK.now

@@ -136,6 +136,7 @@ class AdminServer:
                         agg[k] += t[k]
                     # Ejection is per worker: shown when any worker has the target out.
                     agg["ejected"] = agg.get("ejected", False) or t.get("ejected", False)
+                    agg["healthy"] = agg.get("healthy", True) and t.get("healthy", True)
                     agg["ejected_for"] = max(agg.get("ejected_for", 0.0), t.get("ejected_for", 0.0))
         for up in upstreams.values():
             up["targets"] = list(up["targets"].values())

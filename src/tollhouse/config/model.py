@@ -104,6 +104,14 @@ class RetrySettings(Schema):
     per_try_timeout = Field(Duration(min=0.001), 0.0, "each try's limit inside the route's timeout; 0 = none")
 
 
+class HealthCheckSettings(Schema):
+    path = Field(Str(pattern=r"/[^\s]*"), "/healthz", "GET this path; 2xx and 3xx pass")
+    interval = Field(Duration(min=0.05), 2.0, "time between checks of a target")
+    timeout = Field(Duration(min=0.01), 1.0, "a check slower than this fails")
+    healthy = Field(Int(min=1), 2, "passes in a row that bring a target back")
+    unhealthy = Field(Int(min=1), 2, "failures in a row that take a target out")
+
+
 class OutlierSettings(Schema):
     consecutive_failures = Field(Int(min=1), 5, "failures in a row (connect errors, resets, timeouts, 5xx) that eject")
     ejection = Field(Duration(min=0.01), 30.0, "first ejection; each further one of the target lasts this much longer")
@@ -132,7 +140,7 @@ class Upstream(Schema):
     hash_key = Field(Str(pattern=r"ip|consumer|path|header:[A-Za-z0-9_-]+|cookie:[A-Za-z0-9_.-]+"), "ip",
                      "consistent_hash only: ip, consumer (ip when anonymous), path, header:NAME, cookie:NAME")
     retries = Field(RetrySettings, None, "retry failed attempts on another target; see docs/upstreams.md")
-    health_check = Field(NotYet("health_check (issue 6)"), None)
+    health_check = Field(HealthCheckSettings, None, "active checks: one per target per interval for the whole gateway")
     outlier = Field(OutlierSettings, None, "eject targets after consecutive failures (per gateway process)")
     circuit_breaker = Field(CircuitBreakerSettings, None, "open the circuit to a failing upstream (per gateway process)")
 

@@ -24,6 +24,7 @@ from ..admin.server import AdminServer
 from ..config import load_file, load_text
 from ..state import policy_classes
 from ..store import open_store
+from ..upstream.health import HealthChecker
 from .worker import Worker, install_signals
 
 log = logging.getLogger("tollhouse")
@@ -64,6 +65,7 @@ async def serve_single(config, config_path: str | None, on_ready=None) -> int:
     loop = asyncio.get_running_loop()
     worker = Worker(config, config_path, loop)
     await worker.start(reuse_port=False)
+    worker.run_health_checks()
     admin = AdminServer(LocalController(worker), config.admin.token)
     admin_addr = await admin.start(*config.admin.listen)
     stop = asyncio.Event()
@@ -120,6 +122,18 @@ class Supervisor:
         self.handles = [WorkerHandle(i) for i in range(config.workers)]
         self.stopping = False
         self.store = open_store(config.store)
+        self.checker: HealthChecker | None = None
+
+    def start_health_checks(self) -> None:
+        """One checker for all workers; each change is told to every worker."""
+        if self.checker is not None:
+            self.checker.stop()
+        self.checker = HealthChecker(self.config, self._health_changed)
+        self.checker.start()
+
+    def _health_changed(self, upstream: str, url: str, healthy: bool) -> None:
+        for h in self.handles:
+            asyncio.get_running_loop().create_task(h.ask("health", upstream=upstream, url=url, healthy=healthy))
 
     async def start_worker(self, handle: WorkerHandle) -> None:
         parent, child = socket.socketpair()
@@ -136,6 +150,10 @@ class Supervisor:
         line = await asyncio.wait_for(handle.reader.readline(), 30)
         if not line:
             raise RuntimeError(f"worker {handle.index} failed to start")
+        if self.checker is not None:
+            for (upstream, url), healthy in self.checker.health.items():
+                if not healthy:
+                    await handle.ask("health", upstream=upstream, url=url, healthy=False)
 
     async def watch(self, handle: WorkerHandle) -> None:
         """Restart a worker that exits while the gateway is not stopping."""
@@ -171,6 +189,8 @@ class Supervisor:
         problems = [e for a in answers if a for e in a]
         if not problems:
             self.text = text
+            self.config = config
+            self.start_health_checks()
         return problems
 
     async def ready(self):
@@ -197,6 +217,7 @@ async def serve_supervised(config, config_path: str | None, text: str) -> int:
     sup = Supervisor(config, config_path, text)
     for h in sup.handles:
         await sup.start_worker(h)
+    sup.start_health_checks()
     watchers = [loop.create_task(sup.watch(h)) for h in sup.handles]
     admin = AdminServer(sup, config.admin.token)
     admin_addr = await admin.start(*config.admin.listen)
@@ -212,6 +233,8 @@ async def serve_supervised(config, config_path: str | None, text: str) -> int:
     announce(config.listen, admin_addr)
     await stop.wait()
     admin.close()
+    if sup.checker is not None:
+        sup.checker.stop()
     await sup.stop()
     for w in watchers:
         w.cancel()
@@ -258,6 +281,9 @@ async def _serve_control(worker: Worker, reader, writer):
             result = worker.status()
         elif op == "reload":
             result = worker.reload_text(msg["text"])
+        elif op == "health":
+            worker.set_health(msg["upstream"], msg["url"], msg["healthy"])
+            result = True
         else:
             result = None
         writer.write(orjson.dumps({"id": msg.get("id"), "result": result}) + b"\n")

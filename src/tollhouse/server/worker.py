@@ -62,6 +62,8 @@ class Worker:
         self.stats = Stats()
         self.connections: set[ClientConnection] = set()
         self.inflight: set = set()   # exchanges waiting on an upstream, watched for timeouts
+        self.health: dict[tuple[str, str], bool] = {}   # (upstream, target url) -> healthy
+        self.checker = None
         self.draining = False
         self.next_request_id = request_id_factory()
         self.date = b""
@@ -136,6 +138,13 @@ class Worker:
                                  limiter=self.limiter)
         self._announce_if_needed()
         retire(previous, self.state)
+        if self.checker is not None:
+            self.health.clear()
+            self.run_health_checks()
+        for (upstream, url), healthy in self.health.items():
+            pool = self.state.pools.get(upstream)
+            if pool is not None:
+                pool.set_health(url, healthy)
         log.info("config version %d in force", self.state.version)
 
     def reload_text(self, text: str) -> list[str]:
@@ -167,13 +176,29 @@ class Worker:
         for name, pool in self.state.pools.items():
             for t in pool.targets:
                 gauges[("upstream_target_healthy", (("target", t.url), ("upstream", name)))] = \
-                    0 if t.ejected_until > CLOCK.now else 1
+                    1 if t.healthy and t.ejected_until <= CLOCK.now else 0
             counters[("upstream_retries", (("upstream", name),))] = pool.retry_count
             counters[("upstream_ejections", (("upstream", name),))] = pool.ejection_count
             if pool.breaker is not None:
                 # tollhouse_circuit_state: 0 closed, 1 open, 2 half-open (PRODUCT.md §4)
                 gauges[("circuit_state", (("upstream", name),))] = pool.breaker.state
         return self.stats.snapshot()
+
+    def run_health_checks(self) -> None:
+        """Single-process gateways check their targets themselves."""
+        from ..upstream.health import HealthChecker
+
+        if self.checker is not None:
+            self.checker.stop()
+        self.checker = HealthChecker(self.state.config, self.set_health)
+        self.checker.start()
+
+    def set_health(self, upstream: str, url: str, healthy: bool) -> None:
+        """A health checker's verdict (this worker's own, or the supervisor's)."""
+        self.health[(upstream, url)] = healthy
+        pool = self.state.pools.get(upstream)
+        if pool is not None:
+            pool.set_health(url, healthy)
 
     def status(self) -> dict:
         state = self.state
@@ -197,6 +222,8 @@ class Worker:
             await self._stopped.wait()
             return
         self.draining = True
+        if self.checker is not None:
+            self.checker.stop()
         grace = self.state.config.shutdown_grace if grace is None else grace
         for server in self.servers:
             server.close()

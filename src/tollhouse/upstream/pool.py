@@ -211,6 +211,7 @@ class TargetPool:
         self.consecutive_failures = 0
         self.ejected_until = 0.0
         self.ejections = 0
+        self.healthy = True   # active health checks (upstreams.*.health_check)
 
     def take_idle(self) -> UpstreamConnection | None:
         idle = self.idle
@@ -299,7 +300,12 @@ class UpstreamPool:
         return self.single or self.balancer.pick(exchange)
 
     def usable(self, target, tried) -> bool:
-        return target.ejected_until <= CLOCK.now and (tried is None or target not in tried)
+        return target.healthy and target.ejected_until <= CLOCK.now and (tried is None or target not in tried)
+
+    def set_health(self, url: str, healthy: bool) -> None:
+        for t in self.targets:
+            if t.url == url:
+                t.healthy = healthy
 
     def alternative(self, tried) -> TargetPool | None:
         """A target that is neither ejected nor already tried, rotating among them."""
@@ -344,6 +350,7 @@ class UpstreamPool:
             "circuit": STATE_NAMES[self.breaker.state] if self.breaker is not None else None,
             "targets": [{"url": t.url, "weight": t.weight, "open_connections": t.open, "idle_connections": len(t.idle),
                          "in_flight": t.in_flight, "waiting": len(t.waiters),
+                         "healthy": t.healthy,
                          "ejected": t.ejected_until > CLOCK.now,
                          "ejected_for": round(max(0.0, t.ejected_until - CLOCK.now), 3)} for t in self.targets],
         }
