@@ -199,3 +199,59 @@ class Upstream:
         asyncio.run_coroutine_threadsafe(shut(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+
+
+class UpstreamProcess:
+    """The same upstream as a real process: kill it, pause it (SIGSTOP), resume it."""
+
+    def __init__(self, port: int | None = None, fail_with: int | None = None):
+        import subprocess
+        import sys
+
+        from tests.support.processes import ROOT, free_port, wait_for
+
+        self.port = port or free_port()
+        args = [sys.executable, "-m", "tests.support.upstream", str(self.port)]
+        if fail_with:
+            args.append(str(fail_with))
+        self._args = args
+        self._root = ROOT
+        self.proc = None
+        self._wait_for = wait_for
+        self._subprocess = subprocess
+
+    def start(self) -> "UpstreamProcess":
+        import os
+        import socket
+
+        self.proc = self._subprocess.Popen(self._args, cwd=self._root, env={**os.environ, "PYTHONPATH": self._root})
+        self._wait_for(lambda: socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close() or True)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def pause(self):
+        import signal
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        import signal
+        self.proc.send_signal(signal.SIGCONT)
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    stop = kill
+
+
+if __name__ == "__main__":
+    import sys
+    import time as _time
+
+    u = Upstream(port=int(sys.argv[1]), fail_with=int(sys.argv[2]) if len(sys.argv) > 2 else None).start()
+    while True:
+        _time.sleep(3600)
