@@ -88,3 +88,21 @@ def test_5xx_answers_count_as_failures(gateway_factory, upstream):
     g = gateway_factory(config([upstream.url], """    circuit_breaker: {failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: 30s, half_open_requests: 1}"""))
     assert [get(g.port, "/status/500").status for _ in range(4)] == [500] * 4
     assert get(g.port, "/status/200").status == 503
+
+
+def test_circuit_state_is_shared_through_redis(gateway_factory):
+    from tests.support.processes import RedisServer
+    redis = RedisServer().start()
+    try:
+        port = free_port()
+        cfg = config([f"http://127.0.0.1:{port}"], """    circuit_breaker: {failure_ratio: 0.5, min_requests: 3, window: 10s, open_for: 3s, half_open_requests: 1}""")
+        cfg = f"store: {redis.url}\n" + cfg
+        a, b = gateway_factory(cfg), gateway_factory(cfg)
+        assert [get(a.port, "/x").status for _ in range(3)] == [502] * 3   # a's circuit opens
+        assert get(a.port, "/x").status == 503
+        time.sleep(1.0)                                                     # b polls the shared state
+        r = get(b.port, "/x")
+        assert r.status == 503 and int(r.getheader("retry-after")) <= 3     # b never tried the upstream
+        assert json.loads(b.get_admin("/status")[1])["upstreams"]["app"]["circuit"] == "open"
+    finally:
+        redis.cleanup()

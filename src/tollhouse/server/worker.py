@@ -72,6 +72,12 @@ class Worker:
         self.limiter = make_limiter(self.store, self.stats, config.store_failure)
         self.state: GatewayState = build_state(config, loop, self.stats, self.store, limiter=self.limiter)
         self.access_log = AccessLog(loop) if config.access_log else None
+        self.circuits = None
+        if self.store.kind != "memory":
+            from ..upstream.breaker import SharedCircuits
+
+            self.circuits = SharedCircuits(self.store, lambda: self.state.pools)
+            self.circuits.attach(self.state.pools)
         self.servers: list[asyncio.AbstractServer] = []
         self._sockets = sockets
         self._sweeper = None
@@ -91,6 +97,8 @@ class Worker:
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
         self._deadlines = self.loop.call_later(DEADLINE_INTERVAL, self._check_deadlines)
         self._announce_if_needed()
+        if self.circuits is not None and any(p.breaker is not None for p in self.state.pools.values()):
+            self.circuits.start()
         # Start-up objects (config, routes, modules) never become garbage: move
         # them out of the collector's sight, and collect young objects less
         # often. The request path makes few cycles; full scans were ~3% of CPU.
@@ -138,6 +146,10 @@ class Worker:
                                  limiter=self.limiter)
         self._announce_if_needed()
         retire(previous, self.state)
+        if self.circuits is not None:
+            self.circuits.attach(self.state.pools)
+            if any(p.breaker is not None for p in self.state.pools.values()):
+                self.circuits.start()
         if self.checker is not None:
             self.health.clear()
             self.run_health_checks()
@@ -224,6 +236,8 @@ class Worker:
         self.draining = True
         if self.checker is not None:
             self.checker.stop()
+        if self.circuits is not None:
+            self.circuits.stop()
         grace = self.state.config.shutdown_grace if grace is None else grace
         for server in self.servers:
             server.close()

@@ -17,7 +17,8 @@ STATE_NAMES = {CLOSED: "closed", OPEN: "open", HALF_OPEN: "half_open"}
 
 
 class CircuitBreaker:
-    __slots__ = ("cfg", "state", "buckets", "opened_at", "probes", "probe_successes", "clock", "on_change")
+    __slots__ = ("cfg", "state", "buckets", "opened_at", "probes", "probe_successes", "clock", "on_change",
+                 "adopted")
 
     def __init__(self, cfg, clock=CLOCK, on_change=None):
         self.cfg = cfg
@@ -28,6 +29,7 @@ class CircuitBreaker:
         self.probe_successes = 0
         self.clock = clock
         self.on_change = on_change
+        self.adopted = False   # opened because another instance did (SharedCircuits)
 
     def allow(self) -> bool:
         """May a request go to the upstream now?"""
@@ -87,3 +89,75 @@ class CircuitBreaker:
             self.state = state
             if self.on_change is not None:
                 self.on_change(state)
+
+
+class SharedCircuits:
+    """With a Redis store, circuits are shared by every gateway instance.
+
+    An instance whose circuit opens writes `th:cb:v1:{upstream}` with a TTL of
+    `open_for`; every instance polls those keys (every 0.5 s) and opens its own
+    circuit for the time left. Half-open probing stays per instance; a circuit
+    that closes deletes the key. A store failure only stops the sharing.
+    """
+
+    INTERVAL = 0.5
+
+    def __init__(self, store, pools_getter):
+        self.store = store
+        self.pools_getter = pools_getter
+        self.task = None
+
+    @staticmethod
+    def key(upstream: str) -> str:
+        return f"th:cb:v1:{{{upstream}}}"
+
+    def attach(self, pools) -> None:
+        for name, pool in pools.items():
+            if pool.breaker is not None:
+                pool.breaker.on_change = lambda state, name=name, pool=pool: self._changed(name, pool, state)
+
+    def _changed(self, name, pool, state) -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if state == OPEN and not getattr(pool.breaker, "adopted", False):
+            loop.create_task(self._safe(self.store.set(self.key(name), b"open", pool.breaker.cfg.open_for)))
+        elif state == CLOSED:
+            loop.create_task(self._safe(self.store.delete(self.key(name))))
+
+    async def _safe(self, coro):
+        try:
+            await coro
+        except Exception:  # noqa: BLE001 - sharing is best effort; local breakers still work
+            pass
+
+    def start(self) -> None:
+        import asyncio
+
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self):
+        import asyncio
+
+        client = self.store.client
+        while True:
+            await asyncio.sleep(self.INTERVAL)
+            for name, pool in self.pools_getter().items():
+                breaker = pool.breaker
+                if breaker is None or breaker.state != CLOSED:
+                    continue
+                try:
+                    ttl_ms = await asyncio.wait_for(client.pttl(self.key(name)), 0.25)
+                except Exception:  # noqa: BLE001
+                    break
+                if ttl_ms and ttl_ms > 0:
+                    # Another instance opened it: open here for the time it has left.
+                    breaker.adopted = True
+                    breaker.opened_at = breaker.clock.now - (breaker.cfg.open_for - ttl_ms / 1000)
+                    breaker._set(OPEN)
+                    breaker.adopted = False
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
