@@ -289,3 +289,34 @@ def test_access_log_is_json_per_request(gw):
     assert rec["path"] == "/api/logged" and rec["client_ip"] == "127.0.0.1"
     for field in ("time", "bytes", "duration_ms", "upstream", "consumer", "cache", "ratelimit"):
         assert field in rec
+
+
+def test_conflicting_framing_from_upstream_is_502_and_the_connection_dropped(gw, upstream):
+    before = upstream.connections
+    assert get(gw, "/conflict").status == 502
+    assert get(gw, "/after-conflict").status == 200
+    assert upstream.connections > before     # the bad connection was not reused
+
+
+def test_max_connections_queue_then_503(gateway_factory):
+    import threading
+    u = Upstream().start()
+    try:
+        g = gateway_factory(basic_config(u.url).replace("    connect_timeout: 1s", "    connect_timeout: 300ms\n    max_connections: 1"))
+        results = []
+        slow = threading.Thread(target=lambda: results.append(get(g, "/api/slow?ms=1200").status))
+        slow.start()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        queued = get(g, "/fast")
+        assert queued.status == 503 and queued.getheader("retry-after") == "1"
+        assert 0.25 < time.monotonic() - t0 < 1.0            # waited about connect_timeout, no longer
+        slow.join()
+        assert results == [200]
+        done = threading.Thread(target=lambda: results.append(get(g, "/api/slow?ms=200").status))
+        done.start()
+        time.sleep(0.05)
+        assert get(g, "/fast").status == 200                  # waits in the queue, then gets the connection
+        done.join()
+    finally:
+        u.stop()

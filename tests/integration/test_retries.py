@@ -115,3 +115,19 @@ def test_max_ejected_keeps_targets_in_rotation(gateway_factory):
         call(g.port)
     status = json.loads(g.get_admin("/status")[1])
     assert sum(t["ejected"] for t in status["upstreams"]["app"]["targets"]) == 1
+
+
+def test_the_retry_budget_caps_retries_under_load(gateway_factory):
+    from tests.support.load import concurrent_statuses
+
+    sick = [Upstream(fail_with=503, delay=0.3).start() for _ in range(3)]
+    try:
+        g = gateway_factory(config([u.url for u in sick], "    retries: {attempts: 3, on: [503], budget: 0%}"))
+        statuses = concurrent_statuses([g.port], 30, b"GET /load HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert statuses == [503] * 30
+        hits = sum(1 for u in sick for r in u.requests if r["target"] == "/load")
+        # 30 first tries; with budget 0 % only the floor of 3 requests may retry (each up to twice).
+        assert 30 < hits <= 36
+    finally:
+        for u in sick:
+            u.stop()

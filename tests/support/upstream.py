@@ -8,6 +8,7 @@ Behaviour is chosen by path:
   /delimited         body ended by closing the connection (no framing)
   /truncate          Content-Length 100, sends 10 bytes, closes
   /garbage           an invalid status line
+  /conflict          both Content-Length and Transfer-Encoding
   /hang              never answers
   /close             answers with Connection: close
   /upload            reads the body streaming; answers its length and sha256
@@ -101,6 +102,8 @@ class _Conn(asyncio.Protocol):
         path = url.path.decode()
         q = {k: v[0] for k, v in parse_qs(url.query.decode() if url.query else "").items()}
         t = self.transport
+        if self.server.delay:
+            await asyncio.sleep(self.server.delay)
         if self.server.fail_with:
             self.write(self.server.fail_with, b"sick", keep_alive=req["keep_alive"])
         elif path.startswith("/status/"):
@@ -132,6 +135,8 @@ class _Conn(asyncio.Protocol):
             t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
             await asyncio.sleep(0.01)
             t.close()
+        elif path == "/conflict":
+            t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
         elif path == "/garbage":
             t.write(b"HTTP/1.1 2x0 Whatever\r\n\r\n")
             t.close()
@@ -156,10 +161,11 @@ class _Conn(asyncio.Protocol):
 class Upstream:
     """Start with `Upstream().start()`; `.port`, `.url`, `.requests`; `.stop()`."""
 
-    def __init__(self, port: int = 0, ssl=None, fail_with: int | None = None):
+    def __init__(self, port: int = 0, ssl=None, fail_with: int | None = None, delay: float = 0.0):
         self.port = port
         self.ssl = ssl
         self.fail_with = fail_with   # answer every request with this status (a sick instance)
+        self.delay = delay           # seconds before every answer (a slow instance)
         self.requests: list[dict] = []
         self.connections = 0
         self.open_transports: set = set()
