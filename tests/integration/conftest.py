@@ -59,3 +59,23 @@ routes:
     match: {{prefix: /}}
     upstream: app
 """
+
+
+def upstream_config(targets, upstream_extra: str = "", route_extra: str = "", connect_timeout: str = "500ms",
+                    read_timeout: str = "2s") -> str:
+    """One upstream `app` over `targets` and one catch-all route `all`; extra
+    lines go under the upstream and the route (indent them by 4 spaces)."""
+    quoted = ", ".join(f'"{t}"' for t in targets)
+    return f"""
+upstreams:
+  app:
+    targets: [{quoted}]
+    connect_timeout: {connect_timeout}
+    read_timeout: {read_timeout}
+{upstream_extra}
+routes:
+  - name: all
+    match: {{prefix: /}}
+    upstream: app
+{route_extra}
+"""

@@ -2,23 +2,14 @@
 import json
 import time
 
+from tests.integration.conftest import upstream_config
 from tests.support.client import request
 from tests.support.processes import wait_for
 from tests.support.upstream import Upstream
 
 
 def config(targets):
-    return f"""
-upstreams:
-  app:
-    targets: [{", ".join(f'"{t}"' for t in targets)}]
-    connect_timeout: 500ms
-    health_check: {{path: /healthz, interval: 100ms, timeout: 200ms, healthy: 2, unhealthy: 2}}
-routes:
-  - name: all
-    match: {{prefix: /}}
-    upstream: app
-"""
+    return upstream_config(targets, "    health_check: {path: /healthz, interval: 100ms, timeout: 200ms, healthy: 2, unhealthy: 2}")
 
 
 def get(port):

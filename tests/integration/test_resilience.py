@@ -2,26 +2,15 @@
 import json
 import time
 
+from tests.integration.conftest import upstream_config
 from tests.support.client import request
 from tests.support.upstream import UpstreamProcess
 
 
 def config(targets, extra=""):
-    return f"""
-upstreams:
-  app:
-    targets: [{", ".join(f'"{t}"' for t in targets)}]
-    connect_timeout: 300ms
-    read_timeout: 400ms
-    retries: {{attempts: 2, on: [connect_error, timeout, reset, 502, 503, 504]}}
-    outlier: {{consecutive_failures: 2, ejection: 1s, max_ejected: 50%}}
-{extra}
-routes:
-  - name: all
-    match: {{prefix: /}}
-    upstream: app
-    timeout: 2s
-"""
+    return upstream_config(targets, """    retries: {attempts: 2, on: [connect_error, timeout, reset, 502, 503, 504]}
+    outlier: {consecutive_failures: 2, ejection: 1s, max_ejected: 50%}
+""" + extra, route_extra="    timeout: 2s", connect_timeout="300ms", read_timeout="400ms")
 
 
 def get(port):

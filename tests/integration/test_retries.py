@@ -3,24 +3,14 @@ import json
 import time
 import urllib.parse
 
+from tests.integration.conftest import upstream_config
 from tests.support.client import request
 from tests.support.processes import free_port
 from tests.support.upstream import Upstream
 
 
 def config(targets, upstream_extra):
-    return f"""
-upstreams:
-  app:
-    targets: [{", ".join(f'"{t}"' for t in targets)}]
-    connect_timeout: 500ms
-    read_timeout: 2s
-{upstream_extra}
-routes:
-  - name: all
-    match: {{prefix: /}}
-    upstream: app
-"""
+    return upstream_config(targets, upstream_extra)
 
 
 def call(port, method="GET", target="/x", body=b""):
