@@ -19,7 +19,9 @@ errors, and so are keys of capabilities that have not landed yet: a typo or a
 missing feature never silently disables a policy. `tollhouse check -c FILE`
 prints every error with its key path and line.
 
-In flow mappings, quote values containing braces: `match: {path: "/users/{id}"}`.
+`${VAR}`, template variables inside values (`/users/{id}`) and `?` inside
+values (`/orders?owner={consumer}`) may stand in flow mappings too, as in
+PRODUCT.md's examples; a value that *starts* with `{` must be quoted.
 """
 
 

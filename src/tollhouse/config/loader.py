@@ -89,17 +89,36 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LocatedList
     return out
 
 
+_PLACEHOLDER = re.compile(r"__tollhouse_env_(\d+)__")
+_TEMPLATE = re.compile(r"(?<=[^\s\[\]{},:])\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_BRACE = re.compile(r"__tollhouse_brace_([A-Za-z_][A-Za-z0-9_]*)__")
+_QUESTION = re.compile(r"(?<=[^\s\[\]{},])\?(?=[^\s])")
+
+
 def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> str:
     value = loader.construct_scalar(node)
-    if "${" not in value:
+    if "__tollhouse_" not in value:
         return value
-    try:
-        return expand_env(value)
-    except KeyError as e:
-        loader.problems.append(ConfigError(
-            "", node.start_mark.line + 1,
-            f"environment variable {e.args[0]} is not set (use ${{{e.args[0]}:-default}} for a default)"))
-        return ""
+    if "__tollhouse_brace_" in value:
+        value = _BRACE.sub(r"{\1}", value)
+    if "__tollhouse_q__" in value:
+        value = value.replace("__tollhouse_q__", "?")
+    if "__tollhouse_env_" not in value:
+        return value
+
+    def sub(m: re.Match) -> str:
+        name, default = loader.env_refs[int(m.group(1))]
+        found = os.environ.get(name)
+        if found is None or (found == "" and default is not None):
+            if default is None:
+                loader.problems.append(ConfigError(
+                    "", node.start_mark.line + 1,
+                    f"environment variable {name} is not set (use ${{{name}:-default}} for a default)"))
+                return ""
+            return default
+        return found
+
+    return _PLACEHOLDER.sub(sub, value)
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
@@ -109,8 +128,26 @@ _Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
 
 def parse_yaml(text: str) -> tuple[object, list[ConfigError]]:
     """Parse YAML text into located containers; returns (document, problems)."""
+    # ${VAR} is swapped for a plain-word placeholder before parsing, so that it
+    # may stand anywhere a value can, flow mappings included
+    # (`admin: {token: ${TOKEN:-}}` would otherwise be a YAML syntax error);
+    # the str constructor puts the value back.
+    refs: list[tuple[str, str | None]] = []
+
+    def placeholder(m: re.Match) -> str:
+        refs.append((m.group(1), m.group(2)))
+        return f"__tollhouse_env_{len(refs) - 1}__"
+
+    text = _VAR.sub(placeholder, text)
+    # Template variables inside a value (`path: /users/{consumer}`, `{id}` in
+    # routes) are braces YAML reads as flow mappings: hide them the same way.
+    text = _TEMPLATE.sub(r"__tollhouse_brace_\1__", text)
+    # PyYAML ends a plain scalar at `?` in flow context (YAML 1.2 would not):
+    # `{path: /orders?owner=1}` keeps its `?` the same way.
+    text = _QUESTION.sub("__tollhouse_q__", text)
     loader = _Loader(text)
     loader.problems = []
+    loader.env_refs = refs
     try:
         doc = loader.get_single_data()
     except yaml.MarkedYAMLError as e:
