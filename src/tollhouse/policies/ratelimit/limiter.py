@@ -34,7 +34,7 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return redis.call('ZCARD', KEYS[1])
 """
 INSTANCES_KEY = "th:instances:v1"
-MAX_IN_FLIGHT = 4     # script calls out at once; more requests wait for the next batch
+MAX_IN_FLIGHT = 2     # script calls out at once; more requests wait for the next batch
 MAX_BATCH = 256       # requests per script call
 _CALLS = ("ratelimit_store_calls", ())
 ANNOUNCE_EVERY = 5.0
