@@ -146,20 +146,22 @@ class Chain:
         hooks = self.request_hooks
         for i in range(start, len(hooks)):
             result = hooks[i](exchange)
-            if result is None:
-                continue
-            if isinstance(result, Reply):
-                answer(result)
+            if result is not None:
+                self.handle(exchange, result, i, proceed, answer)
                 return
-            if result.__class__ is Deferred:
-                # Decided later by a direct call (e.g. a batched store call): no task.
-                result.chain, result.exchange, result.start = self, exchange, i + 1
-                result.proceed, result.answer = proceed, answer
-                return
+        proceed()
+
+    def handle(self, exchange, result, i: int, proceed, answer) -> None:
+        """Hook `i` returned something other than None: answer, or wait for it."""
+        if isinstance(result, Reply):
+            answer(result)
+        elif result.__class__ is Deferred:
+            # Decided later by a direct call (e.g. a batched store call): no task.
+            result.chain, result.exchange, result.start = self, exchange, i + 1
+            result.proceed, result.answer = proceed, answer
+        else:
             exchange.task = asyncio.get_running_loop().create_task(
                 self._resume(exchange, result, i + 1, proceed, answer))
-            return
-        proceed()
 
     def _after(self, exchange, result, error, start, proceed, answer):
         if exchange.finished:

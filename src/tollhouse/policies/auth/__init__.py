@@ -101,23 +101,28 @@ class AuthPolicy(Policy):
         self.scope_param = " ".join(sorted(self.scopes))
 
     def on_request(self, exchange):
+        # The common case first: a bearer token verified before is a hash and
+        # a dictionary lookup away (no decoding, no signature check).
+        auth = exchange.authorization
+        if auth is not None and self.bearer:
+            scheme = auth[:7]
+            if scheme == b"Bearer " or scheme.lower() == b"bearer ":
+                raw = auth[7:].strip()
+                key = sha256(raw).digest()
+                now = time.time()
+                for provider in self.bearer:
+                    hit = provider.cache.entries.get(key)
+                    if hit is not None and hit[1] > now and hit[0].__class__ is Identity:
+                        return self._admit(exchange, hit[0])
+                return self._authenticate(exchange, raw.decode("latin-1"), key, now)
+        return self._authenticate(exchange, None, None, None)
+
+    def _authenticate(self, exchange, token, key, now):
         service = self.service
         if not service.started:
             service.start()
         failure = None
-        token = None
-        auth = exchange.authorization
-        if auth is not None and auth[:7].lower() == b"bearer ":
-            raw = auth[7:].strip()
-            token = raw.decode("latin-1")
         if token and self.bearer:
-            key = sha256(raw).digest()
-            now = time.time()
-            # A token seen before: its identity is a dictionary lookup away.
-            for provider in self.bearer:
-                hit = provider.cache.entries.get(key)
-                if hit is not None and hit[1] > now and hit[0].__class__ is Identity:
-                    return self._admit(exchange, hit[0])
             for provider in self.bearer:
                 try:
                     result = provider.verify(token, key, now)
