@@ -3,9 +3,9 @@ from tollhouse.observability.metrics import Stats, render
 
 def test_snapshots_of_workers_merge_into_one_exposition():
     a, b = Stats(), Stats()
-    a.record_request("users", "GET", 200, 0.002)
-    b.record_request("users", "GET", 200, 0.2)
-    b.record_upstream("users", 0.01)
+    a.route("users", "users").observe(b"GET", 200, 0.002)
+    b.route("users", "users").observe(b"GET", 200, 0.2)
+    b.route("users", "users").observe_upstream(0.01)
     a.inc("store_errors", (("store", "redis"),))
     b.inc("store_errors", (("store", "redis"),), 2)
     text = render([a.snapshot(), b.snapshot()]).decode()

@@ -78,15 +78,6 @@ class Stats:
             stats.upstream = h
         return stats
 
-    def record_request(self, route: str, method: str, status: int, duration: float) -> None:
-        self.route(route, None).observe(method.encode(), status, duration)
-
-    def record_upstream(self, upstream: str, duration: float) -> None:
-        h = self.upstream_duration.get(upstream)
-        if h is None:
-            h = self.upstream_duration[upstream] = Histogram()
-        h.observe(duration)
-
     def inc(self, name: str, labels: tuple = (), by: float = 1) -> None:
         """Bump a counter `tollhouse_<name>` with label pairs ((k, v), ...)."""
         key = (name, labels)

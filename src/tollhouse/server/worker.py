@@ -17,7 +17,6 @@ import socket
 import ssl
 import time
 
-from .. import __version__
 from ..clock import CLOCK
 from ..config import load_file, load_text
 from ..observability.access_log import AccessLog, request_id_factory
@@ -271,7 +270,3 @@ def install_signals(loop, on_stop, on_reload=None) -> None:
         loop.add_signal_handler(signal.SIGHUP, on_reload)
     else:
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
-
-
-def version_info() -> dict:
-    return {"version": __version__}

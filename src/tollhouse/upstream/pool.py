@@ -182,9 +182,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.closed = True
             self.transport.abort()
 
-    def usable(self) -> bool:
-        return not self.closed and not self.transport.is_closing()
-
 
 class TargetPool:
     """Connections to one target (scheme://host:port)."""
@@ -212,15 +209,6 @@ class TargetPool:
         self.ejected_until = 0.0
         self.ejections = 0
         self.healthy = True   # active health checks (upstreams.*.health_check)
-
-    def take_idle(self) -> UpstreamConnection | None:
-        idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if conn.usable():
-                conn.reused = True
-                return conn
-        return None
 
     def can_open(self) -> bool:
         return self.open < self.max_connections
