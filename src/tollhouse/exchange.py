@@ -11,11 +11,9 @@ import logging
 import re
 import time
 from http import HTTPStatus
-from bisect import bisect_left
 from time import perf_counter
 
 from .clock import CLOCK
-from .observability.metrics import BUCKETS
 from .pipeline import Reply
 from .paths import BadPath, normalise_path
 
@@ -63,7 +61,7 @@ class Exchange:
     def __init__(self, conn):
         self.conn = conn
         self.worker = conn.worker
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: list[bytes] = []   # ready-to-send lines
         self.body_chunks: list[bytes] | None = []
         self.state = None
         self.route = None
@@ -284,14 +282,11 @@ class Exchange:
             self.answer(Reply.problem(503, "Service Unavailable", f"the circuit to {pool.name} is open",
                                       headers=[("retry-after", str(breaker.retry_after()))]))
             return
-        target = pool.single or pool.balancer.pick(self)
-        if target.ejected_until > CLOCK.now or not target.healthy:
-            alternative = pool.alternative(None)
-            if alternative is None and not any(t.healthy for t in pool.targets):
-                self.answer(Reply.problem(503, "Service Unavailable", f"no healthy target in {pool.name}",
-                                          headers=[("retry-after", "1")]))
-                return
-            target = alternative or target
+        target = pool.choose(self)
+        if not target.healthy and not any(t.healthy for t in pool.targets):
+            self.answer(Reply.problem(503, "Service Unavailable", f"no healthy target in {pool.name}",
+                                      headers=[("retry-after", "1")]))
+            return
         pool.active_requests += 1
         self.attempt = 1
         self.first_started = CLOCK.now
@@ -405,7 +400,6 @@ class Exchange:
         if self.body_buffered:
             self.body_buffered = 0
             self.conn.resume_reading(2)
-        loop = self.worker.loop
         self.upstream_started = CLOCK.now
         self.upstream_clock = perf_counter()
         conn.send(self, b"".join(parts), self.method == b"HEAD")
@@ -495,18 +489,10 @@ class Exchange:
         self.upstream_keepalive = keep_alive
         route = self.route
         route.stats.observe_upstream(perf_counter() - self.upstream_clock)
-        pool = route.upstream
-        if status >= 500:
-            if pool.breaker is not None:
-                pool.breaker.record(False)
-            pool.attempt_failed(self.target)
-            if self.may_retry("status", status, False):
-                self.retry()   # this answer is dropped with its connection
-                return
-        else:
-            if pool.breaker is not None:
-                pool.breaker.record(True)
-            pool.attempt_succeeded(self.target)
+        route.upstream.attempt_ended(self.target, status < 500)
+        if status >= 500 and self.may_retry("status", status, False):
+            self.retry()   # this answer is dropped with its connection
+            return
         if conn.connection_tokens is not None:
             headers = _without(headers, {t.strip() for t in conn.connection_tokens.split(b",")})
         self.status = status
@@ -661,10 +647,7 @@ class Exchange:
     def failed_attempt(self, condition: str, status: int, reply: Reply, any_method: bool = False) -> None:
         """An attempt failed before any response reached the client: count it for
         the circuit breaker and outlier detection, then retry or answer."""
-        pool = self.route.upstream
-        if pool.breaker is not None:
-            pool.breaker.record(False)
-        pool.attempt_failed(self.target)
+        self.route.upstream.attempt_ended(self.target, False)
         if self.may_retry(condition, status, any_method):
             self.retry()
         else:
@@ -701,10 +684,7 @@ class Exchange:
         self.upstream_keepalive = False
         self.upstream_delimited = False
         self.worker.inflight.discard(self)
-        target = pool.pick(self)
-        if not pool.usable(target, self.tried):
-            target = pool.alternative(self.tried) or target
-        self.use_target(target)
+        self.use_target(pool.choose(self, self.tried))
 
     def abort_upstream(self) -> None:
         conn = self.upstream
@@ -766,13 +746,7 @@ class Exchange:
         worker.stats.active_requests -= 1
         duration = perf_counter() - self.started
         route = self.route
-        stats = route.stats if route is not None else worker.stats.unrouted
-        key = (self.method, self.status)
-        counts = stats.counts
-        counts[key] = counts.get(key, 0) + 1
-        hist = stats.duration
-        hist.counts[bisect_left(BUCKETS, duration)] += 1
-        hist.sum += duration
+        (route.stats if route is not None else worker.stats.unrouted).observe(self.method, self.status, duration)
         if worker.access_log is not None:
             # Raw values; the log's writer thread formats them.
             worker.access_log.write((time.time(), self.request_id, self.client_ip, self.method, self.path,

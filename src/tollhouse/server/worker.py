@@ -159,19 +159,16 @@ class Worker:
         log.info("config version %d in force", self.state.version)
 
     def reload_text(self, text: str) -> list[str]:
-        config, errors = load_text(text)
-        if errors:
-            return [str(e) for e in errors]
-        try:
-            self.apply(config)
-        except ValueError as e:
-            return [str(e)]
-        return []
+        return self._apply_loaded(*load_text(text))
 
     def reload_file(self) -> list[str]:
         if not self.config_path:
             return ["no config file to reload (started from the embedded demo config)"]
         config, errors, _ = load_file(self.config_path)
+        return self._apply_loaded(config, errors)
+
+    def _apply_loaded(self, config, errors) -> list[str]:
+        """Swap in a loaded config; the errors that refused it otherwise."""
         if errors:
             return [str(e) for e in errors]
         try:

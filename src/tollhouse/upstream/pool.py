@@ -284,8 +284,13 @@ class UpstreamPool:
         self._next = 0
         self.signature = repr(settings)
 
-    def pick(self, exchange=None) -> TargetPool:
-        return self.single or self.balancer.pick(exchange)
+    def choose(self, exchange=None, tried=None) -> TargetPool:
+        """The balancer's pick, or another usable target when that one is
+        unhealthy, ejected or already tried (the pick itself if none is)."""
+        target = self.single or self.balancer.pick(exchange)
+        if self.usable(target, tried):
+            return target
+        return self.alternative(tried) or target
 
     def usable(self, target, tried) -> bool:
         return target.healthy and target.ejected_until <= CLOCK.now and (tried is None or target not in tried)
@@ -305,8 +310,15 @@ class UpstreamPool:
                 return t
         return None
 
-    # --- passive outlier detection ------------------------------------------------------
-    def attempt_failed(self, target) -> None:
+    # --- outcomes: circuit breaker and passive outlier detection --------------------------
+    def attempt_ended(self, target, ok: bool) -> None:
+        """Count one attempt's outcome (failures: connect errors, resets, timeouts,
+        invalid answers, 5xx) for the circuit breaker and outlier detection."""
+        if self.breaker is not None:
+            self.breaker.record(ok)
+        if ok:
+            target.consecutive_failures = 0
+            return
         cfg = self.outlier
         if cfg is None:
             return
@@ -320,9 +332,6 @@ class UpstreamPool:
         target.ejected_until = CLOCK.now + cfg.ejection * target.ejections
         target.consecutive_failures = 0
         self.ejection_count += 1
-
-    def attempt_succeeded(self, target) -> None:
-        target.consecutive_failures = 0
 
     def reap(self, now: float):
         for t in self.targets:

@@ -112,9 +112,7 @@ class RateLimitPolicy(Policy):
             if ok:
                 table.current[key] = state
                 exchange.ratelimit = ("allowed", (True, lim.limit, remaining, reset, 0.0), lim, self.policy_header)
-                counters = self.counters
-                k = self.count_keys["allowed"]
-                counters[k] = counters.get(k, 0) + 1
+                self._count(self.count_keys["allowed"])
                 return None
             return self._decide(exchange, self.fixed, False, [(False, lim.limit, remaining, reset, retry)], "allowed")
         limits = self._limits(exchange)
