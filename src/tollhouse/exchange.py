@@ -56,7 +56,7 @@ class Exchange:
 
     __slots__ = ("conn", "worker", "headers", "body_chunks",
                  "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit", "local", "authorization",
-                 "attempt", "first_started", "tried")
+                 "attempt", "first_started", "tried", "capture", "cache_status")
 
     def __init__(self, conn):
         self.conn = conn
@@ -101,6 +101,8 @@ class Exchange:
         self.attempt = 0
         self.first_started = 0.0
         self.tried = None
+        self.capture = None        # a cache fill watching the upstream's response (policies/cache)
+        self.cache_status = None
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None
@@ -513,11 +515,26 @@ class Exchange:
             if not conn.chunked:
                 # Close-delimited upstream response (RFC 9112 §6.3 rule 8).
                 self.upstream_delimited = True
+        capture = self.capture
+        if capture is not None:
+            # The cache sees the upstream's own head, before any policy changes it.
+            substitute = capture.head(self, status, content_length)
+            if substitute is not None:   # stale_if_error: a stored response instead of this failure
+                self.abort_upstream()
+                self.answer(substitute)
+                return
         hooks = route.chain.response_hooks
         if hooks:
             for hook in hooks:
                 hook(self)
         self.write_head()
+
+    def not_modified(self, lines: list[bytes]) -> None:
+        """Answer 304 with `lines` instead of the upstream's response, whose body still
+        arrives (for the cache) but is not relayed."""
+        self.status = 304
+        self.response_headers = lines
+        self.mode = _NONE
 
     def write_head(self) -> None:
         parts = [status_line(self.status), *self.response_headers, b"x-request-id: ", self.request_id, b"\r\n"]
@@ -535,6 +552,8 @@ class Exchange:
     def upstream_body(self, chunk: bytes) -> None:
         if self.finished:
             return
+        if self.capture is not None:
+            self.capture.body(chunk)
         mode = self.mode
         if mode == _RAW:
             corked = self.conn.corked
@@ -556,6 +575,8 @@ class Exchange:
             return
         if self.mode == _CHUNKED:
             self.conn.write(_LAST_CHUNK)
+        if self.capture is not None:
+            self.capture.complete(self)
         if self.upstream_keepalive and self.body_done and not self.upstream_delimited:
             self.target.release(conn)
         else:
@@ -588,6 +609,8 @@ class Exchange:
         if self.upstream_delimited and exc is None:
             if self.mode == _CHUNKED:
                 self.conn.write(_LAST_CHUNK)
+            if self.capture is not None:
+                self.capture.complete(self)
             self.response_done = True
             if not self.body_done:
                 self.keep_alive = False
@@ -703,9 +726,14 @@ class Exchange:
             self.conn.abort()
             return
         self.abort_upstream()
+        capture = self.capture
+        if capture is not None and reply.status >= 500:
+            reply = capture.stale_reply(self, time.time()) or reply   # stale_if_error
         body, content_type = reply.render_body(self.request_id.decode() if self.request_id else "")
         self.status = reply.status
         headers = [b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")) for n, v in reply.headers]
+        if reply.lines:
+            headers[:0] = reply.lines
         if content_type:
             headers.append(b"content-type: %s\r\n" % content_type.encode())
         self.response_headers = headers
@@ -718,10 +746,16 @@ class Exchange:
                 hook(self)
         headers = self.response_headers
         headers.append(b"date: %s\r\n" % self.worker.date)
-        if self.method == b"HEAD" or reply.status in _NO_BODY_STATUS:
+        if reply.status in _NO_BODY_STATUS:
+            # RFC 9110 §8.6: no Content-Length on 204; a 304's would describe the stored body.
             self.mode = _NONE
             body = b""
-        headers.append(b"content-length: %d\r\n" % len(body))
+        else:
+            # A HEAD answer states the length the GET body would have (RFC 9110 §9.3.2).
+            headers.append(b"content-length: %d\r\n" % len(body))
+            if self.method == b"HEAD":
+                self.mode = _NONE
+                body = b""
         self.write_head()
         if body:
             self.conn.write(body)
@@ -741,8 +775,12 @@ class Exchange:
             pool.active_requests -= 1
             if self.tried is not None:
                 pool.retries_in_flight -= 1
+        if self.capture is not None:
+            self.capture.finished(self)
         worker = self.worker
         worker.inflight.discard(self)
+        if self.conn.background:
+            return   # a cache refresh: not a client's request, so no metrics or log line
         worker.stats.active_requests -= 1
         duration = perf_counter() - self.started
         route = self.route
@@ -752,7 +790,7 @@ class Exchange:
             worker.access_log.write((time.time(), self.request_id, self.client_ip, self.method, self.path,
                                      route.name if route is not None else "", self.status, self.bytes_sent,
                                      duration, self.target.url if self.target is not None else None,
-                                     self.consumer, None,
+                                     self.consumer, self.cache_status and self.cache_status.decode(),
                                      self.ratelimit[0] if isinstance(self.ratelimit, tuple) else self.ratelimit))
         self.conn.exchange_finished(self)
 

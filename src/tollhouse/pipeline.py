@@ -32,13 +32,14 @@ class Reply:
     `request_id` member is filled in when it is sent.
     """
 
-    __slots__ = ("status", "headers", "body", "problem_fields")
+    __slots__ = ("status", "headers", "body", "problem_fields", "lines")
 
     def __init__(self, status: int, body: bytes = b"", headers: list[tuple[str, str]] | None = None,
                  content_type: str | None = None):
         self.status = status
         self.body = body
         self.headers = list(headers or ())
+        self.lines: list[bytes] | None = None   # ready-to-send header lines sent before `headers` (e.g. a cached head)
         if content_type:
             self.headers.append(("content-type", content_type))
         self.problem_fields = None

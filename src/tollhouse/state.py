@@ -12,6 +12,7 @@ from functools import lru_cache
 from .config.loader import ConfigError
 from .pipeline import EMPTY_CHAIN, Chain, PolicyContext, load_policy_class
 from .policies.auth import AuthPolicy, AuthService
+from .policies.cache import CachePolicy
 from .policies.ratelimit import RateLimitPolicy, make_limiter
 from .routing import RouteTable, RouteTarget
 from .upstream.pool import UpstreamPool
@@ -64,7 +65,7 @@ def policy_classes(config) -> tuple[dict[str, tuple[type, object]], list[ConfigE
 
 
 def build_state(config, loop, stats, store, previous: GatewayState | None = None, version: int = 1,
-                limiter=None) -> GatewayState:
+                limiter=None, cache=None) -> GatewayState:
     classes, errors = policy_classes(config)
     if errors:
         raise ValueError("; ".join(map(str, errors)))
@@ -90,6 +91,10 @@ def build_state(config, loop, stats, store, previous: GatewayState | None = None
                 limiter = make_limiter(store, stats, config.store_failure)
             policies.append(RateLimitPolicy(r.rate_limits, PolicyContext(store, stats, name), tiers=config.tiers,
                                             limiter=limiter, route_name=name))
+        if r.cache is not None:
+            if cache is None:
+                raise ValueError(f"routes[{i}].cache: this process has no response cache")
+            policies.append(CachePolicy(r.cache, PolicyContext(store, stats, name), cache=cache))
         for pname in r.policies:
             cls, options = classes[pname]
             policies.append(cls(options, PolicyContext(store, stats, name)))

@@ -12,6 +12,9 @@ Behaviour is chosen by path:
   /hang              never answers
   /close             answers with Connection: close
   /upload            reads the body streaming; answers its length and sha256
+  /resource?...      a cacheable resource: cc= (Cache-Control), etag=, lm= (Last-Modified),
+                     expires=, vary=, tag= (Surrogate-Key), cookie=1, status=N, ms=N (delay),
+                     bytes=N (body size), chunked=1; the JSON body carries a serial number
   anything else      JSON echo of what arrived (method, path, query, headers, body length)
 Every request is recorded in `requests` (method, target, headers dict, body length).
 """
@@ -147,6 +150,33 @@ class _Conn(asyncio.Protocol):
         elif path == "/upload":
             self.write(200, orjson.dumps({"length": req["body_len"], "sha256": req["sha256"]}),
                        [("content-type", "application/json")], keep_alive=req["keep_alive"])
+        elif path == "/resource":
+            self.server.serial += 1
+            serial = self.server.serial
+            if "ms" in q:
+                await asyncio.sleep(int(q["ms"]) / 1000)
+            headers = [("content-type", "application/json")]
+            for param, name in (("cc", "cache-control"), ("etag", "etag"), ("lm", "last-modified"),
+                                ("expires", "expires"), ("vary", "vary"), ("tag", "surrogate-key")):
+                if param in q:
+                    headers.append((name, q[param]))
+            if q.get("cookie"):
+                headers.append(("set-cookie", "session=secret"))
+            hdrs = req["headers"]
+            body = orjson.dumps({"serial": serial, "consumer": hdrs.get("x-consumer-id"),
+                                 "language": hdrs.get("accept-language"), "encoding": hdrs.get("accept-encoding"),
+                                 "conditional": hdrs.get("if-none-match") or hdrs.get("if-modified-since")})
+            if "bytes" in q:
+                body = body + b" " * (int(q["bytes"]) - len(body))
+            if q.get("chunked"):
+                t.write(b"HTTP/1.1 %d OK\r\n%stransfer-encoding: chunked\r\n\r\n"
+                        % (int(q.get("status", "200")), "".join(f"{n}: {v}\r\n" for n, v in headers).encode()))
+                for i in range(0, len(body), 1000):
+                    piece = body[i:i + 1000]
+                    t.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                t.write(b"0\r\n\r\n")
+            else:
+                self.write(int(q.get("status", "200")), body, headers, keep_alive=req["keep_alive"])
         elif path == "/nocontent":
             self.write(204, keep_alive=req["keep_alive"])
         elif path == "/hop":
@@ -167,6 +197,7 @@ class Upstream:
         self.fail_with = fail_with   # answer every request with this status (a sick instance)
         self.delay = delay           # seconds before every answer (a slow instance)
         self.requests: list[dict] = []
+        self.serial = 0              # /resource answers counted
         self.connections = 0
         self.open_transports: set = set()
         self.loop = asyncio.new_event_loop()
@@ -195,6 +226,8 @@ class Upstream:
         self.loop.call_soon_threadsafe(go)
 
     def stop(self):
+        if not self._thread.is_alive():
+            return   # already stopped
         async def shut():
             self._server.close()
             for t in list(self.open_transports):

@@ -1,4 +1,4 @@
-"""The admin listener (PRODUCT.md §4): health, readiness, metrics, status, reload.
+"""The admin listener (PRODUCT.md §4): health, readiness, metrics, status, reload, cache purge.
 
 Not on the proxy's hot path, so it is plain asyncio streams with httptools
 parsing one request per connection. It asks a `controller` (the single
@@ -10,6 +10,8 @@ import asyncio
 import hmac
 import logging
 import time
+
+from urllib.parse import parse_qs
 
 import httptools
 import orjson
@@ -113,9 +115,27 @@ class AdminServer:
             if errors:
                 return 400, "application/json", orjson.dumps({"reloaded": False, "errors": errors})
             return 200, "application/json", orjson.dumps({"reloaded": True})
-        if path in ("/healthz", "/readyz", "/metrics", "/status", "/reload"):
+        if path == "/cache" and method == "DELETE":
+            return await self.purge(query)
+        if path in ("/healthz", "/readyz", "/metrics", "/status", "/reload", "/cache"):
             return 405, "application/json", orjson.dumps({"error": "method not allowed"})
         return 404, "application/json", orjson.dumps({"error": "not found"})
+
+    async def purge(self, query: str):
+        """DELETE /cache[?route=NAME|prefix=/path|tag=KEY]: the filters combine (all must match)."""
+        params = parse_qs(query, keep_blank_values=True)
+        unknown = set(params) - {"route", "prefix", "tag"}
+        if unknown:
+            return 400, "application/json", orjson.dumps({"error": f"unknown parameter {sorted(unknown)[0]!r}; "
+                                                                   "use route, prefix or tag"})
+        route, prefix, tag = (params[k][0] if k in params else None for k in ("route", "prefix", "tag"))
+        if prefix is not None and not prefix.startswith("/"):
+            return 400, "application/json", orjson.dumps({"error": "prefix must start with /"})
+        try:
+            purged = await self.controller.purge(route, prefix, tag)
+        except Exception as e:  # noqa: BLE001 - the store failed: say so, change nothing else
+            return 503, "application/json", orjson.dumps({"error": f"the cache store failed: {type(e).__name__}"})
+        return 200, "application/json", orjson.dumps({"purged": purged, "route": route, "prefix": prefix, "tag": tag})
 
     async def status(self) -> dict:
         workers = await self.controller.statuses()

@@ -12,6 +12,7 @@ from .loader import ConfigError
 from .schema import (Address, Bool, Duration, Field, Float, Int, Kind, ListOf, MapOf, Network, OneOf, Ratio,
                      Schema, Size, Str, error_at)
 from ..policies.auth.schema import Auth, Consumer, RouteAuth
+from ..policies.cache.schema import CacheSettings, RouteCache
 from ..policies.ratelimit.schema import RateLimit, Tier
 
 NAME = r"[A-Za-z0-9_.-]+"
@@ -171,7 +172,8 @@ class Route(Schema):
     policies = Field(ListOf(Str(pattern=NAME)), (), "custom policies (names from top-level `policies`), in order")
     auth = Field(RouteAuth, None, "who may call: {providers, scopes, roles, optional}; see docs/auth.md")
     rate_limits = Field(ListOf(RateLimit), (), "limits checked together; see docs/ratelimiting.md")
-    cache = Field(NotYet("cache (issue 5)"), None)
+    cache = Field(RouteCache, None, "cache GET/HEAD responses: {ttl, vary, scope, stale_while_revalidate, "
+                  "stale_if_error, statuses}; see docs/caching.md")
     ip = Field(NotYet("route ip allow/deny"), None)
     cors = Field(NotYet("cors"), None)
     request = Field(NotYet("request validation"), None)
@@ -228,6 +230,7 @@ class Gateway(Schema):
     auth = Field(Auth, None, "credential providers, claim names, the token endpoint; see docs/auth.md")
     consumers = Field(ListOf(Consumer), (), "known callers: API keys, OAuth clients, tier, scopes, roles")
     tiers = Field(MapOf(Tier, key_pattern=NAME), {}, "tier name -> {rate_limits}; callers without a tier use `default`")
+    cache = Field(CacheSettings, CacheSettings(), "where routes' cached responses live and how big they may be")
 
     def check(self, path, lines, line, errors):
         ids, keys, clients = set(), set(), set()

@@ -1,7 +1,6 @@
 """`tollhouse demo`: the gateway on its embedded config with two demo services."""
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 

@@ -16,7 +16,7 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 #: Gauges that hold a state per worker; merged by maximum, not summed.
-STATE_GAUGES = frozenset(("circuit_state", "ratelimit_fallback"))
+STATE_GAUGES = frozenset(("circuit_state", "ratelimit_fallback", "cache_bypass"))
 #: Per-worker health views: a target is healthy when every worker sees it healthy.
 MIN_GAUGES = frozenset(("upstream_target_healthy",))
 

@@ -52,6 +52,9 @@ class LocalController:
     async def reload(self):
         return self.worker.reload_file()
 
+    async def purge(self, route, prefix, tag):
+        return await self.worker.purge_cache(route, prefix, tag)
+
     async def ready(self):
         return await _store_ready(self.worker.store, self.worker.state.config.store)
 
@@ -196,6 +199,13 @@ class Supervisor:
     async def ready(self):
         return await _store_ready(self.store, self.config.store)
 
+    async def purge(self, route, prefix, tag):
+        # Each worker purges its own memory cache (a shared Redis answers the first; the rest find nothing left).
+        answers = await asyncio.gather(*(h.ask("purge", route=route, prefix=prefix, tag=tag) for h in self.handles))
+        if any(a is None for a in answers):
+            raise RuntimeError("a worker did not purge")
+        return sum(answers)
+
     async def stop(self):
         self.stopping = True
         for h in self.handles:
@@ -281,6 +291,12 @@ async def _serve_control(worker: Worker, reader, writer):
             result = worker.status()
         elif op == "reload":
             result = worker.reload_text(msg["text"])
+        elif op == "purge":
+            try:
+                result = await worker.purge_cache(msg["route"], msg["prefix"], msg["tag"])
+            except Exception:  # noqa: BLE001 - reported to the admin as a failed purge
+                log.exception("cache purge failed")
+                result = None
         elif op == "health":
             worker.set_health(msg["upstream"], msg["url"], msg["healthy"])
             result = True

@@ -54,6 +54,8 @@ class ClientConnection(asyncio.Protocol):
                  "pending", "incoming", "paused", "closing", "in_head", "head_started", "last_active",
                  "write_paused", "fatal", "limits", "corked", "head_bytes", "read_size")
 
+    background = False   # see policies/cache BackgroundConnection
+
     def __init__(self, worker, scheme: bytes):
         self.worker = worker
         self.scheme = scheme

@@ -21,6 +21,7 @@ from ..clock import CLOCK
 from ..config import load_file, load_text
 from ..observability.access_log import AccessLog, request_id_factory
 from ..observability.metrics import Stats
+from ..policies.cache import ResponseCache
 from ..policies.ratelimit import make_limiter
 from ..state import GatewayState, build_state, retire
 from ..store import open_store
@@ -69,7 +70,9 @@ class Worker:
         self.started_at = time.time()
         self.store = open_store(config.store)
         self.limiter = make_limiter(self.store, self.stats, config.store_failure)
-        self.state: GatewayState = build_state(config, loop, self.stats, self.store, limiter=self.limiter)
+        self.cache = ResponseCache(config.cache, self.store, self.stats, self)
+        self.state: GatewayState = build_state(config, loop, self.stats, self.store, limiter=self.limiter,
+                                               cache=self.cache)
         self.access_log = AccessLog(loop) if config.access_log else None
         self.circuits = None
         if self.store.kind != "memory":
@@ -141,8 +144,16 @@ class Worker:
         previous = self.state
         if hasattr(self.limiter, "failure_mode"):
             self.limiter.failure_mode = config.store_failure
+        cache = self.cache
+        if cache.signature(config.cache) != cache.signature(previous.config.cache):
+            cache = ResponseCache(config.cache, self.store, self.stats, self)
+        else:
+            cache.update(config.cache)
         self.state = build_state(config, self.loop, self.stats, self.store, previous, previous.version + 1,
-                                 limiter=self.limiter)
+                                 limiter=self.limiter, cache=cache)
+        if cache is not self.cache:
+            self.cache.close()
+            self.cache = cache
         self._announce_if_needed()
         retire(previous, self.state)
         if self.circuits is not None:
@@ -187,10 +198,16 @@ class Worker:
                     1 if t.healthy and t.ejected_until <= CLOCK.now else 0
             counters[("upstream_retries", (("upstream", name),))] = pool.retry_count
             counters[("upstream_ejections", (("upstream", name),))] = pool.ejection_count
+        if self.cache.memory:
+            gauges[("cache_memory_bytes", ())] = self.cache.storage.size
+            gauges[("cache_memory_entries", ())] = len(self.cache.storage.entries)
             if pool.breaker is not None:
                 # tollhouse_circuit_state: 0 closed, 1 open, 2 half-open (PRODUCT.md §4)
                 gauges[("circuit_state", (("upstream", name),))] = pool.breaker.state
         return self.stats.snapshot()
+
+    async def purge_cache(self, route: str | None, prefix: str | None, tag: str | None) -> int:
+        return await self.cache.purge(route, prefix, tag)
 
     def run_health_checks(self) -> None:
         """Single-process gateways check their targets themselves."""
@@ -253,6 +270,7 @@ class Worker:
             self.access_log.close()
         if hasattr(self.limiter, "close"):
             self.limiter.close()
+        self.cache.close()
         await self.store.close()
         self._stopped.set()
 

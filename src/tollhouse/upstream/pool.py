@@ -8,6 +8,7 @@ connections reaped by the worker's sweeper.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections import deque
 from urllib.parse import urlsplit
@@ -17,6 +18,8 @@ import httptools
 from ..clock import CLOCK
 from .balancer import make_balancer
 from .breaker import STATE_NAMES, CircuitBreaker
+
+log = logging.getLogger("tollhouse.upstream")
 
 
 # 0: dropped, 1: content-length, 2: transfer-encoding, 3: connection
@@ -78,6 +81,9 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
+            if e.__context__ is not None:
+                # "User callback error": a bug of ours in a callback, not the upstream's fault.
+                log.error("relaying an upstream response failed", exc_info=e.__context__)
             if self.exchange is not None:
                 self.exchange.upstream_failed("invalid", f"invalid response from upstream: {e}")
             self.abort()

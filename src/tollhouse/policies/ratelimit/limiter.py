@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from ...pipeline import Deferred
+from ...store.guard import STORE_ERRORS, StoreGuard
 from . import algorithms
 
 log = logging.getLogger("tollhouse.ratelimit")
@@ -130,9 +130,7 @@ class RedisLimiter:
         self.pending: list = []
         self.flush_scheduled = False
         self.in_flight = 0
-        self.open = False            # breaker state
-        self.opened_at = 0.0
-        self.probe_task = None
+        self.guard = StoreGuard(self.client, timeout, self._guard_changed)
         self.live_instances = 1
         self.instance_id = os.urandom(8).hex()
         self.announcer = None
@@ -168,7 +166,7 @@ class RedisLimiter:
             try:
                 async with asyncio.timeout(self.timeout):
                     results = await self._run(batch)
-            except (RedisError, OSError, asyncio.TimeoutError) as e:
+            except STORE_ERRORS as e:
                 self._failed(e)
                 results = [None] * len(batch)
             for (_, limits, fut, policy, exchange, keys), result in zip(batch, results):
@@ -239,32 +237,22 @@ class RedisLimiter:
         return results
 
     # --- the breaker ------------------------------------------------------------------
+    @property
+    def open(self) -> bool:
+        return self.guard.open
+
     def _failed(self, error) -> None:
         self.stats.inc("store_errors", (("store", self.store.kind),))
-        if self.open:
-            return
-        self.open = True
-        self.opened_at = time.monotonic()
-        self.stats.gauges[("ratelimit_fallback", (("mode", self.failure_mode),))] = 1
-        log.warning("rate-limit store unreachable (%s): store_failure=%s in force until it answers",
-                    type(error).__name__, self.failure_mode)
-        if self.probe_task is None or self.probe_task.done():
-            self.probe_task = asyncio.get_running_loop().create_task(self._probe())
+        self.guard.failed(error)
 
-    async def _probe(self):
-        delay = 0.2
-        while self.open:
-            await asyncio.sleep(delay)
-            try:
-                if await asyncio.wait_for(self.client.ping(), self.timeout):
-                    self.sha = None   # a restarted Redis has no scripts
-                    self.open = False
-                    self.stats.gauges[("ratelimit_fallback", (("mode", self.failure_mode),))] = 0
-                    log.warning("rate-limit store answers again: limiting in the store resumed")
-                    return
-            except (RedisError, OSError, asyncio.TimeoutError):
-                pass
-            delay = min(1.0, delay * 2)
+    def _guard_changed(self, open_: bool, error) -> None:
+        self.stats.gauges[("ratelimit_fallback", (("mode", self.failure_mode),))] = 1 if open_ else 0
+        if open_:
+            log.warning("rate-limit store unreachable (%s): store_failure=%s in force until it answers",
+                        type(error).__name__, self.failure_mode)
+        else:
+            self.sha = None   # a restarted Redis has no scripts
+            log.warning("rate-limit store answers again: limiting in the store resumed")
 
     # --- instances, for store_failure: local ----------------------------------------------
     def start_announcing(self):
@@ -278,7 +266,7 @@ class RedisLimiter:
                     n = await asyncio.wait_for(
                         self.client.eval(_ANNOUNCE, 1, INSTANCES_KEY, self.instance_id, INSTANCE_TTL), self.timeout)
                     self.live_instances = max(1, int(n))
-                except (RedisError, OSError, asyncio.TimeoutError):
+                except STORE_ERRORS:
                     pass
             await asyncio.sleep(ANNOUNCE_EVERY)
 
@@ -287,6 +275,6 @@ class RedisLimiter:
                 "in_force": self.failure_mode if self.open else "store", "live_instances": self.live_instances}
 
     def close(self):
-        for t in (self.probe_task, self.announcer):
-            if t is not None:
-                t.cancel()
+        self.guard.close()
+        if self.announcer is not None:
+            self.announcer.cancel()

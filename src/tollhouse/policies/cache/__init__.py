@@ -1,0 +1,513 @@
+"""Response caching (PRODUCT.md §2 route `cache`, top-level `cache`; §3 X-Cache-Status, Age).
+
+A route's `CachePolicy` looks a GET/HEAD up before proxying. A fresh entry
+answers at once (HIT, with `Age`; a conditional request gets 304). A miss
+proceeds to the upstream with a `Fill` attached to the exchange: the
+exchange hands it the upstream's head and body bytes as they are relayed,
+and the Fill stores the response when it is complete and storable
+(rules.py). Concurrent misses of one key wait for that one fetch (one per
+process; with Redis, a short lock makes it one per fleet). Expired entries
+may still be served: STALE while one background request refreshes them
+(`stale_while_revalidate`), or in place of an upstream failure
+(`stale_if_error`). A failing Redis turns the cache into a pass-through
+(BYPASS) without stalling anyone.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from time import perf_counter, time
+
+from ...pipeline import Policy, Reply
+from ...store.guard import STORE_ERRORS, StoreGuard
+from .rules import NOT_MODIFIED_FIELDS, ResponseFacts, lifetime, not_modified
+from .schema import CacheSettings, RouteCache
+from .storage import KEY_PREFIX, Entry, MemoryCache, RedisCache
+
+__all__ = ["CachePolicy", "CacheSettings", "ResponseCache", "RouteCache"]
+
+log = logging.getLogger("tollhouse.cache")
+
+STORE_TIMEOUT = 0.25   # a Redis call slower than this counts as a failure (BYPASS)
+_RESULTS = ("HIT", "MISS", "BYPASS", "STALE")
+
+
+class Flight:
+    """The one upstream fetch of a key in this process, and the requests waiting for it."""
+
+    __slots__ = ("waiters",)
+
+    def __init__(self):
+        self.waiters: list[asyncio.Future] = []
+
+
+class ResponseCache:
+    """A worker's cache, kept across config reloads: storage, fills in flight, refreshes."""
+
+    def __init__(self, settings: CacheSettings, store, stats, worker):
+        self.settings = settings
+        self.stats = stats
+        self.worker = worker
+        self.guard = None
+        if settings.storage == "store" and store.kind != "memory":
+            self.storage = RedisCache(store)
+            self.guard = StoreGuard(store.client, STORE_TIMEOUT, self._guard_changed)
+        else:
+            self.storage = MemoryCache(settings.memory_size)
+        self.memory = self.storage.kind == "memory"
+        self.flights: dict[str, Flight] = {}
+        self.refreshing: set[str] = set()
+        self.tasks: set[asyncio.Task] = set()
+
+    def signature(self, settings: CacheSettings) -> tuple:
+        return (settings.storage,)
+
+    def update(self, settings: CacheSettings) -> None:
+        self.settings = settings
+        if self.memory:
+            self.storage.max_bytes = settings.memory_size
+
+    # --- Redis, guarded --------------------------------------------------------------
+    def failed(self, error: BaseException) -> None:
+        self.stats.inc("store_errors", (("store", "redis"),))
+        self.guard.failed(error)
+
+    def _guard_changed(self, open_: bool, error) -> None:
+        self.stats.gauges[("cache_bypass", ())] = 1 if open_ else 0
+        if open_:
+            log.warning("cache store unreachable (%s): caching bypassed until it answers", type(error).__name__)
+        else:
+            log.warning("cache store answers again: caching resumed")
+
+    async def fetch(self, key: str, policy: "CachePolicy", exchange) -> tuple[str, Entry | None]:
+        """(key, entry) from Redis, following a Vary marker to its variant; raises STORE_ERRORS."""
+        async with asyncio.timeout(STORE_TIMEOUT):
+            entry = await self.storage.get(key)
+            if entry is not None and entry.vary is not None:
+                key = policy.variant_key(key, entry.vary, exchange)
+                entry = await self.storage.get(key)
+        return key, entry
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # --- fills ------------------------------------------------------------------------
+    def end_flight(self, key: str, flight: Flight | None, entry: Entry | None, failed: bool) -> None:
+        if flight is None:
+            return
+        if self.flights.get(key) is flight:
+            del self.flights[key]
+        for waiter in flight.waiters:
+            if not waiter.done():
+                waiter.set_result((entry, failed))
+
+    def store(self, primary: str, key: str, entry: Entry, marker: Entry | None, lock: str | None,
+              now: float) -> None:
+        """Keep `entry` at `key` (and a Vary marker at `primary`), then release the fill's lock."""
+        self.stats.inc("cache_stored_bytes", (), len(entry.body))
+        if self.memory:
+            if marker is not None:
+                self.storage.put(primary, marker)
+            self.storage.put(key, entry)
+            return
+        self.spawn(self._store_redis(primary, key, entry, marker, lock, now))
+
+    async def _store_redis(self, primary, key, entry, marker, lock, now) -> None:
+        storage = self.storage
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT * 4):
+                if marker is not None:
+                    await storage.put(primary, marker, now)
+                await storage.put(key, entry, now)
+                if lock is not None:
+                    await storage.unlock(primary, lock)
+        except STORE_ERRORS as e:
+            self.failed(e)
+
+    def release(self, key: str, lock: str | None) -> None:
+        if lock is not None and not self.memory:
+            self.spawn(self._unlock(key, lock))
+
+    async def _unlock(self, key: str, lock: str) -> None:
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                await self.storage.unlock(key, lock)
+        except STORE_ERRORS as e:
+            self.failed(e)
+
+    # --- stale-while-revalidate --------------------------------------------------------
+    def refresh(self, policy: "CachePolicy", exchange, key: str, primary: str) -> None:
+        """One background request per key renews an entry served STALE."""
+        if key in self.refreshing:
+            return
+        self.refreshing.add(key)
+        if self.memory:
+            self._start_refresh(policy, exchange, key, primary, None)
+        else:
+            self.spawn(self._refresh_fleet(policy, exchange, key, primary))
+
+    async def _refresh_fleet(self, policy, exchange, key, primary) -> None:
+        # The lock makes it one refresh for the whole fleet, not one per instance.
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                lock = await self.storage.lock(primary, self.settings.lock_timeout)
+        except STORE_ERRORS as e:
+            self.failed(e)
+            lock = None
+        if lock is None:
+            self.refreshing.discard(key)
+            return
+        self._start_refresh(policy, exchange, key, primary, lock)
+
+    def _start_refresh(self, policy, exchange, key, primary, lock) -> None:
+        from ...exchange import Exchange
+
+        ex = Exchange(BackgroundConnection(self.worker, exchange.conn))
+        for name in ("state", "route", "params", "method", "path", "query", "host", "xff", "xfp", "xfh",
+                     "consumer"):
+            setattr(ex, name, getattr(exchange, name))
+        ex.method = b"GET"
+        ex.headers = list(exchange.headers)
+        ex.request_id = self.worker.next_request_id()
+        ex.body_chunks = None
+        ex.body_done = True
+        ex.started = perf_counter()
+        ex.capture = Fill(policy, ex, primary, key, None, None, False, lock, self.refreshing)
+        ex.proxy()
+
+    async def purge(self, route: str | None, prefix: str | None, tag: str | None) -> int:
+        if self.memory:
+            return self.storage.purge(route, prefix, tag)
+        try:
+            return await self.storage.purge(route, prefix, tag)
+        except STORE_ERRORS as e:
+            self.failed(e)
+            raise
+
+    def close(self) -> None:
+        if self.guard is not None:
+            self.guard.close()
+        for task in list(self.tasks):
+            task.cancel()
+
+
+class BackgroundConnection:
+    """Stands in for a client connection under a refresh request: what would be written is dropped."""
+
+    background = True
+    corked = None
+
+    def __init__(self, worker, like):
+        self.worker = worker
+        self.peer_ip = like.peer_ip
+        self.peer_ip_bytes = like.peer_ip_bytes
+        self.peer_trusted = False
+        self.scheme = like.scheme
+        self.transport = self
+
+    def write(self, data) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def pause_reading(self, reason) -> None:
+        pass
+
+    def resume_reading(self, reason) -> None:
+        pass
+
+    def exchange_finished(self, exchange) -> None:
+        pass
+
+
+class Fill:
+    """Attached to an exchange that fetches a cacheable miss: sees the upstream's
+    response as it is relayed and stores it when complete and storable."""
+
+    __slots__ = ("policy", "primary", "key", "flight", "fallback", "shared_only", "lock", "done_set",
+                 "chunks", "size", "facts", "life", "status", "if_none_match", "if_modified_since", "ended")
+
+    def __init__(self, policy, exchange, primary, key, flight, fallback, shared_only, lock, done_set=None):
+        self.policy = policy
+        self.primary = primary
+        self.key = key
+        self.flight = flight
+        self.fallback = fallback      # an entry within stale_if_error, served if the upstream fails
+        self.shared_only = shared_only
+        self.lock = lock
+        self.done_set = done_set      # the refreshing set of a background refresh
+        self.chunks = None
+        self.size = 0
+        self.facts = self.life = None
+        self.status = 0
+        self.ended = False
+        # Conditionals are not forwarded: the upstream answers in full so that the
+        # entry can be stored, and the gateway answers the condition itself.
+        self.if_none_match = exchange.header("if-none-match")
+        self.if_modified_since = exchange.header("if-modified-since")
+        if self.if_none_match is not None or self.if_modified_since is not None:
+            exchange.remove_header("if-none-match")
+            exchange.remove_header("if-modified-since")
+
+    # Called by the exchange --------------------------------------------------------
+    def head(self, exchange, status: int, content_length: bytes | None) -> Reply | None:
+        """The upstream's head arrived (exchange.response_headers as the upstream sent them)."""
+        now = time()
+        if status >= 500:
+            stale = self.stale_reply(exchange, now)
+            if stale is not None:
+                return stale
+        facts = ResponseFacts(exchange.response_headers)
+        life, _why = lifetime(status, facts, self.policy.config, now)
+        settings = self.policy.cache.settings
+        if life is None or (self.shared_only and not life.shared) or exchange.method == b"HEAD" \
+                or (content_length is not None and int(content_length) > settings.max_entry_size):
+            self.end(None, status >= 500)
+            return None
+        self.facts, self.life, self.status, self.chunks = facts, life, status, []
+        if status == 200 and not_modified(self.if_none_match, self.if_modified_since, facts.etag,
+                                          facts.last_modified):
+            exchange.not_modified([line for line in exchange.response_headers
+                                   if line[:line.find(b":")].strip().lower() in NOT_MODIFIED_FIELDS])
+        return None
+
+    def body(self, chunk: bytes) -> None:
+        chunks = self.chunks
+        if chunks is not None:
+            self.size += len(chunk)
+            if self.size > self.policy.cache.settings.max_entry_size:
+                self.end(None, False)
+            else:
+                chunks.append(chunk)
+
+    def complete(self, exchange) -> None:
+        """The whole response went through: store it."""
+        if self.chunks is None or self.ended:
+            return
+        now = time()
+        policy, facts, life = self.policy, self.facts, self.life
+        entry = Entry(self.status, tuple(facts.lines), b"".join(self.chunks), now, facts.age, now + life.fresh,
+                      now + life.fresh + life.while_revalidate, now + life.fresh + life.if_error, life.shared,
+                      facts.etag, facts.last_modified, policy.route_name, exchange.path.decode("latin-1"),
+                      tuple(facts.surrogate_keys))
+        key, marker = self.primary, None
+        extra = [name for name in facts.vary if name not in policy.vary_names]
+        if extra:
+            # The response varies on request headers the route did not name: a
+            # marker at the primary key names them, the entry lives at its variant.
+            marker = Entry(vary=tuple(extra), fresh_until=entry.expires_at, route=policy.route_name)
+            key = policy.variant_key(self.primary, marker.vary, exchange)
+        policy.cache.store(self.primary, key, entry, marker, self.lock, now)
+        self.lock = None
+        self.end(entry, False)
+
+    def finished(self, exchange) -> None:
+        if not self.ended:
+            self.end(None, exchange.status >= 500 or exchange.status == 0)
+
+    def stale_reply(self, exchange, now: float) -> Reply | None:
+        """stale_if_error: the stored response instead of an upstream failure."""
+        fallback = self.fallback
+        if fallback is None or now >= fallback.error_until:
+            return None
+        self.end(None, True)
+        return self.policy.hit(exchange, fallback, now, "STALE")
+
+    def end(self, entry: Entry | None, failed: bool) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.chunks = None
+        cache = self.policy.cache
+        cache.end_flight(self.key, self.flight, entry, failed)
+        if self.lock is not None:
+            cache.release(self.primary, self.lock)
+            self.lock = None
+        if self.done_set is not None:
+            self.done_set.discard(self.key)
+
+
+class CachePolicy(Policy):
+    phase = "cache"
+    Config = RouteCache
+
+    def __init__(self, config: RouteCache, context, *, cache: ResponseCache):
+        super().__init__(config, context)
+        self.cache = cache
+        self.route_name = context.route_name
+        self.vary_names = tuple(h.lower() for h in config.vary)
+        self.consumer_scope = config.scope == "consumer"
+        counters = context.stats.counters
+        self.counters = counters
+        self.count_keys = {r: ("cache_results", (("route", self.route_name), ("result", r))) for r in _RESULTS}
+        self.route_bytes = self.route_name.encode()
+
+    # --- keys -----------------------------------------------------------------------------
+    def primary_key(self, exchange) -> str:
+        """Method class (GET and HEAD share), route, host, path, query in a stable order,
+        the route's vary headers, and the consumer for scope: consumer; hashed."""
+        query = exchange.query
+        if b"&" in query:
+            query = b"&".join(sorted(query[1:].split(b"&")))
+        parts = [self.route_bytes, exchange.host.lower(), exchange.path, query]
+        for name in self.vary_names:
+            parts.append((exchange.header(name) or "").encode("latin-1"))
+        if self.consumer_scope:
+            parts.append((exchange.consumer or "").encode())
+        return KEY_PREFIX + hashlib.blake2b(b"\n".join(parts), digest_size=16).hexdigest()
+
+    @staticmethod
+    def variant_key(primary: str, names: tuple, exchange) -> str:
+        values = "\n".join(" ".join((exchange.header(n) or "").lower().split()) for n in names)
+        return primary + ":" + hashlib.blake2b(values.encode("latin-1"), digest_size=8).hexdigest()
+
+    # --- the request side -----------------------------------------------------------------
+    def _count(self, result: str) -> None:
+        key = self.count_keys[result]
+        counters = self.counters
+        counters[key] = counters.get(key, 0) + 1
+
+    def bypass(self, exchange) -> None:
+        exchange.cache_status = b"BYPASS"
+        self._count("BYPASS")
+        return None
+
+    def on_request(self, exchange):
+        method = exchange.method
+        if (method != b"GET" and method != b"HEAD") or exchange.header("range") is not None:
+            return self.bypass(exchange)
+        shared_only = False
+        if exchange.authorization is not None:
+            if not self.consumer_scope:
+                # RFC 9111 §3.5: only responses marked public or s-maxage serve requests with credentials.
+                shared_only = True
+            elif exchange.consumer is None:
+                return self.bypass(exchange)   # credentials that identified no consumer: never shared
+        key = self.primary_key(exchange)
+        cache = self.cache
+        if cache.memory:
+            now = time()
+            storage = cache.storage
+            primary = key
+            entry = storage.get(key, now)
+            if entry is not None and entry.vary is not None:
+                key = self.variant_key(key, entry.vary, exchange)
+                entry = storage.get(key, now)
+            return self.decide(exchange, primary, key, entry, shared_only, now)
+        if cache.guard.open:
+            return self.bypass(exchange)
+        return self._lookup_redis(exchange, key, shared_only)
+
+    async def _lookup_redis(self, exchange, primary: str, shared_only: bool):
+        cache = self.cache
+        try:
+            key, entry = await cache.fetch(primary, self, exchange)
+        except STORE_ERRORS as e:
+            cache.failed(e)
+            return self.bypass(exchange)
+        result = self.decide(exchange, primary, key, entry, shared_only, time())
+        if result is not None and result.__class__ is not Reply:
+            result = await result
+        return result
+
+    def decide(self, exchange, primary, key, entry, shared_only, now):
+        """Serve the entry, or set up the fetch: returns a Reply, None, or an awaitable."""
+        if entry is not None and (entry.shared or not shared_only):
+            if now < entry.fresh_until:
+                return self.hit(exchange, entry, now, "HIT")
+            if now < entry.stale_until and not shared_only:
+                self.cache.refresh(self, exchange, key, primary)
+                return self.hit(exchange, entry, now, "STALE")
+        else:
+            entry = None
+        fallback = entry if entry is not None and now < entry.error_until else None
+        exchange.cache_status = b"MISS"
+        self._count("MISS")
+        if shared_only or exchange.method == b"HEAD":
+            # Not shared with others: a HEAD fetch has no body to store, and a
+            # request with credentials may be personal.
+            exchange.capture = Fill(self, exchange, primary, key, None, fallback, shared_only, None)
+            return None
+        cache = self.cache
+        flight = cache.flights.get(key)
+        if flight is not None:
+            return self._wait(exchange, flight, fallback)
+        flight = cache.flights[key] = Flight()
+        if cache.memory or cache.guard.open:
+            exchange.capture = Fill(self, exchange, primary, key, flight, fallback, False, None)
+            return None
+        return self._fill_fleet(exchange, primary, key, flight, fallback)
+
+    async def _wait(self, exchange, flight: Flight, fallback):
+        """Another request of this process is fetching the key: take its entry."""
+        waiter = asyncio.get_running_loop().create_future()
+        flight.waiters.append(waiter)
+        try:
+            entry, failed = await asyncio.wait_for(waiter, self.cache.settings.lock_timeout)
+        except asyncio.TimeoutError:
+            entry, failed = None, False
+        now = time()
+        if entry is not None:
+            return self._hit_instead(exchange, entry, now)
+        if failed and fallback is not None and now < fallback.error_until:
+            return self._hit_instead(exchange, fallback, now, "STALE")
+        return None   # not storable (or too slow): fetch it ourselves, uncached
+
+    async def _fill_fleet(self, exchange, primary, key, flight, fallback):
+        """With Redis, the first instance to take the key's lock fetches it; the others
+        poll for the entry up to lock_timeout, then fetch it themselves."""
+        cache = self.cache
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                lock = await cache.storage.lock(primary, cache.settings.lock_timeout)
+        except STORE_ERRORS as e:
+            cache.failed(e)
+            lock = None
+        if lock is None and not cache.guard.open:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + cache.settings.lock_timeout
+            pause = 0.005
+            while loop.time() < deadline and not exchange.finished:
+                await asyncio.sleep(pause)
+                pause = min(0.05, pause * 2)
+                try:
+                    _, entry = await cache.fetch(primary, self, exchange)
+                except STORE_ERRORS as e:
+                    cache.failed(e)
+                    break
+                now = time()
+                if entry is not None and now < entry.fresh_until:
+                    cache.end_flight(key, flight, entry, False)
+                    return self._hit_instead(exchange, entry, now)
+        exchange.capture = Fill(self, exchange, primary, key, flight, fallback, False, lock)
+        return None
+
+    def _hit_instead(self, exchange, entry, now, label="HIT"):
+        # This request was counted as a MISS when it started waiting.
+        self.counters[self.count_keys["MISS"]] -= 1
+        return self.hit(exchange, entry, now, label)
+
+    def hit(self, exchange, entry: Entry, now: float, label: str) -> Reply:
+        exchange.cache_status = label.encode()
+        self._count(label)
+        age = b"age: %d\r\n" % max(0, int(now - entry.stored_at + entry.age))
+        if entry.status == 200 and not_modified(exchange.header("if-none-match"), exchange.header("if-modified-since"),
+                                                entry.etag, entry.last_modified):
+            reply = Reply(304)
+            reply.lines = [line for line in entry.lines
+                           if line[:line.find(b":")].strip().lower() in NOT_MODIFIED_FIELDS]
+            reply.lines.append(age)
+            return reply
+        reply = Reply(entry.status, entry.body)
+        reply.lines = [*entry.lines, age]
+        return reply
+
+    # --- the response side -----------------------------------------------------------------
+    def on_response(self, exchange) -> None:
+        status = exchange.cache_status
+        if status is not None:
+            exchange.response_headers.append(b"x-cache-status: %s\r\n" % status)
