@@ -11,7 +11,8 @@ Environment: BENCH_DURATION (seconds per wrk run, default 5), BENCH_ROUNDS
 default all), BENCH_PROXY_CPUS / BENCH_LOAD_CPUS (default 0 / 1),
 BENCH_WORKERS (comma list of worker counts for the scaling table, default
 none; needs more cores), BENCH_NO_WRITE=1 to leave the docs alone,
-BENCH_SKIP_CORE=1 to run only the scenarios (printed, not written).
+BENCH_SKIP_CORE=1 to run only the scenarios (printed, not written),
+BENCH_SKIP_CACHE_LATENCY=1 to skip the 20 ms-upstream cache latency run.
 """
 from __future__ import annotations
 
@@ -232,6 +233,39 @@ scenario("jwt-rs256", "RS256 JWT auth (one token reused), scope required", path=
 """, setup=_jwt_setup)
 
 
+CACHED_ROUTE = """  - name: cached
+    match: {prefix: /cached}
+    upstream: bench
+    cache: {ttl: 1h}
+"""
+scenario("cache-memory", "cache hits from the memory LRU", route_extra=CACHED_ROUTE, path="/cached")
+scenario("cache-redis", "cache hits from Redis", extra="store: redis://127.0.0.1:{redis_port}/0",
+         route_extra=CACHED_ROUTE, path="/cached", needs_redis=True)
+
+SLOW_MS = 20
+
+
+def run_cache_latency(workdir: str) -> dict:
+    """p50 through a route to an upstream taking SLOW_MS, uncached (/) vs cached (/cached), 10 connections."""
+    port = free_port()
+    slow = subprocess.Popen(["taskset", "-c", LOAD_CPUS, sys.executable, os.path.join(ROOT, "bench", "slow_upstream.py"),
+                             str(port), str(SLOW_MS)])
+    wait_port(port)
+    th = Tollhouse(workdir, port, PROXY_CPUS, route_extra=CACHED_ROUTE)
+    try:
+        wrk(th.port, "/cached", 10, 1)
+        uncached = median_result([wrk(th.port, "/", 10, DURATION) for _ in range(ROUNDS)])
+        cached = median_result([wrk(th.port, "/cached", 10, DURATION) for _ in range(ROUNDS)])
+    finally:
+        th.stop()
+        slow.terminate()
+        slow.wait()
+    cut = 1 - cached["p50"] / uncached["p50"]
+    print(f"  cache latency: p50 uncached {uncached['p50']:.3f} ms, cached {cached['p50']:.3f} ms: cut {cut:.1%}",
+          flush=True)
+    return {"uncached": uncached, "cached": cached, "cut": cut}
+
+
 def run_scenarios(workdir: str, upstream_port: int, selected: list[str]) -> list[tuple]:
     """Each scenario route vs the plain route on the same Tollhouse, alternating,
     with identical requests: the ratio is the policy's cost alone."""
@@ -283,7 +317,7 @@ def run_scaling(workdir: str, upstream_port: int, counts: list[int]) -> list[tup
     return rows
 
 
-def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: str) -> str:
+def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: str, latency: dict | None = None) -> str:
     ng = core["nginx"]
     direct = core["direct"]
     lines = [f"Measured {time.strftime('%Y-%m-%d')} with `make bench` ({env}).", "",
@@ -302,6 +336,13 @@ def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: st
                   "| scenario | what | plain req/s | scenario req/s | ratio | non-2xx |", "|---|---|---|---|---|---|"]
         for name, desc, p, q, ratio, bad in scenario_rows:
             lines.append(f"| {name} | {desc} | {p:.0f} | {q:.0f} | {ratio:.2f} | {bad:.0f} |")
+    if latency:
+        u, c = latency["uncached"], latency["cached"]
+        lines += ["", f"Cache, upstream taking {SLOW_MS} ms, 10 connections:", "",
+                  "| route | req/s | p50 ms | p99 ms |", "|---|---|---|---|",
+                  f"| uncached | {u['rps']:.0f} | {u['p50']:.3f} | {u['p99']:.3f} |",
+                  f"| cached | {c['rps']:.0f} | {c['p50']:.3f} | {c['p99']:.3f} |", "",
+                  f"p50 latency cut by the cache: {latency['cut']:.1%}"]
     if scaling:
         base = scaling[0][1] / scaling[0][0]
         lines += ["", "Workers (load generator on its own cores):", "", "| workers | req/s | per-worker efficiency |",
@@ -345,6 +386,7 @@ def main() -> int:
             core = run_core(workdir, upstream_port)
         selected = [s for s in os.environ.get("BENCH_SCENARIOS", ",".join(SCENARIOS)).split(",") if s]
         rows = run_scenarios(workdir, upstream_port, selected) if selected else []
+        latency = run_cache_latency(workdir) if not os.environ.get("BENCH_SKIP_CACHE_LATENCY") else None
         counts = [int(n) for n in os.environ.get("BENCH_WORKERS", "").split(",") if n]
         scaling = run_scaling(workdir, upstream_port, counts) if counts else []
     finally:
@@ -355,7 +397,7 @@ def main() -> int:
         for row in rows:
             print(row)
         return 0
-    table = render(core, rows, scaling, env)
+    table = render(core, rows, scaling, env, latency)
     print(table)
     if not os.environ.get("BENCH_NO_WRITE"):
         write_docs(table)

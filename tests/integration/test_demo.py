@@ -52,6 +52,13 @@ def test_demo_serves_what_it_prints():
         limited = [status(f"http://127.0.0.1:{ports['PORT']}/api/limited/") for _ in range(8)]
         assert limited[0] == 200 and 429 in limited
         assert status(f"http://127.0.0.1:{ports['ADMIN_PORT']}/metrics") == 200
+        cached = f"http://127.0.0.1:{ports['PORT']}/api/cached/1"
+        assert cached in urls
+        seen = []
+        for _ in range(2):
+            with urllib.request.urlopen(cached, timeout=5) as r:
+                seen.append(r.headers["x-cache-status"])
+        assert seen == ["MISS", "HIT"]
         private = f"http://127.0.0.1:{ports['PORT']}/api/private/1"
         assert status(private) == 401
         bearer = re.search(r"Authorization: Bearer ([\w.-]+)", text).group(1)

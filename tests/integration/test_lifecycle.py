@@ -196,7 +196,8 @@ routes:
   - match: {prefix: /a}
     upstream: users
     cache:
-      ttl: 30s
+      ttl: soon
+    aggregate: {}
   - match: {prefix: /b, methodz: [GET]}
     upstream: users
 """)
@@ -206,8 +207,9 @@ routes:
     err = out.stderr
     assert "limits.header_timeout (line 2)" in err
     assert "upstreams.users.targets[0].url (line 5)" in err
-    assert "routes[0].cache (line 9)" in err and "not available" in err
-    assert "routes[1].match.methodz (line 11)" in err and "did you mean 'methods'" in err
+    assert "routes[0].cache.ttl (line 10)" in err
+    assert "routes[0].aggregate (line 11)" in err and "not available" in err
+    assert "routes[1].match.methodz (line 12)" in err and "did you mean 'methods'" in err
     good = tmp_path / "good.yaml"
     good.write_text("upstreams: {u: {targets: [http://127.0.0.1:1]}}\nroutes: [{match: {prefix: /}, upstream: u}]\n")
     ok = subprocess.run([sys.executable, "-m", "tollhouse", "check", "-c", str(good)], capture_output=True, text=True,

@@ -97,8 +97,19 @@ def test_invalid_yaml_names_the_line():
 
 
 def test_features_not_yet_available_are_errors_not_silently_ignored():
-    _, errors = load_text(BASE.replace("upstream: u}", "upstream: u, cache: {ttl: 30s}}"))
-    assert any("routes[0].cache" in str(e) and "not available" in str(e) for e in errors)
+    _, errors = load_text(BASE.replace("upstream: u}", "upstream: u, aggregate: {a: {upstream: u, path: /}}}"))
+    assert any("routes[0].aggregate" in str(e) and "not available" in str(e) for e in errors)
+
+
+def test_cache_keys_are_validated():
+    config, errors = load_text(BASE.replace("upstream: u}", "upstream: u, cache: {ttl: 30s, vary: [Accept-Language], "
+                                                             "scope: consumer, stale_if_error: 1m}}"))
+    assert not errors and config.routes[0].cache.ttl == 30 and config.routes[0].cache.stale_if_error == 60
+    _, errors = load_text(BASE.replace("upstream: u}", "upstream: u, cache: {scope: everyone, ttl: -1s}}")
+                          + "cache: {memory_size: 1, storage: disk}\n")
+    text = "\n".join(map(str, errors))
+    for key in ("routes[0].cache.scope", "routes[0].cache.ttl", "cache.memory_size", "cache.storage"):
+        assert key in text, key
 
 
 def test_yaml_keys_like_on_stay_names():

@@ -24,6 +24,9 @@ def curl_lines(port: int, admin_port: int, token: str) -> str:
         f"  for i in $(seq 8); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/api/limited/; done; echo"
         "   # 5 per 10 s and bursts of 3 per IP: 200s, then 429",
         f"  curl -si {base}/api/limited/ | grep -i -E '^(HTTP|ratelimit|retry-after)'   # the RateLimit headers",
+        f"  for i in 1 2; do curl -si {base}/api/cached/1 | grep -i -E '^(x-cache-status|age)'; done"
+        "   # MISS, then HIT with Age",
+        f"  curl -s -X DELETE http://127.0.0.1:{admin_port}/cache?route=cached   # purge the cache",
         f"  curl -i {base}/api/private/1                                  # 401: credentials required",
         f"  curl -i -H 'Authorization: Bearer {token}' {base}/api/private/1   # a demo JWT (HS256, 1 day)",
         f"  curl -i -H 'X-API-Key: demo-key-123' {base}/api/private/2         # the demo API key",
