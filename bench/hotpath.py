@@ -69,7 +69,11 @@ routes:
   - {{name: users, match: {{prefix: /api}}, upstream: u""" + route_extra + "}")
         assert not errors, errors
         self.stats = Stats()
-        self.state = build_state(config, self.loop, self.stats, MemoryStore())
+        from tollhouse.policies.cache import ResponseCache
+
+        store = MemoryStore()
+        self.cache = ResponseCache(config.cache, store, self.stats, self)
+        self.state = build_state(config, self.loop, self.stats, store, cache=self.cache)
         self.connections = set()
         self.inflight = set()
         self.draining = False
@@ -95,6 +99,7 @@ SCENARIOS = {
     "plain": "",
     "ratelimit-memory": ", rate_limits: [{limit: 100000000, window: 1m, key: ip}]",
     "jwt": ", auth: {providers: [dev], scopes: [bench:read]}",
+    "cache-memory": ", cache: {ttl: 1h}",   # hits: the upstream is asked once, in the warm-up
 }
 
 
@@ -110,13 +115,17 @@ def setup(access_log=True, route_extra=""):
     return worker, client, up
 
 
-def run(n: int, client, up, request: bytes = REQUEST) -> float:
+def run(n: int, client, up, request: bytes = REQUEST, upstream: bool = True) -> float:
     feed_client = client.data_received
     feed_up = up.data_received
     t0 = time.perf_counter()
-    for _ in range(n):
-        feed_client(request)
-        feed_up(RESPONSE)
+    if not upstream:
+        for _ in range(n):
+            feed_client(request)
+    else:
+        for _ in range(n):
+            feed_client(request)
+            feed_up(RESPONSE)
     return (time.perf_counter() - t0) / n
 
 
@@ -129,18 +138,21 @@ def main():
 
         bearer = mint(secret=JWT_SECRET, subject="bench", scope="bench:read", ttl="1d").encode()
         request = REQUEST.replace(b"\r\n\r\n", b"\r\nAuthorization: Bearer " + bearer + b"\r\n\r\n")
-    run(2000, client, up, request)
+    upstream = not scenario.startswith("cache")
+    if not upstream:
+        run(1, client, up, request)   # the miss that fills the cache
+    run(2000, client, up, request, upstream)
     if "--profile" in sys.argv:
         import cProfile
         import pstats
 
         pr = cProfile.Profile()
         pr.enable()
-        run(20000, client, up, request)
+        run(20000, client, up, request, upstream)
         pr.disable()
         pstats.Stats(pr).sort_stats("tottime").print_stats(25)
         return
-    best = min(run(20000, client, up, request) for _ in range(5))
+    best = min(run(20000, client, up, request, upstream) for _ in range(5))
     print(f"{scenario}: {best * 1e6:.2f} us per proxied request (Python side, access log on)")
 
 

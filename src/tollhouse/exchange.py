@@ -56,7 +56,8 @@ class Exchange:
 
     __slots__ = ("conn", "worker", "headers", "body_chunks",
                  "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit", "local", "authorization",
-                 "attempt", "first_started", "tried", "capture", "cache_status")
+                 "attempt", "first_started", "tried", "capture", "cache_status",
+                 "conditional")
 
     def __init__(self, conn):
         self.conn = conn
@@ -103,6 +104,7 @@ class Exchange:
         self.tried = None
         self.capture = None        # a cache fill watching the upstream's response (policies/cache)
         self.cache_status = None
+        self.conditional = False   # Range, If-None-Match or If-Modified-Since was sent
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None
@@ -536,7 +538,7 @@ class Exchange:
         self.response_headers = lines
         self.mode = _NONE
 
-    def write_head(self) -> None:
+    def write_head(self, body: bytes = b"") -> None:
         parts = [status_line(self.status), *self.response_headers, b"x-request-id: ", self.request_id, b"\r\n"]
         if self.mode == _CHUNKED:
             parts.append(b"transfer-encoding: chunked\r\n")
@@ -546,6 +548,8 @@ class Exchange:
             parts.append(b"connection: keep-alive\r\n\r\n")
         else:
             parts.append(b"\r\n")
+        if body:
+            parts.append(body)
         self.head_sent = True
         self.conn.write(b"".join(parts))
 
@@ -729,11 +733,14 @@ class Exchange:
         capture = self.capture
         if capture is not None and reply.status >= 500:
             reply = capture.stale_reply(self, time.time()) or reply   # stale_if_error
-        body, content_type = reply.render_body(self.request_id.decode() if self.request_id else "")
+        if reply.problem_fields is None:
+            body, content_type = reply.body, None
+        else:
+            body, content_type = reply.render_body(self.request_id.decode() if self.request_id else "")
         self.status = reply.status
-        headers = [b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")) for n, v in reply.headers]
-        if reply.lines:
-            headers[:0] = reply.lines
+        headers = list(reply.lines) if reply.lines else []
+        if reply.headers:
+            headers += [b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")) for n, v in reply.headers]
         if content_type:
             headers.append(b"content-type: %s\r\n" % content_type.encode())
         self.response_headers = headers
@@ -756,10 +763,8 @@ class Exchange:
             if self.method == b"HEAD":
                 self.mode = _NONE
                 body = b""
-        self.write_head()
-        if body:
-            self.conn.write(body)
-            self.bytes_sent = len(body)
+        self.write_head(body)   # one write: head and body
+        self.bytes_sent = len(body)
         self.response_done = True
         self.finish()
 

@@ -19,7 +19,7 @@ import hashlib
 import logging
 from time import perf_counter, time
 
-from ...pipeline import Policy, Reply
+from ...pipeline import Deferred, Policy, Reply
 from ...store.guard import STORE_ERRORS, StoreGuard
 from .rules import NOT_MODIFIED_FIELDS, ResponseFacts, lifetime, not_modified
 from .schema import CacheSettings, RouteCache
@@ -30,6 +30,8 @@ __all__ = ["CachePolicy", "CacheSettings", "ResponseCache", "RouteCache"]
 log = logging.getLogger("tollhouse.cache")
 
 STORE_TIMEOUT = 0.25   # a Redis call slower than this counts as a failure (BYPASS)
+MAX_IN_FLIGHT = 2      # batched lookups out at once; later requests join the next batch
+MAX_BATCH = 256
 _RESULTS = ("HIT", "MISS", "BYPASS", "STALE")
 
 
@@ -59,6 +61,10 @@ class ResponseCache:
         self.flights: dict[str, Flight] = {}
         self.refreshing: set[str] = set()
         self.tasks: set[asyncio.Task] = set()
+        self.pending: list = []         # Redis lookups waiting for the next batch
+        self.flush_scheduled = False
+        self.in_flight = 0
+        self.cluster = store.kind == "redis-cluster"
 
     def signature(self, settings: CacheSettings) -> tuple:
         return (settings.storage,)
@@ -79,6 +85,71 @@ class ResponseCache:
             log.warning("cache store unreachable (%s): caching bypassed until it answers", type(error).__name__)
         else:
             log.warning("cache store answers again: caching resumed")
+
+    # --- batched lookups: the requests of a loop tick share one MGET (no task per request) ---
+    def lookup(self, policy: "CachePolicy", exchange, key: str, shared_only: bool) -> Deferred:
+        deferred = Deferred()
+        self.pending.append((key, deferred, policy, exchange, shared_only))
+        if self.in_flight < MAX_IN_FLIGHT and not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+        return deferred
+
+    def _start_flush(self) -> None:
+        self.flush_scheduled = False
+        if not self.pending or self.in_flight >= MAX_IN_FLIGHT:
+            return
+        batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
+        self.in_flight += 1
+        asyncio.get_running_loop().create_task(self._flush(batch))
+
+    async def _flush(self, batch) -> None:
+        try:
+            keys = [item[0] for item in batch]
+            try:
+                async with asyncio.timeout(STORE_TIMEOUT):
+                    if self.cluster:
+                        values = await self.storage.client.mget_nonatomic(keys)
+                    else:
+                        values = await self.storage.client.mget(keys)
+            except STORE_ERRORS as e:
+                self.failed(e)
+                values = None
+            now = time()
+            for i, (key, deferred, policy, exchange, shared_only) in enumerate(batch):
+                if exchange.finished:
+                    continue
+                try:
+                    if values is None:
+                        deferred.resolve(policy.bypass(exchange))
+                        continue
+                    raw = values[i]
+                    entry = Entry.decode(raw) if raw else None
+                    if entry is not None and entry.vary is not None:
+                        # Varies on request headers: its variant needs a second lookup.
+                        self.spawn(self._settle(deferred, policy.lookup_redis(exchange, key, shared_only)))
+                        continue
+                    result = policy.decide(exchange, key, key, entry, shared_only, now)
+                    if result is None or result.__class__ is Reply:
+                        deferred.resolve(result)
+                    else:
+                        self.spawn(self._settle(deferred, result))
+                except Exception as e:  # noqa: BLE001 - surfaces as that request's 500
+                    deferred.fail(e)
+        finally:
+            self.in_flight -= 1
+            if self.pending and not self.flush_scheduled:
+                self.flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._start_flush)
+
+    @staticmethod
+    async def _settle(deferred: Deferred, pending) -> None:
+        try:
+            result = await pending
+        except Exception as e:  # noqa: BLE001
+            deferred.fail(e)
+        else:
+            deferred.resolve(result)
 
     async def fetch(self, key: str, policy: "CachePolicy", exchange) -> tuple[str, Entry | None]:
         """(key, entry) from Redis, following a Vary marker to its variant; raises STORE_ERRORS."""
@@ -247,8 +318,10 @@ class Fill:
         self.ended = False
         # Conditionals are not forwarded: the upstream answers in full so that the
         # entry can be stored, and the gateway answers the condition itself.
-        self.if_none_match = exchange.header("if-none-match")
-        self.if_modified_since = exchange.header("if-modified-since")
+        self.if_none_match = self.if_modified_since = None
+        if exchange.conditional:
+            self.if_none_match = exchange.header("if-none-match")
+            self.if_modified_since = exchange.header("if-modified-since")
         if self.if_none_match is not None or self.if_modified_since is not None:
             exchange.remove_header("if-none-match")
             exchange.remove_header("if-modified-since")
@@ -378,7 +451,7 @@ class CachePolicy(Policy):
 
     def on_request(self, exchange):
         method = exchange.method
-        if (method != b"GET" and method != b"HEAD") or exchange.header("range") is not None:
+        if (method != b"GET" and method != b"HEAD") or (exchange.conditional and exchange.header("range") is not None):
             return self.bypass(exchange)
         shared_only = False
         if exchange.authorization is not None:
@@ -400,9 +473,10 @@ class CachePolicy(Policy):
             return self.decide(exchange, primary, key, entry, shared_only, now)
         if cache.guard.open:
             return self.bypass(exchange)
-        return self._lookup_redis(exchange, key, shared_only)
+        return cache.lookup(self, exchange, key, shared_only)
 
-    async def _lookup_redis(self, exchange, primary: str, shared_only: bool):
+    async def lookup_redis(self, exchange, primary: str, shared_only: bool):
+        """One request's own lookup (following a Vary marker), for when a batch cannot settle it."""
         cache = self.cache
         try:
             key, entry = await cache.fetch(primary, self, exchange)
@@ -495,8 +569,8 @@ class CachePolicy(Policy):
         exchange.cache_status = label.encode()
         self._count(label)
         age = b"age: %d\r\n" % max(0, int(now - entry.stored_at + entry.age))
-        if entry.status == 200 and not_modified(exchange.header("if-none-match"), exchange.header("if-modified-since"),
-                                                entry.etag, entry.last_modified):
+        if exchange.conditional and entry.status == 200 and not_modified(
+                exchange.header("if-none-match"), exchange.header("if-modified-since"), entry.etag, entry.last_modified):
             reply = Reply(304)
             reply.lines = [line for line in entry.lines
                            if line[:line.find(b":")].strip().lower() in NOT_MODIFIED_FIELDS]
