@@ -347,3 +347,37 @@ def test_redis_outage_makes_the_cache_a_pass_through(gateway_factory, origin, re
     assert get(g.port, res(o=1)).status == 200
     r = get(g.port, res(o=1))
     assert r.status == 200 and r.getheader("x-cache-status") == "BYPASS"
+
+
+def test_stale_if_error_covers_an_open_circuit(gateway_factory, origin):
+    g = gateway_factory(cached(origin.url, "{ttl: 1s, stale_if_error: 1m}", upstream_extra=(
+        "    circuit_breaker: {failure_ratio: 0.5, min_requests: 2, window: 10s, open_for: 30s}")))
+    target = res(cb=1)
+    first = get(g.port, target)
+    time.sleep(1.1)
+    origin.fail_with = 500
+    # One success, then one failure (a key with nothing stored): half failed, the circuit opens.
+    assert [get(g.port, res(cb=1, other=i)).status for i in range(3)] == [500, 503, 503]
+    text = g.get_admin("/metrics")[1].decode()
+    assert 'tollhouse_circuit_state{upstream="app"} 1.0' in text
+    served = origin.serial
+    r = get(g.port, target)
+    assert r.status == 200 and r.getheader("x-cache-status") == "STALE" and r.body == first.body
+    assert origin.serial == served   # the open circuit answered, not the upstream
+
+
+def test_redis_cluster_shares_entries_and_purges(gateway_factory, origin):
+    from tests.support.processes import RedisCluster
+
+    cluster = RedisCluster().start()
+    try:
+        cfg = cached(origin.url, extra=f"store: {cluster.url}")
+        a, b = gateway_factory(cfg), gateway_factory(cfg)
+        for i in range(5):   # keys spread over the cluster's slots
+            get(a.port, res(c=i, tag="cl"))
+        assert [get(b.port, res(c=i, tag="cl")).getheader("x-cache-status") for i in range(5)] == ["HIT"] * 5
+        time.sleep(0.2)
+        assert json.loads(b.get_admin("/cache?tag=cl", method="DELETE")[1])["purged"] == 5
+        assert get(a.port, res(c=0, tag="cl")).getheader("x-cache-status") == "MISS"
+    finally:
+        cluster.cleanup()
