@@ -57,7 +57,7 @@ class Exchange:
     __slots__ = ("conn", "worker", "headers", "body_chunks",
                  "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit", "local", "authorization",
                  "attempt", "first_started", "tried", "capture", "cache_status",
-                 "conditional")
+                 "conditional", "body_limit", "body_waiter", "body_filter", "reply_size")
 
     def __init__(self, conn):
         self.conn = conn
@@ -105,6 +105,10 @@ class Exchange:
         self.capture = None        # a cache fill watching the upstream's response (policies/cache)
         self.cache_status = None
         self.conditional = False   # Range, If-None-Match or If-Modified-Since was sent
+        self.body_limit = 0        # a route's own request body limit (policies/request)
+        self.body_waiter = None    # called when the whole request body is buffered (policies/request)
+        self.body_filter = None    # transforms response body bytes (policies/compress): feed(), finish()
+        self.reply_size = None     # a local answer's body size, for response hooks
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None
@@ -440,6 +444,8 @@ class Exchange:
             return
         self.body_received += len(chunk)
         max_body = self.state.limits.max_body_bytes
+        if self.body_limit and (not max_body or self.body_limit < max_body):
+            max_body = self.body_limit
         if max_body and self.body_received > max_body:
             self.keep_alive = False
             self.abort_upstream()
@@ -461,7 +467,7 @@ class Exchange:
         elif self.body_chunks is not None:
             self.body_chunks.append(chunk)
             self.body_buffered += len(chunk)
-            if self.body_buffered > _BODY_BUFFER_HIGH:
+            if self.body_buffered > _BODY_BUFFER_HIGH and self.body_waiter is None:
                 if self.local is not None:
                     self.keep_alive = False
                     self.answer(Reply.problem(413, "Content Too Large", "this endpoint takes at most 64 KiB"))
@@ -474,6 +480,11 @@ class Exchange:
             return
         if self.local is not None and self.task is None and not self.response_done:
             self.run_local()
+            return
+        waiter = self.body_waiter
+        if waiter is not None:
+            self.body_waiter = None
+            waiter()
             return
         up = self.upstream
         if up is not None:
@@ -529,6 +540,14 @@ class Exchange:
         if hooks:
             for hook in hooks:
                 hook(self)
+            if self.body_filter is not None and self.mode != _NONE:
+                # The body changes length as it streams: chunked (or close-delimited for HTTP/1.0).
+                self.response_headers = _without(self.response_headers, {b"content-length"})
+                if self.version == "1.1":
+                    self.mode = _CHUNKED
+                else:
+                    self.mode = _RAW
+                    self.keep_alive = False
         self.write_head()
 
     def not_modified(self, lines: list[bytes]) -> None:
@@ -558,6 +577,10 @@ class Exchange:
             return
         if self.capture is not None:
             self.capture.body(chunk)
+        if self.body_filter is not None:
+            chunk = self.body_filter.feed(chunk)
+            if not chunk:
+                return
         mode = self.mode
         if mode == _RAW:
             corked = self.conn.corked
@@ -571,14 +594,30 @@ class Exchange:
             return
         self.bytes_sent += len(chunk)
 
+    def end_body(self) -> None:
+        """The upstream's body ended: flush the body filter, end the chunked framing."""
+        f = self.body_filter
+        if f is not None and self.mode != _NONE:
+            tail = f.finish()
+            if tail:
+                self.upstream_body_out(tail)
+        if self.mode == _CHUNKED:
+            self.conn.write(_LAST_CHUNK)
+
+    def upstream_body_out(self, chunk: bytes) -> None:
+        if self.mode == _CHUNKED:
+            self.conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            self.conn.write(chunk)
+        self.bytes_sent += len(chunk)
+
     def upstream_done(self, conn) -> None:
         self.upstream = None
         self.target.in_flight -= 1
         if self.finished:
             conn.abort()
             return
-        if self.mode == _CHUNKED:
-            self.conn.write(_LAST_CHUNK)
+        self.end_body()
         if self.capture is not None:
             self.capture.complete(self)
         if self.upstream_keepalive and self.body_done and not self.upstream_delimited:
@@ -611,8 +650,7 @@ class Exchange:
                                                              "the upstream closed the connection without answering"))
             return
         if self.upstream_delimited and exc is None:
-            if self.mode == _CHUNKED:
-                self.conn.write(_LAST_CHUNK)
+            self.end_body()
             if self.capture is not None:
                 self.capture.complete(self)
             self.response_done = True
@@ -749,8 +787,12 @@ class Exchange:
             self.keep_alive = False
         route = self.route
         if route is not None and route.chain.response_hooks:
+            self.reply_size = len(body)
             for hook in route.chain.response_hooks:
                 hook(self)
+            f = self.body_filter
+            if f is not None and body:
+                body = f.feed(body) + f.finish()
         headers = self.response_headers
         headers.append(b"date: %s\r\n" % self.worker.date)
         if reply.status in _NO_BODY_STATUS:

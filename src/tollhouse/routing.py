@@ -13,17 +13,18 @@ import re
 from typing import Any
 
 _VAR = re.compile(rb"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_REF = re.compile(rb"\{([A-Za-z_][A-Za-z0-9_]*|[0-9]+)\}")
 _CACHE_SIZE = 8192
 
 
 class RouteTarget:
     """What the proxy needs of a matched route; built from config at load."""
 
-    __slots__ = ("name", "index", "host", "methods", "path", "prefix", "template", "strip_prefix", "rewrite",
+    __slots__ = ("name", "index", "host", "methods", "path", "prefix", "template", "strip_prefix", "rewrite", "rewrite_regex",
                  "timeout", "preserve_host", "upstream", "chain", "name_bytes", "specificity", "match_key", "stats", "local")
 
     def __init__(self, name: str, index: int, *, host: str = "", methods=(), path: str = "", prefix: str = "",
-                 strip_prefix: bool = False, rewrite: str = "", timeout: float = 60.0, preserve_host: bool = False,
+                 strip_prefix: bool = False, rewrite: Any = "", timeout: float = 60.0, preserve_host: bool = False,
                  upstream: Any = None, chain: Any = None, stats: Any = None, local: Any = None):
         self.name = name
         self.name_bytes = name.encode()
@@ -42,6 +43,10 @@ class RouteTarget:
             pattern += re.escape(self.path[pos:])
             self.template = re.compile(pattern)
         self.strip_prefix = strip_prefix
+        self.rewrite_regex = None
+        if rewrite and not isinstance(rewrite, str):   # {regex, to}
+            self.rewrite_regex = re.compile(rewrite.regex.encode())
+            rewrite = rewrite.to
         self.rewrite = rewrite.encode() if rewrite else b""
         self.timeout = timeout
         self.preserve_host = preserve_host
@@ -58,6 +63,13 @@ class RouteTarget:
 
     def upstream_path(self, path: bytes, params: dict | None) -> bytes:
         """The path the upstream receives (before the query)."""
+        if self.rewrite_regex is not None:
+            m = self.rewrite_regex.search(path)
+            if m is None:
+                return path
+            groups = m.groupdict()
+            return _REF.sub(lambda r: (m.group(int(r.group(1))) if r.group(1).isdigit()
+                                       else groups.get(r.group(1).decode())) or b"", self.rewrite)
         if self.rewrite:
             if params:
                 return _VAR.sub(lambda m: params.get(m.group(1).decode(), b""), self.rewrite)

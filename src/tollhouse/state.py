@@ -13,6 +13,11 @@ from .config.loader import ConfigError
 from .pipeline import EMPTY_CHAIN, Chain, PolicyContext, load_policy_class
 from .policies.auth import AuthPolicy, AuthService
 from .policies.cache import CachePolicy
+from .policies.compress import Compress, CompressPolicy
+from .policies.cors import CorsPolicy
+from .policies.headers import HeadersPolicy
+from .policies.ip import IpFilter, IpPolicy
+from .policies.request import RequestPolicy
 from .policies.ratelimit import RateLimitPolicy, make_limiter
 from .routing import RouteTable, RouteTarget
 from .upstream.pool import UpstreamPool
@@ -80,24 +85,37 @@ def build_state(config, loop, stats, store, previous: GatewayState | None = None
     auth = None
     if config.auth is not None or config.consumers:
         auth = AuthService(config.auth, config.consumers, store)
+    global_ip = IpFilter(config.ip) if config.ip is not None else None
     routes = []
     for i, r in enumerate(config.routes):
         name = r.name or f"route-{i}"
+        context = PolicyContext(store, stats, name)
         policies = []
+        ip_filters = [f for f in (global_ip, IpFilter(r.ip) if r.ip is not None else None) if f is not None]
+        if ip_filters:
+            policies.append(IpPolicy(r.ip, context, filters=ip_filters))
+        if r.cors is not None:
+            policies.append(CorsPolicy(r.cors, context))
+        if r.request is not None:
+            policies.append(RequestPolicy(r.request, context))
+        if r.headers is not None:
+            policies.append(HeadersPolicy(r.headers, context))
+        if r.compress is not None:
+            policies.append(CompressPolicy(Compress() if r.compress is True else r.compress, context))
         if r.auth is not None:
-            policies.append(AuthPolicy(r.auth, PolicyContext(store, stats, name), service=auth, route_name=name))
+            policies.append(AuthPolicy(r.auth, context, service=auth, route_name=name))
         if r.rate_limits:
             if limiter is None:
                 limiter = make_limiter(store, stats, config.store_failure)
-            policies.append(RateLimitPolicy(r.rate_limits, PolicyContext(store, stats, name), tiers=config.tiers,
+            policies.append(RateLimitPolicy(r.rate_limits, context, tiers=config.tiers,
                                             limiter=limiter, route_name=name))
         if r.cache is not None:
             if cache is None:
                 raise ValueError(f"routes[{i}].cache: this process has no response cache")
-            policies.append(CachePolicy(r.cache, PolicyContext(store, stats, name), cache=cache))
+            policies.append(CachePolicy(r.cache, context, cache=cache))
         for pname in r.policies:
             cls, options = classes[pname]
-            policies.append(cls(options, PolicyContext(store, stats, name)))
+            policies.append(cls(options, context))
         routes.append(RouteTarget(
             name, i, host=r.match.host, methods=r.match.methods, path=r.match.path, prefix=r.match.prefix,
             strip_prefix=r.strip_prefix, rewrite=r.rewrite, timeout=r.timeout, preserve_host=r.preserve_host,

@@ -13,6 +13,11 @@ from .schema import (Address, Bool, Duration, Field, Float, Int, Kind, ListOf, M
                      Schema, Size, Str, error_at)
 from ..policies.auth.schema import Auth, Consumer, RouteAuth
 from ..policies.cache.schema import CacheSettings, RouteCache
+from ..policies.compress import Compress
+from ..policies.cors import Cors
+from ..policies.headers import Headers
+from ..policies.ip import IpRules
+from ..policies.request import RequestRules
 from ..policies.ratelimit.schema import RateLimit, Tier
 
 NAME = r"[A-Za-z0-9_.-]+"
@@ -161,12 +166,32 @@ class Match(Schema):
             error_at(errors, path, "prefix", lines, line, "use either path or prefix, not both")
 
 
+class RegexRewrite(Schema):
+    regex = Field(Str(), doc="a regular expression searched in the normalised path; (?P<name>...) or numbered groups")
+    to = Field(Str(pattern=r"/[^\s]*"), doc="the upstream path; {name} or {1} insert the captures")
+
+    def check(self, path, lines, line, errors):
+        try:
+            compiled = re.compile(self.regex)
+        except re.error as e:
+            error_at(errors, path, "regex", lines, line, f"invalid regular expression: {e}")
+            return
+        for ref in _TEMPLATE_REF.findall(self.to):
+            if ref.isdigit() and int(ref) > compiled.groups or not ref.isdigit() and ref not in compiled.groupindex:
+                error_at(errors, path, "to", lines, line, f"{{{ref}}} is not a group of the regex")
+
+
+_TEMPLATE_REF = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*|[0-9]+)\}")
+
+
 class Route(Schema):
     name = Field(Str(pattern=NAME), "", "name used in metrics, logs and /status (default route-N)")
     match = Field(Match, doc="what requests this route takes")
     upstream = Field(Str(), "", "name of an upstream in `upstreams`")
     strip_prefix = Field(Bool(), False, "remove the matched prefix before proxying (/api/users/7 -> /7)")
-    rewrite = Field(Str(pattern=r"/[^\s]*"), "", "templated upstream path, e.g. /v2/users/{id}")
+    rewrite = Field(OneOf((_is_str, Str(pattern=r"/[^\s]*")), (_is_map, RegexRewrite)), "",
+                    "templated upstream path, e.g. /v2/users/{id}, or {regex, to} with captures, "
+                    "e.g. {regex: '^/old/(.*)$', to: '/new/{1}'}")
     timeout = Field(Duration(min=0.001), 60.0, "longest wait for the upstream's response head; 504 beyond")
     preserve_host = Field(Bool(), False, "send the client's Host upstream instead of the target's host")
     policies = Field(ListOf(Str(pattern=NAME)), (), "custom policies (names from top-level `policies`), in order")
@@ -174,11 +199,14 @@ class Route(Schema):
     rate_limits = Field(ListOf(RateLimit), (), "limits checked together; see docs/ratelimiting.md")
     cache = Field(RouteCache, None, "cache GET/HEAD responses: {ttl, vary, scope, stale_while_revalidate, "
                   "stale_if_error, statuses}; see docs/caching.md")
-    ip = Field(NotYet("route ip allow/deny"), None)
-    cors = Field(NotYet("cors"), None)
-    request = Field(NotYet("request validation"), None)
-    compress = Field(NotYet("compress"), None)
-    headers = Field(NotYet("header rewriting"), None)
+    ip = Field(IpRules, None, "{allow, deny}: CIDR lists on the real client address, deny wins (403); "
+               "checked after the global `ip`")
+    cors = Field(Cors, None, "{origins, methods, headers, expose_headers, credentials, max_age}; see docs/traffic.md")
+    request = Field(RequestRules, None, "{max_body_bytes, content_types, json_schema}: 413, 415, 400")
+    compress = Field(OneOf((lambda v: v is True, Kind()), (_is_map, Compress)), None,
+                     "gzip/brotli by Accept-Encoding: true or {min_bytes, types, codings, gzip_level, brotli_quality}")
+    headers = Field(Headers, None, "{request: {set, add, remove}, response: {...}} with {consumer}, {request_id}, "
+                    "{client_ip}")
     aggregate = Field(NotYet("aggregate"), None)
 
     def check(self, path, lines, line, errors):
@@ -186,7 +214,7 @@ class Route(Schema):
             error_at(errors, path, "rewrite", lines, line, "use either rewrite or strip_prefix, not both")
         if self.strip_prefix and not self.match.prefix:
             error_at(errors, path, "strip_prefix", lines, line, "needs match.prefix")
-        if self.rewrite:
+        if isinstance(self.rewrite, str) and self.rewrite:
             known = set(_TEMPLATE_VAR.findall(self.match.path))
             for var in _TEMPLATE_VAR.findall(self.rewrite):
                 if var not in known:
@@ -226,7 +254,7 @@ class Gateway(Schema):
                      "custom Python policies: name -> module:Class or {use, config}")
     upstreams = Field(MapOf(Upstream, key_pattern=NAME), {}, "named upstream services")
     routes = Field(ListOf(Route), (), "routes, chosen by host then the most specific path")
-    ip = Field(NotYet("global ip allow/deny"), None)
+    ip = Field(IpRules, None, "{allow, deny} for every route (a route's own `ip` is checked as well)")
     auth = Field(Auth, None, "credential providers, claim names, the token endpoint; see docs/auth.md")
     consumers = Field(ListOf(Consumer), (), "known callers: API keys, OAuth clients, tier, scopes, roles")
     tiers = Field(MapOf(Tier, key_pattern=NAME), {}, "tier name -> {rate_limits}; callers without a tier use `default`")
