@@ -3,7 +3,7 @@
 Behaviour is chosen by path:
   /status/N          answer status N
   /slow?ms=N         wait N ms, then answer
-  /big?bytes=N       stream N bytes (Content-Length), honouring backpressure
+  /big?bytes=N       stream N bytes (Content-Length), honouring backpressure; ctype= adds a Content-Type
   /chunked?n=K       K chunks of 'chunk-i;' with Transfer-Encoding: chunked
   /delimited         body ended by closing the connection (no framing)
   /truncate          Content-Length 100, sends 10 bytes, closes
@@ -116,7 +116,8 @@ class _Conn(asyncio.Protocol):
             self.write(200, b"slow", keep_alive=req["keep_alive"])
         elif path == "/big":
             n = int(q["bytes"])
-            t.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % n)
+            ctype = b"content-type: %s\r\n" % q["ctype"].encode() if "ctype" in q else b""
+            t.write(b"HTTP/1.1 200 OK\r\n%scontent-length: %d\r\n\r\n" % (ctype, n))
             block = b"x" * 65536
             while n > 0:
                 piece = block[:min(n, len(block))]
