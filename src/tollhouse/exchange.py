@@ -767,7 +767,8 @@ class Exchange:
         if self.head_sent:
             self.conn.abort()
             return
-        self.abort_upstream()
+        if self.upstream is not None:
+            self.abort_upstream()
         capture = self.capture
         if capture is not None and reply.status >= 500:
             reply = capture.stale_reply(self, time.time()) or reply   # stale_if_error

@@ -33,6 +33,8 @@ STORE_TIMEOUT = 0.25   # a Redis call slower than this counts as a failure (BYPA
 MAX_IN_FLIGHT = 2      # batched lookups out at once; later requests join the next batch
 MAX_BATCH = 256
 _RESULTS = ("HIT", "MISS", "BYPASS", "STALE")
+_LABELS = {r: r.encode() for r in _RESULTS}
+_STATUS_LINES = {r.encode(): b"x-cache-status: %s\r\n" % r.encode() for r in _RESULTS}
 
 
 class Flight:
@@ -566,8 +568,10 @@ class CachePolicy(Policy):
         return self.hit(exchange, entry, now, label)
 
     def hit(self, exchange, entry: Entry, now: float, label: str) -> Reply:
-        exchange.cache_status = label.encode()
-        self._count(label)
+        exchange.cache_status = _LABELS[label]
+        key = self.count_keys[label]
+        counters = self.counters
+        counters[key] = counters.get(key, 0) + 1
         age = b"age: %d\r\n" % max(0, int(now - entry.stored_at + entry.age))
         if exchange.conditional and entry.status == 200 and not_modified(
                 exchange.header("if-none-match"), exchange.header("if-modified-since"), entry.etag, entry.last_modified):
@@ -577,11 +581,11 @@ class CachePolicy(Policy):
             reply.lines.append(age)
             return reply
         reply = Reply(entry.status, entry.body)
-        reply.lines = [*entry.lines, age]
+        reply.lines = [entry.block, age]   # the stored lines, joined once
         return reply
 
     # --- the response side -----------------------------------------------------------------
     def on_response(self, exchange) -> None:
         status = exchange.cache_status
         if status is not None:
-            exchange.response_headers.append(b"x-cache-status: %s\r\n" % status)
+            exchange.response_headers.append(_STATUS_LINES[status])

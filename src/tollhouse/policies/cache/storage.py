@@ -23,7 +23,7 @@ class Entry:
     """A stored response (or, with `vary` set, a marker naming the headers its variants depend on)."""
 
     __slots__ = ("status", "lines", "body", "stored_at", "age", "fresh_until", "stale_until", "error_until",
-                 "shared", "etag", "last_modified", "route", "path", "tags", "vary", "size")
+                 "shared", "etag", "last_modified", "route", "path", "tags", "vary", "size", "block")
 
     def __init__(self, status: int = 0, lines: tuple = (), body: bytes = b"", stored_at: float = 0.0,
                  age: float = 0.0, fresh_until: float = 0.0, stale_until: float = 0.0, error_until: float = 0.0,
@@ -44,7 +44,8 @@ class Entry:
         self.path = path
         self.tags = tags
         self.vary = vary
-        self.size = len(body) + sum(map(len, lines)) + 256
+        self.block = b"".join(lines)   # the header lines as a hit sends them
+        self.size = len(body) + 2 * len(self.block) + 256
 
     @property
     def expires_at(self) -> float:
