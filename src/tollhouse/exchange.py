@@ -265,9 +265,10 @@ class Exchange:
         self.route = route
         self.params = params
         if route.local is not None:
-            self.local = route.local
-            if self.body_done:
-                self.run_local()
+            if route.chain.request_hooks:   # the global ip rules guard gateway endpoints too
+                route.chain.run(self, self.start_local, self.answer)
+            else:
+                self.start_local()
             return
         # The request hooks, inline: the common all-None case creates nothing
         # on the way; anything else is the chain's to handle.
@@ -420,6 +421,13 @@ class Exchange:
         self.worker.inflight.add(self)
 
     # ------------------------------------------------------- endpoints of the gateway
+    def start_local(self) -> None:
+        if self.finished:
+            return
+        self.local = self.route.local
+        if self.body_done:
+            self.run_local()
+
     def run_local(self) -> None:
         """Answer from a gateway endpoint (e.g. the OAuth token endpoint) with the whole body."""
         body = b"".join(self.body_chunks or ())

@@ -124,7 +124,10 @@ def build_state(config, loop, stats, store, previous: GatewayState | None = None
     if auth is not None:
         for method, path, handler in auth.local_routes():
             name = "oauth" + path.replace("/", "-").replace(".", "")
-            routes.append(RouteTarget(name, len(routes), methods=(method,), path=path, chain=EMPTY_CHAIN,
+            chain = EMPTY_CHAIN
+            if global_ip is not None:
+                chain = Chain([IpPolicy(None, PolicyContext(store, stats, name), filters=[global_ip])])
+            routes.append(RouteTarget(name, len(routes), methods=(method,), path=path, chain=chain,
                                       stats=stats.route(name, None), local=handler))
     return GatewayState(config, RouteTable(routes), pools, version, auth)
 

@@ -171,3 +171,20 @@ def test_refresh_tokens_live_in_redis_hashed(upstream, tmp_path, gateway_factory
         assert replay.status == 400
     finally:
         redis.cleanup()
+
+
+def test_global_ip_rules_guard_the_token_endpoint(upstream, tmp_path):
+    from tests.support.processes import Gateway
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    path = tmp_path / "signing.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    g = Gateway(_config(upstream.url, path).replace("store: memory", "store: memory\nip: {deny: [127.0.0.0/8]}"))
+    g.start()
+    try:
+        r = post_form(g.port, "/oauth/token", {"grant_type": "client_credentials"}, basic=("alice-cli", "alice-secret"))
+        assert r.status == 403
+        assert get(g.port, "/.well-known/jwks.json").status == 403
+    finally:
+        g.cleanup()
