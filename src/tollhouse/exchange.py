@@ -57,7 +57,7 @@ class Exchange:
     __slots__ = ("conn", "worker", "headers", "body_chunks",
                  "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit", "local", "authorization",
                  "attempt", "first_started", "tried", "capture", "cache_status",
-                 "conditional", "body_limit", "body_waiter", "body_filter", "reply_size")
+                 "conditional", "cookie", "body_limit", "body_waiter", "body_filter", "reply_size")
 
     def __init__(self, conn):
         self.conn = conn
@@ -105,6 +105,7 @@ class Exchange:
         self.capture = None        # a cache fill watching the upstream's response (policies/cache)
         self.cache_status = None
         self.conditional = False   # Range, If-None-Match or If-Modified-Since was sent
+        self.cookie = False        # a Cookie header was sent (relayed; noted for the cache)
         self.body_limit = 0        # a route's own request body limit (policies/request)
         self.body_waiter = None    # called when the whole request body is buffered (policies/request)
         self.body_filter = None    # transforms response body bytes (policies/compress): feed(), finish()

@@ -145,6 +145,13 @@ def test_authorization_on_public_route_only_gets_shared_responses(gateway_factor
     get(g.port, res(p=3, cc="public, max-age=60"), auth)
     assert get(g.port, res(p=3, cc="public, max-age=60"), auth).getheader("x-cache-status") == "HIT"
     assert get(g.port, res(p=3, cc="public, max-age=60")).getheader("x-cache-status") == "HIT"
+    # Cookies often carry a session: treated like credentials.
+    cookie = "Cookie: session=alice\r\n"
+    r = get(g.port, res(p=1), cookie)
+    assert r.getheader("x-cache-status") == "MISS" and json.loads(r.body)["serial"] == origin.serial
+    assert get(g.port, res(p=4), cookie).getheader("x-cache-status") == "MISS"
+    assert get(g.port, res(p=4)).getheader("x-cache-status") == "MISS"   # the cookie's answer was not stored
+    assert get(g.port, res(p=3, cc="public, max-age=60"), cookie).getheader("x-cache-status") == "HIT"
 
 
 def test_scope_consumer_keeps_each_callers_data_apart(gateway_factory, origin):

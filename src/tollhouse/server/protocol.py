@@ -22,13 +22,14 @@ from ..pipeline import Reply
 log = logging.getLogger("tollhouse.server")
 
 # Request header names with a job of their own; everything else is relayed.
-_HOST, _CL, _TE, _CONNECTION, _DROP, _EXPECT, _RID, _XFF, _XFP, _XFH, _UPGRADE, _AUTHZ, _CONDITIONAL = range(13)
+_HOST, _CL, _TE, _CONNECTION, _DROP, _EXPECT, _RID, _XFF, _XFP, _XFH, _UPGRADE, _AUTHZ, _CONDITIONAL, _COOKIE = range(14)
 _SPECIAL = {
     b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONNECTION,
     b"expect": _EXPECT, b"x-request-id": _RID, b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP,
     b"x-forwarded-host": _XFH, b"upgrade": _UPGRADE, b"authorization": _AUTHZ,
     # Noted so that the cache looks for them only when one was sent (and relayed).
     b"range": _CONDITIONAL, b"if-none-match": _CONDITIONAL, b"if-modified-since": _CONDITIONAL,
+    b"cookie": _COOKIE,
     # Hop-by-hop (RFC 9110 §7.6.1) and identity headers only the gateway may set (PRODUCT.md §3).
     b"keep-alive": _DROP, b"proxy-connection": _DROP, b"te": _DROP, b"trailer": _DROP,
     b"x-consumer-id": _DROP, b"x-consumer-tier": _DROP, b"x-auth-scopes": _DROP,
@@ -215,6 +216,8 @@ class ClientConnection(asyncio.Protocol):
                     ex.authorization = value
                 elif kind == _CONDITIONAL:
                     ex.conditional = True
+                elif kind == _COOKIE:
+                    ex.cookie = True
                 else:
                     self._special_header(ex, kind, value)
                     return

@@ -456,12 +456,13 @@ class CachePolicy(Policy):
         if (method != b"GET" and method != b"HEAD") or (exchange.conditional and exchange.header("range") is not None):
             return self.bypass(exchange)
         shared_only = False
-        if exchange.authorization is not None:
-            if not self.consumer_scope:
-                # RFC 9111 §3.5: only responses marked public or s-maxage serve requests with credentials.
-                shared_only = True
-            elif exchange.consumer is None:
+        if (exchange.authorization is not None or exchange.cookie) and not (
+                self.consumer_scope and exchange.consumer is not None):   # else the consumer is in the key
+            if self.consumer_scope and exchange.authorization is not None:
                 return self.bypass(exchange)   # credentials that identified no consumer: never shared
+            # RFC 9111 §3.5: only responses marked public or s-maxage serve requests with
+            # credentials; cookies are treated alike (Varnish's default): they often carry a session.
+            shared_only = True
         key = self.primary_key(exchange)
         cache = self.cache
         if cache.memory:
