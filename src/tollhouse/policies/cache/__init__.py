@@ -34,6 +34,7 @@ MAX_IN_FLIGHT = 2      # batched lookups out at once; later requests join the ne
 MAX_BATCH = 256
 _RESULTS = ("HIT", "MISS", "BYPASS", "STALE")
 _LABELS = {r: r.encode() for r in _RESULTS}
+_MEMORY_PREFIX = KEY_PREFIX.encode()
 _STATUS_LINES = {r.encode(): b"x-cache-status: %s\r\n" % r.encode() for r in _RESULTS}
 
 
@@ -420,11 +421,17 @@ class CachePolicy(Policy):
         self.counters = counters
         self.count_keys = {r: ("cache_results", (("route", self.route_name), ("result", r))) for r in _RESULTS}
         self.route_bytes = self.route_name.encode()
+        self.memory = cache.memory
 
     # --- keys -----------------------------------------------------------------------------
-    def primary_key(self, exchange) -> str:
+    def primary_key(self, exchange) -> str | bytes:
         """Method class (GET and HEAD share), route, host, path, query in a stable order,
-        the route's vary headers, and the consumer for scope: consumer; hashed."""
+        the route's vary headers, and the consumer for scope: consumer.
+
+        In Redis the key is that text hashed (BLAKE2b-128) under the versioned
+        prefix; in the memory cache it is the text itself (prefixed the same
+        way): the dict hashes it, and equal keys are the only matches.
+        """
         query = exchange.query
         if b"&" in query:
             query = b"&".join(sorted(query[1:].split(b"&")))
@@ -433,12 +440,16 @@ class CachePolicy(Policy):
             parts.append((exchange.header(name) or "").encode("latin-1"))
         if self.consumer_scope:
             parts.append((exchange.consumer or "").encode())
-        return KEY_PREFIX + hashlib.blake2b(b"\n".join(parts), digest_size=16).hexdigest()
+        raw = b"\n".join(parts)
+        if self.memory:
+            return _MEMORY_PREFIX + raw
+        return KEY_PREFIX + hashlib.blake2b(raw, digest_size=16).hexdigest()
 
-    @staticmethod
-    def variant_key(primary: str, names: tuple, exchange) -> str:
-        values = "\n".join(" ".join((exchange.header(n) or "").lower().split()) for n in names)
-        return primary + ":" + hashlib.blake2b(values.encode("latin-1"), digest_size=8).hexdigest()
+    def variant_key(self, primary, names: tuple, exchange):
+        values = "\n".join(" ".join((exchange.header(n) or "").lower().split()) for n in names).encode("latin-1")
+        if self.memory:
+            return primary + b"\0" + values
+        return primary + ":" + hashlib.blake2b(values, digest_size=8).hexdigest()
 
     # --- the request side -----------------------------------------------------------------
     def _count(self, result: str) -> None:

@@ -1,6 +1,6 @@
 """Where responses are kept: an LRU in this process bounded by bytes, or Redis.
 
-Both hold `Entry` objects under hashed, versioned keys ("th:c1:<hash>") and
+Both hold `Entry` objects under versioned keys (Redis: "th:c1:<hash>") and
 purge by route, path prefix or surrogate key. The memory cache is
 synchronous (a hit costs no task); the Redis cache is async and keeps three
 indexes for purging, all under one hash tag so that Redis Cluster can serve
@@ -9,7 +9,6 @@ them: a set per route, a set per surrogate key, and one sorted set of
 """
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 
 import orjson
@@ -23,7 +22,7 @@ class Entry:
     """A stored response (or, with `vary` set, a marker naming the headers its variants depend on)."""
 
     __slots__ = ("status", "lines", "body", "stored_at", "age", "fresh_until", "stale_until", "error_until",
-                 "shared", "etag", "last_modified", "route", "path", "tags", "vary", "size", "block")
+                 "shared", "etag", "last_modified", "route", "path", "tags", "vary", "size", "block", "expires_at")
 
     def __init__(self, status: int = 0, lines: tuple = (), body: bytes = b"", stored_at: float = 0.0,
                  age: float = 0.0, fresh_until: float = 0.0, stale_until: float = 0.0, error_until: float = 0.0,
@@ -45,11 +44,8 @@ class Entry:
         self.tags = tags
         self.vary = vary
         self.block = b"".join(lines)   # the header lines as a hit sends them
+        self.expires_at = max(fresh_until, stale_until, error_until)
         self.size = len(body) + 2 * len(self.block) + 256
-
-    @property
-    def expires_at(self) -> float:
-        return max(self.fresh_until, self.stale_until, self.error_until)
 
     def encode(self) -> bytes:
         meta = orjson.dumps({
@@ -77,10 +73,10 @@ class MemoryCache:
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self.entries: OrderedDict[str, Entry] = OrderedDict()
+        self.entries: OrderedDict[bytes, Entry] = OrderedDict()
         self.size = 0
 
-    def get(self, key: str, now: float) -> Entry | None:
+    def get(self, key: bytes, now: float) -> Entry | None:
         entry = self.entries.get(key)
         if entry is None:
             return None
@@ -90,7 +86,7 @@ class MemoryCache:
         self.entries.move_to_end(key)
         return entry
 
-    def put(self, key: str, entry: Entry) -> None:
+    def put(self, key: bytes, entry: Entry) -> None:
         if entry.size > self.max_bytes:
             return
         self._drop(key)
@@ -100,7 +96,7 @@ class MemoryCache:
             old_key, old = self.entries.popitem(last=False)
             self.size -= old.size
 
-    def _drop(self, key: str) -> None:
+    def _drop(self, key: bytes) -> None:
         old = self.entries.pop(key, None)
         if old is not None:
             self.size -= old.size
@@ -172,7 +168,3 @@ class RedisCache:
         if route is None and prefix is None and tag is None:
             await client.delete(paths_key)
         return removed
-
-
-def lock_token() -> str:
-    return os.urandom(8).hex()
