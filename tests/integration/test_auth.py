@@ -353,3 +353,14 @@ consumers:
     assert [get(g.port, "/tiered/x", dan).status for _ in range(3)] == [200, 200, 429]
     assert get(g.port, "/tiered/x", erin).status == 200     # counted per consumer, not per IP
     assert [get(g.port, "/tiered/x").status for _ in range(2)] == [200, 429]   # anonymous: default tier, by IP
+
+
+def test_a_token_admitted_on_one_route_is_still_checked_on_another_and_expires(gw):
+    # Routes remember the tokens they admitted (one lookup per request); that memo is per
+    # route and never outlives the token.
+    only_read = token(SECRET, scope="users:read", ttl=2)
+    for _ in range(3):
+        assert get(gw.port, "/hs/x", only_read).status == 200
+        assert get(gw.port, "/scoped/x", only_read).status == 403
+    time.sleep(2.2)
+    assert get(gw.port, "/hs/x", only_read).status == 401
