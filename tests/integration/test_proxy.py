@@ -3,14 +3,13 @@ import hashlib
 import json
 import os
 import socket
-import threading
 import time
 
 import pytest
 
 from tests.integration.conftest import basic_config
 from tests.support.client import RawClient, request
-from tests.support.processes import free_port
+from tests.support.processes import RssWatch, free_port
 from tests.support.upstream import Upstream
 
 
@@ -223,29 +222,9 @@ def test_close_delimited_upstream_body_is_rechunked(gw):
         c.close()
 
 
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def test_large_download_and_upload_stream_with_bounded_memory(gw):
     size = 256 * 1024 * 1024
-    pid = gw.proc.pid
-    before = _rss_kib(pid)
-    peak = [before]
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_kib(pid))
-            time.sleep(0.02)
-
-    t = threading.Thread(target=watch)
-    t.start()
-    try:
+    with RssWatch(gw.proc.pid) as rss:
         s = socket.create_connection(("127.0.0.1", gw.port))
         s.sendall(f"GET /big?bytes={size} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
         got = 0
@@ -273,10 +252,7 @@ def test_large_download_and_upload_stream_with_bounded_memory(gw):
         r.begin()
         assert json.loads(r.read()) == {"length": size, "sha256": sha.hexdigest()}
         s.close()
-    finally:
-        stop.set()
-        t.join()
-    assert peak[0] - before < 16 * 1024, f"RSS grew by {(peak[0] - before) // 1024} MiB"
+    assert rss.growth_kib < 16 * 1024, f"RSS grew by {rss.growth_kib // 1024} MiB"
 
 
 def test_access_log_is_json_per_request(gw):

@@ -1,9 +1,7 @@
 """Traffic policies through the real gateway: ip, cors, request, compress, headers, regex rewrite."""
 import gzip
 import json
-import os
 import socket
-import threading
 import time
 import zlib
 
@@ -12,6 +10,7 @@ import pytest
 
 from tests.integration.conftest import basic_config
 from tests.support.client import request
+from tests.support.processes import RssWatch
 
 
 def route(name: str, prefix: str, body: str, extra_match: str = "") -> str:
@@ -235,21 +234,7 @@ def test_small_already_encoded_and_incompressible_responses_pass_unchanged(gatew
 def test_compression_streams_a_large_response_chunk_by_chunk(gateway_factory, upstream):
     g = gateway_factory(compressing(upstream, "true"))
     size = 64 * 1024 * 1024
-    from tests.integration.test_proxy import _rss_kib
-
-    pid = g.proc.pid
-    before = _rss_kib(pid)
-    peak = [before]
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_kib(pid))
-            time.sleep(0.02)
-
-    t = threading.Thread(target=watch)
-    t.start()
-    try:
+    with RssWatch(g.proc.pid) as rss:
         s = socket.create_connection(("127.0.0.1", g.port))
         s.sendall(f"GET /big?bytes={size}&ctype=text/plain HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n"
                   "Connection: close\r\n\r\n".encode())
@@ -260,9 +245,6 @@ def test_compression_streams_a_large_response_chunk_by_chunk(gateway_factory, up
                 break
             data += chunk
         s.close()
-    finally:
-        stop.set()
-        t.join()
     head, _, body = data.partition(b"\r\n\r\n")
     assert b"content-encoding: gzip" in head.lower()
     # De-chunk, then inflate.
@@ -275,7 +257,7 @@ def test_compression_streams_a_large_response_chunk_by_chunk(gateway_factory, up
         raw += body[end + 2:end + 2 + n]
         pos = end + 2 + n + 2
     assert len(zlib.decompress(raw, 31)) == size
-    assert peak[0] - before < 16 * 1024, f"RSS grew by {(peak[0] - before) // 1024} MiB"
+    assert rss.growth_kib < 16 * 1024, f"RSS grew by {rss.growth_kib // 1024} MiB"
 
 
 def test_gateway_answers_and_cache_hits_are_compressed_too(gateway_factory, upstream):

@@ -209,3 +209,39 @@ class RedisCluster:
             p.kill()
             p.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RssWatch:
+    """`with RssWatch(pid) as w: ...` then `w.growth_kib`: the peak resident memory over the start."""
+
+    def __init__(self, pid: int):
+        import threading
+
+        self.pid = pid
+        self.before = self.peak = self._rss_kib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _rss_kib(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss_kib())
+            time.sleep(0.02)
+
+    def __enter__(self) -> "RssWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth_kib(self) -> int:
+        return self.peak - self.before

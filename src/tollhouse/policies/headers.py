@@ -99,24 +99,24 @@ class HeadersPolicy(Policy):
         self.response = _compile(config.response)
 
     def on_request(self, exchange):
-        if self.request is None:
-            return None
-        remove, set_, add = self.request
-        for name in remove:
-            exchange.remove_header(name)
-        for name, value in set_:
-            exchange.set_header(name, value.render(exchange))
-        for name, value in add:
-            exchange.headers.append(b"%s: %s\r\n" % (name.encode(), value.render(exchange).encode("latin-1")))
+        if self.request is not None:
+            _apply(self.request, exchange, exchange.remove_header, exchange.set_header, "headers")
         return None
 
     def on_response(self, exchange) -> None:
-        if self.response is None:
-            return
-        remove, set_, add = self.response
-        for name in remove:
-            exchange.remove_response_header(name)
-        for name, value in set_:
-            exchange.set_response_header(name, value.render(exchange))
+        if self.response is not None:
+            _apply(self.response, exchange, exchange.remove_response_header, exchange.set_response_header,
+                   "response_headers")
+
+
+def _apply(edits, exchange, remove_header, set_header, lines_attr: str) -> None:
+    """remove, then set, then add (appended to the exchange's current list of lines)."""
+    remove, set_, add = edits
+    for name in remove:
+        remove_header(name)
+    for name, value in set_:
+        set_header(name, value.render(exchange))
+    if add:
+        lines = getattr(exchange, lines_attr)   # remove/set may have replaced the list
         for name, value in add:
-            exchange.response_headers.append(b"%s: %s\r\n" % (name.encode(), value.render(exchange).encode("latin-1")))
+            lines.append(b"%s: %s\r\n" % (name.encode(), value.render(exchange).encode("latin-1")))

@@ -20,6 +20,7 @@ import logging
 from time import perf_counter, time
 
 from ...pipeline import Deferred, Policy, Reply
+from ...store.batch import TickBatcher
 from ...store.guard import STORE_ERRORS, StoreGuard
 from .rules import NOT_MODIFIED_FIELDS, ResponseFacts, lifetime, not_modified
 from .schema import CacheSettings, RouteCache
@@ -64,9 +65,7 @@ class ResponseCache:
         self.flights: dict[str, Flight] = {}
         self.refreshing: set[str] = set()
         self.tasks: set[asyncio.Task] = set()
-        self.pending: list = []         # Redis lookups waiting for the next batch
-        self.flush_scheduled = False
-        self.in_flight = 0
+        self.batcher = TickBatcher(self._flush, MAX_IN_FLIGHT, MAX_BATCH)   # Redis lookups of a tick: one MGET
         self.cluster = store.kind == "redis-cluster"
 
     def signature(self, settings: CacheSettings) -> tuple:
@@ -92,58 +91,41 @@ class ResponseCache:
     # --- batched lookups: the requests of a loop tick share one MGET (no task per request) ---
     def lookup(self, policy: "CachePolicy", exchange, key: str, shared_only: bool) -> Deferred:
         deferred = Deferred()
-        self.pending.append((key, deferred, policy, exchange, shared_only))
-        if self.in_flight < MAX_IN_FLIGHT and not self.flush_scheduled:
-            self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._start_flush)
+        self.batcher.add((key, deferred, policy, exchange, shared_only))
         return deferred
 
-    def _start_flush(self) -> None:
-        self.flush_scheduled = False
-        if not self.pending or self.in_flight >= MAX_IN_FLIGHT:
-            return
-        batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
-        self.in_flight += 1
-        asyncio.get_running_loop().create_task(self._flush(batch))
-
     async def _flush(self, batch) -> None:
+        keys = [item[0] for item in batch]
         try:
-            keys = [item[0] for item in batch]
+            async with asyncio.timeout(STORE_TIMEOUT):
+                if self.cluster:
+                    values = await self.storage.client.mget_nonatomic(keys)
+                else:
+                    values = await self.storage.client.mget(keys)
+        except STORE_ERRORS as e:
+            self.failed(e)
+            values = None
+        now = time()
+        for i, (key, deferred, policy, exchange, shared_only) in enumerate(batch):
+            if exchange.finished:
+                continue
             try:
-                async with asyncio.timeout(STORE_TIMEOUT):
-                    if self.cluster:
-                        values = await self.storage.client.mget_nonatomic(keys)
-                    else:
-                        values = await self.storage.client.mget(keys)
-            except STORE_ERRORS as e:
-                self.failed(e)
-                values = None
-            now = time()
-            for i, (key, deferred, policy, exchange, shared_only) in enumerate(batch):
-                if exchange.finished:
+                if values is None:
+                    deferred.resolve(policy.bypass(exchange))
                     continue
-                try:
-                    if values is None:
-                        deferred.resolve(policy.bypass(exchange))
-                        continue
-                    raw = values[i]
-                    entry = Entry.decode(raw) if raw else None
-                    if entry is not None and entry.vary is not None:
-                        # Varies on request headers: its variant needs a second lookup.
-                        self.spawn(self._settle(deferred, policy.lookup_redis(exchange, key, shared_only)))
-                        continue
-                    result = policy.decide(exchange, key, key, entry, shared_only, now)
-                    if result is None or result.__class__ is Reply:
-                        deferred.resolve(result)
-                    else:
-                        self.spawn(self._settle(deferred, result))
-                except Exception as e:  # noqa: BLE001 - surfaces as that request's 500
-                    deferred.fail(e)
-        finally:
-            self.in_flight -= 1
-            if self.pending and not self.flush_scheduled:
-                self.flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._start_flush)
+                raw = values[i]
+                entry = Entry.decode(raw) if raw else None
+                if entry is not None and entry.vary is not None:
+                    # Varies on request headers: its variant needs a second lookup.
+                    self.spawn(self._settle(deferred, policy.lookup_redis(exchange, key, shared_only)))
+                    continue
+                result = policy.decide(exchange, key, key, entry, shared_only, now)
+                if result is None or result.__class__ is Reply:
+                    deferred.resolve(result)
+                else:
+                    self.spawn(self._settle(deferred, result))
+            except Exception as e:  # noqa: BLE001 - surfaces as that request's 500
+                deferred.fail(e)
 
     @staticmethod
     async def _settle(deferred: Deferred, pending) -> None:
@@ -179,7 +161,7 @@ class ResponseCache:
                 waiter.set_result((entry, failed))
 
     def store(self, primary: str, key: str, entry: Entry, marker: Entry | None, lock: str | None,
-              now: float) -> None:
+              lock_key: str, now: float) -> None:
         """Keep `entry` at `key` (and a Vary marker at `primary`), then release the fill's lock."""
         self.stats.inc("cache_stored_bytes", (), len(entry.body))
         if self.memory:
@@ -187,9 +169,9 @@ class ResponseCache:
                 self.storage.put(primary, marker)
             self.storage.put(key, entry)
             return
-        self.spawn(self._store_redis(primary, key, entry, marker, lock, now))
+        self.spawn(self._store_redis(primary, key, entry, marker, lock, lock_key, now))
 
-    async def _store_redis(self, primary, key, entry, marker, lock, now) -> None:
+    async def _store_redis(self, primary, key, entry, marker, lock, lock_key, now) -> None:
         storage = self.storage
         try:
             async with asyncio.timeout(STORE_TIMEOUT * 4):
@@ -197,7 +179,7 @@ class ResponseCache:
                     await storage.put(primary, marker, now)
                 await storage.put(key, entry, now)
                 if lock is not None:
-                    await storage.unlock(primary, lock)
+                    await storage.unlock(lock_key, lock)
         except STORE_ERRORS as e:
             self.failed(e)
 
@@ -223,14 +205,19 @@ class ResponseCache:
         else:
             self.spawn(self._refresh_fleet(policy, exchange, key, primary))
 
-    async def _refresh_fleet(self, policy, exchange, key, primary) -> None:
-        # The lock makes it one refresh for the whole fleet, not one per instance.
+    async def try_lock(self, key) -> str | None:
+        """The key's fleet-wide lock for lock_timeout: a token, or None (held elsewhere, or Redis failed).
+        Locks are per variant key, so variants of one URL are fetched independently."""
         try:
             async with asyncio.timeout(STORE_TIMEOUT):
-                lock = await self.storage.lock(primary, self.settings.lock_timeout)
+                return await self.storage.lock(key, self.settings.lock_timeout)
         except STORE_ERRORS as e:
             self.failed(e)
-            lock = None
+            return None
+
+    async def _refresh_fleet(self, policy, exchange, key, primary) -> None:
+        # The lock makes it one refresh for the whole fleet, not one per instance.
+        lock = await self.try_lock(key)
         if lock is None:
             self.refreshing.discard(key)
             return
@@ -377,7 +364,7 @@ class Fill:
             # marker at the primary key names them, the entry lives at its variant.
             marker = Entry(vary=tuple(extra), fresh_until=entry.expires_at, route=policy.route_name)
             key = policy.variant_key(self.primary, marker.vary, exchange)
-        policy.cache.store(self.primary, key, entry, marker, self.lock, now)
+        policy.cache.store(self.primary, key, entry, marker, self.lock, self.key, now)
         self.lock = None
         self.end(entry, False)
 
@@ -401,7 +388,7 @@ class Fill:
         cache = self.policy.cache
         cache.end_flight(self.key, self.flight, entry, failed)
         if self.lock is not None:
-            cache.release(self.primary, self.lock)
+            cache.release(self.key, self.lock)
             self.lock = None
         if self.done_set is not None:
             self.done_set.discard(self.key)
@@ -549,12 +536,7 @@ class CachePolicy(Policy):
         """With Redis, the first instance to take the key's lock fetches it; the others
         poll for the entry up to lock_timeout, then fetch it themselves."""
         cache = self.cache
-        try:
-            async with asyncio.timeout(STORE_TIMEOUT):
-                lock = await cache.storage.lock(primary, cache.settings.lock_timeout)
-        except STORE_ERRORS as e:
-            cache.failed(e)
-            lock = None
+        lock = await cache.try_lock(key)
         if lock is None and not cache.guard.open:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + cache.settings.lock_timeout

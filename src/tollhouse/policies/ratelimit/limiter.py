@@ -17,6 +17,7 @@ import os
 from redis.exceptions import NoScriptError
 
 from ...pipeline import Deferred
+from ...store.batch import TickBatcher
 from ...store.guard import STORE_ERRORS, StoreGuard
 from . import algorithms
 
@@ -127,9 +128,7 @@ class RedisLimiter:
         self.failure_mode = failure_mode
         self.timeout = timeout
         self.sha: str | None = None
-        self.pending: list = []
-        self.flush_scheduled = False
-        self.in_flight = 0
+        self.batcher = TickBatcher(self._flush, MAX_IN_FLIGHT, MAX_BATCH)
         self.guard = StoreGuard(self.client, timeout, self._guard_changed)
         self.live_instances = 1
         self.instance_id = os.urandom(8).hex()
@@ -144,51 +143,32 @@ class RedisLimiter:
         if self.open:
             return policy.resolved(exchange, limits, keys, StoreDown())
         fut = Deferred()
-        self.pending.append((store_keys, limits, fut, policy, exchange, keys))
-        if self.in_flight < MAX_IN_FLIGHT:
-            if not self.flush_scheduled:
-                self.flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._start_flush)
+        self.batcher.add((store_keys, limits, fut, policy, exchange, keys))
         return fut
 
-    def _start_flush(self):
-        # Requests that arrive while MAX_IN_FLIGHT batches are out wait for the
-        # next one: under load batches grow instead of round trips multiplying.
-        self.flush_scheduled = False
-        if not self.pending or self.in_flight >= MAX_IN_FLIGHT:
-            return
-        batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
-        self.in_flight += 1
-        asyncio.get_running_loop().create_task(self._flush(batch))
-
     async def _flush(self, batch):
+        """One script call for the batch (per hash slot with Cluster); each request decided from it."""
         try:
+            async with asyncio.timeout(self.timeout):
+                results = await self._run(batch)
+        except STORE_ERRORS as e:
+            self._failed(e)
+            results = [None] * len(batch)
+        for (_, limits, fut, policy, exchange, keys), result in zip(batch, results):
+            if result is None:
+                outcome = StoreDown()
+            else:
+                decisions = []
+                for i, lim in enumerate(limits):
+                    ok, remaining, reset_ms, retry_ms = result[1 + 4 * i:5 + 4 * i]
+                    decisions.append((bool(ok), lim.limit, int(remaining), reset_ms / 1000, retry_ms / 1000))
+                outcome = (bool(result[0]), decisions)
             try:
-                async with asyncio.timeout(self.timeout):
-                    results = await self._run(batch)
-            except STORE_ERRORS as e:
-                self._failed(e)
-                results = [None] * len(batch)
-            for (_, limits, fut, policy, exchange, keys), result in zip(batch, results):
-                if result is None:
-                    outcome = StoreDown()
-                else:
-                    decisions = []
-                    for i, lim in enumerate(limits):
-                        ok, remaining, reset_ms, retry_ms = result[1 + 4 * i:5 + 4 * i]
-                        decisions.append((bool(ok), lim.limit, int(remaining), reset_ms / 1000, retry_ms / 1000))
-                    outcome = (bool(result[0]), decisions)
-                try:
-                    decision = policy.resolved(exchange, limits, keys, outcome)
-                except Exception as e:  # noqa: BLE001 - surfaces as the request's 500
-                    fut.fail(e)
-                else:
-                    fut.resolve(decision)
-        finally:
-            self.in_flight -= 1
-            if self.pending and not self.flush_scheduled:
-                self.flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._start_flush)
+                decision = policy.resolved(exchange, limits, keys, outcome)
+            except Exception as e:  # noqa: BLE001 - surfaces as the request's 500
+                fut.fail(e)
+            else:
+                fut.resolve(decision)
 
     async def _run(self, batch):
         """One script call per hash slot group (one in all without Cluster); per-request results."""
