@@ -786,7 +786,7 @@ class Exchange:
         else:
             body, content_type = reply.render_body(self.request_id.decode() if self.request_id else "")
         self.status = reply.status
-        headers = list(reply.lines) if reply.lines else []
+        headers = reply.lines if reply.lines is not None else []   # a reply is answered once: its list is ours
         if reply.headers:
             headers += [b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")) for n, v in reply.headers]
         if content_type:

@@ -36,6 +36,7 @@ MAX_BATCH = 256
 _RESULTS = ("HIT", "MISS", "BYPASS", "STALE")
 _LABELS = {r: r.encode() for r in _RESULTS}
 _MEMORY_PREFIX = KEY_PREFIX.encode()
+_AGE_LINES = [b"age: %d\r\n" % i for i in range(3600)]   # formatted once, not per hit
 _STATUS_LINES = {r.encode(): b"x-cache-status: %s\r\n" % r.encode() for r in _RESULTS}
 
 
@@ -566,7 +567,8 @@ class CachePolicy(Policy):
         key = self.count_keys[label]
         counters = self.counters
         counters[key] = counters.get(key, 0) + 1
-        age = b"age: %d\r\n" % max(0, int(now - entry.stored_at + entry.age))
+        age = int(now - entry.stored_at + entry.age)
+        age = _AGE_LINES[age] if 0 <= age < 3600 else b"age: %d\r\n" % max(0, age)
         if exchange.conditional and entry.status == 200 and not_modified(
                 exchange.header("if-none-match"), exchange.header("if-modified-since"), entry.etag, entry.last_modified):
             reply = Reply(304)
