@@ -57,7 +57,7 @@ class Exchange:
     __slots__ = ("conn", "worker", "headers", "body_chunks",
                  "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit", "local", "authorization",
                  "attempt", "first_started", "tried", "capture", "cache_status",
-                 "conditional", "cookie", "body_limit", "body_waiter", "body_filter", "reply_size")
+                 "conditional", "cookie", "body_limit", "body_waiter", "body_progress", "body_filter", "reply_size")
 
     def __init__(self, conn):
         self.conn = conn
@@ -108,6 +108,7 @@ class Exchange:
         self.cookie = False        # a Cookie header was sent (relayed; noted for the cache)
         self.body_limit = 0        # a route's own request body limit (policies/request)
         self.body_waiter = None    # called when the whole request body is buffered (policies/request)
+        self.body_progress = 0.0   # when buffered body bytes last arrived (a stalled body gets 408)
         self.body_filter = None    # transforms response body bytes (policies/compress): feed(), finish()
         self.reply_size = None     # a local answer's body size, for response hooks
         self.deadline = 0.0
@@ -475,6 +476,7 @@ class Exchange:
                 up.transport.write(chunk)
         elif self.body_chunks is not None:
             self.body_chunks.append(chunk)
+            self.body_progress = CLOCK.now
             self.body_buffered += len(chunk)
             if self.body_buffered > _BODY_BUFFER_HIGH and self.body_waiter is None:
                 if self.local is not None:

@@ -310,3 +310,19 @@ def test_regex_rewrite_with_captures(gateway_factory, upstream):
     g = gateway_factory(cfg)
     assert echoed(get(g.port, "/legacy/books/42?x=1"))["target"] == "/v2/books/item-42?x=1"
     assert echoed(get(g.port, "/legacy/other"))["target"] == "/legacy/other"   # no match: unchanged
+
+
+def test_a_stalled_body_waiting_for_validation_gets_408(gateway_factory, upstream, tmp_path):
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps(SCHEMA))
+    cfg = basic_config(upstream.url, extra="limits: {header_timeout: 500ms}", extra_routes=route(
+        "users", "/users-in", f"    request: {{json_schema: {schema}}}"))
+    g = gateway_factory(cfg)
+    s = socket.create_connection(("127.0.0.1", g.port))
+    s.sendall(b"POST /users-in HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+              b'{"name": ')
+    s.settimeout(5)
+    started = time.monotonic()
+    assert s.recv(200).startswith(b"HTTP/1.1 408")
+    assert time.monotonic() - started < 3
+    s.close()

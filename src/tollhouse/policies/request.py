@@ -16,6 +16,7 @@ import os
 import jsonschema_rs
 import orjson
 
+from ..clock import CLOCK
 from ..config.schema import Field, ListOf, Schema, Size, Str, error_at
 from ..pipeline import Deferred, Policy, Reply
 
@@ -104,6 +105,7 @@ class RequestPolicy(Policy):
         if exchange.body_done:
             return self.validate(exchange)
         deferred = Deferred()
+        exchange.body_progress = CLOCK.now
         exchange.body_waiter = lambda: deferred.resolve(self.validate(exchange))
         return deferred
 

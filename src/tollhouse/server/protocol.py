@@ -379,6 +379,12 @@ class ClientConnection(asyncio.Protocol):
                 self.abort()
         elif self.active is None and not self.in_head and now - self.last_active > limits.idle_timeout:
             self.close()
+        elif self.active is not None and self.active.body_waiter is not None \
+                and now - self.active.body_progress > limits.header_timeout:
+            # A body buffered for validation that stopped arriving: no upstream read
+            # timeout watches it, so the head's timeout does (slow-body attacks).
+            self.active.keep_alive = False
+            self.active.answer(Reply.problem(408, "Request Timeout", "the request body stalled"))
 
     def drain(self) -> None:
         """Shutdown: close now if idle, else after the current response."""
