@@ -47,7 +47,8 @@ class Exchange:
     `set_header(name, value)`, `remove_header(name)`, `vars` (a dict for
     per-request state), `consumer`; on the response side `status` and
     `response_header(name)`, `set_response_header(name, value)`,
-    `remove_response_header(name)`.
+    `remove_response_header(name)`, `body_filter` (feed/finish, see
+    docs/policies.md), `cache_status`.
 
     Headers are kept as ready-to-send lines (b"Name: value\r\n", names as
     the peer spelled them): relaying them costs one join, and the helpers
