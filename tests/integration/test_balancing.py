@@ -96,3 +96,23 @@ def test_circuit_state_is_shared_through_redis(gateway_factory):
         assert json.loads(b.get_admin("/status")[1])["upstreams"]["app"]["circuit"] == "open"
     finally:
         redis.cleanup()
+
+
+def test_circuit_state_is_reported_for_every_upstream_with_a_redis_store(gateway_factory, upstream):
+    from tests.support.processes import RedisServer
+
+    redis = RedisServer().start()
+    try:
+        g = gateway_factory(f"""store: {redis.url}
+upstreams:
+  first: {{targets: ["{upstream.url}"], circuit_breaker: {{min_requests: 4}}}}
+  second: {{targets: ["{upstream.url}"], circuit_breaker: {{min_requests: 4}}}}
+routes:
+  - {{match: {{prefix: /a}}, upstream: first}}
+  - {{match: {{prefix: /}}, upstream: second}}
+""")
+        text = g.get_admin("/metrics")[1].decode()
+        assert 'tollhouse_circuit_state{upstream="first"} 0.0' in text
+        assert 'tollhouse_circuit_state{upstream="second"} 0.0' in text
+    finally:
+        redis.cleanup()

@@ -198,12 +198,12 @@ class Worker:
                     1 if t.healthy and t.ejected_until <= CLOCK.now else 0
             counters[("upstream_retries", (("upstream", name),))] = pool.retry_count
             counters[("upstream_ejections", (("upstream", name),))] = pool.ejection_count
-        if self.cache.memory:
-            gauges[("cache_memory_bytes", ())] = self.cache.storage.size
-            gauges[("cache_memory_entries", ())] = len(self.cache.storage.entries)
             if pool.breaker is not None:
                 # tollhouse_circuit_state: 0 closed, 1 open, 2 half-open (PRODUCT.md §4)
                 gauges[("circuit_state", (("upstream", name),))] = pool.breaker.state
+        if self.cache.memory:
+            gauges[("cache_memory_bytes", ())] = self.cache.storage.size
+            gauges[("cache_memory_entries", ())] = len(self.cache.storage.entries)
         return self.stats.snapshot()
 
     async def purge_cache(self, route: str | None, prefix: str | None, tag: str | None) -> int:
