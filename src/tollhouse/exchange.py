@@ -58,7 +58,7 @@ class Exchange:
     __slots__ = ("conn", "worker", "headers", "body_chunks",
                  "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit", "local", "authorization",
                  "attempt", "first_started", "tried", "capture", "cache_status",
-                 "conditional", "cookie", "body_limit", "body_waiter", "body_progress", "body_filter", "reply_size")
+                 "conditional", "cookie", "body_limit", "body_waiter", "body_progress", "body_filter")
 
     def __init__(self, conn):
         self.conn = conn
@@ -111,7 +111,6 @@ class Exchange:
         self.body_waiter = None    # called when the whole request body is buffered (policies/request)
         self.body_progress = 0.0   # when buffered body bytes last arrived (a stalled body gets 408)
         self.body_filter = None    # transforms response body bytes (policies/compress): feed(), finish()
-        self.reply_size = None     # a local answer's body size, for response hooks
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None
@@ -794,30 +793,29 @@ class Exchange:
             headers += [b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")) for n, v in reply.headers]
         if content_type:
             headers.append(b"content-type: %s\r\n" % content_type.encode())
+        no_body = reply.status in _NO_BODY_STATUS
+        if not no_body:
+            # RFC 9110 §8.6: none on 204, and a 304's would describe the stored body.
+            # A HEAD answer states the length the GET body would have (§9.3.2).
+            headers.append(b"content-length: %d\r\n" % len(body))
         self.response_headers = headers
         if not self.body_done:
             # The request body is unread; closing is the only safe way on.
             self.keep_alive = False
         route = self.route
         if route is not None and route.chain.response_hooks:
-            self.reply_size = len(body)
             for hook in route.chain.response_hooks:
                 hook(self)
             f = self.body_filter
-            if f is not None and body:
+            if f is not None and body and not no_body:
                 body = f.feed(body) + f.finish()
+                self.response_headers = _without(self.response_headers, {b"content-length"})
+                self.response_headers.append(b"content-length: %d\r\n" % len(body))
         headers = self.response_headers
         headers.append(b"date: %s\r\n" % self.worker.date)
-        if reply.status in _NO_BODY_STATUS:
-            # RFC 9110 §8.6: no Content-Length on 204; a 304's would describe the stored body.
+        if no_body or self.method == b"HEAD":
             self.mode = _NONE
             body = b""
-        else:
-            # A HEAD answer states the length the GET body would have (RFC 9110 §9.3.2).
-            headers.append(b"content-length: %d\r\n" % len(body))
-            if self.method == b"HEAD":
-                self.mode = _NONE
-                body = b""
         self.write_head(body)   # one write: head and body
         self.bytes_sent = len(body)
         self.response_done = True
@@ -850,7 +848,7 @@ class Exchange:
             worker.access_log.write((time.time(), self.request_id, self.client_ip, self.method, self.path,
                                      route.name if route is not None else "", self.status, self.bytes_sent,
                                      duration, self.target.url if self.target is not None else None,
-                                     self.consumer, self.cache_status and self.cache_status.decode(),
+                                     self.consumer, self.cache_status,
                                      self.ratelimit[0] if isinstance(self.ratelimit, tuple) else self.ratelimit))
         self.conn.exchange_finished(self)
 

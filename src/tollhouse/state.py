@@ -13,7 +13,7 @@ from .config.loader import ConfigError
 from .pipeline import EMPTY_CHAIN, Chain, PolicyContext, load_policy_class
 from .policies.auth import AuthPolicy, AuthService
 from .policies.cache import CachePolicy
-from .policies.compress import Compress, CompressPolicy
+from .policies.compress import CompressPolicy
 from .policies.cors import CorsPolicy
 from .policies.headers import HeadersPolicy
 from .policies.ip import IpFilter, IpPolicy
@@ -101,7 +101,7 @@ def build_state(config, loop, stats, store, previous: GatewayState | None = None
         if r.headers is not None:
             policies.append(HeadersPolicy(r.headers, context))
         if r.compress is not None:
-            policies.append(CompressPolicy(Compress() if r.compress is True else r.compress, context))
+            policies.append(CompressPolicy(r.compress, context))
         if r.auth is not None:
             policies.append(AuthPolicy(r.auth, context, service=auth, route_name=name))
         if r.rate_limits:

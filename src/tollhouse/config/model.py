@@ -52,6 +52,18 @@ def _is_list(v):
     return isinstance(v, list)
 
 
+class _Defaults(Kind):
+    """`true` for a section: the section with its defaults."""
+
+    label = "true"
+
+    def __init__(self, schema):
+        self.schema = schema
+
+    def convert(self, value):
+        return self.schema()
+
+
 class Tls(Schema):
     cert = Field(Str(), doc="PEM certificate chain file")
     key = Field(Str(), doc="PEM private key file")
@@ -203,7 +215,7 @@ class Route(Schema):
                "checked after the global `ip`")
     cors = Field(Cors, None, "{origins, methods, headers, expose_headers, credentials, max_age}; see docs/traffic.md")
     request = Field(RequestRules, None, "{max_body_bytes, content_types, json_schema}: 413, 415, 400")
-    compress = Field(OneOf((lambda v: v is True, Kind()), (_is_map, Compress)), None,
+    compress = Field(OneOf((lambda v: v is True, _Defaults(Compress)), (_is_map, Compress)), None,
                      "gzip/brotli by Accept-Encoding: true or {min_bytes, types, codings, gzip_level, brotli_quality}")
     headers = Field(Headers, None, "{request: {set, add, remove}, response: {...}} with {consumer}, {request_id}, "
                     "{client_ip}")

@@ -117,10 +117,8 @@ class CompressPolicy(Policy):
         cache_control = exchange.response_header("cache-control")
         if cache_control and "no-transform" in cache_control.lower():
             return
-        size = exchange.reply_size
-        if size is None:
-            length = exchange.response_header("content-length")
-            size = int(length) if length and length.isdigit() else None
+        length = exchange.response_header("content-length")
+        size = int(length) if length and length.isdigit() else None
         if size is not None and size < self.config.min_bytes:
             return
         coding = negotiate(exchange.header("accept-encoding"), self.codings)

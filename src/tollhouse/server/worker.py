@@ -145,7 +145,7 @@ class Worker:
         if hasattr(self.limiter, "failure_mode"):
             self.limiter.failure_mode = config.store_failure
         cache = self.cache
-        if cache.signature(config.cache) != cache.signature(previous.config.cache):
+        if config.cache.storage != previous.config.cache.storage:
             cache = ResponseCache(config.cache, self.store, self.stats, self)
         else:
             cache.update(config.cache)

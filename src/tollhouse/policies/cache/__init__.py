@@ -34,10 +34,9 @@ STORE_TIMEOUT = 0.25   # a Redis call slower than this counts as a failure (BYPA
 MAX_IN_FLIGHT = 2      # batched lookups out at once; later requests join the next batch
 MAX_BATCH = 256
 _RESULTS = ("HIT", "MISS", "BYPASS", "STALE")
-_LABELS = {r: r.encode() for r in _RESULTS}
 _MEMORY_PREFIX = KEY_PREFIX.encode()
 _AGE_LINES = [b"age: %d\r\n" % i for i in range(3600)]   # formatted once, not per hit
-_STATUS_LINES = {r.encode(): b"x-cache-status: %s\r\n" % r.encode() for r in _RESULTS}
+_STATUS_LINES = {r: b"x-cache-status: %s\r\n" % r.encode() for r in _RESULTS}
 
 
 class Flight:
@@ -68,9 +67,6 @@ class ResponseCache:
         self.tasks: set[asyncio.Task] = set()
         self.batcher = TickBatcher(self._flush, MAX_IN_FLIGHT, MAX_BATCH)   # Redis lookups of a tick: one MGET
         self.cluster = store.kind == "redis-cluster"
-
-    def signature(self, settings: CacheSettings) -> tuple:
-        return (settings.storage,)
 
     def update(self, settings: CacheSettings) -> None:
         self.settings = settings
@@ -118,7 +114,7 @@ class ResponseCache:
                 entry = Entry.decode(raw) if raw else None
                 if entry is not None and entry.vary is not None:
                     # Varies on request headers: its variant needs a second lookup.
-                    self.spawn(self._settle(deferred, policy.lookup_redis(exchange, key, shared_only)))
+                    self.spawn(self._settle(deferred, policy.lookup_redis(exchange, key, shared_only, entry)))
                     continue
                 result = policy.decide(exchange, key, key, entry, shared_only, now)
                 if result is None or result.__class__ is Reply:
@@ -137,10 +133,12 @@ class ResponseCache:
         else:
             deferred.resolve(result)
 
-    async def fetch(self, key: str, policy: "CachePolicy", exchange) -> tuple[str, Entry | None]:
-        """(key, entry) from Redis, following a Vary marker to its variant; raises STORE_ERRORS."""
+    async def fetch(self, key: str, policy: "CachePolicy", exchange,
+                    marker: Entry | None = None) -> tuple[str, Entry | None]:
+        """(key, entry) from Redis, following a Vary marker to its variant (with `marker`, the
+        one already read at `key`, only the variant is read); raises STORE_ERRORS."""
         async with asyncio.timeout(STORE_TIMEOUT):
-            entry = await self.storage.get(key)
+            entry = marker if marker is not None else await self.storage.get(key)
             if entry is not None and entry.vary is not None:
                 key = policy.variant_key(key, entry.vary, exchange)
                 entry = await self.storage.get(key)
@@ -186,14 +184,16 @@ class ResponseCache:
 
     def release(self, key: str, lock: str | None) -> None:
         if lock is not None and not self.memory:
-            self.spawn(self._unlock(key, lock))
+            self.spawn(self.guarded(self.storage.unlock(key, lock)))
 
-    async def _unlock(self, key: str, lock: str) -> None:
+    async def guarded(self, call, default=None):
+        """A Redis call within STORE_TIMEOUT; a failure opens the guard and gives `default`."""
         try:
             async with asyncio.timeout(STORE_TIMEOUT):
-                await self.storage.unlock(key, lock)
+                return await call
         except STORE_ERRORS as e:
             self.failed(e)
+            return default
 
     # --- stale-while-revalidate --------------------------------------------------------
     def refresh(self, policy: "CachePolicy", exchange, key: str, primary: str) -> None:
@@ -209,12 +209,7 @@ class ResponseCache:
     async def try_lock(self, key) -> str | None:
         """The key's fleet-wide lock for lock_timeout: a token, or None (held elsewhere, or Redis failed).
         Locks are per variant key, so variants of one URL are fetched independently."""
-        try:
-            async with asyncio.timeout(STORE_TIMEOUT):
-                return await self.storage.lock(key, self.settings.lock_timeout)
-        except STORE_ERRORS as e:
-            self.failed(e)
-            return None
+        return await self.guarded(self.storage.lock(key, self.settings.lock_timeout))
 
     async def _refresh_fleet(self, policy, exchange, key, primary) -> None:
         # The lock makes it one refresh for the whole fleet, not one per instance.
@@ -446,7 +441,7 @@ class CachePolicy(Policy):
         counters[key] = counters.get(key, 0) + 1
 
     def bypass(self, exchange) -> None:
-        exchange.cache_status = b"BYPASS"
+        exchange.cache_status = "BYPASS"
         self._count("BYPASS")
         return None
 
@@ -477,11 +472,11 @@ class CachePolicy(Policy):
             return self.bypass(exchange)
         return cache.lookup(self, exchange, key, shared_only)
 
-    async def lookup_redis(self, exchange, primary: str, shared_only: bool):
-        """One request's own lookup (following a Vary marker), for when a batch cannot settle it."""
+    async def lookup_redis(self, exchange, primary: str, shared_only: bool, marker: Entry):
+        """The variant of a Vary marker a batch found at `primary`: a lookup of its own."""
         cache = self.cache
         try:
-            key, entry = await cache.fetch(primary, self, exchange)
+            key, entry = await cache.fetch(primary, self, exchange, marker)
         except STORE_ERRORS as e:
             cache.failed(e)
             return self.bypass(exchange)
@@ -501,7 +496,7 @@ class CachePolicy(Policy):
         else:
             entry = None
         fallback = entry if entry is not None and now < entry.error_until else None
-        exchange.cache_status = b"MISS"
+        exchange.cache_status = "MISS"
         self._count("MISS")
         if shared_only or exchange.method == b"HEAD":
             # Not shared with others: a HEAD fetch has no body to store, and a
@@ -563,7 +558,7 @@ class CachePolicy(Policy):
         return self.hit(exchange, entry, now, label)
 
     def hit(self, exchange, entry: Entry, now: float, label: str) -> Reply:
-        exchange.cache_status = _LABELS[label]
+        exchange.cache_status = label
         key = self.count_keys[label]
         counters = self.counters
         counters[key] = counters.get(key, 0) + 1
