@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Callable
 
 from redis.exceptions import RedisError
@@ -20,21 +19,19 @@ STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
 class StoreGuard:
-    __slots__ = ("client", "timeout", "on_change", "open", "opened_at", "probe_task")
+    __slots__ = ("client", "timeout", "on_change", "open", "probe_task")
 
     def __init__(self, client, timeout: float, on_change: Callable[[bool, BaseException | None], None]):
         self.client = client
         self.timeout = timeout
         self.on_change = on_change   # (open, error): for the user's metrics and log lines
         self.open = False
-        self.opened_at = 0.0
         self.probe_task = None
 
     def failed(self, error: BaseException) -> None:
         if self.open:
             return
         self.open = True
-        self.opened_at = time.monotonic()
         self.on_change(True, error)
         if self.probe_task is None or self.probe_task.done():
             self.probe_task = asyncio.get_running_loop().create_task(self._probe())

@@ -85,6 +85,13 @@ _CHALLENGE = 'Bearer realm="tollhouse"'
 ADMITTED_MAX = 4096
 
 
+def _identify(exchange, identity: Identity) -> None:
+    """The caller is known: to the policies after this one and (as headers) to the upstream."""
+    exchange.consumer = identity.consumer
+    exchange.tier = identity.tier
+    exchange.headers += identity.upstream_lines
+
+
 class AuthPolicy(Policy):
     phase = "auth"
 
@@ -110,10 +117,7 @@ class AuthPolicy(Policy):
             now = time.time()
             admitted = self.admitted.get(auth)
             if admitted is not None and admitted[1] > now:
-                identity = admitted[0]
-                exchange.consumer = identity.consumer
-                exchange.tier = identity.tier
-                exchange.headers += identity.upstream_lines
+                _identify(exchange, admitted[0])
                 return None
             scheme = auth[:7]
             if scheme == b"Bearer " or scheme.lower() == b"bearer ":
@@ -202,9 +206,7 @@ class AuthPolicy(Policy):
             self._count("forbidden_role")
             return Reply.problem(403, "Forbidden", "the caller has none of the required roles",
                                  headers=[("www-authenticate", f'{_CHALLENGE}, error="insufficient_scope"')])
-        exchange.consumer = identity.consumer
-        exchange.tier = identity.tier
-        exchange.headers += identity.upstream_lines
+        _identify(exchange, identity)
         return None
 
     def _deny(self, failure: AuthFailure | None) -> Reply:
