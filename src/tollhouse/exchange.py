@@ -58,7 +58,8 @@ class Exchange:
     __slots__ = ("conn", "worker", "headers", "body_chunks",
                  "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit", "local", "authorization",
                  "attempt", "first_started", "tried", "capture", "cache_status",
-                 "conditional", "cookie", "body_limit", "body_waiter", "body_progress", "body_filter")
+                 "conditional", "cookie", "body_limit", "body_waiter", "body_progress", "body_filter",
+                 "ended", "upstream_time")
 
     def __init__(self, conn):
         self.conn = conn
@@ -111,6 +112,8 @@ class Exchange:
         self.body_waiter = None    # called when the whole request body is buffered (policies/request)
         self.body_progress = 0.0   # when buffered body bytes last arrived (a stalled body gets 408)
         self.body_filter = None    # transforms response body bytes (policies/compress): feed(), finish()
+        self.ended = 0.0           # perf_counter at finish (metrics and the access log read it later)
+        self.upstream_time = 0.0   # seconds from sending upstream to the response head
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None
@@ -513,10 +516,12 @@ class Exchange:
             return
         self.head_received = True
         self.upstream_keepalive = keep_alive
+        self.upstream_time = perf_counter() - self.upstream_clock
         route = self.route
-        route.stats.observe_upstream(perf_counter() - self.upstream_clock)
         route.upstream.attempt_ended(self.target, status < 500)
         if status >= 500 and self.may_retry("status", status, False):
+            route.stats.observe_upstream(self.upstream_time)   # only the answering attempt is in the batch
+            self.upstream_time = 0.0
             self.retry()   # this answer is dropped with its connection
             return
         if conn.connection_tokens is not None:
@@ -840,16 +845,9 @@ class Exchange:
         if self.conn.background:
             return   # a cache refresh: not a client's request, so no metrics or log line
         worker.stats.active_requests -= 1
-        duration = perf_counter() - self.started
-        route = self.route
-        (route.stats if route is not None else worker.stats.unrouted).observe(self.method, self.status, duration)
-        if worker.access_log is not None:
-            # Raw values; the log's writer thread formats them.
-            worker.access_log.write((time.time(), self.request_id, self.client_ip, self.method, self.path,
-                                     route.name if route is not None else "", self.status, self.bytes_sent,
-                                     duration, self.target.url if self.target is not None else None,
-                                     self.consumer, self.cache_status,
-                                     self.ratelimit[0] if isinstance(self.ratelimit, tuple) else self.ratelimit))
+        # Metrics and the access log are taken from the worker's batch of ended exchanges.
+        self.ended = perf_counter()
+        worker.ended.append(self)
         self.conn.exchange_finished(self)
 
     def client_gone(self) -> None:

@@ -62,6 +62,7 @@ class FakeWorker:
         self.state = build_state(config, self.loop, self.stats, MemoryStore())
         self.connections = set()
         self.inflight = set()
+        self.ended = []
         self.draining = False
         self.access_log = None
         self.date = b"Thu, 01 Jan 2026 00:00:00 GMT"

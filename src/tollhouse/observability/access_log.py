@@ -1,8 +1,9 @@
 """JSON access log, one line per request on stdout, written off the event loop.
 
-The request path appends a tuple to a list (no formatting, no I/O). A timer
-hands the batch to a writer thread every 100 ms, which formats and writes
-it; a slow stdout reader therefore never blocks the loop. If the writer
+The request path formats nothing: the worker hands batches of ended
+exchanges (the same batches its metrics are counted from) to a writer
+thread, which formats and writes them; a slow stdout reader therefore
+never blocks the loop. If the writer
 falls more than `MAX_PENDING` lines behind, lines are dropped and counted
 rather than letting memory grow.
 """
@@ -13,6 +14,7 @@ import queue
 import sys
 import threading
 import time
+from time import perf_counter
 
 import orjson
 
@@ -22,49 +24,36 @@ MAX_PENDING = 100_000
 
 
 class AccessLog:
-    def __init__(self, loop, out=None):
-        self.loop = loop
+    def __init__(self, out=None):
         self.out = out if out is not None else sys.stdout.buffer
-        self.batch: list[tuple] = []
         self.dropped = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pending = 0
         self._thread = threading.Thread(target=self._write_loop, name="access-log", daemon=True)
         self._thread.start()
-        self._timer = loop.call_later(0.1, self._flush)
 
-    def write(self, record: tuple) -> None:
-        """`record` follows FIELDS: `time` a Unix timestamp, `duration_ms` in
-        seconds, request_id/method/path may be bytes (formatted off the loop)."""
-        self.batch.append(record)
-
-    def _flush(self) -> None:
-        self._timer = self.loop.call_later(0.1, self._flush)
-        self.hand_over()
-
-    def hand_over(self) -> None:
-        if not self.batch:
-            return
-        batch, self.batch = self.batch, []
+    def write_batch(self, exchanges: list) -> None:
+        """Hand a batch of ended exchanges to the writer thread (the worker does,
+        every few milliseconds). Their `ended` perf_counter stamps become wall
+        time with one offset per batch."""
         if self._pending > MAX_PENDING:
-            self.dropped += len(batch)
+            self.dropped += len(exchanges)
             return
-        self._pending += len(batch)
-        self._queue.put(batch)
+        self._pending += len(exchanges)
+        self._queue.put((time.time() - perf_counter(), exchanges))
 
     def close(self) -> None:
         """Write what is pending and stop the writer (at shutdown)."""
-        self._timer.cancel()
-        self.hand_over()
         self._queue.put(None)
         self._thread.join(timeout=2)
 
     def _write_loop(self) -> None:
         while True:
-            batch = self._queue.get()
-            if batch is None:
+            item = self._queue.get()
+            if item is None:
                 return
-            data = format_batch(batch)
+            offset, batch = item
+            data = format_batch(batch, offset)
             try:
                 self.out.write(data)
                 self.out.flush()
@@ -77,8 +66,9 @@ _LINE = (b'{"time":"%s.%03dZ","request_id":"%s","client_ip":%s,"method":"%s","pa
          b'"bytes":%d,"duration_ms":%.3f,"upstream":%s,"consumer":%s,"cache":%s,"ratelimit":%s}')
 
 
-def format_batch(batch) -> bytes:
-    """JSON lines for a batch of records (FIELDS order).
+def format_batch(batch: list, offset: float) -> bytes:
+    """JSON lines (FIELDS) for a batch of ended exchanges; `offset` turns their
+    perf_counter stamps into Unix time.
 
     This runs on the writer thread but still on the worker's core and GIL, so
     it is lean: one bytes template per line; orjson escapes the fields a
@@ -89,20 +79,28 @@ def format_batch(batch) -> bytes:
     """
     dumps = orjson.dumps
     memo: dict = {None: b"null"}
+    get = memo.get
     last_second, stamp = None, b""
     lines = []
-    for t, rid, ip, method, path, route, status, size, duration, upstream, consumer, cache, ratelimit in batch:
+    for ex in batch:
+        t = ex.ended + offset
         second = int(t)
         if second != last_second:
             last_second = second
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-        get = memo.get
+        route = ex.route
+        route = route.name if route is not None else ""
+        target = ex.target
+        upstream = target.url if target is not None else None
+        ratelimit = ex.ratelimit
+        if ratelimit.__class__ is tuple:
+            ratelimit = ratelimit[0]
+        ip, path, consumer, cache = ex.client_ip, ex.path, ex.consumer, ex.cache_status
         lines.append(_LINE % (
-            stamp, int((t - second) * 1000), rid if rid.__class__ is bytes else rid.encode(),
-            get(ip) or memo.setdefault(ip, dumps(ip)),
-            method if method.__class__ is bytes else method.encode(),
-            get(path) or memo.setdefault(path, dumps(path.decode("latin-1") if path.__class__ is bytes else path)),
-            get(route) or memo.setdefault(route, dumps(route)), status, size, duration * 1000,
+            stamp, int((t - second) * 1000), ex.request_id, get(ip) or memo.setdefault(ip, dumps(ip)), ex.method,
+            get(path) or memo.setdefault(path, dumps(path.decode("latin-1"))),
+            get(route) or memo.setdefault(route, dumps(route)), ex.status, ex.bytes_sent,
+            (ex.ended - ex.started) * 1000,
             get(upstream) or memo.setdefault(upstream, dumps(upstream)),
             get(consumer) or memo.setdefault(consumer, dumps(consumer)),
             get(cache) or memo.setdefault(cache, dumps(cache)),
