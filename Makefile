@@ -1,12 +1,20 @@
 # Entry points (PRODUCT.md §1): make demo, make test, make bench.
-PYTHON ?= python3
+# The interpreter: the distribution's /usr/bin/python3 when it is 3.11+ with
+# venv, else python3 on PATH. Distribution builds are compiled with PGO and
+# LTO; pyenv's default builds are not and run the gateway ~25% slower
+# (docs/benchmarks.md). `make PYTHON=...` picks another.
+PYTHON ?= $(shell /usr/bin/python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' \
+            2>/dev/null && echo /usr/bin/python3 || echo python3)
+PYHOME := $(shell $(PYTHON) -c 'import os, sys; print(os.path.dirname(sys.executable))' 2>/dev/null)
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(shell echo '$(PYHOME)' | cksum | cut -d' ' -f1)
 
 .PHONY: demo test bench redis-server bench-tools clean
 
 $(STAMP): pyproject.toml
+	@if [ -f $(VENV)/pyvenv.cfg ] && ! grep -qx 'home = $(PYHOME)' $(VENV)/pyvenv.cfg; then \
+	  echo "$(VENV) was made with another interpreter: recreating it with $(PYTHON)"; rm -rf $(VENV); fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
