@@ -61,12 +61,12 @@ class Exchange:
                  "conditional", "cookie", "body_limit", "body_waiter", "body_progress", "body_filter",
                  "ended", "upstream_time")
 
-    def __init__(self, conn):
+    def __init__(self, conn, state):
         self.conn = conn
         self.worker = conn.worker
         self.headers: list[bytes] = []   # ready-to-send lines
         self.body_chunks: list[bytes] | None = []
-        self.state = None
+        self.state = state
         self.route = None
         self.params = None
         self.method = b""
@@ -296,7 +296,9 @@ class Exchange:
             self.answer(Reply.problem(503, "Service Unavailable", f"the circuit to {pool.name} is open",
                                       headers=[("retry-after", str(breaker.retry_after()))]))
             return
-        target = pool.choose(self)
+        target = pool.single
+        if target is None or not target.healthy or target.ejected_until > CLOCK.now:
+            target = pool.choose(self)
         if not target.healthy and not any(t.healthy for t in pool.targets):
             self.answer(Reply.problem(503, "Service Unavailable", f"no healthy target in {pool.name}",
                                       headers=[("retry-after", "1")]))
@@ -381,19 +383,19 @@ class Exchange:
         route = self.route
         self.upstream = conn
         target.in_flight += 1
-        parts = [self.method, b" ", route.upstream_path(self.path, self.params), self.query, b" HTTP/1.1\r\nhost: ",
+        parts = [self.method, b" ", self.path if route.path_kept else route.upstream_path(self.path, self.params),
+                 self.query, b" HTTP/1.1\r\nhost: ",
                  self.host if route.preserve_host else target.host_header, b"\r\n"]
         parts += self.headers
-        conn_peer = self.conn
-        peer = conn_peer.peer_ip_bytes
-        if conn_peer.peer_trusted:
+        client = self.conn
+        if client.peer_trusted:
+            peer = client.peer_ip_bytes
             parts += (b"x-forwarded-for: ", self.xff + b", " + peer if self.xff else peer,
-                      b"\r\nx-forwarded-proto: ", self.xfp or conn_peer.scheme,
-                      b"\r\nx-forwarded-host: ", self.xfh or self.host, b"\r\n")
+                      b"\r\nx-forwarded-proto: ", self.xfp or client.scheme,
+                      b"\r\nx-forwarded-host: ", self.xfh or self.host, b"\r\nx-request-id: ", self.request_id, b"\r\n")
         else:
-            parts += (b"x-forwarded-for: ", peer, b"\r\nx-forwarded-proto: ", conn_peer.scheme,
-                      b"\r\nx-forwarded-host: ", self.host, b"\r\n")
-        parts += (b"x-request-id: ", self.request_id, b"\r\n")
+            # "x-forwarded-for: <peer>\r\nx-forwarded-proto: <scheme>\r\nx-forwarded-host: ", once per connection
+            parts += (client.forwarded, self.host, b"\r\nx-request-id: ", self.request_id, b"\r\n")
         if self.chunked:
             parts.append(b"transfer-encoding: chunked\r\n\r\n")
         elif self.content_length is not None:
@@ -422,7 +424,7 @@ class Exchange:
             self.conn.write(_CONTINUE)
         # Timeouts are checked by the worker's deadline sweep, not a timer
         # per request (a uvloop timer costs more than the rest of this method).
-        self.deadline = self.upstream_started + min(route.timeout, target.settings.read_timeout)
+        self.deadline = self.upstream_started + route.first_wait
         self.worker.inflight.add(self)
 
     # ------------------------------------------------------- endpoints of the gateway
@@ -574,7 +576,8 @@ class Exchange:
         self.mode = _NONE
 
     def write_head(self, body: bytes = b"") -> None:
-        parts = [status_line(self.status), *self.response_headers, b"x-request-id: ", self.request_id, b"\r\n"]
+        line = STATUS_LINES.get(self.status) or status_line(self.status)
+        parts = [line, *self.response_headers, b"x-request-id: ", self.request_id, b"\r\n"]
         if self.mode == _CHUNKED:
             parts.append(b"transfer-encoding: chunked\r\n")
         if not self.keep_alive:
@@ -633,7 +636,8 @@ class Exchange:
         if self.finished:
             conn.abort()
             return
-        self.end_body()
+        if self.mode == _CHUNKED or self.body_filter is not None:
+            self.end_body()
         if self.capture is not None:
             self.capture.complete(self)
         if self.upstream_keepalive and self.body_done and not self.upstream_delimited:

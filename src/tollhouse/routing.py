@@ -21,7 +21,8 @@ class RouteTarget:
     """What the proxy needs of a matched route; built from config at load."""
 
     __slots__ = ("name", "index", "host", "methods", "path", "prefix", "template", "strip_prefix", "rewrite", "rewrite_regex",
-                 "timeout", "preserve_host", "upstream", "chain", "name_bytes", "specificity", "match_key", "stats", "local")
+                 "timeout", "preserve_host", "upstream", "chain", "name_bytes", "specificity", "match_key", "stats", "local",
+                 "path_kept", "first_wait")
 
     def __init__(self, name: str, index: int, *, host: str = "", methods=(), path: str = "", prefix: str = "",
                  strip_prefix: bool = False, rewrite: Any = "", timeout: float = 60.0, preserve_host: bool = False,
@@ -48,6 +49,10 @@ class RouteTarget:
             self.rewrite_regex = re.compile(rewrite.regex.encode())
             rewrite = rewrite.to
         self.rewrite = rewrite.encode() if rewrite else b""
+        # The upstream gets the normalised path as it is (no upstream_path call per request).
+        self.path_kept = not (self.rewrite or self.rewrite_regex or strip_prefix)
+        # How long an answer may take to start (the sweep's first deadline).
+        self.first_wait = min(timeout, upstream.settings.read_timeout) if upstream is not None else timeout
         self.timeout = timeout
         self.preserve_host = preserve_host
         self.upstream = upstream

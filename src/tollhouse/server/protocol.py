@@ -55,7 +55,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("worker", "transport", "parser", "peer_ip", "peer_ip_bytes", "peer_trusted", "scheme", "active",
                  "pending", "incoming", "paused", "closing", "in_head", "head_started", "last_active",
-                 "write_paused", "fatal", "limits", "corked", "head_bytes", "read_size")
+                 "write_paused", "fatal", "limits", "corked", "head_bytes", "read_size", "forwarded")
 
     background = False   # see policies/cache BackgroundConnection
 
@@ -81,6 +81,7 @@ class ClientConnection(asyncio.Protocol):
         self.corked: list[bytes] | None = None
         self.head_bytes = 0
         self.read_size = 0
+        self.forwarded = b""
 
     # asyncio.Protocol --------------------------------------------------------
     def connection_made(self, transport):
@@ -89,6 +90,8 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self.peer_ip_bytes = self.peer_ip.encode()
+        self.forwarded = (b"x-forwarded-for: " + self.peer_ip_bytes + b"\r\nx-forwarded-proto: " + self.scheme
+                          + b"\r\nx-forwarded-host: ")
         self.peer_trusted = worker.state.is_trusted(self.peer_ip)
         self.parser = httptools.HttpRequestParser(self)
         self.last_active = CLOCK.now
@@ -188,8 +191,7 @@ class ClientConnection(asyncio.Protocol):
 
     # httptools callbacks -----------------------------------------------------
     def on_message_begin(self):
-        ex = Exchange(self)
-        ex.state = self.worker.state
+        ex = Exchange(self, self.worker.state)
         self.incoming = ex
         self.in_head = True
         # An upper bound of this head's size so far: the whole read it starts in.
@@ -211,6 +213,10 @@ class ClientConnection(asyncio.Protocol):
         if len(name) in _SPECIAL_LENGTHS:
             kind = _SPECIAL.get(name.lower())
             if kind is not None:
+                if kind == _HOST:
+                    ex.host = value
+                    ex.host_count += 1
+                    return
                 if kind == _AUTHZ:
                     # Noted for auth policies (no scan of the lines) and still relayed.
                     ex.authorization = value
@@ -221,13 +227,10 @@ class ClientConnection(asyncio.Protocol):
                 else:
                     self._special_header(ex, kind, value)
                     return
-        ex.headers.append(b"%s: %s\r\n" % (name, value))
+        ex.headers.append(name + b": " + value + b"\r\n")
 
     def _special_header(self, ex, kind, value):
-        if kind == _HOST:
-            ex.host = value
-            ex.host_count += 1
-        elif kind == _CL:
+        if kind == _CL:
             ex.content_length = int(value)   # llhttp has checked it is digits and unique
         elif kind == _TE:
             ex.te = value if ex.te is None else ex.te + b", " + value
@@ -309,7 +312,8 @@ class ClientConnection(asyncio.Protocol):
                 self.resume_reading(PAUSE_PIPELINE)
             nxt.start()
         else:
-            self.resume_reading(PAUSE_PIPELINE)
+            if self.paused:
+                self.resume_reading(PAUSE_PIPELINE)
             if self.worker.draining:
                 self.close()
 
@@ -331,8 +335,7 @@ class ClientConnection(asyncio.Protocol):
                 ex.answer(reply)
             return
         if ex is None or ex.finished:
-            ex = Exchange(self)
-            ex.state = self.worker.state
+            ex = Exchange(self, self.worker.state)
         ex.error = reply
         ex.keep_alive = False
         ex.body_done = True

@@ -128,7 +128,7 @@ class UpstreamConnection(asyncio.Protocol):
             if kind is not None:
                 if kind == 1:
                     self.content_length = value
-                    self.headers.append(b"%s: %s\r\n" % (name, value))
+                    self.headers.append(name + b": " + value + b"\r\n")
                 elif kind == 2:
                     self.chunked = True
                 elif kind == 3:
@@ -137,7 +137,7 @@ class UpstreamConnection(asyncio.Protocol):
                         self.connection_tokens = (tokens if self.connection_tokens is None
                                                   else self.connection_tokens + b"," + tokens)
                 return
-        self.headers.append(b"%s: %s\r\n" % (name, value))
+        self.headers.append(name + b": " + value + b"\r\n")
 
     def on_headers_complete(self):
         status = self.parser.get_status_code()

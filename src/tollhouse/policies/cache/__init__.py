@@ -222,7 +222,7 @@ class ResponseCache:
     def _start_refresh(self, policy, exchange, key, primary, lock) -> None:
         from ...exchange import Exchange
 
-        ex = Exchange(BackgroundConnection(self.worker, exchange.conn))
+        ex = Exchange(BackgroundConnection(self.worker, exchange.conn), self.worker.state)
         for name in ("state", "route", "params", "method", "path", "query", "host", "xff", "xfp", "xfh",
                      "consumer"):
             setattr(ex, name, getattr(exchange, name))
@@ -262,6 +262,7 @@ class BackgroundConnection:
         self.peer_ip = like.peer_ip
         self.peer_ip_bytes = like.peer_ip_bytes
         self.peer_trusted = False
+        self.forwarded = like.forwarded
         self.scheme = like.scheme
         self.transport = self
 
