@@ -62,8 +62,15 @@ class AccessLog:
             self._pending -= len(batch)
 
 
-_LINE = (b'{"time":"%s.%03dZ","request_id":"%s","client_ip":%s,"method":"%s","path":%s,"route":%s,"status":%d,'
-         b'"bytes":%d,"duration_ms":%.3f,"upstream":%s,"consumer":%s,"cache":%s,"ratelimit":%s}')
+_LINE = (b'{"time":"%s.%03dZ","request_id":"%s","client_ip":%s,"method":"%s","path":%s,"status":%d,"bytes":%d,'
+         b'"duration_ms":%.3f,%s}')
+
+
+def _context(route, target, consumer, cache, ratelimit) -> bytes:
+    """The fields that repeat across a batch's lines, rendered once per combination."""
+    return b'"route":%s,"upstream":%s,"consumer":%s,"cache":%s,"ratelimit":%s' % (
+        orjson.dumps(route.name if route is not None else ""), orjson.dumps(target.url if target is not None else None),
+        orjson.dumps(consumer), orjson.dumps(cache), orjson.dumps(ratelimit))
 
 
 def format_batch(batch: list, offset: float) -> bytes:
@@ -72,13 +79,13 @@ def format_batch(batch: list, offset: float) -> bytes:
 
     This runs on the writer thread but still on the worker's core and GIL, so
     it is lean: one bytes template per line; orjson escapes the fields a
-    client can influence (path, client ip, consumer) and the repeated strings
-    are encoded once per batch (memo keys are values, so bytes and str never mix up:
-    a path is bytes, the other fields str). Request ids and methods are safe by
+    client can influence (path, client ip, consumer); what repeats (client
+    ips, paths, and the route/upstream/consumer/cache/ratelimit combination)
+    is rendered once per batch. Request ids and methods are safe by
     construction (sanitised / llhttp token characters).
     """
     dumps = orjson.dumps
-    memo: dict = {None: b"null"}
+    memo: dict = {}
     get = memo.get
     last_second, stamp = None, b""
     lines = []
@@ -88,23 +95,20 @@ def format_batch(batch: list, offset: float) -> bytes:
         if second != last_second:
             last_second = second
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-        route = ex.route
-        route = route.name if route is not None else ""
-        target = ex.target
-        upstream = target.url if target is not None else None
         ratelimit = ex.ratelimit
         if ratelimit.__class__ is tuple:
             ratelimit = ratelimit[0]
-        ip, path, consumer, cache = ex.client_ip, ex.path, ex.consumer, ex.cache_status
+        key = (ex.route, ex.target, ex.consumer, ex.cache_status, ratelimit)
+        context = get(key)
+        if context is None:
+            context = memo[key] = _context(*key)
+        # Without X-Forwarded-For the client is the socket peer (no property call).
+        ip = ex.conn.peer_ip if ex.xff is None else ex.client_ip
+        path = ex.path
         lines.append(_LINE % (
             stamp, int((t - second) * 1000), ex.request_id, get(ip) or memo.setdefault(ip, dumps(ip)), ex.method,
-            get(path) or memo.setdefault(path, dumps(path.decode("latin-1"))),
-            get(route) or memo.setdefault(route, dumps(route)), ex.status, ex.bytes_sent,
-            (ex.ended - ex.started) * 1000,
-            get(upstream) or memo.setdefault(upstream, dumps(upstream)),
-            get(consumer) or memo.setdefault(consumer, dumps(consumer)),
-            get(cache) or memo.setdefault(cache, dumps(cache)),
-            get(ratelimit) or memo.setdefault(ratelimit, dumps(ratelimit))))
+            get(path) or memo.setdefault(path, dumps(path.decode("latin-1"))), ex.status, ex.bytes_sent,
+            (ex.ended - ex.started) * 1000, context))
     lines.append(b"")
     return b"\n".join(lines)
 
