@@ -76,6 +76,19 @@ def test_same_algorithm_in_redis(gateway_factory, upstream, redis, algorithm):
     assert [get(g.port).status for _ in range(5)] == [200, 200, 200, 429, 429]
 
 
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "token_bucket"])
+def test_requests_sharing_a_key_in_one_script_call_are_counted_one_by_one(gateway_factory, upstream, redis,
+                                                                        algorithm):
+    # Concurrent requests of one client land in the same batches: the script reads
+    # the key once per call and writes it back once, which must count each of them.
+    g = gateway_factory(limited(f"      - {{limit: 40, window: 1m, key: ip, algorithm: {algorithm}}}",
+                                extra=f"store: {redis.url}", upstream_url=upstream.url))
+    statuses = concurrent_statuses([g.port], 120, REQ)
+    assert statuses.count(200) == 40 and statuses.count(429) == 80
+    r = get(g.port)
+    assert r.status == 429 and r.getheader("ratelimit-remaining") == "0"
+
+
 def test_rejected_requests_do_not_keep_a_client_out(gateway_factory, upstream, redis):
     # Sliding window: whatever window N counted weighs on window N+1. If the 50
     # rejected requests below counted, the client would stay out for most of

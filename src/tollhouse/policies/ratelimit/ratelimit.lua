@@ -10,6 +10,9 @@
 --       (Requests of one route share a profile: the batch carries it once.)
 -- Uses the Redis server's clock, so gateway clocks may drift.
 -- Returns, per request: allowed, then per limit: allowed, remaining, reset_ms, retry_ms.
+-- A key's state is read from Redis once per call and written back once at the
+-- end (requests of one batch often share a key: one client, a route, global),
+-- so the call costs Redis commands per distinct key, not per request.
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -24,6 +27,9 @@ local nreq = tonumber(ARGV[argi])
 local reqi = argi + 1
 local out = {}
 local keyi = 1
+local states = {}   -- key -> {tat} or {w, c, p}, as read or as last updated
+local dirty = {}    -- keys to write back, in first-update order
+local ttls = {}     -- key -> PEXPIRE milliseconds (windows) or 0 (bucket: from its tat)
 for r = 1, nreq do
   local pstart = profiles[tonumber(ARGV[reqi + r - 1])]
   local n = tonumber(ARGV[pstart - 1])
@@ -43,7 +49,12 @@ for r = 1, nreq do
     local ok, remaining, reset, retry = 1, 0, 0, 0
     if algo == 2 then
       local interval = window / limit
-      local tat = tonumber(redis.call('GET', key) or '0')
+      local st = states[key]
+      if st == nil then
+        st = {tonumber(redis.call('GET', key) or '0')}
+        states[key] = st
+      end
+      local tat = st[1]
       if tat < now then tat = now end
       local new_tat = tat + interval
       local allow_at = new_tat - burst * interval
@@ -52,13 +63,18 @@ for r = 1, nreq do
       else
         remaining = math.floor((now - allow_at) / interval)
         reset = new_tat - now
-        updates[#updates + 1] = {2, key, new_tat, math.max(1, math.ceil(new_tat - now))}
+        updates[#updates + 1] = {2, key, new_tat}
       end
     else
       local index = math.floor(now / window)
       local window_end = (index + 1) * window
-      local state = redis.call('HMGET', key, 'w', 'c', 'p')
-      local w, c, p = tonumber(state[1]), tonumber(state[2] or '0'), tonumber(state[3] or '0')
+      local st = states[key]
+      if st == nil then
+        local state = redis.call('HMGET', key, 'w', 'c', 'p')
+        st = {tonumber(state[1]), tonumber(state[2] or '0'), tonumber(state[3] or '0')}
+        states[key] = st
+      end
+      local w, c, p = st[1], st[2], st[3]
       local cur, prev = 0, 0
       if w == index then
         cur, prev = c, p
@@ -103,13 +119,26 @@ for r = 1, nreq do
   out[head] = all
   if all == 1 then
     for _, u in ipairs(updates) do
+      local key = u[2]
       if u[1] == 2 then
-        redis.call('SET', u[2], tostring(u[3]), 'PX', u[4])
+        states[key] = {u[3]}
+        if ttls[key] == nil then dirty[#dirty + 1] = key end
+        ttls[key] = 0
       else
-        redis.call('HSET', u[2], 'w', u[3], 'c', u[4], 'p', u[5])
-        redis.call('PEXPIRE', u[2], u[6])
+        states[key] = {u[3], u[4], u[5]}
+        if ttls[key] == nil then dirty[#dirty + 1] = key end
+        ttls[key] = u[6]
       end
     end
+  end
+end
+for _, key in ipairs(dirty) do
+  local st = states[key]
+  if ttls[key] == 0 then
+    redis.call('SET', key, tostring(st[1]), 'PX', math.max(1, math.ceil(st[1] - now)))
+  else
+    redis.call('HSET', key, 'w', st[1], 'c', st[2], 'p', st[3])
+    redis.call('PEXPIRE', key, ttls[key])
   end
 end
 return out
