@@ -76,8 +76,10 @@ class RateLimitPolicy(Policy):
         self.count_keys = {r: ("ratelimit_decisions", (("route", route_name), ("result", r))) for r in _RESULTS}
         self.rejection_key = ("ratelimit_rejections", (("route", route_name),))
         self.policy_header = None if self.tiered else ", ".join(lim.policy_item for lim in self.fixed).encode()
-        # The common case, one limit counted in memory, skips the lists of the general path.
-        self.single = self.fixed[0] if self.memory and not self.tiered and len(self.fixed) == 1 else None
+        # The common case, one limit, skips the lists of the general path.
+        one = self.fixed[0] if not self.tiered and len(self.fixed) == 1 else None
+        self.single = one if self.memory else None
+        self.single_store = one if not self.memory else None
 
     def _count(self, key) -> None:
         counters = self.counters
@@ -111,10 +113,13 @@ class RateLimitPolicy(Policy):
                                                           table.get(key, now), now)
             if ok:
                 table.current[key] = state
-                exchange.ratelimit = ("allowed", (True, lim.limit, remaining, reset, 0.0), lim, self.policy_header)
-                self._count(self.count_keys["allowed"])
+                self.admit(exchange, lim, (True, lim.limit, remaining, reset, 0.0), "allowed")
                 return None
             return self._decide(exchange, self.fixed, False, [(False, lim.limit, remaining, reset, retry)], "allowed")
+        lim = self.single_store
+        if lim is not None:
+            key = self._key(lim, exchange)
+            return self.limiter.check(self.fixed, [(lim.store_prefix + key).encode()], self, exchange, [key])
         limits = self._limits(exchange)
         if not limits:
             return None
@@ -145,6 +150,11 @@ class RateLimitPolicy(Policy):
                                     self.limiter.live_instances)
         return self._decide(exchange, limits, allowed, decisions, "store_down_local")
 
+    def admit(self, exchange, lim: _Limit, decision: tuple, result: str) -> None:
+        """An admitted request: `decision` (of its tightest limit `lim`) for the headers, counted."""
+        exchange.ratelimit = (result, decision, lim, self.policy_header)
+        self._count(self.count_keys[result])
+
     def _decide(self, exchange, limits, allowed, decisions, result):
         # decisions: (ok, limit, remaining, reset, retry) per limit
         if allowed:
@@ -152,8 +162,7 @@ class RateLimitPolicy(Policy):
             for i in range(1, len(decisions)):
                 if decisions[i][2] < decisions[best][2]:
                     best = i
-            exchange.ratelimit = (result, decisions[best], limits[best], self.policy_header)
-            self._count(self.count_keys[result])
+            self.admit(exchange, limits[best], decisions[best], result)
             return None
         best = -1
         for i, d in enumerate(decisions):

@@ -155,6 +155,12 @@ class RedisLimiter:
             self._failed(e)
             results = [None] * len(batch)
         for (_, limits, fut, policy, exchange, keys), result in zip(batch, results):
+            if result is not None and result[0] and len(limits) == 1:
+                # The common case, one limit that allows: no lists, no general decision path.
+                lim = limits[0]
+                policy.admit(exchange, lim, (True, lim.limit, result[2], result[3] / 1000, 0.0), "allowed")
+                fut.resolve(None)
+                continue
             if result is None:
                 outcome = StoreDown()
             else:
