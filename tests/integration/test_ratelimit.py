@@ -89,6 +89,38 @@ def test_requests_sharing_a_key_in_one_script_call_are_counted_one_by_one(gatewa
     assert r.status == 429 and r.getheader("ratelimit-remaining") == "0"
 
 
+def test_scripts_flushed_from_redis_are_loaded_again(gateway_factory, upstream, redis):
+    # EVALSHA answers NOSCRIPT after SCRIPT FLUSH (or a restart with the same data):
+    # the gateway sends the script with EVAL, and counting goes on where it was.
+    import redis as redis_py
+
+    g = gateway_factory(limited("      - {limit: 4, window: 1m, key: ip, algorithm: fixed_window}",
+                                extra=f"store: {redis.url}", upstream_url=upstream.url))
+    assert [get(g.port).status for _ in range(2)] == [200, 200]
+    redis_py.Redis(port=redis.port).script_flush()
+    assert [get(g.port).status for _ in range(3)] == [200, 200, 429]
+    assert "store_errors" not in g.get_admin("/metrics")[1].decode()
+
+
+def test_limiting_resumes_after_redis_restarts_under_load(gateway_factory, upstream, redis):
+    # Concurrent load leaves several connections to Redis open; after a restart
+    # all of them are stale, and the first failure must retire them all.
+    g = gateway_factory(limited("      - {limit: 1000, window: 1m, key: ip, algorithm: fixed_window}",
+                                extra=f"store: {redis.url}\nstore_failure: closed", upstream_url=upstream.url))
+    before = concurrent_statuses([g.port], 100, REQ)
+    assert before.count(200) == 100, before
+    redis.kill()
+    redis.start()
+    wait_for(lambda: get(g.port).status == 200, timeout=10)
+    errors = [line for line in g.get_admin("/metrics")[1].decode().splitlines()
+              if line.startswith("tollhouse_store_errors_total{")]
+    assert errors == ['tollhouse_store_errors_total{store="redis"} 1.0'], errors
+    statuses = concurrent_statuses([g.port], 100, REQ)
+    assert statuses.count(200) == 100, statuses
+    r = get(g.port)
+    assert r.status == 200 and int(r.getheader("ratelimit-remaining")) < 1000 - 100
+
+
 def test_rejected_requests_do_not_keep_a_client_out(gateway_factory, upstream, redis):
     # Sliding window: whatever window N counted weighs on window N+1. If the 50
     # rejected requests below counted, the client would stay out for most of

@@ -98,7 +98,7 @@ class ResponseCache:
                 if self.cluster:
                     values = await self.storage.client.mget_nonatomic(keys)
                 else:
-                    values = await self.storage.client.mget(keys)
+                    values = await self.storage.store.command("MGET", *keys)
         except STORE_ERRORS as e:
             self.failed(e)
             values = None

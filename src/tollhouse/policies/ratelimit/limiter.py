@@ -210,11 +210,12 @@ class RedisLimiter:
         counters[_CALLS] = counters.get(_CALLS, 0) + 1
         if self.sha is None:
             self.sha = await self.client.script_load(LUA)
+        command = self.store.command
         try:
-            flat = await self.client.evalsha(self.sha, len(keys_all), *keys_all, *args)
+            flat = await command("EVALSHA", self.sha, len(keys_all), *keys_all, *args)
         except NoScriptError:
             # The server lost its scripts (restart, SCRIPT FLUSH): EVAL loads it again.
-            flat = await self.client.eval(LUA, len(keys_all), *keys_all, *args)
+            flat = await command("EVAL", LUA, len(keys_all), *keys_all, *args)
         results, pos = [], 0
         for keys, limits, *_ in batch:
             size = 1 + 4 * len(limits)
