@@ -7,6 +7,7 @@ Python cost per request (the part Tollhouse controls) from the kernel's.
     .venv/bin/python bench/hotpath.py            # µs per request
     .venv/bin/python bench/hotpath.py --profile  # cProfile of the same loop
     .venv/bin/python bench/hotpath.py ratelimit-memory [--profile]
+    .venv/bin/python bench/hotpath.py minimal    # bench/minimal_proxy.py, the floor
 """
 from __future__ import annotations
 
@@ -130,7 +131,32 @@ def run(n: int, client, up, request: bytes = REQUEST, upstream: bool = True) -> 
     return (time.perf_counter() - t0) / n
 
 
+def run_minimal(n: int) -> float:
+    """The same request and response through bench/minimal_proxy.py's classes."""
+    import minimal_proxy
+
+    class Sink:
+        def write(self, data):
+            pass
+
+    client, up = minimal_proxy.Client(), minimal_proxy.Upstream()
+    client.connection_made(Sink())
+    up.connection_made(Sink())
+    minimal_proxy.idle.append(up)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        client.data_received(REQUEST)
+        up.data_received(RESPONSE)
+    return (time.perf_counter() - t0) / n
+
+
 def main():
+    if "minimal" in sys.argv[1:]:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        run_minimal(2000)
+        best = min(run_minimal(20000) for _ in range(5))
+        print(f"minimal: {best * 1e6:.2f} us per proxied request (bench/minimal_proxy.py, no features)")
+        return
     scenario = next((a for a in sys.argv[1:] if a in SCENARIOS), "plain")
     worker, client, up = setup(route_extra=SCENARIOS[scenario])
     request = REQUEST

@@ -2,12 +2,13 @@
 
 Layout (2 cores): the proxy under test is pinned to core 0; wrk and the
 nginx upstream (a fixed ~300-byte JSON) share core 1. Rounds alternate the
-targets (direct, nginx proxy, tollhouse, ...) and are repeated; each figure
-is the median over rounds. Results print as a table and are written to
+targets (direct, nginx proxy, tollhouse, ...) and are repeated; each req/s,
+p50 and p99 is the median over rounds, each ratio the median of the rounds'
+ratios (runs seconds apart), with its lowest and highest. Results print as a table and are written to
 docs/benchmarks.md (between the BENCH markers).
 
-Environment: BENCH_DURATION (seconds per wrk run, default 5), BENCH_ROUNDS
-(default 3), BENCH_CONNECTIONS (default 50), BENCH_SCENARIOS (comma list,
+Environment: BENCH_DURATION (seconds per wrk run, default 3), BENCH_ROUNDS
+(default 5), BENCH_CONNECTIONS (default 50), BENCH_SCENARIOS (comma list,
 default all), BENCH_PROXY_CPUS / BENCH_LOAD_CPUS (default 0 / 1),
 BENCH_WORKERS (comma list of worker counts for the scaling table, default
 none; needs more cores), BENCH_NO_WRITE=1 to leave the docs alone,
@@ -29,8 +30,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DURATION = int(os.environ.get("BENCH_DURATION", "5"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+DURATION = int(os.environ.get("BENCH_DURATION", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 CONNS = int(os.environ.get("BENCH_CONNECTIONS", "50"))
 PROXY_CPUS = os.environ.get("BENCH_PROXY_CPUS", "0")
 LOAD_CPUS = os.environ.get("BENCH_LOAD_CPUS", "1")
@@ -127,13 +128,13 @@ routes:
 
 class Tollhouse:
     def __init__(self, workdir: str, upstream_port: int, cpus: str, workers: int = 1, extra: str = "",
-                 route_extra: str = ""):
+                 route_extra: str = "", root: str = ROOT):
         self.port = free_port()
         self.admin_port = free_port()
         path = os.path.join(workdir, f"tollhouse-{self.port}.yaml")
         with open(path, "w") as f:
             f.write(tollhouse_config(self.port, self.admin_port, upstream_port, workers, extra, route_extra))
-        env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src"), "TOLLHOUSE_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "PYTHONPATH": os.path.join(root, "src"), "TOLLHOUSE_LOG_LEVEL": "WARNING"}
         self.log = open(os.path.join(workdir, f"tollhouse-{self.port}.log"), "wb")
         self.proc = subprocess.Popen(["taskset", "-c", cpus, sys.executable, "-m", "tollhouse", "run", "-c", path],
                                      stdout=subprocess.DEVNULL, stderr=self.log, env=env)
@@ -151,6 +152,17 @@ class Tollhouse:
 
 def median_result(results: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in results) for k in results[0]}
+
+
+def round_ratios(these: list[dict], those: list[dict]) -> list[float]:
+    """req/s ratios of runs made side by side, round by round: this machine's
+    speed drifts by tens of percent within minutes, and a ratio of runs made
+    seconds apart is steadier than a ratio of medians taken over the whole run."""
+    return [a["rps"] / b["rps"] for a, b in zip(these, those)]
+
+
+def spread(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
 
 
 def run_core(workdir: str, upstream_port: int) -> dict:
@@ -173,12 +185,15 @@ def run_core(workdir: str, upstream_port: int) -> dict:
                 results[name]["c"].append(wrk(port, "/", CONNS, DURATION))
                 results[name]["one"].append(wrk(port, "/", 1, max(2, DURATION // 2)))
             print(f"  round {rnd + 1}/{ROUNDS}: " + ", ".join(
-                f"{n} {results[n]['c'][-1]['rps']:.0f} req/s" for n in targets), flush=True)
+                f"{n} {results[n]['c'][-1]['rps']:.0f} req/s" for n in targets)
+                + f"; tollhouse/nginx {results['tollhouse']['c'][-1]['rps'] / results['nginx']['c'][-1]['rps']:.2f}",
+                flush=True)
     finally:
         th.stop()
         proxy.terminate()
         proxy.wait()
-    return {name: {"c": median_result(r["c"]), "one": median_result(r["one"])} for name, r in results.items()}
+    return {name: {"c": median_result(r["c"]), "one": median_result(r["one"]),
+                   "ratios": round_ratios(r["c"], results["nginx"]["c"])} for name, r in results.items()}
 
 
 SCENARIOS: dict[str, dict] = {}
@@ -292,8 +307,9 @@ def run_scenarios(workdir: str, upstream_port: int, selected: list[str]) -> list
                 plain.append(wrk(th.port, "/plain", CONNS, DURATION, list(sc["headers"])))
                 policy.append(wrk(th.port, sc["path"], CONNS, DURATION, list(sc["headers"])))
             p, q = median_result(plain), median_result(policy)
-            rows.append((name, sc["description"], p["rps"], q["rps"], q["rps"] / p["rps"], q["non2xx"]))
-            print(f"  {name}: {q['rps']:.0f} vs plain {p['rps']:.0f} req/s = {q['rps'] / p['rps']:.2f}x", flush=True)
+            ratios = round_ratios(policy, plain)
+            rows.append((name, sc["description"], p["rps"], q["rps"], ratios, q["non2xx"]))
+            print(f"  {name}: {q['rps']:.0f} vs plain {p['rps']:.0f} req/s, ratio {spread(ratios)}x", flush=True)
         finally:
             th.stop()
             if redis is not None:
@@ -321,21 +337,22 @@ def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: st
     ng = core["nginx"]
     direct = core["direct"]
     lines = [f"Measured {time.strftime('%Y-%m-%d')} with `make bench` ({env}).", "",
-             f"Plain proxied route, {CONNS} connections (median of {ROUNDS} rounds of {DURATION}s):", "",
+             f"Plain proxied route, {CONNS} connections (medians of {ROUNDS} alternating rounds of {DURATION}s; "
+             "ratios: median of the rounds' ratios, lowest–highest in brackets):", "",
              "| target | req/s | ratio to nginx | p50 ms | p99 ms | added p50 at 1 conn, ms | ratio to nginx |",
              "|---|---|---|---|---|---|---|"]
     for name in ("direct", "nginx", "tollhouse"):
         r = core[name]
         added = r["one"]["p50"] - direct["one"]["p50"]
         ng_added = ng["one"]["p50"] - direct["one"]["p50"]
-        lines.append(f"| {name} | {r['c']['rps']:.0f} | {r['c']['rps'] / ng['c']['rps']:.2f} | {r['c']['p50']:.3f} | "
+        lines.append(f"| {name} | {r['c']['rps']:.0f} | {spread(r['ratios'])} | {r['c']['p50']:.3f} | "
                      f"{r['c']['p99']:.3f} | {added:.3f} | "
                      + (f"{added / ng_added:.2f} |" if ng_added > 0 and name != "direct" else "- |"))
     if scenario_rows:
         lines += ["", "Policies, each against the plain route of the same gateway:", "",
                   "| scenario | what | plain req/s | scenario req/s | ratio | non-2xx |", "|---|---|---|---|---|---|"]
-        for name, desc, p, q, ratio, bad in scenario_rows:
-            lines.append(f"| {name} | {desc} | {p:.0f} | {q:.0f} | {ratio:.2f} | {bad:.0f} |")
+        for name, desc, p, q, ratios, bad in scenario_rows:
+            lines.append(f"| {name} | {desc} | {p:.0f} | {q:.0f} | {spread(ratios)} | {bad:.0f} |")
     if latency:
         u, c = latency["uncached"], latency["cached"]
         lines += ["", f"Cache, upstream taking {SLOW_MS} ms, 10 connections:", "",
