@@ -8,6 +8,13 @@ Python cost per request (the part Tollhouse controls) from the kernel's.
     .venv/bin/python bench/hotpath.py --profile  # cProfile of the same loop
     .venv/bin/python bench/hotpath.py ratelimit-memory [--profile]
     .venv/bin/python bench/hotpath.py minimal    # bench/minimal_proxy.py, the floor
+    .venv/bin/python bench/hotpath.py ratelimit-redis   # a real redis-server (started here)
+    .venv/bin/python bench/hotpath.py plain-async       # its baseline: same loop, no limit
+
+The two async scenarios keep 50 requests in flight on 50 connections, as
+wrk -c50 does, and run the event loop until all went upstream (the limiter's
+batched script calls go to a real Redis on a free port); they report CPU
+time of this process per request, not wall time.
 """
 from __future__ import annotations
 
@@ -62,9 +69,9 @@ class NullTransport(asyncio.Transport):
 
 
 class Worker:
-    def __init__(self, access_log: bool, route_extra: str = ""):
+    def __init__(self, access_log: bool, route_extra: str = "", store_url: str | None = None):
         self.loop = asyncio.new_event_loop()
-        config, errors = load_text(f"""
+        config, errors = load_text((f"store: {store_url}\n" if store_url else "") + f"""
 auth: {{providers: {{dev: {{type: jwt, algorithms: [HS256], secret: "{JWT_SECRET}"}}}}}}
 upstreams: {{u: {{targets: ["http://127.0.0.1:9"]}}}}
 routes:
@@ -73,7 +80,13 @@ routes:
         self.stats = Stats()
         from tollhouse.policies.cache import ResponseCache
 
-        store = MemoryStore()
+        if store_url:
+            from tollhouse.store import open_store
+
+            asyncio.set_event_loop(self.loop)
+            store = open_store(store_url)
+        else:
+            store = MemoryStore()
         self.cache = ResponseCache(config.cache, store, self.stats, self)
         self.state = build_state(config, self.loop, self.stats, store, cache=self.cache)
         self.connections = set()
@@ -104,8 +117,8 @@ SCENARIOS = {
 }
 
 
-def setup(access_log=True, route_extra=""):
-    worker = Worker(access_log, route_extra)
+def setup(access_log=True, route_extra="", store_url=None):
+    worker = Worker(access_log, route_extra, store_url)
     client = ClientConnection(worker, b"http")
     client.connection_made(NullTransport())
     target = worker.state.pools["u"].targets[0]
@@ -150,7 +163,88 @@ def run_minimal(n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
+class CountingTransport(NullTransport):
+    """An upstream transport that tells `waiter` when `expected` requests were written."""
+
+    def __init__(self, counter):
+        super().__init__()
+        self.counter = counter
+
+    def write(self, data):
+        counter = self.counter
+        counter[0] += 1
+        if counter[0] == counter[1]:
+            counter[2].set_result(None)
+
+
+def run_in_flight(scenario: str, rounds: int, in_flight: int = 50) -> float:
+    """CPU seconds per request with `in_flight` requests at once, through the event loop."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    redis = None
+    store_url = None
+    if scenario == "ratelimit-redis":
+        if not shutil.which("redis-server"):
+            sys.exit("redis-server is not installed")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        redis = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(port), "--save", "",
+                                  "--appendonly", "no", "--dir", tempfile.gettempdir()], stdout=subprocess.DEVNULL)
+        time.sleep(0.3)
+        store_url = f"redis://127.0.0.1:{port}/0"
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())   # the gateway's loop
+        worker = Worker(True, SCENARIOS["ratelimit-memory"] if redis else "", store_url)
+        loop = worker.loop
+        target = worker.state.pools["u"].targets[0]
+        counter = [0, 0, None]
+        clients, ups = [], []
+        for _ in range(in_flight):
+            client = ClientConnection(worker, b"http")
+            client.connection_made(NullTransport())
+            clients.append(client)
+            up = UpstreamConnection(target)
+            up.connection_made(CountingTransport(counter))
+            target.idle.append(up)
+            ups.append(up)
+        target.open = in_flight
+
+        async def drive(n):
+            for _ in range(n):
+                counter[0], counter[1], counter[2] = 0, in_flight, loop.create_future()
+                for client in clients:
+                    client.data_received(REQUEST)
+                if counter[0] < in_flight:
+                    await counter[2]
+                for up in ups:
+                    up.data_received(RESPONSE)
+                worker.count_ended()
+
+        loop.run_until_complete(drive(20))   # warm-up: connections, script load
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.process_time()
+            loop.run_until_complete(drive(rounds))
+            best = min(best, (time.process_time() - t0) / (rounds * in_flight))
+        return best
+    finally:
+        if redis is not None:
+            redis.terminate()
+            redis.wait()
+
+
 def main():
+    for scenario in ("ratelimit-redis", "plain-async"):
+        if scenario in sys.argv[1:]:
+            best = run_in_flight(scenario, 400)
+            print(f"{scenario}: {best * 1e6:.2f} us CPU per proxied request (50 in flight through the event loop)")
+            return
     if "minimal" in sys.argv[1:]:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         run_minimal(2000)
