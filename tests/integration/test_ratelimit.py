@@ -136,6 +136,26 @@ def test_rejected_requests_do_not_keep_a_client_out(gateway_factory, upstream, r
     assert get(g.port).status == 200
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_ip_key_is_the_first_untrusted_hop_behind_trusted_proxies(gateway_factory, upstream, store, request):
+    extra = f"store: {request.getfixturevalue('redis').url}" if store == "redis" else ""
+    limits = "      - {limit: 2, window: 1m, key: ip}"
+    trusted = gateway_factory(limited(limits, extra=extra, upstream_url=upstream.url)
+                              .replace("trusted_proxies: [10.0.0.0/8]", "trusted_proxies: [127.0.0.1]"))
+
+    def statuses(port, n, xff=None):
+        return [get(port, headers=f"X-Forwarded-For: {xff}\r\n" if xff else "").status for _ in range(n)]
+
+    # The peer is a trusted proxy: each forwarded client has its own count, and so has the proxy itself.
+    assert statuses(trusted.port, 3, "198.51.100.1") == [200, 200, 429]
+    assert statuses(trusted.port, 3, "10.9.9.9, 198.51.100.2") == [200, 200, 429]
+    assert statuses(trusted.port, 3) == [200, 200, 429]
+    # An untrusted peer cannot pick its key by sending X-Forwarded-For.
+    untrusted = gateway_factory(limited(limits, extra=extra, upstream_url=upstream.url, name="other"))
+    assert [get(untrusted.port, headers=f"X-Forwarded-For: 203.0.113.{i}\r\n").status for i in range(3)] == [
+        200, 200, 429]
+
+
 def test_global_limit_is_shared_by_routes(gateway_factory, upstream):
     g = gateway_factory(basic_config(upstream.url, extra_routes="""  - name: one
     match: {prefix: /one}

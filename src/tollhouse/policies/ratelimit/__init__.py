@@ -106,7 +106,9 @@ class RateLimitPolicy(Policy):
     def on_request(self, exchange):
         lim = self.single
         if lim is not None:
-            key = self._key(lim, exchange)
+            # The socket peer's key without the general lookup: the common case.
+            key = ("ip:" + exchange.conn.peer_ip if lim.key_kind == "ip" and exchange.xff is None
+                   else self._key(lim, exchange))
             now = _now()
             table = lim.table
             ok, remaining, reset, retry, state = evaluate(lim.algo, lim.limit, lim.window, lim.burst,
@@ -118,7 +120,8 @@ class RateLimitPolicy(Policy):
             return self._decide(exchange, self.fixed, False, [(False, lim.limit, remaining, reset, retry)], "allowed")
         lim = self.single_store
         if lim is not None:
-            key = self._key(lim, exchange)
+            key = ("ip:" + exchange.conn.peer_ip if lim.key_kind == "ip" and exchange.xff is None
+                   else self._key(lim, exchange))
             return self.limiter.check(self.fixed, [(lim.store_prefix + key).encode()], self, exchange, [key])
         limits = self._limits(exchange)
         if not limits:
