@@ -11,6 +11,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from .base import Script, Store
+from .guard import STORE_ERRORS
 
 _MAX_IDLE = 8   # command()'s idle connections kept
 _UNLOCK = Script.from_file("unlock", lambda store, keys, args, now: 0)
@@ -50,9 +51,19 @@ class RedisStore(Store):
         if self.kind != "redis":
             return await self.client.execute_command(*args)
         idle = self._idle
-        if idle:
+        conn = None
+        while idle and conn is None:
             conn = idle.pop()
-        else:
+            try:
+                # Closed by the server while idle (its `timeout`, a proxy) or holding
+                # unread bytes: not reusable (what redis-py's pool checks too).
+                stale = await conn.can_read_destructive()
+            except STORE_ERRORS:
+                stale = True
+            if stale:
+                await conn.disconnect(nowait=True)
+                conn = None
+        if conn is None:
             pool = self.client.connection_pool
             conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
         try:
