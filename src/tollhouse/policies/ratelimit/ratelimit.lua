@@ -16,11 +16,15 @@
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Profiles parsed once per call (not per request): profile -> flat list of
+-- algo, limit, window, burst for each of its limits.
 local profiles = {}
 local argi = 2
 for p = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[argi])
-  profiles[p] = argi + 1
+  local spec = {}
+  for j = 1, 4 * n do spec[j] = tonumber(ARGV[argi + j]) end
+  profiles[p] = spec
   argi = argi + 1 + 4 * n
 end
 local nreq = tonumber(ARGV[argi])
@@ -30,20 +34,17 @@ local keyi = 1
 local states = {}   -- key -> {tat} or {w, c, p}, as read or as last updated
 local dirty = {}    -- keys to write back, in first-update order
 local ttls = {}     -- key -> PEXPIRE milliseconds (windows) or 0 (bucket: from its tat)
+local upd = {}      -- the current request's pending updates, flat, 6 per limit:
+                    -- state table, key, then tat, 0, 0, 0 (bucket) or window, count, previous, ttl
+local no = 0        -- entries in out
 for r = 1, nreq do
-  local pstart = profiles[tonumber(ARGV[reqi + r - 1])]
-  local n = tonumber(ARGV[pstart - 1])
-  local argi = pstart
-  local head = #out + 1
-  out[head] = 1
-  local updates = {}
+  local spec = profiles[tonumber(ARGV[reqi + r - 1])]
+  no = no + 1
+  local head = no
+  local nu = 0
   local all = 1
-  for _ = 1, n do
-    local algo = tonumber(ARGV[argi])
-    local limit = tonumber(ARGV[argi + 1])
-    local window = tonumber(ARGV[argi + 2])
-    local burst = tonumber(ARGV[argi + 3])
-    argi = argi + 4
+  for si = 1, #spec, 4 do
+    local algo, limit, window, burst = spec[si], spec[si + 1], spec[si + 2], spec[si + 3]
     local key = KEYS[keyi]
     keyi = keyi + 1
     local ok, remaining, reset, retry = 1, 0, 0, 0
@@ -63,7 +64,8 @@ for r = 1, nreq do
       else
         remaining = math.floor((now - allow_at) / interval)
         reset = new_tat - now
-        updates[#updates + 1] = {2, key, new_tat}
+        upd[nu + 1], upd[nu + 2], upd[nu + 3], upd[nu + 4], upd[nu + 5], upd[nu + 6] = st, key, new_tat, 0, 0, 0
+        nu = nu + 6
       end
     else
       local index = math.floor(now / window)
@@ -107,28 +109,24 @@ for r = 1, nreq do
         end
       end
       if ok == 1 then
-        updates[#updates + 1] = {algo, key, index, cur + 1, prev, 2 * window}
+        upd[nu + 1], upd[nu + 2], upd[nu + 3], upd[nu + 4], upd[nu + 5], upd[nu + 6] =
+          st, key, index, cur + 1, prev, 2 * window
+        nu = nu + 6
       end
     end
     if ok == 0 then all = 0 end
-    out[#out + 1] = ok
-    out[#out + 1] = remaining
-    out[#out + 1] = math.ceil(reset)
-    out[#out + 1] = math.ceil(retry)
+    out[no + 1], out[no + 2], out[no + 3], out[no + 4] = ok, remaining, math.ceil(reset), math.ceil(retry)
+    no = no + 4
   end
   out[head] = all
   if all == 1 then
-    for _, u in ipairs(updates) do
-      local key = u[2]
-      if u[1] == 2 then
-        states[key] = {u[3]}
-        if ttls[key] == nil then dirty[#dirty + 1] = key end
-        ttls[key] = 0
-      else
-        states[key] = {u[3], u[4], u[5]}
-        if ttls[key] == nil then dirty[#dirty + 1] = key end
-        ttls[key] = u[6]
-      end
+    -- Only now, with every limit allowing, is the request counted (in place).
+    for u = 1, nu, 6 do
+      local st, key, ttl = upd[u], upd[u + 1], upd[u + 5]
+      if ttls[key] == nil then dirty[#dirty + 1] = key end
+      ttls[key] = ttl
+      st[1] = upd[u + 2]
+      if ttl ~= 0 then st[2], st[3] = upd[u + 3], upd[u + 4] end
     end
   end
 end
