@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -47,23 +46,16 @@ def main() -> int:
     rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 10
     seconds = int(sys.argv[5]) if len(sys.argv) > 5 else 2
     workdir = tempfile.mkdtemp(prefix="tollhouse-ab-")
-    upstream_port = bench.free_port()
-    procs = [bench.start_nginx(workdir, f"""
-  server {{
-    listen 127.0.0.1:{upstream_port};
-    location / {{ default_type application/json; return 200 '{bench.PAYLOAD}'; }}
-  }}""", bench.LOAD_CPUS)]
-    bench.wait_port(upstream_port)
+    upstream, upstream_port = bench.start_upstream(workdir)
+    procs = [upstream]
     gateways = []
     try:
         extra, headers = sc["extra"], sc["headers"]
         if sc["setup"] is not None:
             extra, headers = sc["setup"](workdir)
         if sc["needs_redis"]:
-            redis_port = bench.free_port()
-            procs.append(subprocess.Popen(["taskset", "-c", bench.LOAD_CPUS, "redis-server", "--port", str(redis_port),
-                                           "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL))
-            bench.wait_port(redis_port)
+            redis, redis_port = bench.start_redis()
+            procs.append(redis)
             extra = extra.replace("{redis_port}", str(redis_port))
         gateways = [bench.Tollhouse(workdir, upstream_port, bench.PROXY_CPUS, extra=extra,
                                     route_extra=sc["route_extra"], root=tree) for tree in trees]

@@ -179,22 +179,13 @@ class CountingTransport(NullTransport):
 
 def run_in_flight(scenario: str, rounds: int, in_flight: int = 50) -> float:
     """CPU seconds per request with `in_flight` requests at once, through the event loop."""
-    import shutil
-    import socket
-    import subprocess
-    import tempfile
-
     redis = None
     store_url = None
     if scenario == "ratelimit-redis":
-        if not shutil.which("redis-server"):
-            sys.exit("redis-server is not installed")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        redis = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(port), "--save", "",
-                                  "--appendonly", "no", "--dir", tempfile.gettempdir()], stdout=subprocess.DEVNULL)
-        time.sleep(0.3)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from run import start_redis
+
+        redis, port = start_redis()
         store_url = f"redis://127.0.0.1:{port}/0"
     try:
         import uvloop

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ratelimit_script.py
 
-Starts a redis-server on a free port (CPU 1), sends 300 script calls of 50
+Starts a redis-server on a free port (the load cores, CPU 1), sends 300 script calls of 50
 one-limit requests for each algorithm, once with every request on one key
 (one hot client) and once with 50 distinct keys, and prints Redis's
 microseconds per call: the Redis CPU a limited request costs, which the
@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tollhouse.policies.ratelimit.limiter import LUA  # noqa: E402
 from tollhouse.store.redis import RedisStore  # noqa: E402
+from run import start_redis  # noqa: E402
 
 BATCH = 50
 CALLS = 300
@@ -46,13 +44,8 @@ async def measure(url: str, distinct_keys: int) -> float:
 
 
 def main() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    redis = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(port), "--save", "",
-                              "--appendonly", "no", "--dir", tempfile.gettempdir()], stdout=subprocess.DEVNULL)
+    redis, port = start_redis()
     try:
-        time.sleep(0.3)
         url = f"redis://127.0.0.1:{port}/0"
         for distinct in (1, BATCH):
             usec = asyncio.run(measure(url, distinct))

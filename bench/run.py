@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DURATION = int(os.environ.get("BENCH_DURATION", "3"))
@@ -79,6 +78,29 @@ def start_nginx(workdir: str, body: str, cpus: str) -> subprocess.Popen:
     conf = nginx_conf(workdir, body)
     return subprocess.Popen(["taskset", "-c", cpus, "nginx", "-c", conf, "-p", workdir],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_upstream(workdir: str) -> tuple[subprocess.Popen, int]:
+    """The benchmark's upstream: nginx answering PAYLOAD, on the load cores; (process, port)."""
+    port = free_port()
+    proc = start_nginx(workdir, f"""
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ default_type application/json; return 200 '{PAYLOAD}'; }}
+  }}""", LOAD_CPUS)
+    wait_port(port)
+    return proc, port
+
+
+def start_redis() -> tuple[subprocess.Popen, int]:
+    """A throwaway redis-server on the load cores; (process, port)."""
+    if not shutil.which("redis-server"):
+        sys.exit("redis-server is not installed (make test installs it when run as root)")
+    port = free_port()
+    proc = subprocess.Popen(["taskset", "-c", LOAD_CPUS, "redis-server", "--port", str(port), "--save", "",
+                             "--appendonly", "no", "--dir", tempfile.gettempdir()], stdout=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -293,10 +315,7 @@ def run_scenarios(workdir: str, upstream_port: int, selected: list[str]) -> list
             extra, headers = sc["setup"](workdir)
             sc = {**sc, "headers": headers}
         if sc["needs_redis"]:
-            rport = free_port()
-            redis = subprocess.Popen(["taskset", "-c", LOAD_CPUS, "redis-server", "--port", str(rport), "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL)
-            wait_port(rport)
+            redis, rport = start_redis()
             extra = extra.replace("{redis_port}", str(rport))
         th = Tollhouse(workdir, upstream_port, PROXY_CPUS, extra=extra, route_extra=sc["route_extra"])
         try:
@@ -388,13 +407,7 @@ def main() -> int:
             print(f"{tool} is missing (make bench installs nginx and wrk when run as root)", file=sys.stderr)
             return 1
     workdir = tempfile.mkdtemp(prefix="tollhouse-bench-")
-    upstream_port = free_port()
-    upstream = start_nginx(workdir, f"""
-  server {{
-    listen 127.0.0.1:{upstream_port};
-    location / {{ default_type application/json; return 200 '{PAYLOAD}'; }}
-  }}""", LOAD_CPUS)
-    wait_port(upstream_port)
+    upstream, upstream_port = start_upstream(workdir)
     try:
         if os.environ.get("BENCH_SKIP_CORE"):
             core = None

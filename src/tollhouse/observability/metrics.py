@@ -78,6 +78,14 @@ def _sums_by(keys: list, values: list) -> dict:
     return sums
 
 
+def _fold_histograms(routes: list, values: list, histogram_of) -> None:
+    """Observe `values` (seconds) in `histogram_of(route)` for each exchange's route, a batch at once."""
+    for (route, bucket), n in Counter(zip(routes, map(bisect_left, repeat(BUCKETS), values))).items():
+        histogram_of(route).counts[bucket] += n
+    for route, total in _sums_by(routes, values).items():
+        histogram_of(route).sum += total
+
+
 class Stats:
     """One worker's counters. Keys are plain tuples; values plain numbers."""
 
@@ -110,21 +118,14 @@ class Stats:
             counts = route.stats.counts if route is not None else unrouted.counts
             key = (method, status)
             counts[key] = counts.get(key, 0) + n
-        routes = list(map(_ROUTE, exchanges))
-        durations = list(map(sub, map(_ENDED, exchanges), map(_STARTED, exchanges)))
-        for (route, bucket), n in Counter(zip(routes, map(bisect_left, repeat(BUCKETS), durations))).items():
-            (route.stats if route is not None else unrouted).duration.counts[bucket] += n
-        for route, total in _sums_by(routes, durations).items():
-            (route.stats if route is not None else unrouted).duration.sum += total
+        _fold_histograms(list(map(_ROUTE, exchanges)),
+                         list(map(sub, map(_ENDED, exchanges), map(_STARTED, exchanges))),
+                         lambda route: (route.stats if route is not None else unrouted).duration)
         # Time to the upstream's response head, for exchanges that got one.
         answered = [ex for ex in exchanges if ex.upstream_time]
         if answered:
-            routes = list(map(_ROUTE, answered))
-            times = list(map(_UPSTREAM_TIME, answered))
-            for (route, bucket), n in Counter(zip(routes, map(bisect_left, repeat(BUCKETS), times))).items():
-                route.stats.upstream.counts[bucket] += n
-            for route, total in _sums_by(routes, times).items():
-                route.stats.upstream.sum += total
+            _fold_histograms(list(map(_ROUTE, answered)), list(map(_UPSTREAM_TIME, answered)),
+                             lambda route: route.stats.upstream)
 
     def inc(self, name: str, labels: tuple = (), by: float = 1) -> None:
         """Bump a counter `tollhouse_<name>` with label pairs ((k, v), ...)."""

@@ -133,8 +133,7 @@ class Worker:
     def _check_deadlines(self) -> None:
         self._deadlines = self.loop.call_later(DEADLINE_INTERVAL, self._check_deadlines)
         CLOCK.now = now = self.loop.time()
-        if self.ended:
-            self.count_ended()
+        self.count_ended()
         if not self.inflight:
             return
         done = [ex for ex in self.inflight if ex.deadline <= now and not ex.check_deadline(now)]
@@ -144,6 +143,8 @@ class Worker:
     def count_ended(self) -> None:
         """Metrics and access log lines for the exchanges ended since the last call,
         a batch at a time (far cheaper than per request on the request path)."""
+        if not self.ended:
+            return
         batch, self.ended = self.ended, []
         self.stats.fold(batch)
         if self.access_log is not None and self.state.config.access_log:
@@ -203,8 +204,7 @@ class Worker:
 
     # questions from the admin side -------------------------------------------------
     def snapshot(self) -> dict:
-        if self.ended:
-            self.count_ended()
+        self.count_ended()
         gauges = self.stats.gauges
         counters = self.stats.counters
         for name, pool in self.state.pools.items():
@@ -281,8 +281,7 @@ class Worker:
             self._deadlines.cancel()
         for pool in self.state.pools.values():
             pool.close()
-        if self.ended:
-            self.count_ended()
+        self.count_ended()
         if self.access_log is not None:
             self.access_log.close()
         if hasattr(self.limiter, "close"):

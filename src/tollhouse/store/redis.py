@@ -73,8 +73,8 @@ class RedisStore(Store):
             idle.append(conn)
             raise
         except BaseException:
-            # The others reach the same server: after a restart they are all
-            # stale, so one failure (not one per connection) is what callers see.
+            # The others reach the same server: when it dies without closing them
+            # (a partition, a hung host) they would each fail in turn.
             self._idle = []
             for c in (conn, *idle):
                 await c.disconnect(nowait=True)

@@ -222,8 +222,8 @@ class ResponseCache:
     def _start_refresh(self, policy, exchange, key, primary, lock) -> None:
         from ...exchange import Exchange
 
-        ex = Exchange(BackgroundConnection(self.worker, exchange.conn), self.worker.state)
-        for name in ("state", "route", "params", "method", "path", "query", "host", "xff", "xfp", "xfh",
+        ex = Exchange(BackgroundConnection(self.worker, exchange.conn), exchange.state)
+        for name in ("route", "params", "method", "path", "query", "host", "xff", "xfp", "xfh",
                      "consumer"):
             setattr(ex, name, getattr(exchange, name))
         ex.method = b"GET"

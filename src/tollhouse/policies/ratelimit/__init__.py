@@ -77,9 +77,7 @@ class RateLimitPolicy(Policy):
         self.rejection_key = ("ratelimit_rejections", (("route", route_name),))
         self.policy_header = None if self.tiered else ", ".join(lim.policy_item for lim in self.fixed).encode()
         # The common case, one limit, skips the lists of the general path.
-        one = self.fixed[0] if not self.tiered and len(self.fixed) == 1 else None
-        self.single = one if self.memory else None
-        self.single_store = one if not self.memory else None
+        self.single = self.fixed[0] if not self.tiered and len(self.fixed) == 1 else None
 
     def _count(self, key) -> None:
         counters = self.counters
@@ -109,6 +107,8 @@ class RateLimitPolicy(Policy):
             # The socket peer's key without the general lookup: the common case.
             key = ("ip:" + exchange.conn.peer_ip if lim.key_kind == "ip" and exchange.xff is None
                    else self._key(lim, exchange))
+            if not self.memory:
+                return self.limiter.check(self.fixed, [(lim.store_prefix + key).encode()], self, exchange, [key])
             now = _now()
             table = lim.table
             ok, remaining, reset, retry, state = evaluate(lim.algo, lim.limit, lim.window, lim.burst,
@@ -118,11 +118,6 @@ class RateLimitPolicy(Policy):
                 self.admit(exchange, lim, (True, lim.limit, remaining, reset, 0.0), "allowed")
                 return None
             return self._decide(exchange, self.fixed, False, [(False, lim.limit, remaining, reset, retry)], "allowed")
-        lim = self.single_store
-        if lim is not None:
-            key = ("ip:" + exchange.conn.peer_ip if lim.key_kind == "ip" and exchange.xff is None
-                   else self._key(lim, exchange))
-            return self.limiter.check(self.fixed, [(lim.store_prefix + key).encode()], self, exchange, [key])
         limits = self._limits(exchange)
         if not limits:
             return None
