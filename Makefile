@@ -10,6 +10,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(shell echo '$(PYHOME)' | cksum | cut -d' ' -f1)
 
+# Modules with a .pxd beside them are compiled with Cython (setup.py); the
+# build is redone in place whenever one of them changes. Without a C
+# compiler they run as plain Python (tollhouse/__init__.py picks).
+COMPILED := $(wildcard src/tollhouse/*.pxd src/tollhouse/*/*.pxd)
+BUILT    := $(VENV)/.built
+
 .PHONY: demo test bench redis-server bench-tools clean
 
 $(STAMP): pyproject.toml
@@ -20,7 +26,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-demo: $(STAMP)
+$(BUILT): $(STAMP) setup.py $(COMPILED) $(COMPILED:.pxd=.py)
+	$(BIN)/python setup.py -q build_ext --inplace
+	touch $(BUILT)
+
+demo: $(BUILT)
 	$(BIN)/tollhouse demo
 
 # Tests start real redis-server processes on ephemeral ports.
@@ -34,8 +44,11 @@ redis-server:
 	    exit 1; \
 	  fi; }
 
-test: $(STAMP) redis-server
+# The suite runs against the compiled build; the core's unit and proxy tests
+# run once more on the plain-Python source (the fallback without a compiler).
+test: $(BUILT) redis-server
 	$(BIN)/python -m pytest tests
+	TOLLHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest tests/unit tests/integration/test_proxy.py tests/integration/test_framing.py
 
 bench-tools:
 	@for tool in nginx wrk; do command -v $$tool >/dev/null 2>&1 || { \
@@ -43,8 +56,9 @@ bench-tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null; \
 	  else echo "$$tool is missing: 'sudo apt-get install nginx wrk'"; exit 1; fi; }; done
 
-bench: $(STAMP) bench-tools
+bench: $(BUILT) bench-tools
 	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	find src -name '*.so' -delete -o -name '*.c' -delete

@@ -8,8 +8,9 @@ This machine's speed drifts by tens of percent within minutes, so two
 gateways run at once (same config, both pinned to the proxy core, one under
 load at a time) and each round runs, seconds apart: A plain, A scenario,
 B plain, B scenario. Printed: per tree, the median of the rounds'
-scenario/plain ratios with every round's ratio, and the gateway's CPU time
-per request (from /proc, user + system) on both routes.
+scenario/plain ratios with every round's ratio, the gateway's CPU time
+per request (from /proc, user + system) on both routes, and B's plain
+req/s over A's per round (for changes to the core itself).
 """
 from __future__ import annotations
 
@@ -75,6 +76,12 @@ def main() -> int:
             print(f"{'AB'[i]} {tree}: {sys.argv[3]} / plain median {statistics.median(ratios):.3f} "
                   f"(rounds: {' '.join(f'{x:.2f}' for x in ratios)}); CPU µs/request plain "
                   f"{statistics.median(p[1] for p in plain):.1f}, {sys.argv[3]} {statistics.median(s[1] for s in scen):.1f}")
+        if len(trees) == 2:
+            plain_ratios = [b[0] / a[0] for a, b in zip(runs[(0, "plain")], runs[(1, "plain")])]
+            print(f"plain route, B / A req/s: median {statistics.median(plain_ratios):.3f} "
+                  f"(rounds: {' '.join(f'{x:.2f}' for x in plain_ratios)}); req/s A "
+                  f"{statistics.median(p[0] for p in runs[(0, 'plain')]):.0f}, B "
+                  f"{statistics.median(p[0] for p in runs[(1, 'plain')]):.0f}")
     finally:
         for g in gateways:
             g.stop()

@@ -242,7 +242,7 @@ class Exchange:
             self.keep_alive = False
             return
         if self.connection_tokens:
-            drop = {t.strip().lower() for t in self.connection_tokens.split(b",")} - {b"close", b"keep-alive"}
+            drop = _tokens(self.connection_tokens) - {b"close", b"keep-alive"}
             if drop:
                 self.headers = _without(self.headers, drop)
         rid = self.request_id
@@ -261,7 +261,7 @@ class Exchange:
         route, params = state.table.lookup(self.host, self.path, self.method)
         if route is None:
             if params:
-                allow = ", ".join(sorted(m.decode() for m in params))
+                allow = _allow_list(params)
                 self.answer(Reply.problem(405, "Method Not Allowed", f"{self.method.decode()} is not allowed here",
                                           headers=[("allow", allow)]))
             else:
@@ -299,7 +299,7 @@ class Exchange:
         target = pool.single
         if target is None or not target.healthy or target.ejected_until > CLOCK.now:
             target = pool.choose(self)
-        if not target.healthy and not any(t.healthy for t in pool.targets):
+        if not target.healthy and not _any_healthy(pool.targets):
             self.answer(Reply.problem(503, "Service Unavailable", f"no healthy target in {pool.name}",
                                       headers=[("retry-after", "1")]))
             return
@@ -527,7 +527,7 @@ class Exchange:
             self.retry()   # this answer is dropped with its connection
             return
         if conn.connection_tokens is not None:
-            headers = _without(headers, {t.strip() for t in conn.connection_tokens.split(b",")})
+            headers = _without(headers, _tokens(conn.connection_tokens))
         self.status = status
         self.response_headers = headers
         content_length = conn.content_length
@@ -890,6 +890,21 @@ def _find(lines, key: bytes) -> str | None:
 def _without(lines, names: set) -> list:
     """Header lines whose (lower-case) name is not in `names`."""
     return [line for line in lines if _line_name(line) not in names]
+
+
+# Comprehensions live in these helpers: the compiled build (setup.py) cannot
+# have closures inside the methods it turns into C functions.
+def _tokens(value: bytes) -> set:
+    """The lower-case tokens of a comma-separated header value."""
+    return {t.strip().lower() for t in value.split(b",")}
+
+
+def _allow_list(methods) -> str:
+    return ", ".join(sorted(m.decode() for m in methods))
+
+
+def _any_healthy(targets) -> bool:
+    return any(t.healthy for t in targets)
 
 
 def _reason(exc: BaseException) -> str:

@@ -8,7 +8,6 @@ an upstream connection, and while a pipelined request waits its turn.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from time import perf_counter
@@ -50,7 +49,7 @@ def _too_large(limits) -> Reply:
                          f"at most {limits.max_headers} header fields and {limits.max_header_bytes} bytes")
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:   # an asyncio protocol by its methods (a compiled class cannot subclass asyncio.Protocol)
     """asyncio.Protocol for one client connection."""
 
     __slots__ = ("worker", "transport", "parser", "peer_ip", "peer_ip_bytes", "peer_trusted", "scheme", "active",

@@ -30,7 +30,7 @@ _RESPONSE_SPECIAL = {b"content-length": 1, b"transfer-encoding": 2, b"connection
 _SPECIAL_LENGTHS = frozenset(len(n) for n in _RESPONSE_SPECIAL)
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:   # an asyncio protocol by its methods (a compiled class cannot subclass asyncio.Protocol)
     """One connection to a target; relays one exchange at a time.
 
     httptools callbacks feed the bound exchange: `upstream_head`,
@@ -331,7 +331,7 @@ class UpstreamPool:
         target.consecutive_failures += 1
         if target.consecutive_failures < cfg.consecutive_failures or target.ejected_until > CLOCK.now:
             return
-        ejected = sum(1 for t in self.targets if t.ejected_until > CLOCK.now)
+        ejected = _ejected(self.targets)
         if ejected + 1 > cfg.max_ejected * len(self.targets):
             return   # max_ejected: keep enough targets in rotation
         target.ejections += 1
@@ -357,6 +357,11 @@ class UpstreamPool:
                          "ejected": t.ejected_until > CLOCK.now,
                          "ejected_for": round(max(0.0, t.ejected_until - CLOCK.now), 3)} for t in self.targets],
         }
+
+
+def _ejected(targets) -> int:
+    # Outside the method: the compiled build allows no closure in it (setup.py).
+    return sum(1 for t in targets if t.ejected_until > CLOCK.now)
 
 
 def _client_ssl(settings) -> ssl.SSLContext:

@@ -1,0 +1,35 @@
+"""Compiles the request path's modules with Cython (the .pxd beside each
+declares its classes' attributes and methods as C). Optional: without a C
+compiler the same modules run as plain Python, only slower
+(docs/architecture.md, "Compiled core")."""
+import glob
+import os
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class ParallelBuildExt(build_ext):
+    """C files compiled side by side (a minute serially on two cores)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1
+
+
+def extensions():
+    if os.environ.get("TOLLHOUSE_PURE_PYTHON"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        return []
+    # A module with a .pxd beside it is compiled (tollhouse.compiled_modules() says the same).
+    sources = sorted(glob.glob("src/tollhouse/**/*.pxd", recursive=True))
+    modules = [Extension(pxd[4:-4].replace("/", "."), [pxd[:-4] + ".py"], optional=True) for pxd in sources]
+    return cythonize(modules, nthreads=os.cpu_count() or 1, quiet=True,
+                     compiler_directives={"language_level": 3, "annotation_typing": False})
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": ParallelBuildExt})

@@ -1,0 +1,36 @@
+# C declarations for the compiled build of exchange.py (setup.py); the .py stays the source.
+from tollhouse.clock cimport Clock
+from tollhouse.upstream.pool cimport TargetPool, UpstreamConnection
+
+cdef Clock CLOCK
+
+cdef class Exchange:
+    cdef public object conn, worker, headers, body_chunks, state, route, params, method, raw_target, path, query
+    cdef public object version, host, request_id, content_length, te, connection_tokens, expect, xff, xfp, xfh
+    cdef public UpstreamConnection upstream
+    cdef public TargetPool target
+    cdef public object error, response_headers, task, timer, vars, consumer, _client_ip, tier
+    cdef public object ratelimit, local, authorization, tried, capture, cache_status, body_waiter, body_filter
+    cdef public bint keep_alive, chunked, upgrade, body_done, continue_sent, head_sent, head_received, finished
+    cdef public bint response_done, replayed, sent_body, upstream_keepalive, upstream_delimited, conditional, cookie
+    cdef public int host_count, mode, attempt, status
+    cdef public long long body_buffered, body_received, bytes_sent, body_limit
+    cdef public double started, upstream_started, upstream_clock, deadline, first_started, body_progress, ended
+    cdef public double upstream_time
+
+    cpdef finalise_head(self, limits)
+    cpdef start(self)
+    cpdef proxy(self)
+    cpdef use_target(self, TargetPool target)
+    cpdef send_upstream(self, UpstreamConnection conn)
+    cpdef feed_body(self, chunk)
+    cpdef body_complete(self)
+    cpdef upstream_head(self, conn, int status, headers, keep_alive)
+    cpdef write_head(self, body=*)
+    cpdef upstream_body(self, chunk)
+    cpdef end_body(self)
+    cpdef upstream_done(self, UpstreamConnection conn)
+    cpdef abort_upstream(self)
+    cpdef answer(self, reply)
+    cpdef finish(self)
+    cpdef client_gone(self)

@@ -1,0 +1,24 @@
+# C declarations for the compiled build of protocol.py (setup.py); the .py stays the source.
+from tollhouse.clock cimport Clock
+from tollhouse.exchange cimport Exchange
+
+cdef Clock CLOCK
+
+cdef class ClientConnection:
+    cdef public object worker, transport, parser, peer_ip, peer_ip_bytes, scheme, pending, fatal, limits, corked
+    cdef public object forwarded
+    cdef public Exchange active, incoming
+    cdef public bint peer_trusted, closing, in_head, write_paused
+    cdef public int paused
+    cdef public double head_started, last_active
+    cdef public long long head_bytes, read_size
+
+    cpdef write(self, data)
+    cpdef uncork(self)
+    cpdef _special_header(self, Exchange ex, kind, value)
+    cpdef closing_after(self, Exchange ex)
+    cpdef exchange_finished(self, Exchange ex)
+    cpdef pause_reading(self, int reason)
+    cpdef resume_reading(self, int reason)
+    cpdef close(self)
+    cpdef abort(self)

@@ -1,0 +1,39 @@
+# C declarations for the compiled build of pool.py (setup.py); the .py stays the source.
+from tollhouse.clock cimport Clock
+from tollhouse.exchange cimport Exchange
+
+cdef Clock CLOCK
+
+cdef class TargetPool
+
+cdef class UpstreamConnection:
+    cdef public object transport, parser, headers, loop, content_length, connection_tokens
+    cdef public TargetPool target
+    cdef public Exchange exchange
+    cdef public bint closed, reused, got_bytes, paused, head_only, chunked
+    cdef public double idle_since, last_read
+
+    cpdef finish_message(self)
+    cpdef send(self, Exchange exchange, data, bint head_only)
+    cpdef abort(self)
+
+
+cdef class TargetPool:
+    cdef public object url, name, host, host_header, ssl, settings, loop, idle, waiters
+    cdef public int weight, port, open, in_flight, max_connections, consecutive_failures, ejections
+    cdef public double ejected_until
+    cdef public bint healthy
+
+    cpdef bint can_open(self)
+    cpdef release(self, UpstreamConnection conn)
+    cpdef lost(self, UpstreamConnection conn)
+    cpdef wake_waiter(self)
+
+
+cdef class UpstreamPool:
+    cdef public object name, settings, targets, balancer, single, breaker, outlier, retries, signature
+    cdef public int active_requests, retries_in_flight, ejection_count, retry_count, _next
+
+    cpdef TargetPool choose(self, exchange=*, tried=*)
+    cpdef bint usable(self, TargetPool target, tried)
+    cpdef attempt_ended(self, TargetPool target, bint ok)
