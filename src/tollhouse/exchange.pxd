@@ -5,11 +5,12 @@ from tollhouse.upstream.pool cimport TargetPool, UpstreamConnection
 cdef Clock CLOCK
 
 cdef class Exchange:
-    cdef public object conn, worker, headers, body_chunks, state, route, params, method, raw_target, path, query
+    cdef public list headers, response_headers
+    cdef public object conn, worker, body_chunks, state, route, params, method, raw_target, path, query
     cdef public object version, host, request_id, content_length, te, connection_tokens, expect, xff, xfp, xfh
     cdef public UpstreamConnection upstream
     cdef public TargetPool target
-    cdef public object error, response_headers, task, timer, vars, consumer, _client_ip, tier
+    cdef public object error, task, timer, vars, consumer, _client_ip, tier
     cdef public object ratelimit, local, authorization, tried, capture, cache_status, body_waiter, body_filter
     cdef public bint keep_alive, chunked, upgrade, body_done, continue_sent, head_sent, head_received, finished
     cdef public bint response_done, replayed, sent_body, upstream_keepalive, upstream_delimited, conditional, cookie

@@ -5,7 +5,8 @@ from tollhouse.exchange cimport Exchange
 cdef Clock CLOCK
 
 cdef class ClientConnection:
-    cdef public object worker, transport, parser, peer_ip, peer_ip_bytes, scheme, pending, fatal, limits, corked
+    cdef public object worker, transport, parser, peer_ip, peer_ip_bytes, scheme, pending, fatal, limits
+    cdef public list corked
     cdef public object forwarded
     cdef public Exchange active, incoming
     cdef public bint peer_trusted, closing, in_head, write_paused

@@ -7,7 +7,8 @@ cdef Clock CLOCK
 cdef class TargetPool
 
 cdef class UpstreamConnection:
-    cdef public object transport, parser, headers, loop, content_length, connection_tokens
+    cdef public list headers
+    cdef public object transport, parser, loop, content_length, connection_tokens
     cdef public TargetPool target
     cdef public Exchange exchange
     cdef public bint closed, reused, got_bytes, paused, head_only, chunked
