@@ -1,12 +1,16 @@
 # C declarations for the compiled build of exchange.py (setup.py); the .py stays the source.
+cimport cython
+
 from tollhouse.clock cimport Clock
-from tollhouse.upstream.pool cimport TargetPool, UpstreamConnection
+from tollhouse.routing cimport RouteTarget
+from tollhouse.upstream.pool cimport TargetPool, UpstreamConnection, UpstreamPool
 
 cdef Clock CLOCK
 
 cdef class Exchange:
     cdef public list headers, response_headers
-    cdef public object conn, worker, body_chunks, state, route, params, method, raw_target, path, query
+    cdef public RouteTarget route
+    cdef public object conn, worker, body_chunks, state, params, method, raw_target, path, query
     cdef public object version, host, request_id, content_length, te, connection_tokens, expect, xff, xfp, xfh
     cdef public UpstreamConnection upstream
     cdef public TargetPool target
@@ -20,12 +24,16 @@ cdef class Exchange:
     cdef public double upstream_time
 
     cpdef finalise_head(self, limits)
+    @cython.locals(route=RouteTarget)
     cpdef start(self)
+    @cython.locals(pool=UpstreamPool, target=TargetPool)
     cpdef proxy(self)
     cpdef use_target(self, TargetPool target)
+    @cython.locals(target=TargetPool, route=RouteTarget)
     cpdef send_upstream(self, UpstreamConnection conn)
     cpdef feed_body(self, chunk)
     cpdef body_complete(self)
+    @cython.locals(route=RouteTarget)
     cpdef upstream_head(self, conn, int status, headers, keep_alive)
     cpdef write_head(self, body=*)
     cpdef upstream_body(self, chunk)
@@ -33,5 +41,6 @@ cdef class Exchange:
     cpdef upstream_done(self, UpstreamConnection conn)
     cpdef abort_upstream(self)
     cpdef answer(self, reply)
+    @cython.locals(pool=UpstreamPool)
     cpdef finish(self)
     cpdef client_gone(self)

@@ -87,7 +87,7 @@ def format_batch(batch: list, offset: float) -> bytes:
     dumps = orjson.dumps
     memo: dict = {}
     get = memo.get
-    last_second, stamp = None, b""
+    last_second, stamp = -1, b""
     lines = []
     for ex in batch:
         t = ex.ended + offset

@@ -1,0 +1,8 @@
+# C declarations for the compiled build of access_log.py (setup.py); the .py stays the source.
+cimport cython
+
+from tollhouse.exchange cimport Exchange
+
+
+@cython.locals(ex=Exchange, t=cython.double, second=cython.longlong, last_second=cython.longlong)
+cpdef bytes format_batch(list batch, double offset)
