@@ -6,6 +6,8 @@ from tollhouse.routing cimport RouteTarget
 from tollhouse.upstream.pool cimport TargetPool, UpstreamConnection, UpstreamPool
 
 cdef Clock CLOCK
+cdef dict _NORMAL_PATHS, _SPECIAL_ATTR
+cdef frozenset _NO_BODY_STATUS, _IDEMPOTENT
 
 cdef class Exchange:
     cdef public list headers, response_headers

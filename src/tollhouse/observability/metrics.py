@@ -2,17 +2,14 @@
 
 The request path records nothing here: a finished exchange is appended to
 the worker's list of ended exchanges, and `Stats.fold` counts a whole batch
-of them at once (every few milliseconds, and before every snapshot) with
-C-level `map`/`Counter` passes instead of Python code per request.
+of them at once (every few milliseconds, and before every snapshot). In the
+compiled build (metrics.pxd) that loop reads the exchanges' C fields.
 Rendering to the Prometheus text format happens when /metrics is scraped,
 over the merged snapshots of every worker (`merge`, `render`).
 """
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import Counter
-from itertools import repeat
-from operator import attrgetter, sub
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import generate_latest
@@ -60,32 +57,6 @@ class RouteStats:
         self.upstream.observe(duration)
 
 
-_ROUTE = attrgetter("route")
-_REQUEST_KEY = attrgetter("route", "method", "status")
-_ENDED = attrgetter("ended")
-_STARTED = attrgetter("started")
-_UPSTREAM_TIME = attrgetter("upstream_time")
-
-
-def _sums_by(keys: list, values: list) -> dict:
-    """The sum of `values` per key (usually one key: a batch of one route)."""
-    first = keys[0]
-    if keys.count(first) == len(keys):
-        return {first: sum(values)}
-    sums: dict = {}
-    for key, value in zip(keys, values):
-        sums[key] = sums.get(key, 0.0) + value
-    return sums
-
-
-def _fold_histograms(routes: list, values: list, histogram_of) -> None:
-    """Observe `values` (seconds) in `histogram_of(route)` for each exchange's route, a batch at once."""
-    for (route, bucket), n in Counter(zip(routes, map(bisect_left, repeat(BUCKETS), values))).items():
-        histogram_of(route).counts[bucket] += n
-    for route, total in _sums_by(routes, values).items():
-        histogram_of(route).sum += total
-
-
 class Stats:
     """One worker's counters. Keys are plain tuples; values plain numbers."""
 
@@ -114,18 +85,22 @@ class Stats:
         """Count a batch of ended exchanges (`route`, `method`, `status`,
         `started`/`ended` and `upstream_time` in perf_counter seconds)."""
         unrouted = self.unrouted
-        for (route, method, status), n in Counter(map(_REQUEST_KEY, exchanges)).items():
-            counts = route.stats.counts if route is not None else unrouted.counts
-            key = (method, status)
-            counts[key] = counts.get(key, 0) + n
-        _fold_histograms(list(map(_ROUTE, exchanges)),
-                         list(map(sub, map(_ENDED, exchanges), map(_STARTED, exchanges))),
-                         lambda route: (route.stats if route is not None else unrouted).duration)
-        # Time to the upstream's response head, for exchanges that got one.
-        answered = [ex for ex in exchanges if ex.upstream_time]
-        if answered:
-            _fold_histograms(list(map(_ROUTE, answered)), list(map(_UPSTREAM_TIME, answered)),
-                             lambda route: route.stats.upstream)
+        for ex in exchanges:
+            route = ex.route
+            stats = route.stats if route is not None else unrouted
+            key = (ex.method, ex.status)
+            counts = stats.counts
+            counts[key] = counts.get(key, 0) + 1
+            duration = ex.ended - ex.started
+            hist = stats.duration
+            hist.counts[bisect_left(BUCKETS, duration)] += 1
+            hist.sum += duration
+            # Time to the upstream's response head, for exchanges that got one.
+            upstream = ex.upstream_time
+            if upstream:
+                hist = stats.upstream
+                hist.counts[bisect_left(BUCKETS, upstream)] += 1
+                hist.sum += upstream
 
     def inc(self, name: str, labels: tuple = (), by: float = 1) -> None:
         """Bump a counter `tollhouse_<name>` with label pairs ((k, v), ...)."""

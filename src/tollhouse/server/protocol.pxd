@@ -3,6 +3,8 @@ from tollhouse.clock cimport Clock
 from tollhouse.exchange cimport Exchange
 
 cdef Clock CLOCK
+cdef dict _SPECIAL
+cdef frozenset _SPECIAL_LENGTHS
 
 cdef class ClientConnection:
     cdef public object worker, transport, parser, peer_ip, peer_ip_bytes, scheme, pending, fatal, limits

@@ -3,6 +3,8 @@ from tollhouse.clock cimport Clock
 from tollhouse.exchange cimport Exchange
 
 cdef Clock CLOCK
+cdef dict _RESPONSE_SPECIAL
+cdef frozenset _SPECIAL_LENGTHS
 
 cdef class TargetPool
 

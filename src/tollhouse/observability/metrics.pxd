@@ -1,0 +1,26 @@
+# C declarations for the compiled build of metrics.py (setup.py); the .py stays the source.
+cimport cython
+
+from tollhouse.exchange cimport Exchange
+from tollhouse.routing cimport RouteTarget
+
+
+cdef class Histogram:
+    cdef public list counts
+    cdef public double sum
+
+
+cdef class RouteStats:
+    cdef public object name
+    cdef public dict counts
+    cdef public Histogram duration, upstream
+
+
+cdef class Stats:
+    cdef public dict routes, upstream_duration, counters, gauges
+    cdef public RouteStats unrouted
+    cdef public long long active_connections, active_requests
+
+    @cython.locals(ex=Exchange, route=RouteTarget, stats=RouteStats, hist=Histogram, duration=cython.double,
+                   upstream=cython.double)
+    cpdef fold(self, list exchanges)
