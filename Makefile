@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Modules with a .pxd beside them are compiled with Cython (setup.py); the
 # build is redone in place whenever one of them changes. Without a C
 # compiler they run as plain Python (tollhouse/__init__.py picks).
-COMPILED := $(wildcard src/tollhouse/*.pxd src/tollhouse/*/*.pxd)
+COMPILED := $(wildcard src/tollhouse/*.pxd src/tollhouse/*/*.pxd src/tollhouse/*/*/*.pxd)
 BUILT    := $(VENV)/.built
 
 .PHONY: demo test bench redis-server bench-tools clean

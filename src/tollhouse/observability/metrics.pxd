@@ -12,7 +12,7 @@ cdef class Histogram:
 
 cdef class RouteStats:
     cdef public object name
-    cdef public dict counts
+    cdef public dict counts, ratelimit, cache
     cdef public Histogram duration, upstream
 
 
@@ -22,5 +22,5 @@ cdef class Stats:
     cdef public long long active_connections, active_requests
 
     @cython.locals(ex=Exchange, route=RouteTarget, stats=RouteStats, hist=Histogram, duration=cython.double,
-                   upstream=cython.double)
+                   upstream=cython.double, counts=dict)
     cpdef fold(self, list exchanges)

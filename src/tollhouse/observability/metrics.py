@@ -39,13 +39,17 @@ class Histogram:
 class RouteStats:
     """A route's counters, held by the compiled route so the hot path does no lookups by name."""
 
-    __slots__ = ("name", "counts", "duration", "upstream")
+    __slots__ = ("name", "counts", "duration", "upstream", "ratelimit", "cache")
 
     def __init__(self, name: str, upstream: Histogram | None):
         self.name = name
         self.counts: dict[tuple[bytes, int], int] = {}
         self.duration = Histogram()
         self.upstream = upstream
+        # Policy outcomes, counted from the ended exchanges rather than by the policies:
+        # rate-limit results ("allowed", "rejected", ...) and cache results ("HIT", ...).
+        self.ratelimit: dict[str, int] = {}
+        self.cache: dict[str, int] = {}
 
     def observe(self, method: bytes, status: int, duration: float) -> None:
         key = (method, status)
@@ -103,20 +107,45 @@ class Stats:
                 hist = stats.upstream
                 hist.counts[bisect_left(BUCKETS, upstream)] += 1
                 hist.sum += upstream
+            # The policies' outcomes, from what they noted on the exchange.
+            outcome = ex.ratelimit
+            if outcome is not None:
+                if outcome.__class__ is tuple:   # (result, decision, limit, policy header)
+                    outcome = outcome[0]
+                counts = stats.ratelimit
+                counts[outcome] = counts.get(outcome, 0) + 1
+            outcome = ex.cache_status
+            if outcome is not None:
+                counts = stats.cache
+                counts[outcome] = counts.get(outcome, 0) + 1
 
     def inc(self, name: str, labels: tuple = (), by: float = 1) -> None:
         """Bump a counter `tollhouse_<name>` with label pairs ((k, v), ...)."""
         key = (name, labels)
         self.counters[key] = self.counters.get(key, 0) + by
 
+    def policy_counters(self) -> dict:
+        """The counters of the policies' outcomes folded per route, keyed as `counters` is."""
+        counters = {}
+        for r in self.routes.values():
+            route = ("route", r.name)
+            for result, n in r.ratelimit.items():
+                counters[("ratelimit_decisions", (route, ("result", result)))] = n
+            if "rejected" in r.ratelimit:
+                counters[("ratelimit_rejections", (route,))] = r.ratelimit["rejected"]
+            for result, n in r.cache.items():
+                counters[("cache_results", (route, ("result", result)))] = n
+        return counters
+
     def snapshot(self) -> dict:
         """A JSON-able copy, for /metrics and /status across workers."""
         routes = [self.unrouted, *self.routes.values()]
+        counters = {**self.counters, **self.policy_counters()}
         return {
             "requests": [[r.name, m.decode("latin-1"), s, n] for r in routes for (m, s), n in r.counts.items()],
             "request_duration": {r.name: [r.duration.counts, r.duration.sum] for r in routes if r.counts},
             "upstream_duration": {k: [h.counts, h.sum] for k, h in self.upstream_duration.items()},
-            "counters": [[n, [list(p) for p in labels], v] for (n, labels), v in self.counters.items()],
+            "counters": [[n, [list(p) for p in labels], v] for (n, labels), v in counters.items()],
             "gauges": [[n, [list(p) for p in labels], v] for (n, labels), v in self.gauges.items()],
             "active_connections": self.active_connections,
             "active_requests": self.active_requests,

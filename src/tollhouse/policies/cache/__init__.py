@@ -401,9 +401,6 @@ class CachePolicy(Policy):
         self.route_name = context.route_name
         self.vary_names = tuple(h.lower() for h in config.vary)
         self.consumer_scope = config.scope == "consumer"
-        counters = context.stats.counters
-        self.counters = counters
-        self.count_keys = {r: ("cache_results", (("route", self.route_name), ("result", r))) for r in _RESULTS}
         self.route_bytes = self.route_name.encode()
         self.memory = cache.memory
 
@@ -417,7 +414,7 @@ class CachePolicy(Policy):
         way): the dict hashes it, and equal keys are the only matches.
         """
         query = exchange.query
-        if b"&" in query:
+        if query.find(b"&") >= 0:   # not `in`: bytes.__contains__ first tries the needle as an int (an exception)
             query = b"&".join(sorted(query[1:].split(b"&")))
         parts = [self.route_bytes, exchange.host.lower(), exchange.path, query]
         for name in self.vary_names:
@@ -436,14 +433,8 @@ class CachePolicy(Policy):
         return primary + ":" + hashlib.blake2b(values, digest_size=8).hexdigest()
 
     # --- the request side -----------------------------------------------------------------
-    def _count(self, result: str) -> None:
-        key = self.count_keys[result]
-        counters = self.counters
-        counters[key] = counters.get(key, 0) + 1
-
     def bypass(self, exchange) -> None:
-        exchange.cache_status = "BYPASS"
-        self._count("BYPASS")
+        exchange.cache_status = "BYPASS"   # counted by Stats.fold, like every cache result
         return None
 
     def on_request(self, exchange):
@@ -498,7 +489,6 @@ class CachePolicy(Policy):
             entry = None
         fallback = entry if entry is not None and now < entry.error_until else None
         exchange.cache_status = "MISS"
-        self._count("MISS")
         if shared_only or exchange.method == b"HEAD":
             # Not shared with others: a HEAD fetch has no body to store, and a
             # request with credentials may be personal.
@@ -554,15 +544,11 @@ class CachePolicy(Policy):
         return None
 
     def _hit_instead(self, exchange, entry, now, label="HIT"):
-        # This request was counted as a MISS when it started waiting.
-        self.counters[self.count_keys["MISS"]] -= 1
+        # A MISS when it started waiting: hit() relabels it (metrics count the final label).
         return self.hit(exchange, entry, now, label)
 
     def hit(self, exchange, entry: Entry, now: float, label: str) -> Reply:
         exchange.cache_status = label
-        key = self.count_keys[label]
-        counters = self.counters
-        counters[key] = counters.get(key, 0) + 1
         age = int(now - entry.stored_at + entry.age)
         age = _AGE_LINES[age] if 0 <= age < 3600 else b"age: %d\r\n" % max(0, age)
         if exchange.conditional and entry.status == 200 and not_modified(

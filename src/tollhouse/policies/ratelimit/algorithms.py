@@ -10,6 +10,7 @@ State per limit and key:
   (the weighted previous-window counter: estimate = prev * (1 - elapsed) + cur)
 - token_bucket:   GCRA's theoretical arrival time (TAT), capacity `burst`,
   one token per window/limit seconds.
+The memory store keeps these states in a `LimitTable` per limit.
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def evaluate(algo: int, limit: int, window: float, burst: int, state, now: float
     estimate = prev * weight + cur
     if estimate + 1 > limit + 1e-9:
         return False, 0, window_end - now, _sliding_retry(limit, window, now, index, cur, prev), None
-    remaining = max(0, math.floor(limit - estimate - 1 + 1e-9))
+    room = limit - estimate - 1 + 1e-9
+    remaining = int(room) if room > 0 else 0   # int() is floor for the positive values kept
     return True, remaining, window_end - now, 0.0, [index, cur + 1, prev]
 
 
@@ -63,3 +65,29 @@ def _sliding_retry(limit, window, now, index, cur, prev) -> float:
         return next_start - now
     f = max(0.0, 1.0 - (limit - 1) / cur)
     return next_start - now + f * window
+
+
+class LimitTable:
+    """States of one limit, by key, in two generations: entries untouched for
+    a full generation are dropped, so memory follows the active keys."""
+
+    __slots__ = ("current", "old", "rotate_at", "period")
+
+    def __init__(self, period: float):
+        self.current: dict = {}
+        self.old: dict = {}
+        self.period = period
+        self.rotate_at = 0.0
+
+    def get(self, key, now: float):
+        if now >= self.rotate_at:
+            if self.rotate_at:
+                self.old = self.current
+                self.current = {}
+            self.rotate_at = now + self.period
+        state = self.current.get(key)
+        if state is None:
+            state = self.old.pop(key, None)
+            if state is not None:
+                self.current[key] = state
+        return state

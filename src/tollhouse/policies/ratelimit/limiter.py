@@ -20,6 +20,7 @@ from ...pipeline import Deferred
 from ...store.batch import TickBatcher
 from ...store.guard import STORE_ERRORS, StoreGuard
 from . import algorithms
+from .algorithms import LimitTable
 
 log = logging.getLogger("tollhouse.ratelimit")
 
@@ -40,32 +41,6 @@ MAX_BATCH = 256       # requests per script call
 _CALLS = ("ratelimit_store_calls", ())
 ANNOUNCE_EVERY = 5.0
 INSTANCE_TTL = 15
-
-
-class LimitTable:
-    """States of one limit, by key, in two generations: entries untouched for
-    a full generation are dropped, so memory follows the active keys."""
-
-    __slots__ = ("current", "old", "rotate_at", "period")
-
-    def __init__(self, period: float):
-        self.current: dict = {}
-        self.old: dict = {}
-        self.period = period
-        self.rotate_at = 0.0
-
-    def get(self, key, now: float):
-        if now >= self.rotate_at:
-            if self.rotate_at:
-                self.old = self.current
-                self.current = {}
-            self.rotate_at = now + self.period
-        state = self.current.get(key)
-        if state is None:
-            state = self.old.pop(key, None)
-            if state is not None:
-                self.current[key] = state
-        return state
 
 
 class MemoryLimiter:

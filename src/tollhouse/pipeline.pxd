@@ -1,0 +1,26 @@
+# C declarations for the compiled build of pipeline.py (setup.py); the .py stays the source.
+# Policy is an extension type so that built-in policies can be too (their hooks
+# then run as C); plugins subclass it from Python as before.
+
+cdef class Reply:
+    cdef public int status
+    cdef public object headers, body, problem_fields, lines
+
+
+cdef class Deferred:
+    cdef public object chain, exchange, start, proceed, answer
+
+
+cdef class Policy:
+    cdef public object config, context
+
+    cpdef on_request(self, exchange)
+    cpdef on_response(self, exchange)
+
+
+cdef class Chain:
+    cdef public tuple request_hooks, response_hooks
+    cdef public list policies
+
+    cpdef run(self, exchange, proceed, answer, int start=*)
+    cpdef handle(self, exchange, result, int i, proceed, answer)

@@ -1,0 +1,29 @@
+# C declarations for the compiled build of policy.py (setup.py); the .py stays the source.
+cimport cython
+
+from tollhouse.pipeline cimport Policy
+from tollhouse.policies.ratelimit.algorithms cimport LimitTable, evaluate
+
+
+cdef class _Limit:
+    cdef public int algo
+    cdef public long long limit, burst
+    cdef public double window
+    cdef public object spec, script_args, spec_id, store_prefix, key_kind, header, name, policy_item
+    cdef public LimitTable table, local_table
+
+
+cpdef str _key(_Limit lim, exchange)
+
+
+cdef class RateLimitPolicy(Policy):
+    cdef public object limiter, route, fixed, tiers, prefix, policy_header
+    cdef public bint memory, tiered
+    cdef public _Limit single
+
+    cpdef _limits(self, exchange)
+    @cython.locals(lim=_Limit, ok=bint, now=double, table=LimitTable)
+    cpdef on_request(self, exchange)
+    cpdef admit(self, exchange, _Limit lim, tuple decision, result)
+    @cython.locals(lim=_Limit, d=tuple, reset=cython.longlong)
+    cpdef on_response(self, exchange)

@@ -1,0 +1,186 @@
+"""The rate-limit policy: a route's limits, checked per request (see __init__).
+
+Compiled with Cython (policy.pxd): `RateLimitPolicy` and `_Limit` are
+extension types there, so the per-request hooks run as C.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from time import time as _now
+
+from ...pipeline import Policy, Reply
+from .algorithms import ALGORITHMS, evaluate
+from .limiter import MemoryLimiter, RedisLimiter, StoreDown, decide
+from .schema import RateLimit
+
+
+class _Limit:
+    """A limit compiled for the request path."""
+
+    __slots__ = ("spec", "algo", "limit", "window", "script_args", "burst", "spec_id", "store_prefix", "key_kind",
+                 "header", "name", "policy_item", "table", "local_table")
+
+    def __init__(self, cfg: RateLimit, spec_id: str, limiter):
+        burst = cfg.burst or cfg.limit
+        self.algo, self.limit, self.window, self.burst = ALGORITHMS[cfg.algorithm], cfg.limit, cfg.window, burst
+        self.spec = (self.algo, self.limit, self.window, burst)
+        # Pre-encoded for the Redis script (the client would encode them per call).
+        self.script_args = tuple(b"%d" % v for v in (self.algo, self.limit, int(cfg.window * 1000), burst))
+        if cfg.key == "global":
+            # One counter for every route declaring the same global limit.
+            spec_id = f"global:{cfg.algorithm}:{cfg.limit}:{cfg.window:g}:{burst}"
+        self.spec_id = spec_id
+        self.store_prefix = ""
+        self.key_kind = cfg.key.split(":", 1)[0]
+        self.header = cfg.key.split(":", 1)[1] if ":" in cfg.key else None
+        self.name = f"{cfg.key.replace(':', '-').lower()}-{cfg.window:g}s"
+        self.policy_item = f'"{self.name}";q={cfg.limit};w={max(1, math.ceil(cfg.window))}'
+        # Memory tables are resolved once here, not looked up per request.
+        self.table = limiter.table(spec_id, self.spec) if isinstance(limiter, MemoryLimiter) else None
+        self.local_table = limiter.local.table(spec_id, self.spec) if isinstance(limiter, RedisLimiter) else None
+
+
+def _key(lim: _Limit, exchange) -> str:
+    """The counter key of `lim` for this request."""
+    kind = lim.key_kind
+    if kind == "ip":
+        return "ip:" + exchange.client_ip
+    if kind == "consumer":
+        return "c:" + exchange.consumer if exchange.consumer else "ip:" + exchange.client_ip
+    if kind == "route" or kind == "global":
+        return kind
+    value = exchange.header(lim.header)
+    return "h:" + _short(value) if value else "ip:" + exchange.client_ip
+
+
+def _keys(limits, exchange) -> list:
+    # Outside the methods: the compiled build allows no closure in them (setup.py).
+    return [_key(lim, exchange) for lim in limits]
+
+
+def _store_keys(limits, keys) -> list:
+    return [(lim.store_prefix + k).encode() for lim, k in zip(limits, keys)]
+
+
+def _policy_items(limits) -> str:
+    return ", ".join(x.policy_item for x in limits)
+
+
+def _short(value: str) -> str:
+    return value if len(value) <= 64 else hashlib.sha1(value.encode()).hexdigest()
+
+
+class RateLimitPolicy(Policy):
+    phase = "ratelimit"
+
+    def __init__(self, config, context, *, tiers, limiter, route_name: str):
+        super().__init__(config, context)
+        self.limiter = limiter
+        self.route = route_name
+        self.memory = isinstance(limiter, MemoryLimiter)
+        self.fixed = [_Limit(c, f"{route_name}:{i}", limiter) for i, c in enumerate(config) if not c.tiered]
+        self.tiered = any(c.tiered for c in config)
+        self.tiers = {name: [_Limit(c, f"{route_name}:t:{name}:{j}", limiter) for j, c in enumerate(tier.rate_limits)]
+                      for name, tier in tiers.items()}
+        uses_global = any(lim.key_kind == "global" for lim in self.fixed) or any(
+            lim.key_kind == "global" for limits in self.tiers.values() for lim in limits)
+        # All keys of one request share a Redis Cluster hash slot, so one script
+        # sees them all: the route's slot, or the shared one if a global key is used.
+        tag = "global" if uses_global else route_name
+        self.prefix = f"th:rl:v1:{{{tag}}}:"
+        for lim in self.fixed + [x for limits in self.tiers.values() for x in limits]:
+            lim.store_prefix = f"{self.prefix}{lim.spec_id}:"
+        self.policy_header = None if self.tiered else _policy_items(self.fixed)
+        # The common case, one limit, skips the lists of the general path.
+        self.single = self.fixed[0] if not self.tiered and len(self.fixed) == 1 else None
+
+    def _limits(self, exchange):
+        if not self.tiered:
+            return self.fixed
+        tier = exchange.tier or "default"
+        return self.fixed + self.tiers.get(tier, [])
+
+    def on_request(self, exchange):
+        lim = self.single
+        if lim is not None:
+            # The socket peer's key without the general lookup: the common case.
+            key = ("ip:" + exchange.conn.peer_ip if lim.key_kind == "ip" and exchange.xff is None
+                   else _key(lim, exchange))
+            if not self.memory:
+                return self.limiter.check(self.fixed, [(lim.store_prefix + key).encode()], self, exchange, [key])
+            now = _now()
+            table = lim.table
+            ok, remaining, reset, retry, state = evaluate(lim.algo, lim.limit, lim.window, lim.burst,
+                                                          table.get(key, now), now)
+            if ok:
+                table.current[key] = state
+                self.admit(exchange, lim, (True, lim.limit, remaining, reset, 0.0), "allowed")
+                return None
+            return self._decide(exchange, self.fixed, False, [(False, lim.limit, remaining, reset, retry)], "allowed")
+        limits = self._limits(exchange)
+        if not limits:
+            return None
+        keys = _keys(limits, exchange)
+        if self.memory:
+            allowed, decisions = decide(limits, [lim.table for lim in limits], keys, _now(), 1)
+            return self._decide(exchange, limits, allowed, decisions, "allowed")
+        return self.limiter.check(limits, _store_keys(limits, keys), self, exchange, keys)
+
+    def resolved(self, exchange, limits, keys, result):
+        """Turn the store's answer (or StoreDown) into None or a Reply."""
+        if not isinstance(result, StoreDown):
+            allowed, decisions = result
+            return self._decide(exchange, limits, allowed, decisions, "allowed")
+        mode = self.limiter.failure_mode
+        if mode == "open":
+            exchange.ratelimit = "store_down_open"
+            return None
+        if mode == "closed":
+            exchange.ratelimit = "store_down_closed"
+            return Reply.problem(503, "Service Unavailable", "the rate-limit store is unavailable",
+                                 headers=[("retry-after", "1")])
+        allowed, decisions = decide(limits, [lim.local_table for lim in limits], keys, _now(),
+                                    self.limiter.live_instances)
+        return self._decide(exchange, limits, allowed, decisions, "store_down_local")
+
+    def admit(self, exchange, lim: _Limit, decision: tuple, result: str) -> None:
+        """An admitted request: `decision` (of its tightest limit `lim`) for the headers.
+
+        `exchange.ratelimit` is the outcome: metrics count it (Stats.fold), the
+        access log shows it, on_response turns it into headers."""
+        exchange.ratelimit = (result, decision, lim, self.policy_header)
+
+    def _decide(self, exchange, limits, allowed, decisions, result):
+        # decisions: (ok, limit, remaining, reset, retry) per limit
+        if allowed:
+            best = 0
+            for i in range(1, len(decisions)):
+                if decisions[i][2] < decisions[best][2]:
+                    best = i
+            self.admit(exchange, limits[best], decisions[best], result)
+            return None
+        best = -1
+        for i, d in enumerate(decisions):
+            if not d[0] and (best < 0 or d[4] > decisions[best][4]):
+                best = i
+        d = decisions[best]
+        exchange.ratelimit = ("rejected", d, limits[best], self.policy_header)
+        retry = max(1, math.ceil(d[4]))
+        return Reply.problem(429, "Too Many Requests", f"rate limit {limits[best].name} exceeded; retry in {retry}s",
+                             headers=[("retry-after", str(retry))])
+
+    def on_response(self, exchange):
+        state = exchange.ratelimit
+        if state.__class__ is not tuple:
+            return
+        _, d, lim, policy = state
+        if policy is None:
+            policy = _policy_items(self._limits(exchange))
+        reset = max(0, math.ceil(d[3]))
+        remaining = d[2]
+        # One entry holding five header lines: this runs on every limited response. An
+        # f-string then encode() is cheaper than bytes %-formatting (compiled: 1.0 -> 0.7 µs).
+        exchange.response_headers.append((
+            f'ratelimit-limit: {d[1]}\r\nratelimit-remaining: {remaining}\r\nratelimit-reset: {reset}\r\n'
+            f'ratelimit-policy: {policy}\r\nratelimit: "{lim.name}";r={remaining};t={reset}\r\n').encode())
