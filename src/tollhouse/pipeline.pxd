@@ -24,3 +24,4 @@ cdef class Chain:
 
     cpdef run(self, exchange, proceed, answer, int start=*)
     cpdef handle(self, exchange, result, int i, proceed, answer)
+    cpdef _after(self, exchange, result, error, int start, proceed, answer)

@@ -57,7 +57,7 @@ class RedisStore(Store):
             try:
                 # Closed by the server while idle (its `timeout`, a proxy) or holding
                 # unread bytes: not reusable (what redis-py's pool checks too).
-                stale = await conn.can_read_destructive()
+                stale = await conn.can_read()
             except STORE_ERRORS:
                 stale = True
             if stale:

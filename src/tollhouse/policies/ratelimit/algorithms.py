@@ -14,8 +14,6 @@ The memory store keeps these states in a `LimitTable` per limit.
 """
 from __future__ import annotations
 
-import math
-
 FIXED, SLIDING, BUCKET = 0, 1, 2
 ALGORITHMS = {"fixed_window": FIXED, "sliding_window": SLIDING, "token_bucket": BUCKET}
 

@@ -1,0 +1,18 @@
+# C declarations for the compiled build of policy.py (setup.py); the .py stays the source.
+cimport cython
+
+from tollhouse.pipeline cimport Policy, Reply
+
+
+cdef class CachePolicy(Policy):
+    cdef public object cache, route_name, vary_names, route_bytes
+    cdef public bint consumer_scope, memory
+
+    cpdef primary_key(self, exchange)
+    cpdef bypass(self, exchange)
+    @cython.locals(shared_only=bint, now=double)
+    cpdef on_request(self, exchange)
+    cpdef decide(self, exchange, primary, key, entry, bint shared_only, double now)
+    @cython.locals(seconds=cython.longlong, reply=Reply)
+    cpdef hit(self, exchange, entry, double now, label)
+    cpdef on_response(self, exchange)
