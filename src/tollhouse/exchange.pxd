@@ -2,6 +2,7 @@
 cimport cython
 
 from tollhouse.clock cimport Clock
+from tollhouse.pipeline cimport Reply
 from tollhouse.routing cimport RouteTarget
 from tollhouse.upstream.pool cimport TargetPool, UpstreamConnection, UpstreamPool
 
@@ -42,7 +43,7 @@ cdef class Exchange:
     cpdef end_body(self)
     cpdef upstream_done(self, UpstreamConnection conn)
     cpdef abort_upstream(self)
-    cpdef answer(self, reply)
+    cpdef answer(self, Reply reply)
     @cython.locals(pool=UpstreamPool)
     cpdef finish(self)
     cpdef client_gone(self)

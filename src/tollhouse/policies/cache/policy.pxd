@@ -2,6 +2,7 @@
 cimport cython
 
 from tollhouse.pipeline cimport Policy, Reply
+from tollhouse.policies.cache.storage cimport Entry, MemoryCache
 
 
 cdef class CachePolicy(Policy):
@@ -10,9 +11,9 @@ cdef class CachePolicy(Policy):
 
     cpdef primary_key(self, exchange)
     cpdef bypass(self, exchange)
-    @cython.locals(shared_only=bint, now=double)
+    @cython.locals(shared_only=bint, now=double, storage=MemoryCache, entry=Entry)
     cpdef on_request(self, exchange)
-    cpdef decide(self, exchange, primary, key, entry, bint shared_only, double now)
+    cpdef decide(self, exchange, primary, key, Entry entry, bint shared_only, double now)
     @cython.locals(seconds=cython.longlong, reply=Reply)
-    cpdef hit(self, exchange, entry, double now, label)
+    cpdef hit(self, exchange, Entry entry, double now, label)
     cpdef on_response(self, exchange)
