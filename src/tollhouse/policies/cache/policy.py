@@ -26,8 +26,7 @@ _STATUS_LINES = {r: b"x-cache-status: %s\r\n" % r.encode() for r in _RESULTS}
 
 
 def _not_modified_lines(lines) -> list:
-    """The header lines a 304 repeats (RFC 9110 §15.4.5). Outside the methods: the
-    compiled build allows no closure in them (setup.py)."""
+    """The header lines a 304 repeats (RFC 9110 §15.4.5): from a stored entry or an upstream head."""
     return [line for line in lines if line[:line.find(b":")].strip().lower() in NOT_MODIFIED_FIELDS]
 
 

@@ -54,16 +54,8 @@ def _key(lim: _Limit, exchange) -> str:
     return "h:" + _short(value) if value else "ip:" + exchange.client_ip
 
 
-def _keys(limits, exchange) -> list:
-    # Outside the methods: the compiled build allows no closure in them (setup.py).
-    return [_key(lim, exchange) for lim in limits]
-
-
-def _store_keys(limits, keys) -> list:
-    return [(lim.store_prefix + k).encode() for lim, k in zip(limits, keys)]
-
-
 def _policy_items(limits) -> str:
+    # Outside the methods: the compiled build allows no closure (this generator) in them.
     return ", ".join(x.policy_item for x in limits)
 
 
@@ -121,11 +113,12 @@ class RateLimitPolicy(Policy):
         limits = self._limits(exchange)
         if not limits:
             return None
-        keys = _keys(limits, exchange)
+        keys = [_key(lim, exchange) for lim in limits]
         if self.memory:
             allowed, decisions = decide(limits, [lim.table for lim in limits], keys, _now(), 1)
             return self._decide(exchange, limits, allowed, decisions, "allowed")
-        return self.limiter.check(limits, _store_keys(limits, keys), self, exchange, keys)
+        return self.limiter.check(limits, [(lim.store_prefix + k).encode() for lim, k in zip(limits, keys)],
+                                  self, exchange, keys)
 
     def resolved(self, exchange, limits, keys, result):
         """Turn the store's answer (or StoreDown) into None or a Reply."""
