@@ -87,7 +87,8 @@ class Stats:
 
     def fold(self, exchanges: list) -> None:
         """Count a batch of ended exchanges (`route`, `method`, `status`,
-        `started`/`ended` and `upstream_time` in perf_counter seconds)."""
+        `started`/`ended` and `upstream_time` in perf_counter seconds, and the
+        outcomes the policies noted: `ratelimit`, `cache_status`)."""
         # RouteStats.observe / Histogram.observe inlined: calling them per
         # exchange doubles this loop's cost (0.5 -> 1.1 µs compiled, 0.7 -> 1.8 plain).
         unrouted = self.unrouted
