@@ -26,6 +26,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
 from tollhouse.config import load_text  # noqa: E402
+from tollhouse.exchange import WorkerCore  # noqa: E402
 from tollhouse.observability.access_log import format_batch  # noqa: E402
 from tollhouse.observability.metrics import Stats  # noqa: E402
 from tollhouse.server.protocol import ClientConnection  # noqa: E402
@@ -68,7 +69,7 @@ class NullTransport(asyncio.Transport):
         return ("127.0.0.1", 5555) if name == "peername" else default
 
 
-class Worker:
+class Worker(WorkerCore):
     def __init__(self, access_log: bool, route_extra: str = "", store_url: str | None = None):
         self.loop = asyncio.new_event_loop()
         config, errors = load_text((f"store: {store_url}\n" if store_url else "") + f"""

@@ -10,10 +10,18 @@ cdef Clock CLOCK
 cdef dict _NORMAL_PATHS, _SPECIAL_ATTR
 cdef frozenset _NO_BODY_STATUS, _IDEMPOTENT
 
+cdef class WorkerCore:
+    cdef public object loop, stats, state, date, next_request_id
+    cdef public set connections, inflight
+    cdef public list ended
+    cdef public bint draining
+
+
 cdef class Exchange:
     cdef public list headers, response_headers
     cdef public RouteTarget route
-    cdef public object conn, worker, body_chunks, state, params, method, raw_target, path, query
+    cdef public WorkerCore worker
+    cdef public object conn, body_chunks, state, params, method, raw_target, path, query
     cdef public object version, host, request_id, content_length, te, connection_tokens, expect, xff, xfp, xfh
     cdef public UpstreamConnection upstream
     cdef public TargetPool target

@@ -39,6 +39,14 @@ _BODY_BUFFER_HIGH = 64 * 1024
 _NONE, _RAW, _CHUNKED = 0, 1, 2
 
 
+class WorkerCore:
+    """What the request path reads of its worker on every request; `server.worker.Worker`
+    (and any stand-in for it) extends this. Compiled, these are C fields and typed
+    containers instead of instance-dict lookups (see exchange.pxd)."""
+
+    __slots__ = ("loop", "stats", "state", "connections", "inflight", "ended", "draining", "date", "next_request_id")
+
+
 class Exchange:
     """One request/response cycle on a client connection (the policies' view of a request).
 

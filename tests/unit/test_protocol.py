@@ -5,6 +5,7 @@ import re
 import pytest
 
 from tollhouse.config import load_text
+from tollhouse.exchange import WorkerCore
 from tollhouse.observability.metrics import Stats
 from tollhouse.server.protocol import ClientConnection
 from tollhouse.state import build_state
@@ -51,7 +52,7 @@ class RecordingTransport(asyncio.Transport):
         return ("127.0.0.1", 5555) if name == "peername" else default
 
 
-class FakeWorker:
+class FakeWorker(WorkerCore):
     """Only what the protocol touches; the state is built from a real config."""
 
     def __init__(self):

@@ -1,13 +1,14 @@
 # C declarations for the compiled build of protocol.py (setup.py); the .py stays the source.
 from tollhouse.clock cimport Clock
-from tollhouse.exchange cimport Exchange
+from tollhouse.exchange cimport Exchange, WorkerCore
 
 cdef Clock CLOCK
 cdef dict _SPECIAL
 cdef frozenset _SPECIAL_LENGTHS
 
 cdef class ClientConnection:
-    cdef public object worker, transport, parser, peer_ip, peer_ip_bytes, scheme, pending, fatal, limits
+    cdef public WorkerCore worker
+    cdef public object transport, parser, peer_ip, peer_ip_bytes, scheme, pending, fatal, limits
     cdef public list corked
     cdef public object forwarded
     cdef public Exchange active, incoming

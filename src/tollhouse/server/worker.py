@@ -19,6 +19,7 @@ import time
 
 from ..clock import CLOCK
 from ..config import load_file, load_text
+from ..exchange import WorkerCore
 from ..observability.access_log import AccessLog, request_id_factory
 from ..observability.metrics import Stats
 from ..policies.cache import ResponseCache
@@ -54,7 +55,7 @@ def server_ssl(tls) -> ssl.SSLContext | None:
     return ctx
 
 
-class Worker:
+class Worker(WorkerCore):
     def __init__(self, config, config_path: str | None, loop, index: int = 0, sockets=None):
         self.config_path = config_path
         self.loop = loop
