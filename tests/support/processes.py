@@ -68,8 +68,7 @@ class Gateway:
             self.proc = subprocess.Popen(cmd, stdout=open(self.stdout_path, "wb"),
                                          stderr=open(self.stderr_path, "wb"), env=env)
             try:
-                wait_for(lambda: self.proc.poll() is not None
-                         or (self.get_admin("/healthz")[0] == 200 and self._port_open()), timeout=20)
+                wait_for(lambda: self.proc.poll() is not None or self._serving(), timeout=20)
             except TimeoutError:
                 pass
             if self.proc.poll() is None and self._serving():
