@@ -71,7 +71,7 @@ class NullTransport(asyncio.Transport):
 
 class Worker(WorkerCore):
     def __init__(self, access_log: bool, route_extra: str = "", store_url: str | None = None):
-        self.loop = asyncio.new_event_loop()
+        super().__init__(asyncio.new_event_loop())
         config, errors = load_text((f"store: {store_url}\n" if store_url else "") + f"""
 auth: {{providers: {{dev: {{type: jwt, algorithms: [HS256], secret: "{JWT_SECRET}"}}}}}}
 upstreams: {{u: {{targets: ["http://127.0.0.1:9"]}}}}
@@ -90,14 +90,10 @@ routes:
             store = MemoryStore()
         self.cache = ResponseCache(config.cache, store, self.stats, self)
         self.state = build_state(config, self.loop, self.stats, store, cache=self.cache)
-        self.connections = set()
-        self.inflight = set()
-        self.draining = False
         self.date = b"Thu, 01 Jan 2026 00:00:00 GMT"
         from tollhouse.observability.access_log import request_id_factory
 
         self.next_request_id = request_id_factory()
-        self.ended = []
         self.access_log = access_log
 
     def count_ended(self):
@@ -134,11 +130,14 @@ def run(n: int, client, up, request: bytes = REQUEST, upstream: bool = True) -> 
     feed_client = client.data_received
     feed_up = up.data_received
     worker = client.worker
+    flush = worker.flush_outbox   # what the event loop runs after each batch of reads
     t0 = time.perf_counter()
     for i in range(n):
         feed_client(request)
+        flush()
         if upstream:
             feed_up(RESPONSE)
+            flush()
         if i & 255 == 255:
             worker.count_ended()
     worker.count_ended()

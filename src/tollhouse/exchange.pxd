@@ -13,8 +13,11 @@ cdef frozenset _NO_BODY_STATUS, _IDEMPOTENT
 cdef class WorkerCore:
     cdef public object loop, stats, state, date, next_request_id
     cdef public set connections, inflight
-    cdef public list ended
+    cdef public list ended, outbox
     cdef public bint draining
+
+    cpdef defer(self, conn)
+    cpdef flush_outbox(self)
 
 
 cdef class Exchange:

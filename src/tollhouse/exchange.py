@@ -42,9 +42,42 @@ _NONE, _RAW, _CHUNKED = 0, 1, 2
 class WorkerCore:
     """What the request path reads of its worker on every request; `server.worker.Worker`
     (and any stand-in for it) extends this. Compiled, these are C fields and typed
-    containers instead of instance-dict lookups (see exchange.pxd)."""
+    containers instead of instance-dict lookups (see exchange.pxd).
 
-    __slots__ = ("loop", "stats", "state", "connections", "inflight", "ended", "draining", "date", "next_request_id")
+    It also owns the outbox: connections write nothing while the event loop
+    works through a batch of reads; what each gathered leaves in one write
+    when the batch is done (`flush_outbox`, via call_soon). Writing at once
+    wakes the peer (an upstream, a client) on its own core for every
+    message; gathered, one wake-up serves the batch. On the 2-core bench
+    this cut the kernel's time per request from 22 to 12 µs
+    (docs/architecture.md, "Writes leave once per loop iteration").
+    """
+
+    __slots__ = ("loop", "stats", "state", "connections", "inflight", "ended", "draining", "date", "next_request_id",
+                 "outbox")
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.connections = set()
+        self.inflight = set()   # exchanges waiting on an upstream, watched for timeouts
+        self.ended = []         # finished exchanges not yet counted in the metrics and logged
+        self.outbox = []        # connections holding writes until the loop's batch is done
+        self.draining = False
+
+    def defer(self, conn) -> None:
+        """`conn` holds writes; its `flush()` is called once this loop iteration's callbacks are done."""
+        if not self.outbox:
+            self.loop.call_soon(self.flush_outbox)
+        self.outbox.append(conn)
+
+    def flush_outbox(self) -> None:
+        outbox = self.outbox
+        self.outbox = []
+        for conn in outbox:
+            try:
+                conn.flush()
+            except Exception:  # noqa: BLE001 - one connection's failure must not strand the others' bytes
+                log.exception("writing to a connection failed")
 
 
 class Exchange:
@@ -484,9 +517,11 @@ class Exchange:
             self.sent_body = True
             up.last_read = CLOCK.now  # upload progress counts as activity for read_timeout
             if self.chunked:
-                up.transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                up.write(b"%x\r\n" % len(chunk))
+                up.write(chunk)
+                up.write(b"\r\n")
             else:
-                up.transport.write(chunk)
+                up.write(chunk)
         elif self.body_chunks is not None:
             self.body_chunks.append(chunk)
             self.body_progress = CLOCK.now
@@ -515,7 +550,7 @@ class Exchange:
             # Like Envoy's route timeout, the wait for the answer starts when the request is complete.
             self.upstream_started = up.last_read = CLOCK.now
             if self.chunked:
-                up.transport.write(_LAST_CHUNK)
+                up.write(_LAST_CHUNK)
         if self.response_done:
             self.finish()
 
@@ -610,11 +645,7 @@ class Exchange:
                 return
         mode = self.mode
         if mode == _RAW:
-            corked = self.conn.corked
-            if corked is not None:
-                corked.append(chunk)
-            else:
-                self.conn.transport.write(chunk)
+            self.conn.write(chunk)
         elif mode == _CHUNKED:
             self.conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         else:

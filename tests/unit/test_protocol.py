@@ -20,18 +20,27 @@ limits: {max_headers: 5, max_uri_bytes: 64}
 
 
 class RecordingTransport(asyncio.Transport):
-    def __init__(self):
+    """`out` is what was written once the event loop has finished its current
+    batch of callbacks (the connection gathers writes until then)."""
+
+    def __init__(self, loop):
         super().__init__()
-        self.out = bytearray()
+        self.loop = loop
+        self.written = bytearray()
         self.closed = False
         self.reading = True
 
+    @property
+    def out(self) -> bytearray:
+        self.loop.run_until_complete(asyncio.sleep(0))   # one loop iteration: the outbox is flushed
+        return self.written
+
     def write(self, data):
-        self.out += data
+        self.written += data
 
     def writelines(self, parts):
         for p in parts:
-            self.out += p
+            self.written += p
 
     def close(self):
         self.closed = True
@@ -56,15 +65,11 @@ class FakeWorker(WorkerCore):
     """Only what the protocol touches; the state is built from a real config."""
 
     def __init__(self):
-        self.loop = asyncio.new_event_loop()
+        super().__init__(asyncio.new_event_loop())
         config, errors = load_text(CONFIG)
         assert not errors
         self.stats = Stats()
         self.state = build_state(config, self.loop, self.stats, MemoryStore())
-        self.connections = set()
-        self.inflight = set()
-        self.ended = []
-        self.draining = False
         self.access_log = None
         self.date = b"Thu, 01 Jan 2026 00:00:00 GMT"
         n = iter(range(1, 10**6))
@@ -75,7 +80,7 @@ class FakeWorker(WorkerCore):
 def conn():
     worker = FakeWorker()
     c = ClientConnection(worker, b"http")
-    t = RecordingTransport()
+    t = RecordingTransport(worker.loop)
     c.connection_made(t)
     yield c, t
     worker.loop.close()

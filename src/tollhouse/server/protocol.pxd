@@ -5,6 +5,7 @@ from tollhouse.exchange cimport Exchange, WorkerCore
 cdef Clock CLOCK
 cdef dict _SPECIAL
 cdef frozenset _SPECIAL_LENGTHS
+cdef long long GATHER_LIMIT
 
 cdef class ClientConnection:
     cdef public WorkerCore worker
@@ -15,10 +16,10 @@ cdef class ClientConnection:
     cdef public bint peer_trusted, closing, in_head, write_paused
     cdef public int paused
     cdef public double head_started, last_active
-    cdef public long long head_bytes, read_size
+    cdef public long long head_bytes, read_size, gathered
 
     cpdef write(self, data)
-    cpdef uncork(self)
+    cpdef flush(self)
     cpdef _special_header(self, Exchange ex, kind, value)
     cpdef closing_after(self, Exchange ex)
     cpdef exchange_finished(self, Exchange ex)

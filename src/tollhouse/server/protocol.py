@@ -17,6 +17,7 @@ import httptools
 from ..clock import CLOCK
 from ..exchange import Exchange
 from ..pipeline import Reply
+from ..upstream.pool import GATHER_LIMIT
 
 log = logging.getLogger("tollhouse.server")
 
@@ -54,7 +55,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
 
     __slots__ = ("worker", "transport", "parser", "peer_ip", "peer_ip_bytes", "peer_trusted", "scheme", "active",
                  "pending", "incoming", "paused", "closing", "in_head", "head_started", "last_active",
-                 "write_paused", "fatal", "limits", "corked", "head_bytes", "read_size", "forwarded")
+                 "write_paused", "fatal", "limits", "corked", "gathered", "head_bytes", "read_size", "forwarded")
 
     background = False   # see policies/cache BackgroundConnection
 
@@ -77,7 +78,8 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         self.write_paused = False
         self.fatal = None
         self.limits = None
-        self.corked: list[bytes] | None = None
+        self.corked: list[bytes] | None = None   # writes gathered this loop iteration
+        self.gathered = 0                        # their size
         self.head_bytes = 0
         self.read_size = 0
         self.forwarded = b""
@@ -170,22 +172,24 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
 
     # writing -----------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        """Write to the client; while corked, gather writes into one syscall."""
+        """Write to the client: gathered until this loop iteration's callbacks
+        are done, then sent in one write (`WorkerCore.defer`)."""
         corked = self.corked
         if corked is None:
-            self.transport.write(data)
+            self.corked = [data]
+            self.gathered = len(data)
+            self.worker.defer(self)
         else:
             corked.append(data)
+            self.gathered += len(data)
+        if self.gathered > GATHER_LIMIT:
+            self.flush()
 
-    def cork(self) -> None:
-        if self.corked is None:
-            self.corked = []
-
-    def uncork(self) -> None:
+    def flush(self) -> None:
         corked = self.corked
         if corked is not None:
             self.corked = None
-            if corked and not self.transport.is_closing():
+            if not self.transport.is_closing():
                 self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
     # httptools callbacks -----------------------------------------------------
@@ -304,7 +308,6 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
             return
         self.last_active = CLOCK.now
         if self.pending:
-            self.uncork()
             nxt = self.pending.popleft()
             self.active = nxt
             if not self.pending:
@@ -359,8 +362,8 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
                 self.transport.resume_reading()
 
     def close(self):
-        """Close after what is written (corked bytes included) has gone out."""
-        self.uncork()
+        """Close after what is written (gathered bytes included) has gone out."""
+        self.flush()
         self.closing = True
         self.transport.close()
 

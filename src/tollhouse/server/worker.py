@@ -57,16 +57,12 @@ def server_ssl(tls) -> ssl.SSLContext | None:
 
 class Worker(WorkerCore):
     def __init__(self, config, config_path: str | None, loop, index: int = 0, sockets=None):
+        super().__init__(loop)
         self.config_path = config_path
-        self.loop = loop
         self.index = index
         self.stats = Stats()
-        self.connections: set[ClientConnection] = set()
-        self.inflight: set = set()   # exchanges waiting on an upstream, watched for timeouts
-        self.ended: list = []        # finished exchanges not yet counted in the metrics and logged
         self.health: dict[tuple[str, str], bool] = {}   # (upstream, target url) -> healthy
         self.checker = None
-        self.draining = False
         self.next_request_id = request_id_factory()
         self.date = b""
         self.started_at = time.time()

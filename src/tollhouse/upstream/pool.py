@@ -29,6 +29,12 @@ _RESPONSE_SPECIAL = {b"content-length": 1, b"transfer-encoding": 2, b"connection
 
 _SPECIAL_LENGTHS = frozenset(len(n) for n in _RESPONSE_SPECIAL)
 
+# Connections (client and upstream) gather their writes until the loop's batch
+# of reads is done (WorkerCore.defer), but write at once past this much (a
+# streamed body): the transport's backpressure (pause_writing) must see a big
+# stream as it comes, and libuv reads a busy socket up to 32 times a callback.
+GATHER_LIMIT = 64 * 1024
+
 
 class UpstreamConnection:   # an asyncio protocol by its methods (a compiled class cannot subclass asyncio.Protocol)
     """One connection to a target; relays one exchange at a time.
@@ -39,7 +45,7 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
 
     __slots__ = ("target", "transport", "parser", "exchange", "closed", "idle_since", "headers", "reused",
                  "got_bytes", "paused", "last_read", "head_only", "loop", "content_length", "chunked",
-                 "connection_tokens")
+                 "connection_tokens", "worker", "outgoing", "gathered")
 
     def __init__(self, target: "TargetPool"):
         self.target = target
@@ -58,6 +64,9 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
         self.content_length = None
         self.chunked = False
         self.connection_tokens = None
+        self.worker = None     # the WorkerCore of the exchanges it serves (set by send)
+        self.outgoing = None   # writes gathered this loop iteration
+        self.gathered = 0      # their size
 
     # asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport):
@@ -72,12 +81,6 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
             return
         self.got_bytes = True
         self.last_read = CLOCK.now
-        client = ex.conn
-        # Everything this read produces for the client (head, body, last
-        # chunk) leaves in one write: syscalls dominate a small response.
-        nested = client.corked is not None
-        if not nested:
-            client.corked = []
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
@@ -87,9 +90,6 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
             if self.exchange is not None:
                 self.exchange.upstream_failed("invalid", f"invalid response from upstream: {e}")
             self.abort()
-        finally:
-            if not nested:
-                client.uncork()
 
     def eof_received(self):
         return False  # close the transport; connection_lost follows
@@ -180,10 +180,32 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
         if self.paused:
             self.paused = False
             self.transport.resume_reading()
-        self.transport.write(data)
+        self.worker = exchange.worker
+        self.write(data)
+
+    def write(self, data: bytes) -> None:
+        """Gathered until this loop iteration's callbacks are done (`WorkerCore.defer`)."""
+        outgoing = self.outgoing
+        if outgoing is None:
+            self.outgoing = [data]
+            self.gathered = len(data)
+            self.worker.defer(self)
+        else:
+            outgoing.append(data)
+            self.gathered += len(data)
+        if self.gathered > GATHER_LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        outgoing = self.outgoing
+        if outgoing is not None:
+            self.outgoing = None
+            if not self.closed:
+                self.transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
 
     def abort(self):
         self.exchange = None
+        self.outgoing = None
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.abort()

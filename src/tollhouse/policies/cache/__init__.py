@@ -244,7 +244,6 @@ class BackgroundConnection:
     """Stands in for a client connection under a refresh request: what would be written is dropped."""
 
     background = True
-    corked = None
 
     def __init__(self, worker, like):
         self.worker = worker
