@@ -15,8 +15,10 @@ cdef class WorkerCore:
     cdef public set connections, inflight
     cdef public list ended, outbox
     cdef public bint draining
+    cdef public int active_requests
 
     cpdef defer(self, conn)
+    cpdef flush_if_alone(self)
     cpdef flush_outbox(self)
 
 

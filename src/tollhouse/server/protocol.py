@@ -146,6 +146,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
             limits = self.limits
             if self.head_bytes > limits.max_header_bytes + limits.max_uri_bytes:
                 self._fail(_too_large(limits))
+        self.worker.flush_if_alone()
 
     def eof_received(self):
         # A half-closed client still gets its in-flight answer (then we close).

@@ -216,6 +216,7 @@ class Worker(WorkerCore):
         if self.cache.memory:
             gauges[("cache_memory_bytes", ())] = self.cache.storage.size
             gauges[("cache_memory_entries", ())] = len(self.cache.storage.entries)
+        self.stats.active_requests = self.active_requests
         return self.stats.snapshot()
 
     async def purge_cache(self, route: str | None, prefix: str | None, tag: str | None) -> int:

@@ -90,6 +90,7 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
             if self.exchange is not None:
                 self.exchange.upstream_failed("invalid", f"invalid response from upstream: {e}")
             self.abort()
+        ex.worker.flush_if_alone()
 
     def eof_received(self):
         return False  # close the transport; connection_lost follows
