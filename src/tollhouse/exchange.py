@@ -51,9 +51,10 @@ class WorkerCore:
     message; gathered, one wake-up serves the batch. On the 2-core bench
     this cut the kernel's time per request from 22 to 12 µs
     (docs/architecture.md, "Writes leave once per loop iteration"). With
-    at most one request under way there is nothing to batch with, and the
-    read callbacks flush at their end (`flush_if_alone`): a lone client
-    waits for no loop iteration.
+    one client connection open there is nothing to batch with, and the read
+    callbacks flush at their end (`flush_if_alone`): a lone client waits for
+    no loop iteration. (Requests under way would be the wrong test: a cache
+    hit starts and ends inside its read callback.)
     """
 
     __slots__ = ("loop", "stats", "state", "connections", "inflight", "ended", "draining", "date", "next_request_id",
@@ -75,8 +76,8 @@ class WorkerCore:
         self.outbox.append(conn)
 
     def flush_if_alone(self) -> None:
-        """At the end of a read callback: write now when no other request could share the batch."""
-        if self.active_requests <= 1 and self.outbox:
+        """At the end of a read callback: write now when no other client could share the batch."""
+        if self.outbox and len(self.connections) <= 1:
             self.flush_outbox()
 
     def flush_outbox(self) -> None:
