@@ -9,6 +9,21 @@ from tollhouse.upstream.pool cimport TargetPool, UpstreamConnection, UpstreamPoo
 cdef Clock CLOCK
 cdef dict _NORMAL_PATHS, _SPECIAL_ATTR
 cdef frozenset _NO_BODY_STATUS, _IDEMPOTENT
+cdef long long GATHER_LIMIT
+
+cdef class WorkerCore
+
+
+cdef class Gathered:
+    cdef public object transport
+    cdef public WorkerCore worker
+    cdef public list writes
+    cdef public long long size
+
+    cpdef write(self, data)
+    cpdef flush(self)
+    cpdef drop(self)
+
 
 cdef class WorkerCore:
     cdef public object loop, stats, state, date, next_request_id
@@ -17,7 +32,7 @@ cdef class WorkerCore:
     cdef public bint draining
     cdef public int active_requests
 
-    cpdef defer(self, conn)
+    cpdef defer(self, Gathered gathered)
     cpdef flush_if_alone(self)
     cpdef flush_outbox(self)
 

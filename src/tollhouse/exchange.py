@@ -39,6 +39,49 @@ _BODY_BUFFER_HIGH = 64 * 1024
 _NONE, _RAW, _CHUNKED = 0, 1, 2
 
 
+# A connection writes at once when it has gathered this much (a streamed
+# body): the transport's backpressure (pause_writing) must see a big stream
+# as it comes, and libuv reads a busy socket up to 32 times per callback.
+GATHER_LIMIT = 64 * 1024
+
+
+class Gathered:
+    """Writes to one transport, gathered until the worker flushes its outbox
+    (`WorkerCore.defer`), then sent in one write. The client connection and
+    the upstream connection each own one (`outgoing`)."""
+
+    __slots__ = ("transport", "worker", "writes", "size")
+
+    def __init__(self, transport, worker):
+        self.transport = transport
+        self.worker = worker
+        self.writes = None
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        writes = self.writes
+        if writes is None:
+            self.writes = [data]
+            self.size = len(data)
+            self.worker.defer(self)
+        else:
+            writes.append(data)
+            self.size += len(data)
+        if self.size > GATHER_LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        writes = self.writes
+        if writes is not None:
+            self.writes = None
+            if not self.transport.is_closing():
+                self.transport.write(writes[0] if len(writes) == 1 else b"".join(writes))
+
+    def drop(self) -> None:
+        """The connection is aborted: what was gathered is never sent."""
+        self.writes = None
+
+
 class WorkerCore:
     """What the request path reads of its worker on every request; `server.worker.Worker`
     (and any stand-in for it) extends this. Compiled, these are C fields and typed
@@ -65,15 +108,15 @@ class WorkerCore:
         self.connections = set()
         self.inflight = set()   # exchanges waiting on an upstream, watched for timeouts
         self.ended = []         # finished exchanges not yet counted in the metrics and logged
-        self.outbox = []        # connections holding writes until the loop's batch is done
+        self.outbox = []        # Gathered writes waiting for the end of the loop's batch
         self.active_requests = 0
         self.draining = False
 
-    def defer(self, conn) -> None:
-        """`conn` holds writes; its `flush()` is called once this loop iteration's callbacks are done."""
+    def defer(self, gathered) -> None:
+        """`gathered` holds writes; its `flush()` is called once this loop iteration's callbacks are done."""
         if not self.outbox:
             self.loop.call_soon(self.flush_outbox)
-        self.outbox.append(conn)
+        self.outbox.append(gathered)
 
     def flush_if_alone(self) -> None:
         """At the end of a read callback: write now when no other client could share the batch."""
@@ -83,9 +126,9 @@ class WorkerCore:
     def flush_outbox(self) -> None:
         outbox = self.outbox
         self.outbox = []
-        for conn in outbox:
+        for gathered in outbox:
             try:
-                conn.flush()
+                gathered.flush()
             except Exception:  # noqa: BLE001 - one connection's failure must not strand the others' bytes
                 log.exception("writing to a connection failed")
 
@@ -526,12 +569,13 @@ class Exchange:
         if up is not None:
             self.sent_body = True
             up.last_read = CLOCK.now  # upload progress counts as activity for read_timeout
+            outgoing = up.outgoing
             if self.chunked:
-                up.write(b"%x\r\n" % len(chunk))
-                up.write(chunk)
-                up.write(b"\r\n")
+                outgoing.write(b"%x\r\n" % len(chunk))
+                outgoing.write(chunk)
+                outgoing.write(b"\r\n")
             else:
-                up.write(chunk)
+                outgoing.write(chunk)
         elif self.body_chunks is not None:
             self.body_chunks.append(chunk)
             self.body_progress = CLOCK.now
@@ -560,7 +604,7 @@ class Exchange:
             # Like Envoy's route timeout, the wait for the answer starts when the request is complete.
             self.upstream_started = up.last_read = CLOCK.now
             if self.chunked:
-                up.write(_LAST_CHUNK)
+                up.outgoing.write(_LAST_CHUNK)
         if self.response_done:
             self.finish()
 

@@ -1,25 +1,23 @@
 # C declarations for the compiled build of protocol.py (setup.py); the .py stays the source.
 from tollhouse.clock cimport Clock
-from tollhouse.exchange cimport Exchange, WorkerCore
+from tollhouse.exchange cimport Exchange, Gathered, WorkerCore
 
 cdef Clock CLOCK
 cdef dict _SPECIAL
 cdef frozenset _SPECIAL_LENGTHS
-cdef long long GATHER_LIMIT
 
 cdef class ClientConnection:
     cdef public WorkerCore worker
     cdef public object transport, parser, peer_ip, peer_ip_bytes, scheme, pending, fatal, limits
-    cdef public list corked
+    cdef public Gathered outgoing
     cdef public object forwarded
     cdef public Exchange active, incoming
     cdef public bint peer_trusted, closing, in_head, write_paused
     cdef public int paused
     cdef public double head_started, last_active
-    cdef public long long head_bytes, read_size, gathered
+    cdef public long long head_bytes, read_size
 
     cpdef write(self, data)
-    cpdef flush(self)
     cpdef _special_header(self, Exchange ex, kind, value)
     cpdef closing_after(self, Exchange ex)
     cpdef exchange_finished(self, Exchange ex)

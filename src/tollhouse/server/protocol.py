@@ -15,9 +15,8 @@ from time import perf_counter
 import httptools
 
 from ..clock import CLOCK
-from ..exchange import Exchange
+from ..exchange import Exchange, Gathered
 from ..pipeline import Reply
-from ..upstream.pool import GATHER_LIMIT
 
 log = logging.getLogger("tollhouse.server")
 
@@ -55,7 +54,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
 
     __slots__ = ("worker", "transport", "parser", "peer_ip", "peer_ip_bytes", "peer_trusted", "scheme", "active",
                  "pending", "incoming", "paused", "closing", "in_head", "head_started", "last_active",
-                 "write_paused", "fatal", "limits", "corked", "gathered", "head_bytes", "read_size", "forwarded")
+                 "write_paused", "fatal", "limits", "outgoing", "head_bytes", "read_size", "forwarded")
 
     background = False   # see policies/cache BackgroundConnection
 
@@ -78,8 +77,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         self.write_paused = False
         self.fatal = None
         self.limits = None
-        self.corked: list[bytes] | None = None   # writes gathered this loop iteration
-        self.gathered = 0                        # their size
+        self.outgoing: Gathered | None = None   # writes of this loop iteration (from connection_made)
         self.head_bytes = 0
         self.read_size = 0
         self.forwarded = b""
@@ -88,6 +86,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
     def connection_made(self, transport):
         self.transport = transport
         worker = self.worker
+        self.outgoing = Gathered(transport, worker)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self.peer_ip_bytes = self.peer_ip.encode()
@@ -174,24 +173,8 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
     # writing -----------------------------------------------------------------
     def write(self, data: bytes) -> None:
         """Write to the client: gathered until this loop iteration's callbacks
-        are done, then sent in one write (`WorkerCore.defer`)."""
-        corked = self.corked
-        if corked is None:
-            self.corked = [data]
-            self.gathered = len(data)
-            self.worker.defer(self)
-        else:
-            corked.append(data)
-            self.gathered += len(data)
-        if self.gathered > GATHER_LIMIT:
-            self.flush()
-
-    def flush(self) -> None:
-        corked = self.corked
-        if corked is not None:
-            self.corked = None
-            if not self.transport.is_closing():
-                self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+        are done, then sent in one write (`Gathered`, `WorkerCore.defer`)."""
+        self.outgoing.write(data)
 
     # httptools callbacks -----------------------------------------------------
     def on_message_begin(self):
@@ -364,7 +347,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
 
     def close(self):
         """Close after what is written (gathered bytes included) has gone out."""
-        self.flush()
+        self.outgoing.flush()
         self.closing = True
         self.transport.close()
 

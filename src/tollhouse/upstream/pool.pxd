@@ -1,6 +1,6 @@
 # C declarations for the compiled build of pool.py (setup.py); the .py stays the source.
 from tollhouse.clock cimport Clock
-from tollhouse.exchange cimport Exchange, WorkerCore
+from tollhouse.exchange cimport Exchange, Gathered
 
 cdef Clock CLOCK
 cdef dict _RESPONSE_SPECIAL
@@ -9,19 +9,16 @@ cdef frozenset _SPECIAL_LENGTHS
 cdef class TargetPool
 
 cdef class UpstreamConnection:
-    cdef public list headers, outgoing
-    cdef public WorkerCore worker
+    cdef public list headers
+    cdef public Gathered outgoing
     cdef public object transport, parser, loop, content_length, connection_tokens
     cdef public TargetPool target
     cdef public Exchange exchange
     cdef public bint closed, reused, got_bytes, paused, head_only, chunked
     cdef public double idle_since, last_read
-    cdef public long long gathered
 
     cpdef finish_message(self)
     cpdef send(self, Exchange exchange, data, bint head_only)
-    cpdef write(self, data)
-    cpdef flush(self)
     cpdef abort(self)
 
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from ..clock import CLOCK
+from ..exchange import Gathered
 from .balancer import make_balancer
 from .breaker import STATE_NAMES, CircuitBreaker
 
@@ -29,12 +30,6 @@ _RESPONSE_SPECIAL = {b"content-length": 1, b"transfer-encoding": 2, b"connection
 
 _SPECIAL_LENGTHS = frozenset(len(n) for n in _RESPONSE_SPECIAL)
 
-# Connections (client and upstream) gather their writes until the loop's batch
-# of reads is done (WorkerCore.defer), but write at once past this much (a
-# streamed body): the transport's backpressure (pause_writing) must see a big
-# stream as it comes, and libuv reads a busy socket up to 32 times a callback.
-GATHER_LIMIT = 64 * 1024
-
 
 class UpstreamConnection:   # an asyncio protocol by its methods (a compiled class cannot subclass asyncio.Protocol)
     """One connection to a target; relays one exchange at a time.
@@ -45,7 +40,7 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
 
     __slots__ = ("target", "transport", "parser", "exchange", "closed", "idle_since", "headers", "reused",
                  "got_bytes", "paused", "last_read", "head_only", "loop", "content_length", "chunked",
-                 "connection_tokens", "worker", "outgoing", "gathered")
+                 "connection_tokens", "outgoing")
 
     def __init__(self, target: "TargetPool"):
         self.target = target
@@ -64,9 +59,7 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
         self.content_length = None
         self.chunked = False
         self.connection_tokens = None
-        self.worker = None     # the WorkerCore of the exchanges it serves (set by send)
-        self.outgoing = None   # writes gathered this loop iteration
-        self.gathered = 0      # their size
+        self.outgoing = None   # Gathered writes (made by the first send: it knows the worker)
 
     # asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport):
@@ -181,32 +174,14 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
         if self.paused:
             self.paused = False
             self.transport.resume_reading()
-        self.worker = exchange.worker
-        self.write(data)
-
-    def write(self, data: bytes) -> None:
-        """Gathered until this loop iteration's callbacks are done (`WorkerCore.defer`)."""
-        outgoing = self.outgoing
-        if outgoing is None:
-            self.outgoing = [data]
-            self.gathered = len(data)
-            self.worker.defer(self)
-        else:
-            outgoing.append(data)
-            self.gathered += len(data)
-        if self.gathered > GATHER_LIMIT:
-            self.flush()
-
-    def flush(self) -> None:
-        outgoing = self.outgoing
-        if outgoing is not None:
-            self.outgoing = None
-            if not self.closed:
-                self.transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
+        if self.outgoing is None:
+            self.outgoing = Gathered(self.transport, exchange.worker)
+        self.outgoing.write(data)
 
     def abort(self):
         self.exchange = None
-        self.outgoing = None
+        if self.outgoing is not None:
+            self.outgoing.drop()
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.abort()
