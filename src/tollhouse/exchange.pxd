@@ -29,7 +29,7 @@ cdef class WorkerCore:
     cdef public object loop, stats, state, date, next_request_id
     cdef public set connections, inflight
     cdef public list ended, outbox
-    cdef public bint draining
+    cdef public bint draining, reading
     cdef public int active_requests
 
     cpdef defer(self, Gathered gathered)

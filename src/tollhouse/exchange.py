@@ -96,12 +96,13 @@ class WorkerCore:
     (docs/architecture.md, "Writes leave once per loop iteration"). With
     one client connection open there is nothing to batch with, and the read
     callbacks flush at their end (`flush_if_alone`): a lone client waits for
-    no loop iteration. (Requests under way would be the wrong test: a cache
+    no loop iteration, and inside such a callback (`reading`) no flush is
+    scheduled at all. (Requests under way would be the wrong test: a cache
     hit starts and ends inside its read callback.)
     """
 
     __slots__ = ("loop", "stats", "state", "connections", "inflight", "ended", "draining", "date", "next_request_id",
-                 "outbox", "active_requests")
+                 "outbox", "active_requests", "reading")
 
     def __init__(self, loop):
         self.loop = loop
@@ -110,11 +111,12 @@ class WorkerCore:
         self.ended = []         # finished exchanges not yet counted in the metrics and logged
         self.outbox = []        # Gathered writes waiting for the end of the loop's batch
         self.active_requests = 0
+        self.reading = False    # inside a read callback, which ends with flush_if_alone
         self.draining = False
 
     def defer(self, gathered) -> None:
         """`gathered` holds writes; its `flush()` is called once this loop iteration's callbacks are done."""
-        if not self.outbox:
+        if not self.outbox and not (self.reading and len(self.connections) <= 1):
             self.loop.call_soon(self.flush_outbox)
         self.outbox.append(gathered)
 

@@ -18,6 +18,7 @@ cdef class ClientConnection:
     cdef public long long head_bytes, read_size
 
     cpdef write(self, data)
+    cpdef received(self, data)
     cpdef _special_header(self, Exchange ex, kind, value)
     cpdef closing_after(self, Exchange ex)
     cpdef exchange_finished(self, Exchange ex)

@@ -117,6 +117,15 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
     def data_received(self, data):
         if self.closing:
             return
+        worker = self.worker
+        worker.reading = True
+        try:
+            self.received(data)
+        finally:
+            worker.reading = False
+            worker.flush_if_alone()
+
+    def received(self, data):
         self.read_size = len(data)
         if self.in_head:
             self.head_bytes += self.read_size
@@ -128,7 +137,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
             offset = e.args[0] if e.args else len(data)
             self.parser = httptools.HttpRequestParser(self)
             if offset < len(data) and not self.closing:
-                self.data_received(data[offset:])
+                self.received(data[offset:])
         except (httptools.HttpParserError, _HeadTooLarge) as e:
             # httptools re-raises a callback's exception as HttpParserCallbackError.
             if self.fatal is not None:
@@ -145,7 +154,6 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
             limits = self.limits
             if self.head_bytes > limits.max_header_bytes + limits.max_uri_bytes:
                 self._fail(_too_large(limits))
-        self.worker.flush_if_alone()
 
     def eof_received(self):
         # A half-closed client still gets its in-flight answer (then we close).

@@ -74,6 +74,8 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
             return
         self.got_bytes = True
         self.last_read = CLOCK.now
+        worker = ex.worker
+        worker.reading = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
@@ -83,7 +85,9 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
             if self.exchange is not None:
                 self.exchange.upstream_failed("invalid", f"invalid response from upstream: {e}")
             self.abort()
-        ex.worker.flush_if_alone()
+        finally:
+            worker.reading = False
+            worker.flush_if_alone()
 
     def eof_received(self):
         return False  # close the transport; connection_lost follows
