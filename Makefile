@@ -1,4 +1,4 @@
-# Entry points (PRODUCT.md §1): make demo, make test, make bench.
+# Entry points (docs/contract.md §1): make demo, make test, make bench.
 # The interpreter: the distribution's /usr/bin/python3 when it is 3.11+ with
 # venv, else python3 on PATH. Distribution builds are compiled with PGO and
 # LTO; pyenv's default builds are not and run the gateway ~25% slower

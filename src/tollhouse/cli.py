@@ -1,4 +1,4 @@
-"""Command line (PRODUCT.md §1): parse, load config, hand over."""
+"""Command line (docs/contract.md §1): parse, load config, hand over."""
 from __future__ import annotations
 
 import argparse
@@ -15,22 +15,26 @@ def _print_errors(path: str, errors) -> None:
 
 
 def cmd_check(args) -> int:
-    from .config import load_file
+    from .config import load_file, warnings_of
     from .state import policy_classes
 
-    config, errors, _ = load_file(args.config)
+    config, errors, text = load_file(args.config)
     if not errors:
         errors = policy_classes(config)[1]
     if errors:
         _print_errors(args.config, errors)
         print(f"{args.config}: {len(errors)} error(s)", file=sys.stderr)
         return 1
-    print(f"{args.config}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams)")
+    warnings = warnings_of(config, text)
+    for w in warnings:
+        print(f"{args.config}: warning: {w}", file=sys.stderr)
+    print(f"{args.config}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams"
+          + (f", {len(warnings)} warning(s))" if warnings else ")"))
     return 0
 
 
 def cmd_run(args) -> int:
-    from .config import load_file, load_text
+    from .config import load_file, load_text, warnings_of
     from .server.lifecycle import run_gateway
     from .state import policy_classes
 
@@ -43,6 +47,8 @@ def cmd_run(args) -> int:
     if errors:
         _print_errors(args.config, errors)
         return 1
+    for w in warnings_of(config, text):
+        logging.getLogger("tollhouse.config").warning("%s: %s", args.config, w)
     return run_gateway(config, os.path.abspath(args.config), text)
 
 
@@ -56,7 +62,7 @@ def _text_with_workers(text: str, workers: int) -> str:
 
 
 def cmd_token(args) -> int:
-    """Mint a signed JWT for development (PRODUCT.md §1)."""
+    """Mint a signed JWT for development (docs/contract.md §1)."""
     from .policies.auth.tokens import mint
 
     try:

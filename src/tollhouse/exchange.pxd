@@ -7,7 +7,7 @@ from tollhouse.routing cimport RouteTarget
 from tollhouse.upstream.pool cimport TargetPool, UpstreamConnection, UpstreamPool
 
 cdef Clock CLOCK
-cdef dict _NORMAL_PATHS, _SPECIAL_ATTR
+cdef dict _NORMAL_PATHS, _SPECIAL_ATTR, _SANE_HOSTS
 cdef frozenset _NO_BODY_STATUS, _IDEMPOTENT
 cdef long long GATHER_LIMIT
 
@@ -47,6 +47,7 @@ cdef class Exchange:
     cdef public TargetPool target
     cdef public object error, task, timer, vars, consumer, _client_ip, tier
     cdef public object ratelimit, local, authorization, tried, capture, cache_status, body_waiter, body_filter
+    cdef public object duplicate
     cdef public bint keep_alive, chunked, upgrade, body_done, continue_sent, head_sent, head_received, finished
     cdef public bint response_done, replayed, sent_body, upstream_keepalive, upstream_delimited, conditional, cookie
     cdef public int host_count, mode, attempt, status

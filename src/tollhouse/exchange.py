@@ -28,6 +28,11 @@ def status_line(status: int) -> bytes:
 
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# Host = uri-host [ ":" port ] (RFC 9110 §7.2, RFC 3986 §3.2.2): an IP literal or a
+# reg-name (unreserved, pct-encoded, sub-delims), no userinfo, at most one port.
+_SANE_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|\[v[0-9A-Fa-f]+\.[A-Za-z0-9._~!$&'()*+,;=:-]+\]"
+                        rb"|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+_SANE_HOSTS: dict[bytes, bool] = {}
 _NO_BODY_STATUS = frozenset((204, 304))
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 _NORMAL_PATHS: dict[bytes, bytes] = {}
@@ -155,7 +160,7 @@ class Exchange:
                  "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit", "local", "authorization",
                  "attempt", "first_started", "tried", "capture", "cache_status",
                  "conditional", "cookie", "body_limit", "body_waiter", "body_progress", "body_filter",
-                 "ended", "upstream_time")
+                 "ended", "upstream_time", "duplicate")
 
     def __init__(self, conn, state):
         self.conn = conn
@@ -210,6 +215,7 @@ class Exchange:
         self.body_filter = None    # transforms response body bytes (policies/compress): feed(), finish()
         self.ended = 0.0           # perf_counter at finish (metrics and the access log read it later)
         self.upstream_time = 0.0   # seconds from sending upstream to the response head
+        self.duplicate = None      # the name of a singleton header sent twice (400)
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None
@@ -255,6 +261,11 @@ class Exchange:
             return value.decode("latin-1") if value else None
         return _find(self.headers, key)
 
+    def header_count(self, name: str) -> int:
+        """How many times a request header was sent (case-insensitive)."""
+        key = name.lower().encode()
+        return len([line for line in self.headers if _line_name(line) == key])
+
     def set_header(self, name: str, value: str) -> None:
         """Set a header sent upstream (replacing any of that name)."""
         self.remove_header(name)
@@ -285,6 +296,10 @@ class Exchange:
             return
         if self.host_count > 1 or (self.host_count == 0 and self.version == "1.1"):
             self.error = Reply.problem(400, "Bad Request", "exactly one Host header is required")
+            self.keep_alive = False
+            return
+        if self.duplicate is not None:
+            self.error = Reply.problem(400, "Bad Request", f"more than one {self.duplicate.decode('latin-1')} header")
             self.keep_alive = False
             return
         if self.te is not None:
@@ -319,6 +334,10 @@ class Exchange:
                 self.error = Reply.problem(400, "Bad Request", "unsupported request target")
                 self.keep_alive = False
                 return
+        if not _sane_host(self.host):
+            self.error = Reply.problem(400, "Bad Request", "invalid Host: expected host[:port]")
+            self.keep_alive = False
+            return
         q = target.find(b"?")
         raw_path = target if q < 0 else target[:q]
         self.query = b"" if q < 0 else target[q:]
@@ -671,6 +690,7 @@ class Exchange:
         """Answer 304 with `lines` instead of the upstream's response, whose body still
         arrives (for the cache) but is not relayed."""
         self.status = 304
+        lines.append(b"date: %s\r\n" % self.worker.date)   # RFC 9110 §6.6.1: an origin-like answer has Date
         self.response_headers = lines
         self.mode = _NONE
 
@@ -969,6 +989,16 @@ class Exchange:
 _SPECIAL_ATTR = {b"host": "host", b"x-forwarded-for": "xff", b"x-forwarded-proto": "xfp",
                  b"x-forwarded-host": "xfh", b"x-request-id": "request_id", b"expect": "expect",
                  b"transfer-encoding": "te", b"connection": "connection_tokens", b"authorization": "authorization"}
+
+
+def _sane_host(host: bytes) -> bool:
+    known = _SANE_HOSTS.get(host)
+    if known is None:
+        known = _SANE_HOST.fullmatch(host) is not None
+        if len(_SANE_HOSTS) >= 4096:
+            _SANE_HOSTS.clear()   # bounded: made-up hosts cannot grow it
+        _SANE_HOSTS[host] = known
+    return known
 
 
 def _line_name(line: bytes) -> bytes:

@@ -28,8 +28,9 @@ PHASES = ("ip", "cors", "auth", "ratelimit", "validate", "cache", "access", "tra
 class Reply:
     """A local answer from a policy: status, headers and body.
 
-    `Reply.problem(...)` builds an RFC 9457 problem+json answer; its
-    `request_id` member is filled in when it is sent.
+    `Reply.problem(...)` builds an RFC 9457 problem+json answer; the body's
+    "request_id" field is filled in with the exchange's id when it is sent
+    (`render_body`).
     """
 
     __slots__ = ("status", "headers", "body", "problem_fields", "lines")

@@ -1,4 +1,4 @@
-"""The route table, compiled once per config version (PRODUCT.md §2 "Route choice").
+"""The route table, compiled once per config version (docs/contract.md §2 "Route choice").
 
 Host first (exact, then the longest `*.suffix` wildcard, then routes without
 a host), then the most specific path: exact before templated before the
@@ -194,3 +194,36 @@ def host_of(header: bytes) -> str:
         return h[:end + 1] if end > 0 else h
     colon = h.rfind(":")
     return h[:colon] if colon >= 0 else h
+
+
+# Route keys that guard a route: a path that escapes them is a bypass.
+_GUARDS = ("auth", "ip", "rate_limits", "request", "policies")
+
+
+def trailing_slash_shadows(routes) -> list[tuple[int, str]]:
+    """(index, message) for each exact `match.path` with guarding policies whose
+    trailing-slash form (`/admin/`, also what `/admin/.` normalises to) another
+    route serves without one of them: exact paths match exactly, as in nginx
+    (`location =`) and Envoy (`path`), so that spelling skips those policies."""
+    targets = [RouteTarget(r.name or f"route-{i}", i, host=r.match.host, methods=r.match.methods,
+                           path=r.match.path, prefix=r.match.prefix) for i, r in enumerate(routes)]
+    table = RouteTable(targets)
+    found = []
+    for i, r in enumerate(routes):
+        guards = [g for g in _GUARDS if getattr(r, g)]
+        path = r.match.path
+        if not guards or not path or path.endswith("/") or _VAR.search(path.encode()):
+            continue
+        other = None
+        for method in (r.match.methods or ("GET",)):
+            other, _ = table.match(r.match.host.lower(), path.encode() + b"/", method.encode())
+            if other is not None:
+                break
+        if other is None or other.index == i:
+            continue
+        missing = [g for g in guards if not getattr(routes[other.index], g)]
+        if missing:
+            found.append((i, f"{path}/ is served by route {other.name!r}, without this route's "
+                             f"{', '.join(missing)}: add a route for {path}/ or match a prefix "
+                             "(docs/contract.md, route choice)"))
+    return found

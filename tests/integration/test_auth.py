@@ -256,6 +256,47 @@ def test_scopes_roles_and_optional(gw):
     assert get(gw.port, "/maybe/x", "bad.token.here").status == 401   # a bad credential is not anonymity
 
 
+def test_two_authorization_headers_are_refused_and_never_forwarded(gw, upstream):
+    """An unverified `alg: none` token first, a valid one second: a service reading the
+    first copy would take the caller for `admin` (issue 16, defect 1)."""
+    forged = _forge({"alg": "none", "typ": "JWT"}, {"sub": "admin", "exp": int(time.time()) + 300})
+    before = len(upstream.requests)
+    r = get(gw.port, "/hs/x", forged, f"Authorization: Bearer {token(SECRET)}\r\n")
+    assert r.status == 400 and r.getheader("content-type") == "application/problem+json"
+    assert b"Authorization" in r.body
+    assert len(upstream.requests) == before
+
+
+@pytest.mark.parametrize("duplicate", ["X-API-Key: alice-key-123\r\nX-API-Key: bob-key-456\r\n",
+                                       "X-API-Key: wrong\r\nx-api-key: alice-key-123\r\n"])
+def test_two_api_key_headers_are_refused_and_never_forwarded(gw, upstream, duplicate):
+    before = len(upstream.requests)
+    r = get(gw.port, "/keyed/x", headers=duplicate)
+    assert r.status == 401 and r.getheader("content-type") == "application/problem+json"
+    assert b"more than one x-api-key header" in r.body
+    assert len(upstream.requests) == before
+
+
+def test_two_api_key_parameters_are_refused(gw, upstream):
+    before = len(upstream.requests)
+    r = get(gw.port, "/keyed/x?apikey=bob-key-456&apikey=alice-key-123")
+    assert r.status == 401 and b"more than one apikey parameter" in r.body
+    assert len(upstream.requests) == before
+
+
+@pytest.mark.parametrize("exp", ["numeric_string", "bool", "list"])
+def test_claims_of_the_wrong_type_are_a_clean_401(gw, exp):
+    """A validly signed token with `"exp": "1796024926"` was a silent 400 ("User
+    callback error"): a TypeError inside the parser callback (issue 16, defect 9)."""
+    now = int(time.time())
+    value = {"numeric_string": str(now + 300), "bool": True, "list": [now + 300]}[exp]
+    t = jwt.encode({"sub": "alice", "exp": value}, SECRET, algorithm="HS256")
+    r = get(gw.port, "/hs/x", t)
+    assert r.status == 401, (r.status, r.body)
+    assert _reason(r).startswith('Bearer realm="tollhouse", error="invalid_token"')
+    assert get(gw.port, "/hs/x", token(SECRET)).status == 200
+
+
 def test_api_keys_in_header_or_query_are_not_forwarded(gw):
     r = get(gw.port, "/keyed/x?a=1", headers="X-API-Key: alice-key-123\r\n")
     h = echo_headers(r)

@@ -198,9 +198,11 @@ def test_conditional_requests_are_answered_304_from_the_cache(gateway_factory, o
     # Even the filling miss answers the client's condition itself and stores the full response.
     first = get(g.port, target, 'If-None-Match: "v1"\r\n')
     assert first.status == 304 and first.body == b"" and first.getheader("etag") == '"v1"'
+    assert len(first.headers.get_all("date") or ()) == 1   # RFC 9110 §6.6.1 (issue 16, defect 12)
     assert origin.requests[-1]["headers"].get("if-none-match") is None
     r = get(g.port, target, 'If-None-Match: W/"v0", "v1"\r\n')
     assert r.status == 304 and r.getheader("x-cache-status") == "HIT" and r.getheader("content-length") is None
+    assert len(r.headers.get_all("date") or ()) == 1
     assert get(g.port, target, 'If-None-Match: "v2"\r\n').status == 200
     assert get(g.port, target, "If-Modified-Since: Wed, 02 Sep 2026 10:00:00 GMT\r\n").status == 304
     assert get(g.port, target, "If-Modified-Since: Mon, 31 Aug 2026 10:00:00 GMT\r\n").status == 200
@@ -319,6 +321,19 @@ def test_cold_key_is_fetched_once_across_three_gateways(gateway_factory, origin,
     statuses = concurrent_statuses([g.port for g in gateways], 20, req)
     assert statuses == [200] * 60
     assert origin.serial == 1
+
+
+def test_a_miss_stored_by_one_gateway_is_a_hit_on_the_next_right_after(gateway_factory, origin, redis):
+    """The entry reaches Redis just after the first client's response; a request to
+    another instance right then must not fetch it again (issue 16, defect 4)."""
+    cfg = cached(origin.url, extra=f"store: {redis.url}")
+    a, b = gateway_factory(cfg), gateway_factory(cfg)
+    rounds = 40
+    for i in range(rounds):
+        assert get(a.port, res(seq=i)).getheader("x-cache-status") == "MISS"
+        r = get(b.port, res(seq=i))
+        assert r.status == 200 and r.getheader("x-cache-status") == "HIT", i
+    assert origin.serial == rounds
 
 
 def test_redis_vary_and_stale_while_revalidate(gateway_factory, origin, redis):

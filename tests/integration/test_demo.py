@@ -2,12 +2,15 @@
 import base64
 import json
 import os
+import shutil
 import re
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+
+import pytest
 
 from tests.support.processes import ROOT, free_port, wait_for
 
@@ -28,7 +31,9 @@ def status_with(url: str, headers: dict) -> int:
         return e.code
 
 
-def test_demo_serves_what_it_prints():
+@pytest.fixture
+def demo():
+    """A running `tollhouse demo` on free ports: (ports, what it printed)."""
     ports = {k: str(free_port()) for k in ("PORT", "ADMIN_PORT", "USERS_PORT", "ORDERS_PORT")}
     env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src"),
            **{f"TOLLHOUSE_DEMO_{k}": v for k, v in ports.items()}}
@@ -42,35 +47,66 @@ def test_demo_serves_what_it_prints():
             lines.append(line)
             if "Ctrl-C" in line:
                 break
-        text = "".join(lines)
-        urls = re.findall(r"curl -s?i? ?'?(http://127\.0\.0\.1:\d+/[^' ]*)'?", text)
-        assert f"http://127.0.0.1:{ports['PORT']}/api/users/" in urls
-        wait_for(lambda: status(f"http://127.0.0.1:{ports['PORT']}/api/users/") == 200)
-        assert status(f"http://127.0.0.1:{ports['PORT']}/api/v1/users/1") == 200
-        assert status(f"http://127.0.0.1:{ports['PORT']}/api/orders?owner=1") == 200
-        assert status(f"http://127.0.0.1:{ports['PORT']}/nowhere") == 404
-        limited = [status(f"http://127.0.0.1:{ports['PORT']}/api/limited/") for _ in range(8)]
-        assert limited[0] == 200 and 429 in limited
-        assert status(f"http://127.0.0.1:{ports['ADMIN_PORT']}/metrics") == 200
-        cached = f"http://127.0.0.1:{ports['PORT']}/api/cached/1"
-        assert cached in urls
-        seen = []
-        for _ in range(2):
-            with urllib.request.urlopen(cached, timeout=5) as r:
-                seen.append(r.headers["x-cache-status"])
-        assert seen == ["MISS", "HIT"]
-        private = f"http://127.0.0.1:{ports['PORT']}/api/private/1"
-        assert status(private) == 401
-        bearer = re.search(r"Authorization: Bearer ([\w.-]+)", text).group(1)
-        assert status_with(private, {"Authorization": f"Bearer {bearer}"}) == 200
-        assert status_with(private, {"X-API-Key": "demo-key-123"}) == 200
-        form = b"grant_type=client_credentials"
-        req = urllib.request.Request(f"http://127.0.0.1:{ports['PORT']}/oauth/token", data=form, headers={
-            "Authorization": "Basic " + base64.b64encode(b"demo-cli:demo-secret").decode(),
-            "Content-Type": "application/x-www-form-urlencoded"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            access = json.loads(r.read())["access_token"]
-        assert status_with(private, {"Authorization": f"Bearer {access}"}) == 200
+        yield ports, "".join(lines)
     finally:
         proc.terminate()
         assert proc.wait(15) == 0
+
+
+def test_every_printed_command_works(demo, tmp_path):
+    """Each command line the demo prints is run as printed, by bash and the real curl;
+    every response it gets has the status its comment promises, else 2xx, never 5xx."""
+    _, text = demo
+    commands = [line.strip() for line in text.splitlines() if line.startswith("  ") and "curl " in line]
+    assert len(commands) >= 15
+    # A `curl` first on PATH that runs the real one, also dumping each response head to a file.
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    real = shutil.which("curl")
+    (shim / "curl").write_text(f'#!/bin/sh\nexec {real} -D "$TH_HEADS/$(date +%s%N)" "$@"\n')
+    (shim / "curl").chmod(0o755)
+    for i, command in enumerate(commands):
+        heads = tmp_path / f"heads-{i}"
+        heads.mkdir()
+        out = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "TH_HEADS": str(heads)})
+        statuses = [int(f.read_text().split()[1]) for f in sorted(heads.iterdir())]
+        promised = {int(code) for code in re.findall(r"\b([1-5]\d\d)\b", command.partition("#")[2])}
+        assert statuses, command
+        assert all(s < 500 for s in statuses), (command, statuses, out.stdout)
+        assert all(200 <= s < 300 or s in promised for s in statuses), (command, statuses)
+        assert promised <= set(statuses) | {200}, (command, statuses)
+        # A grep that finds nothing fails the pipeline: the headers it looks for were there.
+        assert out.returncode == 0, (command, out.stdout, out.stderr)
+
+
+def test_demo_serves_what_it_prints(demo):
+    ports, text = demo
+    urls = re.findall(r"curl -s?i? ?'?(http://127\.0\.0\.1:\d+/[^' ]*)'?", text)
+    assert f"http://127.0.0.1:{ports['PORT']}/api/users/" in urls
+    wait_for(lambda: status(f"http://127.0.0.1:{ports['PORT']}/api/users/") == 200)
+    assert status(f"http://127.0.0.1:{ports['PORT']}/api/v1/users/1") == 200
+    assert status(f"http://127.0.0.1:{ports['PORT']}/api/orders?owner=1") == 200
+    assert status(f"http://127.0.0.1:{ports['PORT']}/nowhere") == 404
+    limited = [status(f"http://127.0.0.1:{ports['PORT']}/api/limited/") for _ in range(8)]
+    assert limited[0] == 200 and 429 in limited
+    assert status(f"http://127.0.0.1:{ports['ADMIN_PORT']}/metrics") == 200
+    cached = f"http://127.0.0.1:{ports['PORT']}/api/cached/1"
+    assert cached in urls
+    seen = []
+    for _ in range(2):
+        with urllib.request.urlopen(cached, timeout=5) as r:
+            seen.append(r.headers["x-cache-status"])
+    assert seen == ["MISS", "HIT"]
+    private = f"http://127.0.0.1:{ports['PORT']}/api/private/1"
+    assert status(private) == 401
+    bearer = re.search(r"Authorization: Bearer ([\w.-]+)", text).group(1)
+    assert status_with(private, {"Authorization": f"Bearer {bearer}"}) == 200
+    assert status_with(private, {"X-API-Key": "demo-key-123"}) == 200
+    form = b"grant_type=client_credentials"
+    req = urllib.request.Request(f"http://127.0.0.1:{ports['PORT']}/oauth/token", data=form, headers={
+        "Authorization": "Basic " + base64.b64encode(b"demo-cli:demo-secret").decode(),
+        "Content-Type": "application/x-www-form-urlencoded"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        access = json.loads(r.read())["access_token"]
+    assert status_with(private, {"Authorization": f"Bearer {access}"}) == 200

@@ -1,4 +1,4 @@
-"""Request smuggling and limits (PRODUCT.md §3): refuse, close, forward nothing."""
+"""Request smuggling and limits (docs/contract.md §3): refuse, close, forward nothing."""
 import time
 
 import pytest
@@ -44,6 +44,21 @@ SMUGGLING = {
     "http2_version": b"GET /x HTTP/2.0\r\nHost: a\r\n\r\n",
     "bad_method": b"G@T /x HTTP/1.1\r\nHost: a\r\n\r\n",
     "negative_cl": b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+    # Host must be uri-host [":" port] (RFC 9110 §7.2, RFC 3986 §3.2.2).
+    "host_userinfo": b"GET /x HTTP/1.1\r\nHost: a@b\r\n\r\n",
+    "host_two_ports": b"GET /x HTTP/1.1\r\nHost: h:80:80\r\n\r\n",
+    "host_space": b"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n",
+    "host_slash": b"GET /x HTTP/1.1\r\nHost: a/b\r\n\r\n",
+    "host_port_letters": b"GET /x HTTP/1.1\r\nHost: a:8o\r\n\r\n",
+    "absolute_form_userinfo": b"GET http://user@a/x HTTP/1.1\r\nHost: a\r\n\r\n",
+    # A singleton header sent twice: services that read the first copy would see
+    # another value than the gateway's policies did.
+    "two_authorizations": b"GET /x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer x.y.z\r\n"
+                          b"authorization: Bearer a.b.c\r\n\r\n",
+    "two_content_types": b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                         b"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}",
+    "two_proxy_authorizations": b"GET /x HTTP/1.1\r\nHost: a\r\nProxy-Authorization: Basic YTpi\r\n"
+                                b"Proxy-Authorization: Basic Yzpk\r\n\r\n",
 }
 
 
@@ -177,3 +192,34 @@ def test_connection_cap(gateway_factory, upstream):
     finally:
         for h in held:
             h.close()
+
+
+@pytest.mark.parametrize("host", [b"a", b"a:8080", b"a:", b"127.0.0.1:9", b"[::1]:80", b"xn--bcher-kva.example",
+                                  b"a.b-c_d~e", b""])
+def test_valid_host_forms_are_served(setup, host):
+    g, _ = setup
+    c = RawClient(g.port)
+    try:
+        c.send(b"GET /x HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        assert c.response().status == 200, host
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("path", ["/te-foo", "/te-gzip-chunked"])
+def test_upstream_unknown_transfer_coding_is_502_with_valid_framing(setup, path):
+    """RFC 9112 §6.3: a coding the client cannot be told about is never relayed
+    (the client used to get chunked framing it could not parse)."""
+    g, _ = setup
+    c = RawClient(g.port)
+    try:
+        c.send(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        r = c.response()
+        assert r.status == 502
+        assert r.getheader("content-type") == "application/problem+json"
+        assert b"Transfer-Encoding" in r.body
+        # The connection is still in step: the next request is answered.
+        c.send(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert b"/after" in c.response().body
+    finally:
+        c.close()

@@ -167,6 +167,50 @@ def test_tls_termination(gateway_factory, upstream, certs):
     assert body["headers"]["x-forwarded-proto"] == "https"
 
 
+def _tls_client(certs, **settings) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(certs / "cert.pem"))
+    for name, value in settings.items():
+        if name == "ciphers":
+            ctx.set_ciphers(value)
+        elif name == "curve":
+            ctx.set_ecdh_curve(value)
+        else:
+            setattr(ctx, name, value)
+    return ctx
+
+
+def _handshake(port: int, ctx: ssl.SSLContext) -> str | None:
+    """The negotiated (version, cipher), or None when the server refused the handshake."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        try:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                return f"{s.version()} {s.cipher()[0]}"
+        except ssl.SSLError:
+            return None
+
+
+def test_tls_defaults_to_mozilla_intermediate(gateway_factory, upstream, certs):
+    """TLS 1.0/1.1, CBC suites, RSA key exchange and curves outside X25519, P-256 and
+    P-384 are refused; TLS 1.2 AEAD and TLS 1.3 are served (issue 16, defect 10)."""
+    g = gateway_factory(basic_config(upstream.url, extra=f"tls: {{cert: {certs}/cert.pem, key: {certs}/key.pem}}"))
+    tls12 = {"maximum_version": ssl.TLSVersion.TLSv1_2}
+    assert _handshake(g.port, _tls_client(certs)).startswith("TLSv1.3")
+    assert _handshake(g.port, _tls_client(certs, **tls12, ciphers="ECDHE-RSA-AES128-GCM-SHA256")) \
+        == "TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256"
+    assert _handshake(g.port, _tls_client(certs, **tls12, curve="secp384r1")) is not None
+    for weak in ("ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA384", "AES128-GCM-SHA256", "AES256-SHA"):
+        assert _handshake(g.port, _tls_client(certs, **tls12, ciphers=weak + ":@SECLEVEL=0")) is None, weak
+    assert _handshake(g.port, _tls_client(certs, **tls12, curve="secp521r1")) is None
+    assert _handshake(g.port, _tls_client(certs, maximum_version=ssl.TLSVersion.TLSv1_3, curve="secp521r1")) is None
+
+
+def test_tls_modern_profile_is_tls13_only(gateway_factory, upstream, certs):
+    g = gateway_factory(basic_config(upstream.url, extra=f"tls: {{cert: {certs}/cert.pem, key: {certs}/key.pem, "
+                                                         "profile: modern}"))
+    assert _handshake(g.port, _tls_client(certs)).startswith("TLSv1.3")
+    assert _handshake(g.port, _tls_client(certs, maximum_version=ssl.TLSVersion.TLSv1_2)) is None
+
+
 def test_https_upstream(gateway_factory, certs):
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(certs / "cert.pem"), str(certs / "key.pem"))
@@ -215,3 +259,57 @@ routes:
     ok = subprocess.run([sys.executable, "-m", "tollhouse", "check", "-c", str(good)], capture_output=True, text=True,
                         env={"PYTHONPATH": f"{ROOT}/src", "PATH": "/usr/bin:/bin"})
     assert ok.returncode == 0, ok.stderr
+
+
+def test_check_warns_when_an_exact_path_with_policies_is_shadowed_by_its_slash_form(tmp_path):
+    """An exact `path: /secret/admin` does not cover /secret/admin/ (nor /secret/admin/.):
+    a catch-all would serve them without the auth (issue 16, defect 13)."""
+    import sys
+    from tests.support.processes import ROOT
+
+    cfg = tmp_path / "shadowed.yaml"
+    cfg.write_text("""upstreams: {u: {targets: [http://127.0.0.1:1]}}
+auth: {providers: {dev: {type: jwt, algorithms: [HS256], secret: a-secret-of-enough-length-0123456789}}}
+routes:
+  - name: admin
+    match: {path: /secret/admin}
+    upstream: u
+    auth: {providers: [dev]}
+  - name: open
+    match: {path: /open}
+    upstream: u
+  - name: rest
+    match: {prefix: /}
+    upstream: u
+""")
+    env = {"PYTHONPATH": f"{ROOT}/src", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "tollhouse", "check", "-c", str(cfg)], capture_output=True, text=True,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    assert "warning: routes[0].match.path (line 5): /secret/admin/ is served by route 'rest'" in out.stderr
+    assert "without this route's auth" in out.stderr
+    assert "routes[1]" not in out.stderr   # no policies of its own: nothing to skip
+    assert "1 warning(s)" in out.stdout
+    cfg.write_text(cfg.read_text().replace("  - name: rest\n", "  - name: slash\n    match: {path: /secret/admin/}\n"
+                                           "    upstream: u\n    auth: {providers: [dev]}\n  - name: rest\n"))
+    out = subprocess.run([sys.executable, "-m", "tollhouse", "check", "-c", str(cfg)], capture_output=True, text=True,
+                         env=env)
+    assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
+
+
+def test_status_lists_the_gateways_own_endpoints(gateway_factory, upstream, tmp_path):
+    """/status answered 500 with auth.token_endpoint set: its routes have no upstream (issue 16, defect 5)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = tmp_path / "signing.pem"
+    key.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    g = gateway_factory(basic_config(upstream.url, extra=f"""auth:
+  token_endpoint: {{issuer: https://gw.example, signing_key: {key}}}
+"""))
+    status, body = g.get_admin("/status")
+    assert status == 200, body
+    routes = {r["name"]: r for r in json.loads(body)["routes"]}
+    assert routes["api"]["upstream"] == "app"
+    assert [r["upstream"] for r in routes.values() if r["path"] == "/oauth/token"] == [None]

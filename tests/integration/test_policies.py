@@ -60,3 +60,20 @@ def test_bad_policy_spec_is_a_config_error(gateway_factory, upstream, tmp_path):
     assert out.returncode == 1
     assert "policies.nope" in out.stderr and "has no class Missing" in out.stderr
     assert "policies.bad.config.tagg" in out.stderr
+
+
+def test_a_bug_in_a_policy_is_a_logged_500_not_a_client_error(gateway_factory, upstream):
+    """An exception raised inside httptools' callback used to read as the client's
+    malformed request: 400 "User callback error", nothing logged (issue 16, defect 9)."""
+    g = gateway_factory(basic_config(upstream.url, extra_routes="""  - name: buggy
+    match: {prefix: /buggy}
+    upstream: app
+    policies: [bug]
+""", extra='policies: {bug: "tests.support.policies:RaisesOnRequest"}\n'))
+    r = get(g, "/buggy")
+    assert r.status == 500 and r.getheader("content-type") == "application/problem+json"
+    assert json.loads(r.body)["request_id"] == r.getheader("x-request-id")
+    assert get(g, "/other").status == 200
+    from tests.support.processes import wait_for
+    wait_for(lambda: "TypeError" in g.stderr())
+    assert "error while handling a request" in g.stderr()

@@ -26,6 +26,14 @@ def get(port, target="/limited/x", headers=""):
 REQ = b"GET /limited/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
 
 
+def store_errors(g) -> float:
+    """tollhouse_store_errors_total over every store (exported at 0 from start-up)."""
+    lines = [line for line in g.get_admin("/metrics")[1].decode().splitlines()
+             if line.startswith("tollhouse_store_errors_total{")]
+    assert lines, "the series exists from start-up"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
 @pytest.fixture
 def redis():
     r = RedisServer().start()
@@ -99,7 +107,7 @@ def test_scripts_flushed_from_redis_are_loaded_again(gateway_factory, upstream, 
     assert [get(g.port).status for _ in range(2)] == [200, 200]
     redis_py.Redis(port=redis.port).script_flush()
     assert [get(g.port).status for _ in range(3)] == [200, 200, 429]
-    assert "store_errors" not in g.get_admin("/metrics")[1].decode()
+    assert store_errors(g) == 0
 
 
 def test_connections_closed_by_redis_while_idle_are_not_reused(gateway_factory, upstream, redis):
@@ -113,7 +121,7 @@ def test_connections_closed_by_redis_while_idle_are_not_reused(gateway_factory, 
     assert get(g.port).status == 200
     time.sleep(2.5)                            # the server drops the gateway's idle connection
     assert [get(g.port).status for _ in range(3)] == [200, 200, 200]
-    assert "store_errors" not in g.get_admin("/metrics")[1].decode()
+    assert store_errors(g) == 0
 
 
 def test_limiting_resumes_after_redis_restarts_under_load(gateway_factory, upstream, redis):
@@ -127,9 +135,7 @@ def test_limiting_resumes_after_redis_restarts_under_load(gateway_factory, upstr
     redis.kill()
     redis.start()
     wait_for(lambda: get(g.port).status == 200, timeout=10)
-    errors = [line for line in g.get_admin("/metrics")[1].decode().splitlines()
-              if line.startswith("tollhouse_store_errors_total{")]
-    assert errors == [], errors
+    assert store_errors(g) == 0
     statuses = concurrent_statuses([g.port], 100, REQ)
     assert statuses.count(200) == 100, statuses
     r = get(g.port)
@@ -195,6 +201,29 @@ def test_keys_by_header_and_tiers(gateway_factory, upstream):
     assert get(g.port, headers="X-User: c\r\n").status == 200
     r = get(g.port, headers="X-User: d\r\n")   # the default tier's 3 per ip are spent
     assert r.status == 429 and "ip-60s" in r.getheader("ratelimit")
+
+
+def test_a_limit_without_key_counts_per_consumer(gateway_factory, upstream):
+    """Two free consumers behind one address each get the tier's 3, and anonymous callers
+    are counted per address (issue 16, defect 6: the default key was ip)."""
+    import hashlib
+
+    keys = {name: "sha256:" + hashlib.sha256(f"{name}-key".encode()).hexdigest() for name in ("ann", "ben")}
+    g = gateway_factory(limited("      - {tiered: true}", upstream_url=upstream.url, extra=f"""tiers:
+  free: {{rate_limits: [{{limit: 3, window: 1m}}]}}
+  default: {{rate_limits: [{{limit: 2, window: 1m}}]}}
+auth: {{providers: {{keys: {{type: api_key}}}}}}
+consumers:
+  - {{id: ann, tier: free, api_keys: ["{keys['ann']}"]}}
+  - {{id: ben, tier: free, api_keys: ["{keys['ben']}"]}}
+""").replace("    rate_limits:", "    auth: {providers: [keys], optional: true}\n    rate_limits:"))
+    ann = [get(g.port, headers="X-API-Key: ann-key\r\n").status for _ in range(4)]
+    ben = [get(g.port, headers="X-API-Key: ben-key\r\n").status for _ in range(4)]
+    anonymous = [get(g.port).status for _ in range(3)]
+    assert ann == [200, 200, 200, 429] and ben == [200, 200, 200, 429]
+    assert anonymous == [200, 200, 429]
+    r = get(g.port, headers="X-API-Key: ann-key\r\n")
+    assert "consumer-60s" in r.getheader("ratelimit-policy")
 
 
 def test_store_failure_open_lets_requests_through_without_stalling(gateway_factory, upstream, redis):

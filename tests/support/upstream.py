@@ -141,6 +141,11 @@ class _Conn(asyncio.Protocol):
             t.close()
         elif path == "/conflict":
             t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
+        elif path == "/te-foo":
+            t.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: foo\r\n\r\nbody in an unknown coding")
+            t.close()
+        elif path == "/te-gzip-chunked":
+            t.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n")
         elif path == "/garbage":
             t.write(b"HTTP/1.1 2x0 Whatever\r\n\r\n")
             t.close()

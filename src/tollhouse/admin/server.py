@@ -1,4 +1,4 @@
-"""The admin listener (PRODUCT.md §4): health, readiness, metrics, status, reload, cache purge.
+"""The admin listener (docs/contract.md §4): health, readiness, metrics, status, reload, cache purge.
 
 Not on the proxy's hot path, so it is plain asyncio streams with httptools
 parsing one request per connection. It asks a `controller` (the single

@@ -1,4 +1,4 @@
-"""Config loading: YAML + ${VAR} -> validated, frozen `Gateway` (PRODUCT.md §2)."""
+"""Config loading: YAML + ${VAR} -> validated, frozen `Gateway` (docs/contract.md §2)."""
 from __future__ import annotations
 
 import re
@@ -16,7 +16,7 @@ def __getattr__(name):
         return Gateway
     raise AttributeError(name)
 
-__all__ = ["ConfigError", "Gateway", "load_text", "load_file"]
+__all__ = ["ConfigError", "Gateway", "load_text", "load_file", "warnings_of"]
 
 _STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
@@ -63,3 +63,15 @@ def load_file(path: str) -> tuple[Gateway | None, list[ConfigError], str]:
         return None, [ConfigError("", None, f"cannot read {path}: {e.strerror}")], ""
     config, errors = load_text(text)
     return config, errors, text
+
+
+def warnings_of(config, text: str) -> list[ConfigError]:
+    """What a valid config may not mean: each warning with its key path and line."""
+    from ..routing import trailing_slash_shadows
+
+    doc, _ = parse_yaml(text)
+    found = []
+    for index, message in trailing_slash_shadows(config.routes):
+        path = f"routes[{index}].match.path"
+        found.append(ConfigError(path, _line_of(doc, path) if doc is not None else None, message))
+    return found

@@ -21,7 +21,7 @@ prints every error with its key path and line.
 
 `${VAR}`, template variables inside values (`/users/{id}`) and `?` inside
 values (`/orders?owner={consumer}`) may stand in flow mappings too, as in
-PRODUCT.md's examples; a value that *starts* with `{` must be quoted.
+docs/contract.md's examples; a value that *starts* with `{` must be quoted.
 """
 
 

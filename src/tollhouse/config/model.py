@@ -1,4 +1,4 @@
-"""The gateway's config schema (PRODUCT.md §2), section by section.
+"""The gateway's config schema (docs/contract.md §2), section by section.
 
 Policies keep their own schemas beside their handlers (tollhouse/policies);
 this module holds the core: listeners, limits, upstreams and routes.
@@ -28,7 +28,7 @@ class NotYet(Kind):
     """A key from the product contract whose capability has not landed yet.
 
     Accepting it silently would disable a policy the user asked for, so it
-    is an error that says so (PRODUCT.md §2: a typo never silently disables
+    is an error that says so (docs/contract.md §2: a typo never silently disables
     a policy; neither does a missing feature).
     """
 
@@ -67,6 +67,20 @@ class _Defaults(Kind):
 class Tls(Schema):
     cert = Field(Str(), doc="PEM certificate chain file")
     key = Field(Str(), doc="PEM private key file")
+    profile = Field(Str(choices=("intermediate", "modern")), "intermediate",
+                    "Mozilla's server profile: intermediate (TLS 1.2 AEAD suites and TLS 1.3) or modern (TLS 1.3 only)")
+    min_version = Field(Str(choices=("1.2", "1.3")), "", "lowest TLS version accepted (default: the profile's)")
+    ciphers = Field(Str(), "", "OpenSSL cipher list for TLS 1.2 (default: the profile's)")
+    curves = Field(ListOf(Str()), (), "key-exchange groups, e.g. [X25519, prime256v1] "
+                   "(default: X25519, prime256v1, secp384r1)")
+
+    def check(self, path, lines, line, errors):
+        from ..server.tls import server_context
+
+        try:   # ciphers and curves as OpenSSL takes them (the files are read when the listener starts)
+            server_context(self, load_cert=False)
+        except ValueError as e:
+            error_at(errors, path, str(e).split(":", 1)[0].split(".")[-1], lines, line, str(e).split(": ", 1)[1])
 
 
 class Admin(Schema):
@@ -220,6 +234,8 @@ class Route(Schema):
     headers = Field(Headers, None, "{request: {set, add, remove}, response: {...}} with {consumer}, {request_id}, "
                     "{client_ip}")
     aggregate = Field(NotYet("aggregate"), None)
+    websocket = Field(NotYet("websocket"), None)
+    grpc = Field(NotYet("grpc"), None)
 
     def check(self, path, lines, line, errors):
         if self.rewrite and self.strip_prefix:
@@ -252,7 +268,7 @@ def _policy_from_str():
 class Gateway(Schema):
     listen = Field(ListOf(Address(), single=True), (("0.0.0.0", 8080),), "address or list of addresses")
     workers = Field(Int(min=1, max=256), 1, "processes sharing the port (SO_REUSEPORT)")
-    tls = Field(OneOf((lambda v: v is None, Kind()), (_is_map, Tls)), None, "TLS termination: {cert, key}")
+    tls = Field(OneOf((lambda v: v is None, Kind()), (_is_map, Tls)), None, "TLS termination: {cert, key, profile, min_version, ciphers, curves}")
     admin = Field(Admin, Admin(), "the admin listener")
     store = Field(Str(pattern=r"memory|(redis|rediss|redis\+cluster)://.+"), "memory",
                   "memory, redis://host:6379/0, rediss://..., redis+cluster://h1:7000,h2:7001")
@@ -271,6 +287,9 @@ class Gateway(Schema):
     consumers = Field(ListOf(Consumer), (), "known callers: API keys, OAuth clients, tier, scopes, roles")
     tiers = Field(MapOf(Tier, key_pattern=NAME), {}, "tier name -> {rate_limits}; callers without a tier use `default`")
     cache = Field(CacheSettings, CacheSettings(), "where routes' cached responses live and how big they may be")
+    tracing = Field(NotYet("tracing"), None)
+    debug = Field(NotYet("debug"), None)
+    regions = Field(NotYet("regions"), None)
 
     def check(self, path, lines, line, errors):
         ids, keys, clients = set(), set(), set()

@@ -23,7 +23,8 @@ def curl_lines(port: int, admin_port: int, token: str) -> str:
         f"  curl -i {base}/nowhere               # 404 problem+json",
         f"  for i in $(seq 8); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/api/limited/; done; echo"
         "   # 5 per 10 s and bursts of 3 per IP: 200s, then 429",
-        f"  curl -si {base}/api/limited/ | grep -i -E '^(HTTP|ratelimit|retry-after)'   # the RateLimit headers",
+        f"  curl -si {base}/api/limited/ | grep -i -E '^(HTTP|ratelimit|retry-after)'"
+        "   # the RateLimit headers (a 429 with Retry-After right after the loop above)",
         f"  for i in 1 2; do curl -si {base}/api/cached/1 | grep -i -E '^(x-cache-status|age)'; done"
         "   # MISS, then HIT with Age",
         f"  curl -s -X DELETE http://127.0.0.1:{admin_port}/cache?route=cached   # purge the cache",

@@ -120,6 +120,14 @@ class Stats:
                 counts = stats.cache
                 counts[outcome] = counts.get(outcome, 0) + 1
 
+    def declare(self, name: str, labels: tuple = ()) -> None:
+        """Export counter `tollhouse_<name>` at 0 until it counts something: a series
+        that appears already non-zero loses its first increase() (issue 16, defect 11)."""
+        self.counters.setdefault((name, labels), 0)
+
+    def declare_gauge(self, name: str, labels: tuple = (), value: float = 0) -> None:
+        self.gauges.setdefault((name, labels), value)
+
     def inc(self, name: str, labels: tuple = (), by: float = 1) -> None:
         """Bump a counter `tollhouse_<name>` with label pairs ((k, v), ...)."""
         key = (name, labels)

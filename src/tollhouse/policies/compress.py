@@ -1,4 +1,4 @@
-"""Response compression (PRODUCT.md §2 route `compress`): gzip and brotli.
+"""Response compression (docs/contract.md §2 route `compress`): gzip and brotli.
 
 The coding is negotiated from Accept-Encoding with q-values (RFC 9110
 §12.5.3; brotli preferred on a tie). Only compressible media types are

@@ -1,4 +1,4 @@
-"""CORS (PRODUCT.md §2 route `cors`), following the Fetch standard's CORS protocol.
+"""CORS (docs/contract.md §2 route `cors`), following the Fetch standard's CORS protocol.
 
 A preflight (OPTIONS with Origin and Access-Control-Request-Method) is
 answered by the gateway and never reaches the upstream: 204 with the

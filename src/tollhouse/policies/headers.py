@@ -1,4 +1,4 @@
-"""Header rewriting (PRODUCT.md §2 route `headers`).
+"""Header rewriting (docs/contract.md §2 route `headers`).
 
 `request` changes what the upstream receives, `response` what the client
 receives: `remove` (names), then `set` (replace any of that name), then

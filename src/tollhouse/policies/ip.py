@@ -1,4 +1,4 @@
-"""IP allow/deny (PRODUCT.md §2 route `ip` and top-level `ip`; §3: 403).
+"""IP allow/deny (docs/contract.md §2 route `ip` and top-level `ip`; §3: 403).
 
 The address checked is the real client address (`exchange.client_ip`: the
 peer, or the first untrusted X-Forwarded-For hop behind `trusted_proxies`).
@@ -94,6 +94,7 @@ class IpPolicy(Policy):
         self.filters = filters
         self.count_key = ("ip_refusals", (("route", context.route_name),))
         self.counters = context.stats.counters
+        context.stats.declare(*self.count_key)
 
     def on_request(self, exchange):
         ip = exchange.client_ip

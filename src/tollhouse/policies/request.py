@@ -1,4 +1,4 @@
-"""Request validation (PRODUCT.md §2 route `request`): body size, content type, JSON Schema.
+"""Request validation (docs/contract.md §2 route `request`): body size, content type, JSON Schema.
 
 Checks run in the `validate` phase, after authentication and rate limiting.
 `max_body_bytes` (413) applies on top of the global `limits.max_body_bytes`
@@ -74,6 +74,8 @@ class RequestPolicy(Policy):
         self.count_keys = {r: ("request_refusals", (("route", context.route_name), ("reason", r)))
                            for r in ("body_too_large", "content_type", "malformed_json", "schema")}
         self.counters = context.stats.counters
+        for name, labels in self.count_keys.values():
+            context.stats.declare(name, labels)
 
     def _refuse(self, reason: str, reply: Reply) -> Reply:
         key = self.count_keys[reason]

@@ -21,7 +21,8 @@ from ..pipeline import Reply
 log = logging.getLogger("tollhouse.server")
 
 # Request header names with a job of their own; everything else is relayed.
-_HOST, _CL, _TE, _CONNECTION, _DROP, _EXPECT, _RID, _XFF, _XFP, _XFH, _UPGRADE, _AUTHZ, _CONDITIONAL, _COOKIE = range(14)
+_HOST, _CL, _TE, _CONNECTION, _DROP, _EXPECT, _RID, _XFF, _XFP, _XFH, _UPGRADE, _AUTHZ, _CONDITIONAL, _COOKIE, \
+    _SINGLETON = range(15)
 _SPECIAL = {
     b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONNECTION,
     b"expect": _EXPECT, b"x-request-id": _RID, b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP,
@@ -29,7 +30,10 @@ _SPECIAL = {
     # Noted so that the cache looks for them only when one was sent (and relayed).
     b"range": _CONDITIONAL, b"if-none-match": _CONDITIONAL, b"if-modified-since": _CONDITIONAL,
     b"cookie": _COOKIE,
-    # Hop-by-hop (RFC 9110 §7.6.1) and identity headers only the gateway may set (PRODUCT.md §3).
+    # A second copy is refused (400): a service that reads the first would see
+    # another value than the gateway's policies did (issue 16, defect 1).
+    b"content-type": _SINGLETON, b"proxy-authorization": _SINGLETON,
+    # Hop-by-hop (RFC 9110 §7.6.1) and identity headers only the gateway may set (docs/contract.md §3).
     b"keep-alive": _DROP, b"proxy-connection": _DROP, b"te": _DROP, b"trailer": _DROP,
     b"x-consumer-id": _DROP, b"x-consumer-tier": _DROP, b"x-auth-scopes": _DROP,
 }
@@ -42,6 +46,17 @@ PAUSE_UPSTREAM, PAUSE_BUFFER, PAUSE_PIPELINE = 1, 2, 4
 
 class _HeadTooLarge(Exception):
     pass
+
+
+def _has_header(lines, key: bytes) -> bool:
+    for line in lines:
+        if line[:line.find(b":")].lower() == key:
+            return True
+    return False
+
+
+def _internal_error() -> Reply:
+    return Reply.problem(500, "Internal Server Error", "the gateway failed to handle this request")
 
 
 def _too_large(limits) -> Reply:
@@ -139,14 +154,20 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
             if offset < len(data) and not self.closing:
                 self.received(data[offset:])
         except (httptools.HttpParserError, _HeadTooLarge) as e:
-            # httptools re-raises a callback's exception as HttpParserCallbackError.
+            # httptools re-raises a callback's exception as HttpParserCallbackError,
+            # the original as its __context__: ours (a limit) or a bug, never the client's framing.
+            cause = e.__context__
             if self.fatal is not None:
                 self._fail(self.fatal)
+            elif cause is not None and not isinstance(cause, _HeadTooLarge):
+                log.error("error while handling a request", exc_info=cause)
+                self._fail(_internal_error())
+                return
             else:
                 self._fail(Reply.problem(400, "Bad Request", f"malformed request: {e}"))
         except Exception:  # noqa: BLE001 - a bug must not take the worker down
             log.exception("error while handling a request")
-            self._fail(Reply.problem(500, "Internal Server Error", "the gateway failed to handle this request"))
+            self._fail(_internal_error())
             return
         # A head still incomplete after this many bytes is too large: counted
         # per read rather than per header (on_headers_complete checks exactly).
@@ -214,7 +235,12 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
                     return
                 if kind == _AUTHZ:
                     # Noted for auth policies (no scan of the lines) and still relayed.
+                    if ex.authorization is not None:
+                        ex.duplicate = b"Authorization"
                     ex.authorization = value
+                elif kind == _SINGLETON:
+                    if _has_header(ex.headers, name.lower()):
+                        ex.duplicate = name
                 elif kind == _CONDITIONAL:
                     ex.conditional = True
                 elif kind == _COOKIE:
@@ -365,7 +391,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         self.transport.abort()
 
     def check_timeouts(self, now: float, limits) -> None:
-        """Called by the worker's sweeper (PRODUCT.md §2 limits)."""
+        """Called by the worker's sweeper (docs/contract.md §2 limits)."""
         if self.closing:
             return
         if self.in_head and now - self.head_started > limits.header_timeout:

@@ -1,7 +1,7 @@
 """A worker process: listeners, the current config version, timers, drain.
 
 With `workers: 1` the worker is the whole gateway (admin listener and
-signals included). With more, a supervisor (server/supervisor.py) forks
+signals included). With more, a supervisor (server/lifecycle.py) starts
 workers that each bind the port with SO_REUSEPORT and answer the
 supervisor's questions (metrics, status, reload, drain) over a socketpair.
 """
@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import time
 
 from ..clock import CLOCK
@@ -27,6 +26,7 @@ from ..policies.ratelimit import make_limiter
 from ..state import GatewayState, build_state, retire
 from ..store import open_store
 from .protocol import ClientConnection
+from .tls import server_context
 
 log = logging.getLogger("tollhouse.worker")
 
@@ -44,15 +44,6 @@ def make_listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     sock.listen(4096)
     sock.setblocking(False)
     return sock
-
-
-def server_ssl(tls) -> ssl.SSLContext | None:
-    if tls is None:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(tls.cert, tls.key)
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
 
 
 class Worker(WorkerCore):
@@ -87,7 +78,7 @@ class Worker(WorkerCore):
     # listeners -----------------------------------------------------------------
     async def start(self, reuse_port: bool) -> None:
         config = self.state.config
-        ctx = server_ssl(config.tls)
+        ctx = server_context(config.tls)
         scheme = b"https" if ctx else b"http"
         sockets = self._sockets or [make_listen_socket(h, p, reuse_port) for h, p in config.listen]
         for sock in sockets:
@@ -210,9 +201,8 @@ class Worker(WorkerCore):
                     1 if t.healthy and t.ejected_until <= CLOCK.now else 0
             counters[("upstream_retries", (("upstream", name),))] = pool.retry_count
             counters[("upstream_ejections", (("upstream", name),))] = pool.ejection_count
-            if pool.breaker is not None:
-                # tollhouse_circuit_state: 0 closed, 1 open, 2 half-open (PRODUCT.md §4)
-                gauges[("circuit_state", (("upstream", name),))] = pool.breaker.state
+            # tollhouse_circuit_state: 0 closed, 1 open, 2 half-open; always closed without a breaker
+            gauges[("circuit_state", (("upstream", name),))] = pool.breaker.state if pool.breaker is not None else 0
         if self.cache.memory:
             gauges[("cache_memory_bytes", ())] = self.cache.storage.size
             gauges[("cache_memory_entries", ())] = len(self.cache.storage.entries)
@@ -248,7 +238,9 @@ class Worker(WorkerCore):
             "store": {"kind": self.store.kind, **(self.limiter.status() if hasattr(self.limiter, "status") else {})},
             "routes": [{"name": r.name, "host": r.host or None, "path": r.path.decode() or None,
                         "prefix": r.prefix.decode() or ("/" if not r.path else None),
-                        "methods": sorted(m.decode() for m in r.methods) or None, "upstream": r.upstream.name}
+                        "methods": sorted(m.decode() for m in r.methods) or None,
+                        # the gateway's own endpoints (OAuth) have no upstream
+                        "upstream": r.upstream.name if r.upstream is not None else None}
                        for r in state.table.routes],
             "upstreams": {name: pool.status() for name, pool in state.pools.items()},
         }

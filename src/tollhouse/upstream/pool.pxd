@@ -14,7 +14,7 @@ cdef class UpstreamConnection:
     cdef public object transport, parser, loop, content_length, connection_tokens
     cdef public TargetPool target
     cdef public Exchange exchange
-    cdef public bint closed, reused, got_bytes, paused, head_only, chunked
+    cdef public bint closed, reused, got_bytes, paused, head_only, chunked, bad_coding
     cdef public double idle_since, last_read
 
     cpdef finish_message(self)

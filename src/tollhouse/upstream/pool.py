@@ -40,7 +40,7 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
 
     __slots__ = ("target", "transport", "parser", "exchange", "closed", "idle_since", "headers", "reused",
                  "got_bytes", "paused", "last_read", "head_only", "loop", "content_length", "chunked",
-                 "connection_tokens", "outgoing")
+                 "connection_tokens", "outgoing", "bad_coding")
 
     def __init__(self, target: "TargetPool"):
         self.target = target
@@ -59,6 +59,7 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
         self.content_length = None
         self.chunked = False
         self.connection_tokens = None
+        self.bad_coding = False
         self.outgoing = None   # Gathered writes (made by the first send: it knows the worker)
 
     # asyncio.Protocol ------------------------------------------------------
@@ -115,6 +116,7 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
         self.headers = []
         self.content_length = None
         self.chunked = False
+        self.bad_coding = False
         self.connection_tokens = None
 
     def on_header(self, name, value):
@@ -128,6 +130,10 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
                     self.content_length = value
                     self.headers.append(name + b": " + value + b"\r\n")
                 elif kind == 2:
+                    # Anything but one "chunked" is a coding the client could not be told
+                    # about once the header is dropped (RFC 9112 §6.1, §6.3): 502, never relayed.
+                    if self.chunked or value.strip().lower() != b"chunked":
+                        self.bad_coding = True
                     self.chunked = True
                 elif kind == 3:
                     tokens = value.lower()
@@ -142,6 +148,9 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
         if status < 200:
             return  # 1xx interim responses (e.g. 103) are not relayed
         ex = self.exchange
+        if ex is not None and self.bad_coding:
+            ex.upstream_failed("invalid", "the upstream answered with an unsupported Transfer-Encoding")
+            return
         if ex is not None:
             ex.upstream_head(self, status, self.headers, self.parser.should_keep_alive())
             if self.head_only and self.exchange is not None:

@@ -1,4 +1,4 @@
-"""Authentication and authorisation (PRODUCT.md §2 `auth`, `consumers`, route `auth`; §3).
+"""Authentication and authorisation (docs/contract.md §2 `auth`, `consumers`, route `auth`; §3).
 
 `AuthService` holds the providers of one config version; `AuthPolicy` is
 a route's check: any listed provider may succeed, all `scopes` are required,
@@ -82,6 +82,8 @@ class _SelfProviderConfig:
 
 
 _CHALLENGE = 'Bearer realm="tollhouse"'
+#: Failure reasons exported at 0 for every authenticated route (the rarer ones appear when they happen).
+DECLARED_FAILURES = ("missing", "malformed", "expired", "bad_signature", "invalid_key", "insufficient_scope")
 ADMITTED_MAX = 4096
 
 
@@ -106,6 +108,8 @@ class AuthPolicy(Policy):
         self.optional = config.optional
         self.route = route_name
         self.counters = context.stats.counters
+        for reason in DECLARED_FAILURES:
+            context.stats.declare("auth_failures", (("reason", reason), ("route", route_name)))
         self.scope_param = " ".join(sorted(self.scopes))
         self.admitted: dict[bytes, tuple] = {}   # Authorization value -> (identity, until), this route's passes
 
@@ -152,12 +156,14 @@ class AuthPolicy(Policy):
                     return self._admit(exchange, result)
                 return self._await(exchange, result, self.bearer.index(provider), token, key)
         for provider in self.api_keys:
-            presented = self._api_key(exchange, provider)
-            if presented is None:
-                continue
             try:
+                presented = self._api_key(exchange, provider)
+                if presented is None:
+                    continue
                 return self._admit(exchange, provider.verify(presented))
             except AuthFailure as e:
+                if e.reason == "duplicate_credential":
+                    return self._deny(e)
                 failure = failure or e
         if failure is None and token is None and self.optional:
             return None
@@ -186,7 +192,10 @@ class AuthPolicy(Policy):
             if not query:
                 return None
             pairs = urllib.parse.parse_qsl(query[1:].decode("latin-1"), keep_blank_values=True)
-            value = next((v for k, v in pairs if k == provider.query), None)
+            values = [v for k, v in pairs if k == provider.query]
+            value = values[0] if values else None
+            if len(values) > 1:
+                raise AuthFailure("duplicate_credential", f"more than one {provider.query} parameter")
             if value is not None:
                 # The credential is not forwarded upstream.
                 rest = [(k, v) for k, v in pairs if k != provider.query]
@@ -194,7 +203,12 @@ class AuthPolicy(Policy):
             return value
         value = exchange.header(provider.header)
         if value is not None:
+            # Every copy is removed, so none reaches the service; two copies are
+            # refused (a service reading the other one would see another caller).
+            count = exchange.header_count(provider.header)
             exchange.remove_header(provider.header)
+            if count > 1:
+                raise AuthFailure("duplicate_credential", f"more than one {provider.header} header")
         return value
 
     def _admit(self, exchange, identity: Identity):

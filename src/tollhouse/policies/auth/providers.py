@@ -82,8 +82,11 @@ def identity_from_claims(claims: dict, names, consumers: dict, provider: str) ->
     if not isinstance(tier, str) or not tier:
         tier = known.tier if known is not None and known.tier else None
     exp = claims.get("exp")
+    if exp is not None and (not isinstance(exp, (int, float)) or isinstance(exp, bool)):
+        # PyJWT accepts "exp": "1796024926"; RFC 7519 §4.1.4 says NumericDate, a JSON number.
+        raise AuthFailure("invalid_claim", "the token's exp claim is not a number")
     return Identity(consumer, tier, scopes, _words(claims.get(names.roles)), provider,
-                    float(exp) if isinstance(exp, (int, float)) else None)
+                    float(exp) if exp is not None else None)
 
 
 class VerifiedCache:

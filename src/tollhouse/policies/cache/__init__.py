@@ -1,4 +1,4 @@
-"""Response caching (PRODUCT.md §2 route `cache`, top-level `cache`; §3 X-Cache-Status, Age).
+"""Response caching (docs/contract.md §2 route `cache`, top-level `cache`; §3 X-Cache-Status, Age).
 
 A route's `CachePolicy` looks a GET/HEAD up before proxying. A fresh entry
 answers at once (HIT, with `Age`; a conditional request gets 304). A miss
@@ -48,6 +48,8 @@ class ResponseCache:
         if settings.storage == "store" and store.kind != "memory":
             self.storage = RedisCache(store)
             self.guard = StoreGuard(store.client, STORE_TIMEOUT, self._guard_changed)
+            stats.declare("store_errors", (("store", "redis"),))
+            stats.declare_gauge("cache_bypass")
         else:
             self.storage = MemoryCache(settings.memory_size)
         self.memory = self.storage.kind == "memory"

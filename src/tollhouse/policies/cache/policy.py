@@ -159,6 +159,9 @@ class CachePolicy(Policy):
         self.consumer_scope = config.scope == "consumer"
         self.route_bytes = self.route_name.encode()
         self.memory = cache.memory
+        outcomes = context.stats.route(self.route_name, None).cache
+        for result in _RESULTS:   # exported at 0 from the start
+            outcomes.setdefault(result, 0)
 
     # --- keys -----------------------------------------------------------------------------
     def primary_key(self, exchange) -> str | bytes:
@@ -280,7 +283,19 @@ class CachePolicy(Policy):
         poll for the entry up to lock_timeout, then fetch it themselves."""
         cache = self.cache
         lock = await cache.try_lock(key)
-        if lock is None and not cache.guard.open:
+        if lock is not None:
+            # Looked up before the lock was taken: another instance may have stored the
+            # entry and released its lock in between (issue 16, defect 4). Its store
+            # precedes its unlock, so a second look under the lock settles it.
+            try:
+                entry = await self._fresh(primary, exchange, key, flight)
+            except STORE_ERRORS as e:
+                cache.failed(e)
+                entry = None
+            if entry is not None:
+                cache.release(key, lock)
+                return self._hit_instead(exchange, entry, time())
+        elif not cache.guard.open:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + cache.settings.lock_timeout
             pause = 0.005
@@ -288,16 +303,23 @@ class CachePolicy(Policy):
                 await asyncio.sleep(pause)
                 pause = min(0.05, pause * 2)
                 try:
-                    _, entry = await cache.fetch(primary, self, exchange)
+                    entry = await self._fresh(primary, exchange, key, flight)
                 except STORE_ERRORS as e:
                     cache.failed(e)
                     break
-                now = time()
-                if entry is not None and now < entry.fresh_until:
-                    cache.end_flight(key, flight, entry, False)
-                    return self._hit_instead(exchange, entry, now)
+                if entry is not None:
+                    return self._hit_instead(exchange, entry, time())
         exchange.capture = Fill(self, exchange, primary, key, flight, fallback, False, lock)
         return None
+
+    async def _fresh(self, primary, exchange, key, flight):
+        """A fresh entry stored by another instance (its flight here ends with it), or None;
+        raises STORE_ERRORS."""
+        _, entry = await self.cache.fetch(primary, self, exchange)
+        if entry is None or time() >= entry.fresh_until:
+            return None
+        self.cache.end_flight(key, flight, entry, False)
+        return entry
 
     def _hit_instead(self, exchange, entry, now, label="HIT"):
         # A MISS when it started waiting: hit() relabels it (metrics count the final label).

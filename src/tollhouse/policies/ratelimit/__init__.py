@@ -1,4 +1,4 @@
-"""Rate limiting (PRODUCT.md §2 `rate_limits`, `tiers`, `store_failure`; §3 headers).
+"""Rate limiting (docs/contract.md §2 `rate_limits`, `tiers`, `store_failure`; §3 headers).
 
 One `RateLimitPolicy` per route that declares limits. All of a request's
 limits are checked together, in one atomic step (one script call with

@@ -109,6 +109,8 @@ class RedisLimiter:
         self.instance_id = os.urandom(8).hex()
         self.announcer = None
         self.local = MemoryLimiter()   # for store_failure: local
+        stats.declare("store_errors", (("store", store.kind),))
+        stats.declare_gauge("ratelimit_fallback", (("mode", failure_mode),))
 
     # --- the request side ---------------------------------------------------------
     def check(self, limits, store_keys, policy, exchange, keys):

@@ -70,6 +70,9 @@ class RateLimitPolicy(Policy):
         super().__init__(config, context)
         self.limiter = limiter
         self.route = route_name
+        outcomes = context.stats.route(route_name, None).ratelimit
+        for result in ("allowed", "rejected"):   # exported at 0 from the start
+            outcomes.setdefault(result, 0)
         self.memory = isinstance(limiter, MemoryLimiter)
         self.fixed = [_Limit(c, f"{route_name}:{i}", limiter) for i, c in enumerate(config) if not c.tiered]
         self.tiered = any(c.tiered for c in config)
@@ -96,8 +99,11 @@ class RateLimitPolicy(Policy):
     def on_request(self, exchange):
         lim = self.single
         if lim is not None:
-            # The socket peer's key without the general lookup: the common case.
-            key = ("ip:" + exchange.conn.peer_ip if lim.key_kind == "ip" and exchange.xff is None
+            # The socket peer's key without the general lookup: the common case
+            # (an ip key, or a consumer key of an anonymous caller).
+            kind = lim.key_kind
+            key = ("ip:" + exchange.conn.peer_ip if exchange.xff is None and (
+                       kind == "ip" or (kind == "consumer" and not exchange.consumer))
                    else _key(lim, exchange))
             if not self.memory:
                 return self.limiter.check(self.fixed, [(lim.store_prefix + key).encode()], self, exchange, [key])

@@ -10,7 +10,7 @@ KEY_PATTERN = r"consumer|ip|route|global|header:[A-Za-z0-9_-]+"
 class RateLimit(Schema):
     limit = Field(Int(min=1), 0, "requests allowed per window (required unless tiered)")
     window = Field(Duration(min=0.001), 60.0, "the window (token_bucket: limit tokens refill over it)")
-    key = Field(Str(pattern=KEY_PATTERN), "ip",
+    key = Field(Str(pattern=KEY_PATTERN), "consumer",
                 "who is counted: consumer (falls back to ip when anonymous), ip, route, global, header:NAME "
                 "(falls back to ip when the header is absent)")
     algorithm = Field(Str(choices=tuple(ALGORITHMS)), "sliding_window", "fixed_window, sliding_window or token_bucket")
