@@ -89,7 +89,7 @@ routes:
         else:
             store = MemoryStore()
         self.cache = ResponseCache(config.cache, store, self.stats, self)
-        self.state = build_state(config, self.loop, self.stats, store, cache=self.cache)
+        self.state = build_state(config, self.loop, self.stats, store, workers={"cache": self.cache})
         self.date = b"Thu, 01 Jan 2026 00:00:00 GMT"
         from tollhouse.observability.access_log import request_id_factory
 

@@ -99,6 +99,8 @@ class Policy:
     config version: keep per-request state on the exchange (`exchange.vars`).
     """
 
+    __slots__ = ("config", "context")
+
     phase = "access"
     Config = None
 

@@ -125,6 +125,8 @@ class _HostGroup:
 class RouteTable:
     """`match(host, path, method)` -> (route, params) or (None, allowed methods)."""
 
+    __slots__ = ("routes", "_exact_hosts", "_wildcards", "_any", "_has_hosts", "_cache")
+
     def __init__(self, routes: list[RouteTarget]):
         self.routes = routes
         self._exact_hosts: dict[str, _HostGroup] = {}

@@ -1,8 +1,10 @@
 """Everything a config version means at run time, built aside and swapped whole.
 
 `build_state(config, previous)` compiles the route table, builds each route's
-policy chain and the upstream pools. Pools whose settings did not change
-are carried over from the previous version with their warm connections.
+policy chain by asking every registered policy kind (tollhouse.registry) and
+the custom policies the route names, and the upstream pools. Pools whose
+settings did not change are carried over from the previous version with
+their warm connections.
 """
 from __future__ import annotations
 
@@ -10,15 +12,9 @@ import ipaddress
 from functools import lru_cache
 
 from .config.loader import ConfigError
+from .config.model import policy_name
 from .pipeline import EMPTY_CHAIN, Chain, PolicyContext, load_policy_class
-from .policies.auth import AuthPolicy, AuthService
-from .policies.cache import CachePolicy
-from .policies.compress import CompressPolicy
-from .policies.cors import CorsPolicy
-from .policies.headers import HeadersPolicy
-from .policies.ip import IpFilter, IpPolicy
-from .policies.request import RequestPolicy
-from .policies.ratelimit import RateLimitPolicy, make_limiter
+from .registry import Services, builtins, custom_kind
 from .routing import RouteTable, RouteTarget
 from .upstream.pool import UpstreamPool
 
@@ -26,13 +22,13 @@ from .upstream.pool import UpstreamPool
 class GatewayState:
     """One immutable config version's runtime objects."""
 
-    def __init__(self, config, table: RouteTable, pools: dict[str, UpstreamPool], version: int, auth=None):
+    def __init__(self, config, table: RouteTable, pools: dict[str, UpstreamPool], version: int, services: Services):
         self.config = config
         self.limits = config.limits
         self.table = table
         self.pools = pools
         self.version = version
-        self.auth = auth
+        self.services = services
         networks = tuple(config.trusted_proxies)
 
         @lru_cache(maxsize=4096)
@@ -48,8 +44,12 @@ class GatewayState:
         self.is_trusted = is_trusted
 
 
-def policy_classes(config) -> tuple[dict[str, tuple[type, object]], list[ConfigError]]:
-    """Import custom policies and validate their options; errors name the key."""
+def policy_classes(config) -> tuple[dict, list[ConfigError]]:
+    """Import custom policies and validate their options (top-level and per route);
+    errors name the key. Returns ({name: (class, options)} plus {(route, j): options}
+    under the key "routes", errors)."""
+    from .config.schema import MISSING
+
     out, errors = {}, []
     for name, spec in config.policies.items():
         path = f"policies.{name}"
@@ -60,20 +60,35 @@ def policy_classes(config) -> tuple[dict[str, tuple[type, object]], list[ConfigE
             continue
         options = dict(spec.config)
         if cls.Config is not None:
-            from .config.schema import MISSING
-
             options = cls.Config.validate(spec.config, f"{path}.config", None, errors)
             if options is MISSING:
                 continue
         out[name] = (cls, options)
-    return out, errors
+    per_route = {}
+    for i, route in enumerate(config.routes):
+        for j, entry in enumerate(route.policies):
+            if isinstance(entry, str) or entry[0] not in out:
+                continue
+            name, raw = entry
+            cls = out[name][0]
+            options = raw
+            if cls.Config is not None:
+                options = cls.Config.validate(raw, f"routes[{i}].policies[{j}].{name}", None, errors)
+                if options is MISSING:
+                    continue
+            per_route[(i, j)] = options
+    return {**out, "routes": per_route}, errors
 
 
 def build_state(config, loop, stats, store, previous: GatewayState | None = None, version: int = 1,
-                limiter=None, cache=None) -> GatewayState:
+                workers: dict | None = None) -> GatewayState:
+    """`workers`: the per-worker services (registry.worker_services); a kind whose
+    service is missing makes what it needs per config version, or refuses."""
     classes, errors = policy_classes(config)
     if errors:
         raise ValueError("; ".join(map(str, errors)))
+    per_route = classes.pop("routes")
+    custom = {name: custom_kind(name, cls, options) for name, (cls, options) in classes.items()}
     old_pools = previous.pools if previous is not None else {}
     pools = {}
     for name, settings in config.upstreams.items():
@@ -82,60 +97,38 @@ def build_state(config, loop, stats, store, previous: GatewayState | None = None
             pools[name] = old
         else:
             pools[name] = UpstreamPool(name, settings, loop)
-    auth = None
-    if config.auth is not None or config.consumers:
-        auth = AuthService(config.auth, config.consumers, store)
-    global_ip = IpFilter(config.ip) if config.ip is not None else None
+    services = Services(config, store, stats, workers or {})
+    kinds = builtins()
     routes = []
     for i, r in enumerate(config.routes):
         name = r.name or f"route-{i}"
         context = PolicyContext(store, stats, name)
-        policies = []
-        ip_filters = [f for f in (global_ip, IpFilter(r.ip) if r.ip is not None else None) if f is not None]
-        if ip_filters:
-            policies.append(IpPolicy(r.ip, context, filters=ip_filters))
-        if r.cors is not None:
-            policies.append(CorsPolicy(r.cors, context))
-        if r.request is not None:
-            policies.append(RequestPolicy(r.request, context))
-        if r.headers is not None:
-            policies.append(HeadersPolicy(r.headers, context))
-        if r.compress is not None:
-            policies.append(CompressPolicy(r.compress, context))
-        if r.auth is not None:
-            policies.append(AuthPolicy(r.auth, context, service=auth, route_name=name))
-        if r.rate_limits:
-            if limiter is None:
-                limiter = make_limiter(store, stats, config.store_failure)
-            policies.append(RateLimitPolicy(r.rate_limits, context, tiers=config.tiers,
-                                            limiter=limiter, route_name=name))
-        if r.cache is not None:
-            if cache is None:
-                raise ValueError(f"routes[{i}].cache: this process has no response cache")
-            policies.append(CachePolicy(r.cache, context, cache=cache))
-        for pname in r.policies:
-            cls, options = classes[pname]
-            policies.append(cls(options, context))
+        policies = [kind.build(getattr(r, kind.key), context, services) for kind in kinds]
+        for j, entry in enumerate(r.policies):
+            policies.append(custom[policy_name(entry)].build(per_route.get((i, j)), context, services))
+        policies = [p for p in policies if p is not None]
         routes.append(RouteTarget(
             name, i, host=r.match.host, methods=r.match.methods, path=r.match.path, prefix=r.match.prefix,
             strip_prefix=r.strip_prefix, rewrite=r.rewrite, timeout=r.timeout, preserve_host=r.preserve_host,
             upstream=pools[r.upstream], chain=Chain(policies) if policies else EMPTY_CHAIN,
             stats=stats.route(name, r.upstream)))
-    if auth is not None:
-        for method, path, handler in auth.local_routes():
-            name = "oauth" + path.replace("/", "-").replace(".", "")
-            chain = EMPTY_CHAIN
-            if global_ip is not None:
-                chain = Chain([IpPolicy(None, PolicyContext(store, stats, name), filters=[global_ip])])
-            routes.append(RouteTarget(name, len(routes), methods=(method,), path=path, chain=chain,
+    for kind in kinds:
+        if kind.endpoints is None:
+            continue
+        for name, method, path, handler in kind.endpoints(services):
+            # The gateway's own endpoints: only the policies that need no route config (the global ip rules).
+            context = PolicyContext(store, stats, name)
+            policies = [p for p in (k.build(None, context, services) for k in kinds) if p is not None]
+            routes.append(RouteTarget(name, len(routes), methods=(method,), path=path,
+                                      chain=Chain(policies) if policies else EMPTY_CHAIN,
                                       stats=stats.route(name, None), local=handler))
-    return GatewayState(config, RouteTable(routes), pools, version, auth)
+    return GatewayState(config, RouteTable(routes), pools, version, services)
 
 
 def retire(previous: GatewayState, current: GatewayState) -> None:
-    """Close pools the new version no longer uses (their in-flight exchanges finish first)."""
-    if previous.auth is not None:
-        previous.auth.close()
+    """Close pools the new version no longer uses (their in-flight exchanges finish first),
+    and what the old version's policies made for it (JWKS refreshers...)."""
+    previous.services.close()
     kept = {id(p) for p in current.pools.values()}
     for pool in previous.pools.values():
         if id(pool) not in kept:

@@ -77,3 +77,28 @@ def test_a_bug_in_a_policy_is_a_logged_500_not_a_client_error(gateway_factory, u
     from tests.support.processes import wait_for
     wait_for(lambda: "TypeError" in g.stderr())
     assert "error while handling a request" in g.stderr()
+
+
+def test_a_route_may_give_a_custom_policy_its_own_options(gateway_factory, upstream, tmp_path):
+    routes = """  - name: own-options
+    match: {prefix: /own}
+    upstream: app
+    policies: [{audit: {tag: route-own}}]
+"""
+    g = gateway_factory(basic_config(upstream.url, extra_routes=_routes() + routes, extra=POLICIES))
+    r = get(g, "/own/x")   # the route's options: no X-Reason required
+    assert r.status == 200 and json.loads(r.body)["headers"]["x-audit"] == "route-own"
+    assert r.getheader("x-audited") == "route-own"
+    assert json.loads(get(g, "/audited/x", "X-Reason: r\r\n").body)["headers"]["x-audit"] == "t-1"
+
+    import subprocess
+    import sys
+    from tests.support.processes import ROOT
+
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(basic_config(upstream.url, extra_routes=routes.replace("tag: route-own", "tagg: x"),
+                                extra=POLICIES))
+    out = subprocess.run([sys.executable, "-m", "tollhouse", "check", "-c", str(cfg)], capture_output=True, text=True,
+                         env={"PYTHONPATH": f"{ROOT}/src:{ROOT}", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 1
+    assert "routes[0].policies[0].audit.tagg" in out.stderr and "unknown key" in out.stderr

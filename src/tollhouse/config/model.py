@@ -9,16 +9,13 @@ import re
 from urllib.parse import urlsplit
 
 from .loader import ConfigError
-from .schema import (Address, Bool, Duration, Field, Float, Int, Kind, ListOf, MapOf, Network, OneOf, Ratio,
-                     Schema, Size, Str, error_at)
-from ..policies.auth.schema import Auth, Consumer, RouteAuth
-from ..policies.cache.schema import CacheSettings, RouteCache
-from ..policies.compress import Compress
-from ..policies.cors import Cors
-from ..policies.headers import Headers
+from .schema import (MISSING, Address, Bool, Duration, Field, Float, Int, Kind, ListOf, MapOf, Network, OneOf, Ratio,
+                     Schema, Size, Str, error_at, is_map)
+from ..policies.auth.schema import Auth, Consumer
+from ..policies.cache.schema import CacheSettings
 from ..policies.ip import IpRules
-from ..policies.request import RequestRules
-from ..policies.ratelimit.schema import RateLimit, Tier
+from ..policies.ratelimit.schema import Tier
+from ..registry import builtins
 
 NAME = r"[A-Za-z0-9_.-]+"
 _TEMPLATE_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -44,24 +41,11 @@ def _is_str(v):
     return isinstance(v, (str, int)) and not isinstance(v, bool)
 
 
-def _is_map(v):
-    return isinstance(v, dict)
+_is_map = is_map
 
 
 def _is_list(v):
     return isinstance(v, list)
-
-
-class _Defaults(Kind):
-    """`true` for a section: the section with its defaults."""
-
-    label = "true"
-
-    def __init__(self, schema):
-        self.schema = schema
-
-    def convert(self, value):
-        return self.schema()
 
 
 class Tls(Schema):
@@ -210,7 +194,31 @@ class RegexRewrite(Schema):
 _TEMPLATE_REF = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*|[0-9]+)\}")
 
 
-class Route(Schema):
+class _NamedOptions(Kind):
+    """`{name: {options}}` in a route's `policies`: a custom policy with this route's own config."""
+
+    label = "{name: config}"
+
+    def validate(self, value, path, line, errors):
+        if len(value) != 1:
+            errors.append(ConfigError(path, line, "expected one policy name with its config, e.g. {audit: {tag: x}}"))
+            return MISSING
+        (name, options), = value.items()
+        if not isinstance(name, str) or not re.fullmatch(NAME, name):
+            errors.append(ConfigError(path, line, f"invalid policy name {name!r}"))
+            return MISSING
+        if not isinstance(options, dict):
+            errors.append(ConfigError(f"{path}.{name}", line, f"expected a mapping of options, got {options!r}"))
+            return MISSING
+        return (name, options)   # validated by the class's Config once it is imported (state.policy_classes)
+
+
+def policy_name(entry) -> str:
+    """The name of an entry of a route's `policies` (a name, or (name, options))."""
+    return entry if isinstance(entry, str) else entry[0]
+
+
+class _RouteCore(Schema):
     name = Field(Str(pattern=NAME), "", "name used in metrics, logs and /status (default route-N)")
     match = Field(Match, doc="what requests this route takes")
     upstream = Field(Str(), "", "name of an upstream in `upstreams`")
@@ -220,19 +228,9 @@ class Route(Schema):
                     "e.g. {regex: '^/old/(.*)$', to: '/new/{1}'}")
     timeout = Field(Duration(min=0.001), 60.0, "longest wait for the upstream's response head; 504 beyond")
     preserve_host = Field(Bool(), False, "send the client's Host upstream instead of the target's host")
-    policies = Field(ListOf(Str(pattern=NAME)), (), "custom policies (names from top-level `policies`), in order")
-    auth = Field(RouteAuth, None, "who may call: {providers, scopes, roles, optional}; see docs/auth.md")
-    rate_limits = Field(ListOf(RateLimit), (), "limits checked together; see docs/ratelimiting.md")
-    cache = Field(RouteCache, None, "cache GET/HEAD responses: {ttl, vary, scope, stale_while_revalidate, "
-                  "stale_if_error, statuses}; see docs/caching.md")
-    ip = Field(IpRules, None, "{allow, deny}: CIDR lists on the real client address, deny wins (403); "
-               "checked after the global `ip`")
-    cors = Field(Cors, None, "{origins, methods, headers, expose_headers, credentials, max_age}; see docs/traffic.md")
-    request = Field(RequestRules, None, "{max_body_bytes, content_types, json_schema}: 413, 415, 400")
-    compress = Field(OneOf((lambda v: v is True, _Defaults(Compress)), (_is_map, Compress)), None,
-                     "gzip/brotli by Accept-Encoding: true or {min_bytes, types, codings, gzip_level, brotli_quality}")
-    headers = Field(Headers, None, "{request: {set, add, remove}, response: {...}} with {consumer}, {request_id}, "
-                    "{client_ip}")
+    policies = Field(ListOf(OneOf((_is_str, Str(pattern=NAME)), (_is_map, _NamedOptions()))), (),
+                     "custom policies (names from top-level `policies`), in order; {name: {options}} gives one "
+                     "this route's own config")
     aggregate = Field(NotYet("aggregate"), None)
     websocket = Field(NotYet("websocket"), None)
     grpc = Field(NotYet("grpc"), None)
@@ -247,6 +245,11 @@ class Route(Schema):
             for var in _TEMPLATE_VAR.findall(self.rewrite):
                 if var not in known:
                     error_at(errors, path, "rewrite", lines, line, f"{{{var}}} is not a variable of match.path")
+
+
+# The built-in policies' route keys come from the registry (tollhouse.registry): each
+# kind declares its key and schema beside its handler.
+Route = type(_RouteCore)("Route", (_RouteCore,), {k.key: k.field for k in builtins()})
 
 
 class CustomPolicy(Schema):
@@ -326,7 +329,8 @@ class Gateway(Schema):
                 for j, pname in enumerate(route.auth.providers):
                     if pname not in known:
                         errors.append(_err(f"{where}.auth.providers[{j}]", None, f"no auth provider named {pname!r}"))
-            for j, pname in enumerate(route.policies):
+            for j, entry in enumerate(route.policies):
+                pname = policy_name(entry)
                 if pname not in self.policies:
                     errors.append(_err(f"{where}.policies[{j}]", None, f"no policy named {pname!r} in policies"))
 

@@ -259,6 +259,27 @@ class OneOf(Kind):
         return _MISSING
 
 
+def is_map(v) -> bool:
+    return isinstance(v, dict)
+
+
+class Defaults(Kind):
+    """`true` for a section: the section with its defaults (e.g. `compress: true`)."""
+
+    label = "true"
+
+    def __init__(self, schema):
+        self.schema = schema
+
+    def convert(self, value):
+        return self.schema()
+
+
+def section_or_true(schema) -> OneOf:
+    """A route key that takes a mapping of `schema`, or `true` for its defaults."""
+    return OneOf((lambda v: v is True, Defaults(schema)), (is_map, schema))
+
+
 class Field:
     """One config key: its kind, default (absent = required) and description."""
 

@@ -64,6 +64,9 @@ class RouteStats:
 class Stats:
     """One worker's counters. Keys are plain tuples; values plain numbers."""
 
+    __slots__ = ("routes", "upstream_duration", "unrouted", "counters", "active_connections", "active_requests",
+                 "gauges")
+
     def __init__(self):
         self.routes: dict[str, RouteStats] = {}
         self.upstream_duration: dict[str, Histogram] = {}

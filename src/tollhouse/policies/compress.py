@@ -17,8 +17,9 @@ import zlib
 
 import brotli
 
-from ..config.schema import Field, Int, ListOf, Schema, Size, Str
+from ..config.schema import Field, Int, ListOf, Schema, Size, Str, section_or_true
 from ..pipeline import Policy
+from ..registry import PolicyKind
 
 COMPRESSIBLE = ("text/", "application/json", "application/javascript", "application/xml", "application/xhtml+xml",
                 "application/problem+json", "application/x-www-form-urlencoded", "image/svg+xml",
@@ -130,3 +131,9 @@ class CompressPolicy(Policy):
         etag = exchange.response_header("etag")
         if etag and not etag.startswith("W/"):
             exchange.set_response_header("etag", "W/" + etag)
+
+
+KIND = PolicyKind("compress", phase=CompressPolicy.phase, key="compress",
+                  build=lambda config, context, services: CompressPolicy(config, context) if config is not None else None,
+                  field=Field(section_or_true(Compress), None, "gzip/brotli by Accept-Encoding: true or "
+                              "{min_bytes, types, codings, gzip_level, brotli_quality}"))

@@ -16,6 +16,7 @@ import re
 
 from ..config.schema import Bool, Duration, Field, ListOf, Schema, Str, error_at
 from ..pipeline import Policy, Reply
+from ..registry import PolicyKind
 
 _ORIGIN = r"\*|null|https?://(\*\.)?[A-Za-z0-9.-]+(:[0-9]+)?"
 _TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
@@ -120,3 +121,9 @@ class CorsPolicy(Policy):
             lines.append(b"access-control-allow-credentials: true\r\n")
         if self.expose:
             lines.append(b"access-control-expose-headers: %s\r\n" % self.expose)
+
+
+KIND = PolicyKind("cors", phase=CorsPolicy.phase, key="cors",
+                  build=lambda config, context, services: CorsPolicy(config, context) if config is not None else None,
+                  field=Field(Cors, None, "{origins, methods, headers, expose_headers, credentials, max_age}; "
+                              "see docs/traffic.md"))

@@ -14,6 +14,7 @@ import re
 
 from ..config.schema import Field, ListOf, MapOf, Schema, Str, error_at
 from ..pipeline import Policy
+from ..registry import PolicyKind
 
 _NAME = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
@@ -120,3 +121,9 @@ def _apply(edits, exchange, remove_header, set_header, lines_attr: str) -> None:
         lines = getattr(exchange, lines_attr)   # remove/set may have replaced the list
         for name, value in add:
             lines.append(b"%s: %s\r\n" % (name.encode(), value.render(exchange).encode("latin-1")))
+
+
+KIND = PolicyKind("headers", phase=HeadersPolicy.phase, key="headers",
+                  build=lambda config, context, services: HeadersPolicy(config, context) if config is not None else None,
+                  field=Field(Headers, None, "{request: {set, add, remove}, response: {...}} with {consumer}, "
+                              "{request_id}, {client_ip}"))

@@ -15,6 +15,7 @@ import ipaddress
 
 from ..config.schema import Field, ListOf, Network, Schema, error_at
 from ..pipeline import Policy, Reply
+from ..registry import PolicyKind
 
 
 class IpRules(Schema):
@@ -104,3 +105,14 @@ class IpPolicy(Policy):
                 counters[self.count_key] = counters.get(self.count_key, 0) + 1
                 return Reply.problem(403, "Forbidden", "this client address is not allowed here")
         return None
+
+
+def _build(config, context, services):
+    # The global `ip` rules guard every route, and the gateway's own endpoints too.
+    shared = services.once("ip", lambda: IpFilter(services.config.ip) if services.config.ip is not None else None)
+    filters = [f for f in (shared, IpFilter(config) if config is not None else None) if f is not None]
+    return IpPolicy(config, context, filters=filters) if filters else None
+
+
+KIND = PolicyKind("ip", phase=IpPolicy.phase, key="ip", build=_build, field=Field(
+    IpRules, None, "{allow, deny}: CIDR lists on the real client address, deny wins (403); checked after the global `ip`"))

@@ -19,6 +19,7 @@ import orjson
 from ..clock import CLOCK
 from ..config.schema import Field, ListOf, Schema, Size, Str, error_at
 from ..pipeline import Deferred, Policy, Reply
+from ..registry import PolicyKind
 
 DEFAULT_VALIDATION_LIMIT = 1024 * 1024
 MAX_LISTED_ERRORS = 20
@@ -128,3 +129,8 @@ class RequestPolicy(Policy):
                                                   f"{'s' if len(errors) != 1 else ''})")
         reply.problem_fields["errors"] = errors
         return self._refuse("schema", reply)
+
+
+KIND = PolicyKind("request", phase=RequestPolicy.phase, key="request",
+                  build=lambda config, context, services: RequestPolicy(config, context) if config is not None else None,
+                  field=Field(RequestRules, None, "{max_body_bytes, content_types, json_schema}: 413, 415, 400"))

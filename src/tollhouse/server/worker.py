@@ -21,8 +21,7 @@ from ..config import load_file, load_text
 from ..exchange import WorkerCore
 from ..observability.access_log import AccessLog, request_id_factory
 from ..observability.metrics import Stats
-from ..policies.cache import ResponseCache
-from ..policies.ratelimit import make_limiter
+from ..registry import worker_services
 from ..state import GatewayState, build_state, retire
 from ..store import open_store
 from .protocol import ClientConnection
@@ -58,10 +57,9 @@ class Worker(WorkerCore):
         self.date = b""
         self.started_at = time.time()
         self.store = open_store(config.store)
-        self.limiter = make_limiter(self.store, self.stats, config.store_failure)
-        self.cache = ResponseCache(config.cache, self.store, self.stats, self)
-        self.state: GatewayState = build_state(config, loop, self.stats, self.store, limiter=self.limiter,
-                                               cache=self.cache)
+        # The policies' per-worker services (the rate limiter, the response cache), kept across reloads.
+        self.services = worker_services(config, self.store, self.stats, self)
+        self.state: GatewayState = build_state(config, loop, self.stats, self.store, workers=self.services)
         self.access_log = AccessLog() if config.access_log else None
         self.circuits = None
         if self.store.kind != "memory":
@@ -87,7 +85,7 @@ class Worker(WorkerCore):
             self.servers.append(server)
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
         self._deadlines = self.loop.call_later(DEADLINE_INTERVAL, self._check_deadlines)
-        self._announce_if_needed()
+        self._start_services()
         if self.circuits is not None and any(p.breaker is not None for p in self.state.pools.values()):
             self.circuits.start()
         # Start-up objects (config, routes, modules) never become garbage: move
@@ -96,10 +94,11 @@ class Worker(WorkerCore):
         gc.freeze()
         gc.set_threshold(20000, 50, 100)
 
-    def _announce_if_needed(self) -> None:
-        # store_failure: local divides limits by the live instances, which announce themselves.
-        if self.state.config.store_failure == "local" and hasattr(self.limiter, "start_announcing"):
-            self.limiter.start_announcing()
+    def _start_services(self) -> None:
+        for service in self.services.values():
+            start = getattr(service, "start", None)
+            if start is not None:
+                start(self.state.config)
 
     def bound_addresses(self) -> list[tuple[str, int]]:
         return [s.sockets[0].getsockname()[:2] for s in self.servers]
@@ -144,19 +143,14 @@ class Worker(WorkerCore):
         previous = self.state
         if config.access_log and self.access_log is None:
             self.access_log = AccessLog()
-        if hasattr(self.limiter, "failure_mode"):
-            self.limiter.failure_mode = config.store_failure
-        cache = self.cache
-        if config.cache.storage != previous.config.cache.storage:
-            cache = ResponseCache(config.cache, self.store, self.stats, self)
-        else:
-            cache.update(config.cache)
+        services = worker_services(config, self.store, self.stats, self, previous=self.services)
         self.state = build_state(config, self.loop, self.stats, self.store, previous, previous.version + 1,
-                                 limiter=self.limiter, cache=cache)
-        if cache is not self.cache:
-            self.cache.close()
-            self.cache = cache
-        self._announce_if_needed()
+                                 workers=services)
+        for name, old in self.services.items():
+            if services.get(name) is not old:
+                old.close()   # replaced (e.g. the cache's storage changed)
+        self.services = services
+        self._start_services()
         retire(previous, self.state)
         if self.circuits is not None:
             self.circuits.attach(self.state.pools)
@@ -203,14 +197,16 @@ class Worker(WorkerCore):
             counters[("upstream_ejections", (("upstream", name),))] = pool.ejection_count
             # tollhouse_circuit_state: 0 closed, 1 open, 2 half-open; always closed without a breaker
             gauges[("circuit_state", (("upstream", name),))] = pool.breaker.state if pool.breaker is not None else 0
-        if self.cache.memory:
-            gauges[("cache_memory_bytes", ())] = self.cache.storage.size
-            gauges[("cache_memory_entries", ())] = len(self.cache.storage.entries)
+        for service in self.services.values():
+            export = getattr(service, "export", None)
+            if export is not None:
+                export(gauges)
         self.stats.active_requests = self.active_requests
         return self.stats.snapshot()
 
     async def purge_cache(self, route: str | None, prefix: str | None, tag: str | None) -> int:
-        return await self.cache.purge(route, prefix, tag)
+        cache = self.services.get("cache")
+        return await cache.purge(route, prefix, tag) if cache is not None else 0
 
     def run_health_checks(self) -> None:
         """Single-process gateways check their targets themselves."""
@@ -235,7 +231,7 @@ class Worker(WorkerCore):
             "worker": self.index,
             "config_version": state.version,
             "connections": len(self.connections),
-            "store": {"kind": self.store.kind, **(self.limiter.status() if hasattr(self.limiter, "status") else {})},
+            "store": {"kind": self.store.kind, **self._services_status()},
             "routes": [{"name": r.name, "host": r.host or None, "path": r.path.decode() or None,
                         "prefix": r.prefix.decode() or ("/" if not r.path else None),
                         "methods": sorted(m.decode() for m in r.methods) or None,
@@ -244,6 +240,14 @@ class Worker(WorkerCore):
                        for r in state.table.routes],
             "upstreams": {name: pool.status() for name, pool in state.pools.items()},
         }
+
+    def _services_status(self) -> dict:
+        found = {}
+        for service in self.services.values():
+            status = getattr(service, "status", None)
+            if status is not None:
+                found.update(status())
+        return found
 
     # shutdown -------------------------------------------------------------------------
     async def drain(self, grace: float | None = None) -> None:
@@ -274,9 +278,10 @@ class Worker(WorkerCore):
         self.count_ended()
         if self.access_log is not None:
             self.access_log.close()
-        if hasattr(self.limiter, "close"):
-            self.limiter.close()
-        self.cache.close()
+        for service in self.services.values():
+            close = getattr(service, "close", None)
+            if close is not None:
+                close()
         await self.store.close()
         self._stopped.set()
 

@@ -203,6 +203,10 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
 class TargetPool:
     """Connections to one target (scheme://host:port)."""
 
+    __slots__ = ("url", "name", "weight", "host", "port", "host_header", "ssl", "settings", "loop", "idle", "open",
+                 "in_flight", "waiters", "max_connections", "consecutive_failures", "ejected_until", "ejections",
+                 "healthy")
+
     def __init__(self, url: str, weight: int, settings, loop):
         parts = urlsplit(url)
         self.url = url
@@ -284,6 +288,9 @@ class TargetPool:
 
 class UpstreamPool:
     """An upstream service: its targets and how requests are spread over them."""
+
+    __slots__ = ("name", "settings", "targets", "balancer", "single", "breaker", "outlier", "retries",
+                 "active_requests", "retries_in_flight", "ejection_count", "retry_count", "_next", "signature")
 
     def __init__(self, name: str, settings, loop):
         self.name = name

@@ -14,7 +14,9 @@ import time
 import urllib.parse
 from hashlib import sha256
 
+from ...config.schema import Field
 from ...pipeline import Policy, Reply
+from ...registry import PolicyKind
 from .issuer import TokenIssuer
 from .providers import ApiKeyProvider, AuthFailure, Identity, IntrospectionProvider, JwtProvider
 from .schema import Auth, Consumer, RouteAuth
@@ -237,3 +239,28 @@ class AuthPolicy(Policy):
     def _count(self, reason: str) -> None:
         key = ("auth_failures", (("reason", reason), ("route", self.route)))
         self.counters[key] = self.counters.get(key, 0) + 1
+
+
+def _service(services):
+    config = services.config
+    if config.auth is None and not config.consumers:
+        return None
+    return services.once("auth", lambda: AuthService(config.auth, config.consumers, services.store))
+
+
+def _build(config, context, services):
+    if config is None:
+        return None
+    return AuthPolicy(config, context, service=_service(services), route_name=context.route_name)
+
+
+def _endpoints(services):
+    service = _service(services)
+    if service is None:
+        return []
+    return [("oauth" + path.replace("/", "-").replace(".", ""), method, path, handler)
+            for method, path, handler in service.local_routes()]
+
+
+KIND = PolicyKind("auth", phase=AuthPolicy.phase, key="auth", build=_build, endpoints=_endpoints,
+                  field=Field(RouteAuth, None, "who may call: {providers, scopes, roles, optional}; see docs/auth.md"))

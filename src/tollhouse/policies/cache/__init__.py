@@ -21,14 +21,16 @@ import asyncio
 import logging
 from time import perf_counter, time
 
+from ...config.schema import Field
 from ...pipeline import Deferred, Reply
+from ...registry import PolicyKind
 from ...store.batch import TickBatcher
 from ...store.guard import STORE_ERRORS, StoreGuard
 from .policy import CachePolicy, Fill, Flight
 from .schema import CacheSettings, RouteCache
 from .storage import Entry, MemoryCache, RedisCache
 
-__all__ = ["CachePolicy", "CacheSettings", "ResponseCache", "RouteCache"]
+__all__ = ["CachePolicy", "CacheSettings", "ResponseCache", "RouteCache", "KIND"]
 
 log = logging.getLogger("tollhouse.cache")
 
@@ -42,6 +44,7 @@ class ResponseCache:
 
     def __init__(self, settings: CacheSettings, store, stats, worker):
         self.settings = settings
+        self.gateway_store = store   # (`store` is the method that keeps an entry)
         self.stats = stats
         self.worker = worker
         self.guard = None
@@ -59,10 +62,21 @@ class ResponseCache:
         self.batcher = TickBatcher(self._flush, MAX_IN_FLIGHT, MAX_BATCH)   # Redis lookups of a tick: one MGET
         self.cluster = store.kind == "redis-cluster"
 
-    def update(self, settings: CacheSettings) -> None:
-        self.settings = settings
+    # --- a worker service (tollhouse.registry) -----------------------------------------
+    def reconfigure(self, config) -> "ResponseCache":
+        """Kept across reloads (entries and all) unless the storage itself changes."""
+        if config.cache.storage != self.settings.storage:
+            return ResponseCache(config.cache, self.gateway_store, self.stats, self.worker)
+        self.settings = config.cache
         if self.memory:
-            self.storage.max_bytes = settings.memory_size
+            self.storage.max_bytes = config.cache.memory_size
+        return self
+
+    def export(self, gauges: dict) -> None:
+        """Gauges read at each metrics snapshot."""
+        if self.memory:
+            gauges[("cache_memory_bytes", ())] = self.storage.size
+            gauges[("cache_memory_entries", ())] = len(self.storage.entries)
 
     # --- Redis, guarded --------------------------------------------------------------
     def failed(self, error: BaseException) -> None:
@@ -272,3 +286,16 @@ class BackgroundConnection:
         pass
 
 
+def _build(config, context, services):
+    if config is None:
+        return None
+    cache = services.worker("cache")
+    if cache is None:
+        raise ValueError(f"route {context.route_name!r}: cache: this process has no response cache")
+    return CachePolicy(config, context, cache=cache)
+
+
+KIND = PolicyKind("cache", phase=CachePolicy.phase, key="cache", build=_build,
+                  service=lambda config, store, stats, worker: ResponseCache(config.cache, store, stats, worker),
+                  field=Field(RouteCache, None, "cache GET/HEAD responses: {ttl, vary, scope, "
+                              "stale_while_revalidate, stale_if_error, statuses}; see docs/caching.md"))

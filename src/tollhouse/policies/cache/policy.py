@@ -148,6 +148,8 @@ class Fill:
 
 
 class CachePolicy(Policy):
+    __slots__ = ("cache", "route_name", "vary_names", "consumer_scope", "route_bytes", "memory")
+
     phase = "cache"
     Config = RouteCache
 

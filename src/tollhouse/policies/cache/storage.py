@@ -69,6 +69,8 @@ class Entry:
 class MemoryCache:
     """Per process: least recently used entries go first once `max_bytes` is reached."""
 
+    __slots__ = ("entries", "size", "max_bytes")
+
     kind = "memory"
 
     def __init__(self, max_bytes: int):

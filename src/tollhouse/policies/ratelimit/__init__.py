@@ -6,11 +6,13 @@ Redis), and a rejected request is counted in none of them.
 """
 from __future__ import annotations
 
+from ...config.schema import Field, ListOf
+from ...registry import PolicyKind
 from .limiter import MemoryLimiter, RedisLimiter
 from .policy import RateLimitPolicy
 from .schema import RateLimit, Tier
 
-__all__ = ["RateLimit", "Tier", "RateLimitPolicy", "make_limiter"]
+__all__ = ["RateLimit", "Tier", "RateLimitPolicy", "make_limiter", "KIND"]
 
 
 def make_limiter(store, stats, failure_mode: str):
@@ -18,3 +20,17 @@ def make_limiter(store, stats, failure_mode: str):
     if store.kind == "memory":
         return MemoryLimiter()
     return RedisLimiter(store, stats, failure_mode)
+
+
+def _build(config, context, services):
+    if not config:
+        return None
+    limiter = services.worker("ratelimit") or services.once(
+        "ratelimit", lambda: make_limiter(services.store, services.stats, services.config.store_failure))
+    return RateLimitPolicy(config, context, tiers=services.config.tiers, limiter=limiter,
+                           route_name=context.route_name)
+
+
+KIND = PolicyKind("ratelimit", phase=RateLimitPolicy.phase, key="rate_limits", build=_build,
+                  service=lambda config, store, stats, worker: make_limiter(store, stats, config.store_failure),
+                  field=Field(ListOf(RateLimit), (), "limits checked together; see docs/ratelimiting.md"))

@@ -51,6 +51,10 @@ class MemoryLimiter:
     def __init__(self):
         self.tables: dict[str, LimitTable] = {}
 
+    def reconfigure(self, config) -> "MemoryLimiter":
+        """A worker service (tollhouse.registry): kept across reloads, tables and all."""
+        return self
+
     def table(self, spec_id: str, spec) -> LimitTable:
         t = self.tables.get(spec_id)
         if t is None:
@@ -217,6 +221,16 @@ class RedisLimiter:
         else:
             self.sha = None   # a restarted Redis has no scripts
             log.warning("rate-limit store answers again: limiting in the store resumed")
+
+    # --- a worker service (tollhouse.registry) ---------------------------------------------
+    def reconfigure(self, config) -> "RedisLimiter":
+        self.failure_mode = config.store_failure
+        return self
+
+    def start(self, config) -> None:
+        # store_failure: local divides limits by the live instances, which announce themselves.
+        if config.store_failure == "local":
+            self.start_announcing()
 
     # --- instances, for store_failure: local ----------------------------------------------
     def start_announcing(self):

@@ -64,6 +64,8 @@ def _short(value: str) -> str:
 
 
 class RateLimitPolicy(Policy):
+    __slots__ = ("limiter", "route", "memory", "fixed", "tiered", "tiers", "prefix", "policy_header", "single")
+
     phase = "ratelimit"
 
     def __init__(self, config, context, *, tiers, limiter, route_name: str):

@@ -1,0 +1,8 @@
+"""The built-in policy kinds, registered in the order of their route keys in the
+config reference (each kind is declared beside its handler and schema)."""
+from __future__ import annotations
+
+from ..registry import register
+from . import auth, cache, compress, cors, headers, ip, ratelimit, request
+
+KINDS = tuple(register(module.KIND) for module in (auth, ratelimit, cache, ip, cors, request, compress, headers))
