@@ -9,6 +9,8 @@ from tollhouse.upstream.pool cimport TargetPool, UpstreamConnection, UpstreamPoo
 cdef Clock CLOCK
 cdef dict _NORMAL_PATHS, _SPECIAL_ATTR, _SANE_HOSTS
 cdef frozenset _NO_BODY_STATUS, _IDEMPOTENT
+
+cpdef bint _sane_host(host)
 cdef long long GATHER_LIMIT
 
 cdef class WorkerCore

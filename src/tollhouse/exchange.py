@@ -962,7 +962,8 @@ class Exchange:
         worker = self.worker
         worker.inflight.discard(self)
         if self.conn.background:
-            return   # a cache refresh: not a client's request, so no metrics or log line
+            self.conn.exchange_finished(self)   # a subrequest: not a client's request, so no metrics or log line
+            return
         worker.active_requests -= 1
         # Metrics and the access log are taken from the worker's batch of ended exchanges.
         self.ended = perf_counter()

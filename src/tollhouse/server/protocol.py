@@ -71,7 +71,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
                  "pending", "incoming", "paused", "closing", "in_head", "head_started", "last_active",
                  "write_paused", "fatal", "limits", "outgoing", "head_bytes", "read_size", "forwarded")
 
-    background = False   # see policies/cache BackgroundConnection
+    background = False   # a client: counted and logged (see tollhouse.subrequest)
 
     def __init__(self, worker, scheme: bytes):
         self.worker = worker

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from time import perf_counter, time
+from time import time
 
 from ...config.schema import Field
 from ...pipeline import Deferred, Reply
@@ -225,20 +225,13 @@ class ResponseCache:
         self._start_refresh(policy, exchange, key, primary, lock)
 
     def _start_refresh(self, policy, exchange, key, primary, lock) -> None:
-        from ...exchange import Exchange
+        from ...subrequest import start_subrequest
 
-        ex = Exchange(BackgroundConnection(self.worker, exchange.conn), exchange.state)
-        for name in ("route", "params", "method", "path", "query", "host", "xff", "xfp", "xfh",
-                     "consumer"):
-            setattr(ex, name, getattr(exchange, name))
-        ex.method = b"GET"
-        ex.headers = list(exchange.headers)
-        ex.request_id = self.worker.next_request_id()
-        ex.body_chunks = None
-        ex.body_done = True
-        ex.started = perf_counter()
-        ex.capture = Fill(policy, ex, primary, key, None, None, False, lock, self.refreshing)
-        ex.proxy()
+        route = exchange.route
+        path = exchange.path if route.path_kept else route.upstream_path(exchange.path, exchange.params)
+        start_subrequest(self.worker, route.upstream.name, b"GET", path + exchange.query, headers=exchange.headers,
+                         timeout=route.timeout, parent=exchange, host=exchange.host if route.preserve_host else None,
+                         observe=lambda ex: Fill(policy, ex, primary, key, None, None, False, lock, self.refreshing))
 
     async def purge(self, route: str | None, prefix: str | None, tag: str | None) -> int:
         if self.memory:
@@ -254,36 +247,6 @@ class ResponseCache:
             self.guard.close()
         for task in list(self.tasks):
             task.cancel()
-
-
-class BackgroundConnection:
-    """Stands in for a client connection under a refresh request: what would be written is dropped."""
-
-    background = True
-
-    def __init__(self, worker, like):
-        self.worker = worker
-        self.peer_ip = like.peer_ip
-        self.peer_ip_bytes = like.peer_ip_bytes
-        self.peer_trusted = False
-        self.forwarded = like.forwarded
-        self.scheme = like.scheme
-        self.transport = self
-
-    def write(self, data) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def pause_reading(self, reason) -> None:
-        pass
-
-    def resume_reading(self, reason) -> None:
-        pass
-
-    def exchange_finished(self, exchange) -> None:
-        pass
 
 
 def _build(config, context, services):

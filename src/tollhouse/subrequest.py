@@ -1,0 +1,154 @@
+"""Subrequests: call an upstream by name from inside the gateway, with no client connection.
+
+    response = await subrequest(worker, "users", b"GET", b"/users/7", parent=exchange)
+
+The call goes the way a proxied request goes: the upstream's pool (warm
+connections, `max_connections` and its queue), its balancer, health and
+outlier ejection, its circuit breaker, its retries within their budget, and
+the timeout as the deadline for the response head. It carries the parent
+request's forwarded headers and request id when a parent is given. The
+answer is a `SubResponse` (status, headers, body); a failure the gateway
+would have answered itself (502, 503, 504) is a SubResponse with that status
+and `local` set. Subrequests are not client requests: they are not counted
+in `tollhouse_requests_total` nor logged.
+
+The cache's background refresh uses it; response aggregation will.
+"""
+from __future__ import annotations
+
+import asyncio
+from time import perf_counter
+
+from .exchange import Exchange, _find
+from .pipeline import EMPTY_CHAIN
+from .routing import RouteTarget
+
+#: Methods whose request carries a body length even when empty (RFC 9110 §8.6).
+_BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
+
+
+class SubResponse:
+    """A subrequest's answer. `headers` are ready-to-send lines (b"name: value\\r\\n")."""
+
+    __slots__ = ("status", "headers", "body", "local")
+
+    def __init__(self, status: int, headers: list, body: bytes, local: bool):
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.local = local   # answered by the gateway (no upstream answer: 502, 503, 504...)
+
+    def header(self, name: str) -> str | None:
+        """The first value of a response header (case-insensitive), or None."""
+        return _find(self.headers, name.lower().encode())
+
+
+class SubrequestOrigin:
+    """Stands in for the client connection of a subrequest: nothing is written to a
+    socket; when the exchange ends, the waiting future gets its answer."""
+
+    background = True   # not a client's request: Exchange.finish counts and logs nothing
+
+    def __init__(self, worker, parent=None):
+        self.worker = worker
+        conn = parent.conn if parent is not None else None
+        self.peer_ip = conn.peer_ip if conn is not None else "127.0.0.1"
+        self.peer_ip_bytes = self.peer_ip.encode()
+        self.peer_trusted = False
+        self.scheme = conn.scheme if conn is not None else b"http"
+        self.forwarded = (b"x-forwarded-for: " + self.peer_ip_bytes + b"\r\nx-forwarded-proto: " + self.scheme
+                          + b"\r\nx-forwarded-host: ")
+        self.transport = self
+        self.done = None
+
+    def write(self, data) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def pause_reading(self, reason) -> None:
+        pass
+
+    def resume_reading(self, reason) -> None:
+        pass
+
+    def exchange_finished(self, exchange) -> None:
+        done = self.done
+        if done is not None and not done.done():
+            done.set_result(SubResponse(exchange.status, exchange.response_headers or [],
+                                        b"".join(exchange.received), not exchange.head_received))
+
+
+class Subrequest(Exchange):
+    """An Exchange whose response is kept (status, header lines, body bytes) instead of
+    framed for a client."""
+
+    __slots__ = ("received",)
+
+    def write_head(self, body=b""):
+        self.head_sent = True
+        if body:
+            self.received.append(body)
+
+    def upstream_body(self, chunk):
+        if self.finished:
+            return
+        if self.capture is not None:
+            self.capture.body(chunk)
+        self.received.append(chunk)
+        self.bytes_sent += len(chunk)
+
+    def end_body(self):
+        pass
+
+
+def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, headers=(), body: bytes = b"",
+                     timeout: float | None = None, parent=None, host: bytes | None = None,
+                     observe=None) -> Subrequest:
+    """Send the subrequest now; its origin's `done` future gets the SubResponse.
+    `target` is the path and query the upstream receives; `headers` are ready-to-send
+    lines; `host` (else the target's host:port) is sent as Host; `observe(exchange)`
+    returns what watches the response as it arrives (the cache's Fill: head, body,
+    complete, finished). KeyError for an unknown upstream."""
+    state = worker.state
+    pool = state.pools[upstream]
+    origin = SubrequestOrigin(worker, parent)
+    origin.done = worker.loop.create_future()
+    ex = Subrequest(origin, state)
+    ex.received = []
+    ex.route = RouteTarget(f"subrequest-{upstream}", -1, upstream=pool, chain=EMPTY_CHAIN,
+                           timeout=timeout if timeout is not None else pool.settings.read_timeout,
+                           preserve_host=host is not None, stats=worker.stats.route(f"subrequest-{upstream}", upstream))
+    q = target.find(b"?")
+    ex.path, ex.query = (target, b"") if q < 0 else (target[:q], target[q:])
+    ex.method = method
+    ex.host = host or b""
+    ex.headers = list(headers)
+    if parent is not None:
+        ex.request_id = parent.request_id
+        ex.xff, ex.xfp, ex.xfh = parent.xff, parent.xfp, parent.xfh
+        ex.host = host or parent.host
+    else:
+        ex.request_id = worker.next_request_id()
+    if body or method in _BODY_METHODS:
+        ex.content_length = len(body)
+        ex.body_chunks = [body] if body else None
+    else:
+        ex.body_chunks = None
+    ex.body_done = True
+    ex.started = perf_counter()
+    if observe is not None:
+        ex.capture = observe(ex)
+    ex.proxy()
+    return ex
+
+
+async def subrequest(worker, upstream: str, method: bytes, target: bytes, **options) -> SubResponse:
+    """Call `upstream` and wait for its answer (see `start_subrequest` for the options)."""
+    ex = start_subrequest(worker, upstream, method, target, **options)
+    try:
+        return await asyncio.shield(ex.conn.done)
+    except asyncio.CancelledError:
+        ex.client_gone()   # the caller gave up: the upstream attempt is abandoned
+        raise
