@@ -26,7 +26,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
 from tollhouse.config import load_text  # noqa: E402
-from tollhouse.exchange import WorkerCore  # noqa: E402
+from tollhouse.flow import WorkerCore  # noqa: E402
 from tollhouse.observability.access_log import format_batch  # noqa: E402
 from tollhouse.observability.metrics import Stats  # noqa: E402
 from tollhouse.server.protocol import ClientConnection  # noqa: E402

@@ -2,6 +2,7 @@
 cimport cython
 
 from tollhouse.clock cimport Clock
+from tollhouse.flow cimport WorkerCore
 from tollhouse.pipeline cimport Reply
 from tollhouse.routing cimport RouteTarget
 from tollhouse.upstream.pool cimport TargetPool, UpstreamConnection, UpstreamPool
@@ -11,34 +12,6 @@ cdef dict _NORMAL_PATHS, _SPECIAL_ATTR, _SANE_HOSTS
 cdef frozenset _NO_BODY_STATUS, _IDEMPOTENT
 
 cpdef bint _sane_host(host)
-cdef long long GATHER_LIMIT
-
-cdef class WorkerCore
-
-
-cdef class Gathered:
-    cdef public object transport
-    cdef public WorkerCore worker
-    cdef public list writes
-    cdef public long long size
-
-    cpdef write(self, data)
-    cpdef flush(self)
-    cpdef drop(self)
-
-
-cdef class WorkerCore:
-    cdef public object loop, stats, state, date, next_request_id
-    cdef public set connections, inflight
-    cdef public list ended, outbox
-    cdef public bint draining, reading
-    cdef public int active_requests
-
-    cpdef defer(self, Gathered gathered)
-    cpdef flush_if_alone(self)
-    cpdef flush_outbox(self)
-
-
 cdef class Exchange:
     cdef public list headers, response_headers
     cdef public RouteTarget route

@@ -14,6 +14,7 @@ from http import HTTPStatus
 from time import perf_counter
 
 from .clock import CLOCK
+from .flow import BODY_WAITING
 from .pipeline import Reply
 from .paths import BadPath, normalise_path
 
@@ -42,102 +43,6 @@ _BODY_BUFFER_HIGH = 64 * 1024
 
 # Response modes towards the client.
 _NONE, _RAW, _CHUNKED = 0, 1, 2
-
-
-# A connection writes at once when it has gathered this much (a streamed
-# body): the transport's backpressure (pause_writing) must see a big stream
-# as it comes, and libuv reads a busy socket up to 32 times per callback.
-GATHER_LIMIT = 64 * 1024
-
-
-class Gathered:
-    """Writes to one transport, gathered until the worker flushes its outbox
-    (`WorkerCore.defer`), then sent in one write. The client connection and
-    the upstream connection each own one (`outgoing`)."""
-
-    __slots__ = ("transport", "worker", "writes", "size")
-
-    def __init__(self, transport, worker):
-        self.transport = transport
-        self.worker = worker
-        self.writes = None
-        self.size = 0
-
-    def write(self, data: bytes) -> None:
-        writes = self.writes
-        if writes is None:
-            self.writes = [data]
-            self.size = len(data)
-            self.worker.defer(self)
-        else:
-            writes.append(data)
-            self.size += len(data)
-        if self.size > GATHER_LIMIT:
-            self.flush()
-
-    def flush(self) -> None:
-        writes = self.writes
-        if writes is not None:
-            self.writes = None
-            if not self.transport.is_closing():
-                self.transport.write(writes[0] if len(writes) == 1 else b"".join(writes))
-
-    def drop(self) -> None:
-        """The connection is aborted: what was gathered is never sent."""
-        self.writes = None
-
-
-class WorkerCore:
-    """What the request path reads of its worker on every request; `server.worker.Worker`
-    (and any stand-in for it) extends this. Compiled, these are C fields and typed
-    containers instead of instance-dict lookups (see exchange.pxd).
-
-    It also owns the outbox: connections write nothing while the event loop
-    works through a batch of reads; what each gathered leaves in one write
-    when the batch is done (`flush_outbox`, via call_soon). Writing at once
-    wakes the peer (an upstream, a client) on its own core for every
-    message; gathered, one wake-up serves the batch. On the 2-core bench
-    this cut the kernel's time per request from 22 to 12 µs
-    (docs/architecture.md, "Writes leave once per loop iteration"). With
-    one client connection open there is nothing to batch with, and the read
-    callbacks flush at their end (`flush_if_alone`): a lone client waits for
-    no loop iteration, and inside such a callback (`reading`) no flush is
-    scheduled at all. (Requests under way would be the wrong test: a cache
-    hit starts and ends inside its read callback.)
-    """
-
-    __slots__ = ("loop", "stats", "state", "connections", "inflight", "ended", "draining", "date", "next_request_id",
-                 "outbox", "active_requests", "reading")
-
-    def __init__(self, loop):
-        self.loop = loop
-        self.connections = set()
-        self.inflight = set()   # exchanges waiting on an upstream, watched for timeouts
-        self.ended = []         # finished exchanges not yet counted in the metrics and logged
-        self.outbox = []        # Gathered writes waiting for the end of the loop's batch
-        self.active_requests = 0
-        self.reading = False    # inside a read callback, which ends with flush_if_alone
-        self.draining = False
-
-    def defer(self, gathered) -> None:
-        """`gathered` holds writes; its `flush()` is called once this loop iteration's callbacks are done."""
-        if not self.outbox and not (self.reading and len(self.connections) <= 1):
-            self.loop.call_soon(self.flush_outbox)
-        self.outbox.append(gathered)
-
-    def flush_if_alone(self) -> None:
-        """At the end of a read callback: write now when no other client could share the batch."""
-        if self.outbox and len(self.connections) <= 1:
-            self.flush_outbox()
-
-    def flush_outbox(self) -> None:
-        outbox = self.outbox
-        self.outbox = []
-        for gathered in outbox:
-            try:
-                gathered.flush()
-            except Exception:  # noqa: BLE001 - one connection's failure must not strand the others' bytes
-                log.exception("writing to a connection failed")
 
 
 class Exchange:
@@ -418,26 +323,21 @@ class Exchange:
             self.answer(Reply.problem(503, "Service Unavailable", f"no healthy target in {pool.name}",
                                       headers=[("retry-after", "1")]))
             return
-        pool.active_requests += 1
+        pool.request_started()
         self.attempt = 1
         self.first_started = CLOCK.now
         self.use_target(target)
 
     def use_target(self, target) -> None:
         self.target = target
-        idle = target.idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                conn.reused = True
-                self.send_upstream(conn)
-                return
-        if target.can_open():
-            target.open += 1
+        conn = target.checkout()
+        if conn is not None:
+            self.send_upstream(conn)
+        elif target.reserve():
             self.connect(target)
         else:
             # max_connections reached: wait (FIFO) up to connect_timeout, then 503.
-            target.waiters.append(self)
+            target.wait(self)
             self.timer = self.worker.loop.call_later(target.settings.connect_timeout, self.wait_expired)
 
     def connect(self, target) -> None:
@@ -474,11 +374,10 @@ class Exchange:
         return True
 
     def accept_slot(self, target) -> bool:
-        """A waiter may open a connection (one closed)."""
+        """A waiter may open a connection (one closed; the pool has reserved its slot)."""
         if self.finished:
             return False
         self._cancel_timer()
-        target.open += 1
         self.connect(target)
         return True
 
@@ -486,10 +385,7 @@ class Exchange:
         self.timer = None
         if self.finished:
             return
-        try:
-            self.target.waiters.remove(self)
-        except ValueError:
-            pass
+        self.target.leave(self)
         self.answer(Reply.problem(503, "Service Unavailable", "the upstream's connection limit is reached",
                                   headers=[("retry-after", "1")]))
 
@@ -497,7 +393,6 @@ class Exchange:
         target = self.target
         route = self.route
         self.upstream = conn
-        target.in_flight += 1
         parts = [self.method, b" ", self.path if route.path_kept else route.upstream_path(self.path, self.params),
                  self.query, b" HTTP/1.1\r\nhost: ",
                  self.host if route.preserve_host else target.host_header, b"\r\n"]
@@ -530,7 +425,7 @@ class Exchange:
         self.body_chunks = None
         if self.body_buffered:
             self.body_buffered = 0
-            self.conn.resume_reading(2)
+            self.conn.flow.resume(BODY_WAITING)
         self.upstream_started = CLOCK.now
         self.upstream_clock = perf_counter()
         conn.send(self, b"".join(parts), self.method == b"HEAD")
@@ -606,7 +501,7 @@ class Exchange:
                     self.keep_alive = False
                     self.answer(Reply.problem(413, "Content Too Large", "this endpoint takes at most 64 KiB"))
                     return
-                self.conn.pause_reading(2)
+                self.conn.flow.pause(BODY_WAITING)
 
     def body_complete(self) -> None:
         self.body_done = True
@@ -747,7 +642,6 @@ class Exchange:
 
     def upstream_done(self, conn) -> None:
         self.upstream = None
-        self.target.in_flight -= 1
         if self.finished:
             conn.abort()
             return
@@ -769,7 +663,6 @@ class Exchange:
     def upstream_closed(self, conn, exc) -> None:
         """The upstream connection ended while this exchange was using it."""
         self.upstream = None
-        self.target.in_flight -= 1
         if self.finished:
             return
         if not self.head_received:
@@ -777,8 +670,7 @@ class Exchange:
                 # A pooled connection the upstream had closed: retry once on a fresh one.
                 self.replayed = True
                 target = self.target
-                if target.can_open():
-                    target.open += 1
+                if target.reserve():
                     self.connect(target)
                     return
             self.failed_attempt("reset", 502, Reply.problem(502, "Bad Gateway",
@@ -801,8 +693,6 @@ class Exchange:
         conn = self.upstream
         self.upstream = None
         if conn is not None:
-            self.target.in_flight -= 1
-            conn.exchange = None
             conn.abort()
         if self.finished:
             return
@@ -868,18 +758,16 @@ class Exchange:
                 return False
         if CLOCK.now >= self.first_started + self.route.timeout:
             return False
-        # The budget: retries cannot multiply an outage's load (Envoy's retry budget, minimum 3).
-        return pool.retries_in_flight < max(3.0, cfg.budget * pool.active_requests)
+        return pool.retry_allowed()
 
     def retry(self) -> None:
         pool = self.route.upstream
         self.abort_upstream()
+        pool.retry_started(self.tried is None)
         if self.tried is None:
             self.tried = set()
-            pool.retries_in_flight += 1
         self.tried.add(self.target)
         self.attempt += 1
-        pool.retry_count += 1
         self.head_received = False
         self.upstream_keepalive = False
         self.upstream_delimited = False
@@ -890,8 +778,6 @@ class Exchange:
         conn = self.upstream
         if conn is not None:
             self.upstream = None
-            self.target.in_flight -= 1
-            conn.exchange = None
             conn.abort()
 
     # ------------------------------------------------------------- local answers
@@ -953,10 +839,7 @@ class Exchange:
         if self.timer is not None:
             self._cancel_timer()
         if self.attempt:
-            pool = self.route.upstream
-            pool.active_requests -= 1
-            if self.tried is not None:
-                pool.retries_in_flight -= 1
+            self.route.upstream.request_ended(self.tried is not None)
         if self.capture is not None:
             self.capture.finished(self)
         worker = self.worker

@@ -20,6 +20,7 @@ import asyncio
 from time import perf_counter
 
 from .exchange import Exchange, _find
+from .flow import FlowControl
 from .pipeline import EMPTY_CHAIN
 from .routing import RouteTarget
 
@@ -59,18 +60,13 @@ class SubrequestOrigin:
         self.forwarded = (b"x-forwarded-for: " + self.peer_ip_bytes + b"\r\nx-forwarded-proto: " + self.scheme
                           + b"\r\nx-forwarded-host: ")
         self.transport = self
+        self.flow = FlowControl(None)   # nothing to pause
         self.done = None
 
     def write(self, data) -> None:
         pass
 
     def abort(self) -> None:
-        pass
-
-    def pause_reading(self, reason) -> None:
-        pass
-
-    def resume_reading(self, reason) -> None:
         pass
 
     def exchange_finished(self, exchange) -> None:

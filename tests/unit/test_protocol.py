@@ -5,7 +5,7 @@ import re
 import pytest
 
 from tollhouse.config import load_text
-from tollhouse.exchange import WorkerCore
+from tollhouse.flow import WorkerCore
 from tollhouse.observability.metrics import Stats
 from tollhouse.server.protocol import ClientConnection
 from tollhouse.state import build_state

@@ -1,6 +1,7 @@
 # C declarations for the compiled build of protocol.py (setup.py); the .py stays the source.
 from tollhouse.clock cimport Clock
-from tollhouse.exchange cimport Exchange, Gathered, WorkerCore
+from tollhouse.exchange cimport Exchange
+from tollhouse.flow cimport FlowControl, Gathered, WorkerCore
 
 cdef Clock CLOCK
 cdef dict _SPECIAL
@@ -13,7 +14,7 @@ cdef class ClientConnection:
     cdef public object forwarded
     cdef public Exchange active, incoming
     cdef public bint peer_trusted, closing, in_head, write_paused
-    cdef public int paused
+    cdef public FlowControl flow
     cdef public double head_started, last_active
     cdef public long long head_bytes, read_size
 
@@ -22,7 +23,5 @@ cdef class ClientConnection:
     cpdef _special_header(self, Exchange ex, kind, value)
     cpdef closing_after(self, Exchange ex)
     cpdef exchange_finished(self, Exchange ex)
-    cpdef pause_reading(self, int reason)
-    cpdef resume_reading(self, int reason)
     cpdef close(self)
     cpdef abort(self)

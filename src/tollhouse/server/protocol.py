@@ -15,7 +15,8 @@ from time import perf_counter
 import httptools
 
 from ..clock import CLOCK
-from ..exchange import Exchange, Gathered
+from ..exchange import Exchange
+from ..flow import CLIENT_FULL, PIPELINE, FlowControl, Gathered
 from ..pipeline import Reply
 
 log = logging.getLogger("tollhouse.server")
@@ -39,9 +40,6 @@ _SPECIAL = {
 }
 
 _SPECIAL_LENGTHS = frozenset(len(n) for n in _SPECIAL)
-
-# Reasons to pause reading (a bit each).
-PAUSE_UPSTREAM, PAUSE_BUFFER, PAUSE_PIPELINE = 1, 2, 4
 
 
 class _HeadTooLarge(Exception):
@@ -68,7 +66,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
     """asyncio.Protocol for one client connection."""
 
     __slots__ = ("worker", "transport", "parser", "peer_ip", "peer_ip_bytes", "peer_trusted", "scheme", "active",
-                 "pending", "incoming", "paused", "closing", "in_head", "head_started", "last_active",
+                 "pending", "incoming", "flow", "closing", "in_head", "head_started", "last_active",
                  "write_paused", "fatal", "limits", "outgoing", "head_bytes", "read_size", "forwarded")
 
     background = False   # a client: counted and logged (see tollhouse.subrequest)
@@ -84,7 +82,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         self.active: Exchange | None = None
         self.pending: deque[Exchange] = deque()
         self.incoming: Exchange | None = None
-        self.paused = 0
+        self.flow: FlowControl | None = None   # why reading is paused (from connection_made)
         self.closing = False
         self.in_head = False
         self.head_started = 0.0
@@ -102,6 +100,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         self.transport = transport
         worker = self.worker
         self.outgoing = Gathered(transport, worker)
+        self.flow = FlowControl(transport)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self.peer_ip_bytes = self.peer_ip.encode()
@@ -113,15 +112,14 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         worker.connections.add(self)
         worker.stats.active_connections += 1
         if len(worker.connections) > worker.state.limits.max_connections or worker.draining:
-            self.closing = True
-            transport.abort()
+            self.abort()
 
     def connection_lost(self, exc):
         worker = self.worker
         if self in worker.connections:
             worker.connections.discard(self)
             worker.stats.active_connections -= 1
-        self.closing = True
+        self.closing = self.flow.closed = True
         active = self.active
         if active is not None:
             active.client_gone()
@@ -186,18 +184,13 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         self.write_paused = True
         active = self.active
         if active is not None and active.upstream is not None:
-            up = active.upstream
-            up.paused = True
-            up.transport.pause_reading()
+            active.upstream.flow.pause(CLIENT_FULL)
 
     def resume_writing(self):
         self.write_paused = False
         active = self.active
         if active is not None and active.upstream is not None:
-            up = active.upstream
-            if up.paused:
-                up.paused = False
-                up.transport.resume_reading()
+            active.upstream.flow.resume(CLIENT_FULL)
 
     # writing -----------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -299,7 +292,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
             ex.start()
         else:
             self.pending.append(ex)
-            self.pause_reading(PAUSE_PIPELINE)
+            self.flow.pause(PIPELINE)
 
     def on_body(self, body):
         self.incoming.feed_body(body)
@@ -313,7 +306,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
     def closing_after(self, ex):
         """Stop parsing: `ex` is the last request this connection will answer."""
         ex.keep_alive = False
-        self.pause_reading(PAUSE_PIPELINE)
+        self.flow.pause(PIPELINE)
 
     def exchange_finished(self, ex):
         if self.active is not ex:
@@ -329,18 +322,17 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
             nxt = self.pending.popleft()
             self.active = nxt
             if not self.pending:
-                self.resume_reading(PAUSE_PIPELINE)
+                self.flow.resume(PIPELINE)
             nxt.start()
         else:
-            if self.paused:
-                self.resume_reading(PAUSE_PIPELINE)
+            self.flow.resume(PIPELINE)
             if self.worker.draining:
                 self.close()
 
     def _fail(self, reply: Reply):
         """A request that cannot be parsed: answer it in turn, then close."""
         self.in_head = False
-        self.pause_reading(PAUSE_PIPELINE)   # nothing more is read from this connection
+        self.flow.pause(PIPELINE)   # nothing more is read from this connection
         ex = self.incoming
         if ex is not None and not ex.finished and (ex is self.active or ex in self.pending):
             # The failure is in the body of a request already under way.
@@ -368,26 +360,15 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         else:
             self.pending.append(ex)
 
-    def pause_reading(self, reason: int):
-        if not self.paused and not self.closing:
-            self.transport.pause_reading()
-        self.paused |= reason
-
-    def resume_reading(self, reason: int):
-        if self.paused & reason:
-            self.paused &= ~reason
-            if not self.paused and not self.closing:
-                self.transport.resume_reading()
-
     def close(self):
         """Close after what is written (gathered bytes included) has gone out."""
         self.outgoing.flush()
-        self.closing = True
+        self.closing = self.flow.closed = True
         self.transport.close()
 
     def abort(self):
         """End the connection at once (a response that cannot be completed)."""
-        self.closing = True
+        self.closing = self.flow.closed = True
         self.transport.abort()
 
     def check_timeouts(self, now: float, limits) -> None:

@@ -18,7 +18,7 @@ import time
 
 from ..clock import CLOCK
 from ..config import load_file, load_text
-from ..exchange import WorkerCore
+from ..flow import WorkerCore
 from ..observability.access_log import AccessLog, request_id_factory
 from ..observability.metrics import Stats
 from ..registry import worker_services

@@ -1,6 +1,7 @@
 # C declarations for the compiled build of pool.py (setup.py); the .py stays the source.
 from tollhouse.clock cimport Clock
-from tollhouse.exchange cimport Exchange, Gathered
+from tollhouse.exchange cimport Exchange
+from tollhouse.flow cimport FlowControl, Gathered
 
 cdef Clock CLOCK
 cdef dict _RESPONSE_SPECIAL
@@ -11,14 +12,16 @@ cdef class TargetPool
 cdef class UpstreamConnection:
     cdef public list headers
     cdef public Gathered outgoing
+    cdef public FlowControl flow
     cdef public object transport, parser, loop, content_length, connection_tokens
     cdef public TargetPool target
     cdef public Exchange exchange
-    cdef public bint closed, reused, got_bytes, paused, head_only, chunked, bad_coding
+    cdef public bint closed, reused, got_bytes, head_only, chunked, bad_coding
     cdef public double idle_since, last_read
 
     cpdef finish_message(self)
     cpdef send(self, Exchange exchange, data, bint head_only)
+    cpdef unbind(self)
     cpdef abort(self)
 
 
@@ -29,6 +32,10 @@ cdef class TargetPool:
     cdef public bint healthy
 
     cpdef bint can_open(self)
+    cpdef UpstreamConnection checkout(self)
+    cpdef bint reserve(self)
+    cpdef wait(self, waiter)
+    cpdef leave(self, waiter)
     cpdef release(self, UpstreamConnection conn)
     cpdef lost(self, UpstreamConnection conn)
     cpdef wake_waiter(self)
@@ -38,6 +45,10 @@ cdef class UpstreamPool:
     cdef public object name, settings, targets, balancer, single, breaker, outlier, retries, signature
     cdef public int active_requests, retries_in_flight, ejection_count, retry_count, _next
 
+    cpdef request_started(self)
+    cpdef request_ended(self, bint retried)
+    cpdef retry_started(self, bint first)
+    cpdef bint retry_allowed(self)
     cpdef TargetPool choose(self, exchange=*, tried=*)
     cpdef bint usable(self, TargetPool target, tried)
     cpdef attempt_ended(self, TargetPool target, bint ok)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from ..clock import CLOCK
-from ..exchange import Gathered
+from ..flow import CLIENT_FULL, UPSTREAM_FULL, FlowControl, Gathered
 from .balancer import make_balancer
 from .breaker import STATE_NAMES, CircuitBreaker
 
@@ -39,7 +39,7 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
     """
 
     __slots__ = ("target", "transport", "parser", "exchange", "closed", "idle_since", "headers", "reused",
-                 "got_bytes", "paused", "last_read", "head_only", "loop", "content_length", "chunked",
+                 "got_bytes", "flow", "last_read", "head_only", "loop", "content_length", "chunked",
                  "connection_tokens", "outgoing", "bad_coding")
 
     def __init__(self, target: "TargetPool"):
@@ -52,7 +52,7 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
         self.headers: list = []
         self.reused = False
         self.got_bytes = False
-        self.paused = False
+        self.flow = None   # why reading is paused (from connection_made)
         self.last_read = 0.0
         self.head_only = False
         self.loop = target.loop
@@ -65,6 +65,7 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
     # asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
+        self.flow = FlowControl(transport)
         self.parser = httptools.HttpResponseParser(self)
 
     def data_received(self, data):
@@ -94,22 +95,21 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
         return False  # close the transport; connection_lost follows
 
     def connection_lost(self, exc):
-        self.closed = True
+        self.closed = self.flow.closed = True
         self.target.lost(self)
-        ex = self.exchange
+        ex = self.unbind()
         if ex is not None:
-            self.exchange = None
             ex.upstream_closed(self, exc)
 
     def pause_writing(self):
         ex = self.exchange
         if ex is not None:
-            ex.conn.pause_reading(1)  # PAUSE_UPSTREAM
+            ex.conn.flow.pause(UPSTREAM_FULL)
 
     def resume_writing(self):
         ex = self.exchange
         if ex is not None:
-            ex.conn.resume_reading(1)  # PAUSE_UPSTREAM
+            ex.conn.flow.resume(UPSTREAM_FULL)
 
     # httptools callbacks ---------------------------------------------------
     def on_message_begin(self):
@@ -167,36 +167,40 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
     def on_message_complete(self):
         if self.head_only or self.parser.get_status_code() < 200:
             return
-        ex = self.exchange
-        if ex is not None:
-            self.exchange = None
-            ex.upstream_done(self)
+        self.finish_message()
 
     def finish_message(self):
-        ex = self.exchange
+        ex = self.unbind()
         if ex is not None:
-            self.exchange = None
             ex.upstream_done(self)
 
     # pool side -------------------------------------------------------------
     def send(self, exchange, data: bytes, head_only: bool):
+        """Bind `exchange` and send its request head (and any body already read)."""
         self.exchange = exchange
+        self.target.in_flight += 1
         self.got_bytes = False
         self.head_only = head_only
         self.last_read = CLOCK.now
-        if self.paused:
-            self.paused = False
-            self.transport.resume_reading()
+        self.flow.resume(CLIENT_FULL)   # a slow client of the exchange before does not pause this one
         if self.outgoing is None:
             self.outgoing = Gathered(self.transport, exchange.worker)
         self.outgoing.write(data)
 
+    def unbind(self):
+        """The exchange is done with this connection (which counts no more as in flight); returns it."""
+        ex = self.exchange
+        if ex is not None:
+            self.exchange = None
+            self.target.in_flight -= 1
+        return ex
+
     def abort(self):
-        self.exchange = None
+        self.unbind()
         if self.outgoing is not None:
             self.outgoing.drop()
         if self.transport is not None and not self.closed:
-            self.closed = True
+            self.closed = self.flow.closed = True
             self.transport.abort()
 
 
@@ -233,6 +237,35 @@ class TargetPool:
 
     def can_open(self) -> bool:
         return self.open < self.max_connections
+
+    # --- what an exchange asks of the pool ----------------------------------------------
+    def checkout(self) -> UpstreamConnection | None:
+        """A live idle connection (the most recently used), or None."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        return None
+
+    def reserve(self) -> bool:
+        """Take a slot for a new connection (then `connect()`), if max_connections allows."""
+        if self.open < self.max_connections:
+            self.open += 1
+            return True
+        return False
+
+    def wait(self, waiter) -> None:
+        """Queue (FIFO) for a connection: `waiter.accept_connection(target, conn)` or
+        `waiter.accept_slot(target)` (a slot reserved for it) is called; False = gone."""
+        self.waiters.append(waiter)
+
+    def leave(self, waiter) -> None:
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            pass
 
     async def connect(self) -> UpstreamConnection:
         """Open a new connection (the caller has reserved the slot in `open`)."""
@@ -271,8 +304,10 @@ class TargetPool:
     def wake_waiter(self):
         while self.waiters and self.can_open():
             waiter = self.waiters.popleft()
+            self.open += 1
             if waiter.accept_slot(self):
                 return
+            self.open -= 1
 
     def reap(self, now: float):
         """Close idle connections older than the upstream's idle_timeout."""
@@ -315,6 +350,24 @@ class UpstreamPool:
         if self.usable(target, tried):
             return target
         return self.alternative(tried) or target
+
+    # --- request and retry accounting (the retry budget) ---------------------------------
+    def request_started(self) -> None:
+        self.active_requests += 1
+
+    def request_ended(self, retried: bool) -> None:
+        self.active_requests -= 1
+        if retried:
+            self.retries_in_flight -= 1
+
+    def retry_started(self, first: bool) -> None:
+        self.retry_count += 1
+        if first:
+            self.retries_in_flight += 1
+
+    def retry_allowed(self) -> bool:
+        """The budget: retries cannot multiply an outage's load (Envoy's retry budget, minimum 3)."""
+        return self.retries_in_flight < max(3.0, self.retries.budget * self.active_requests)
 
     def usable(self, target, tried) -> bool:
         return target.healthy and target.ejected_until <= CLOCK.now and (tried is None or target not in tried)

@@ -1,0 +1,40 @@
+# C declarations for the compiled build of flow.py (setup.py); the .py stays the source.
+
+cdef class FlowControl:
+    cdef public object transport
+    cdef public int reasons
+    cdef public bint closed
+
+    cpdef pause(self, int reason)
+    cpdef resume(self, int reason)
+    cpdef bint paused_for(self, int reason)
+
+
+cdef long long GATHER_LIMIT
+
+cdef class WorkerCore
+
+
+cdef class Gathered:
+    cdef public object transport
+    cdef public WorkerCore worker
+    cdef public list writes
+    cdef public long long size
+
+    cpdef write(self, data)
+    cpdef flush(self)
+    cpdef drop(self)
+
+
+cdef class WorkerCore:
+    cdef public object loop, stats, state, date, next_request_id
+    cdef public set connections, inflight
+    cdef public list ended, outbox
+    cdef public bint draining, reading
+    cdef public int active_requests
+
+    cpdef defer(self, Gathered gathered)
+    cpdef flush_if_alone(self)
+    cpdef flush_outbox(self)
+
+
