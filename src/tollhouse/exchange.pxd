@@ -13,7 +13,7 @@ cdef frozenset _NO_BODY_STATUS, _IDEMPOTENT
 
 cpdef bint _sane_host(host)
 cdef class Exchange:
-    cdef public list headers, response_headers
+    cdef public list headers, response_headers, slots
     cdef public RouteTarget route
     cdef public WorkerCore worker
     cdef public object conn, body_chunks, state, params, method, raw_target, path, query
@@ -21,7 +21,7 @@ cdef class Exchange:
     cdef public UpstreamConnection upstream
     cdef public TargetPool target
     cdef public object error, task, timer, vars, consumer, _client_ip, tier
-    cdef public object ratelimit, local, authorization, tried, capture, cache_status, body_waiter, body_filter
+    cdef public object local, authorization, tried, observer, body_waiter, body_filter
     cdef public object duplicate
     cdef public bint keep_alive, chunked, upgrade, body_done, continue_sent, head_sent, head_received, finished
     cdef public bint response_done, replayed, sent_body, upstream_keepalive, upstream_delimited, conditional, cookie
@@ -30,6 +30,8 @@ cdef class Exchange:
     cdef public double started, upstream_started, upstream_clock, deadline, first_started, body_progress, ended
     cdef public double upstream_time
 
+    cpdef remember(self, int slot, value)
+    cpdef recall(self, int slot)
     cpdef finalise_head(self, limits)
     @cython.locals(route=RouteTarget)
     cpdef start(self)

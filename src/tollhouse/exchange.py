@@ -54,7 +54,8 @@ class Exchange:
     per-request state), `consumer`; on the response side `status` and
     `response_header(name)`, `set_response_header(name, value)`,
     `remove_response_header(name)`, `body_filter` (feed/finish, see
-    docs/policies.md), `cache_status`.
+    docs/policies.md), `outcome(name)`; per-request state of a policy in its slot:
+    `remember(slot, value)`, `recall(slot)`.
 
     Headers are kept as ready-to-send lines (b"Name: value\r\n", names as
     the peer spelled them): relaying them costs one join, and the helpers
@@ -62,8 +63,8 @@ class Exchange:
     """
 
     __slots__ = ("conn", "worker", "headers", "body_chunks",
-                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "ratelimit", "local", "authorization",
-                 "attempt", "first_started", "tried", "capture", "cache_status",
+                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "slots", "local", "authorization",
+                 "attempt", "first_started", "tried", "observer",
                  "conditional", "cookie", "body_limit", "body_waiter", "body_progress", "body_filter",
                  "ended", "upstream_time", "duplicate")
 
@@ -104,14 +105,14 @@ class Exchange:
         self.upstream_started = 0.0
         self.upstream_clock = 0.0
         self.tier = None
-        self.ratelimit = None
+        self.slots = None          # the route's policies' per-request state, by their slot (remember/recall)
         self.local = None
         self.authorization = None
         self.attempt = 0
         self.first_started = 0.0
         self.tried = None
-        self.capture = None        # a cache fill watching the upstream's response (policies/cache)
-        self.cache_status = None
+        self.observer = None       # watches the upstream's response as it is relayed (the cache's Fill): head,
+                                   # body, complete, finished, substitute (a Reply instead of a failure)
         self.conditional = False   # Range, If-None-Match or If-Modified-Since was sent
         self.cookie = False        # a Cookie header was sent (relayed; noted for the cache)
         self.body_limit = 0        # a route's own request body limit (policies/request)
@@ -165,6 +166,28 @@ class Exchange:
             value = getattr(self, special)
             return value.decode("latin-1") if value else None
         return _find(self.headers, key)
+
+    def remember(self, slot: int, value) -> None:
+        """Keep a policy's per-request state in its slot (`policy.slot`)."""
+        slots = self.slots
+        if slots is None:
+            slots = self.slots = [None] * len(self.route.chain.policies)
+        slots[slot] = value
+
+    def recall(self, slot: int):
+        """What the policy of `slot` remembered on this request, or None."""
+        slots = self.slots
+        return slots[slot] if slots is not None else None
+
+    def outcome(self, name: str) -> str | None:
+        """A policy's outcome on this request by its name (e.g. "cache" -> "HIT"), or None."""
+        route = self.route
+        if route is None:
+            return None
+        for found, label in route.chain.outcomes(self.slots):
+            if found == name:
+                return label
+        return None
 
     def header_count(self, name: str) -> int:
         """How many times a request header was sent (case-insensitive)."""
@@ -559,10 +582,10 @@ class Exchange:
             if not conn.chunked:
                 # Close-delimited upstream response (RFC 9112 §6.3 rule 8).
                 self.upstream_delimited = True
-        capture = self.capture
-        if capture is not None:
-            # The cache sees the upstream's own head, before any policy changes it.
-            substitute = capture.head(self, status, content_length)
+        observer = self.observer
+        if observer is not None:
+            # The observer sees the upstream's own head, before any policy changes it.
+            substitute = observer.head(self, status, content_length)
             if substitute is not None:   # stale_if_error: a stored response instead of this failure
                 self.abort_upstream()
                 self.answer(substitute)
@@ -608,8 +631,8 @@ class Exchange:
     def upstream_body(self, chunk: bytes) -> None:
         if self.finished:
             return
-        if self.capture is not None:
-            self.capture.body(chunk)
+        if self.observer is not None:
+            self.observer.body(chunk)
         if self.body_filter is not None:
             chunk = self.body_filter.feed(chunk)
             if not chunk:
@@ -647,8 +670,8 @@ class Exchange:
             return
         if self.mode == _CHUNKED or self.body_filter is not None:
             self.end_body()
-        if self.capture is not None:
-            self.capture.complete(self)
+        if self.observer is not None:
+            self.observer.complete(self)
         if self.upstream_keepalive and self.body_done and not self.upstream_delimited:
             self.target.release(conn)
         else:
@@ -678,8 +701,8 @@ class Exchange:
             return
         if self.upstream_delimited and exc is None:
             self.end_body()
-            if self.capture is not None:
-                self.capture.complete(self)
+            if self.observer is not None:
+                self.observer.complete(self)
             self.response_done = True
             if not self.body_done:
                 self.keep_alive = False
@@ -790,9 +813,9 @@ class Exchange:
             return
         if self.upstream is not None:
             self.abort_upstream()
-        capture = self.capture
-        if capture is not None and reply.status >= 500:
-            reply = capture.stale_reply(self, time.time()) or reply   # stale_if_error
+        observer = self.observer
+        if observer is not None and reply.status >= 500:
+            reply = observer.substitute(self, time.time()) or reply   # the cache's stale_if_error
         if reply.problem_fields is None:
             body, content_type = reply.body, None
         else:
@@ -840,8 +863,8 @@ class Exchange:
             self._cancel_timer()
         if self.attempt:
             self.route.upstream.request_ended(self.tried is not None)
-        if self.capture is not None:
-            self.capture.finished(self)
+        if self.observer is not None:
+            self.observer.finished(self)
         worker = self.worker
         worker.inflight.discard(self)
         if self.conn.background:

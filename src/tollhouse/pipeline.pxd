@@ -13,13 +13,15 @@ cdef class Deferred:
 
 cdef class Policy:
     cdef public object config, context
+    cdef public int slot
 
     cpdef on_request(self, exchange)
     cpdef on_response(self, exchange)
+    cpdef outcome_of(self, value)
 
 
 cdef class Chain:
-    cdef public tuple request_hooks, response_hooks
+    cdef public tuple request_hooks, response_hooks, observed
     cdef public list policies
 
     cpdef run(self, exchange, proceed, answer, int start=*)

@@ -95,18 +95,32 @@ class Policy:
     `Config` to a `tollhouse.config.schema.Schema` subclass that validates
     their options, and implement `on_request` and/or `on_response`.
 
-    One instance serves every request of the routes that name it, for one
-    config version: keep per-request state on the exchange (`exchange.vars`).
+    One instance serves one route for one config version: keep per-request
+    state on the exchange, in this policy's slot (`exchange.remember(self.slot,
+    value)`, `exchange.recall(self.slot)`) or in `exchange.vars`.
+
+    A policy with an outcome worth counting (a decision, a cache result) sets
+    `outcome` (its name in logs and traces: "cache"), `outcome_metric` (the
+    counter family: "cache_results") and, if what it remembers is more than
+    the label, `outcome_of(value)`. Metrics, the access log and traces read
+    outcomes that way, from every policy alike.
     """
 
-    __slots__ = ("config", "context")
+    __slots__ = ("config", "context", "slot")
 
     phase = "access"
     Config = None
+    outcome = None
+    outcome_metric = None
 
     def __init__(self, config: Any, context: "PolicyContext"):
         self.config = config
         self.context = context
+        self.slot = -1   # its index in the route's chain: where it keeps per-request state
+
+    def outcome_of(self, value) -> str | None:
+        """The outcome label of what this policy remembered on an exchange."""
+        return value if value.__class__ is str else None
 
     def on_request(self, exchange) -> None | Reply | Awaitable[None | Reply]:
         """Called before proxying. Return None to continue, a Reply to answer
@@ -137,11 +151,14 @@ def _overrides(policy: Policy, method: str) -> bool:
 class Chain:
     """A route's policies in phase order; `run` drives one exchange through them."""
 
-    __slots__ = ("request_hooks", "response_hooks", "policies")
+    __slots__ = ("request_hooks", "response_hooks", "policies", "observed")
 
     def __init__(self, policies: list[Policy]):
         ordered = sorted(policies, key=lambda p: PHASES.index(p.phase))
         self.policies = ordered
+        for slot, policy in enumerate(ordered):
+            policy.slot = slot
+        self.observed = tuple(p for p in ordered if p.outcome is not None)   # policies with outcomes
         self.request_hooks = tuple(p.on_request for p in ordered if _overrides(p, "on_request"))
         self.response_hooks = tuple(p.on_response for p in reversed(ordered) if _overrides(p, "on_response"))
 
@@ -199,6 +216,17 @@ class Chain:
     def respond(self, exchange) -> None:
         for hook in self.response_hooks:
             hook(exchange)
+
+    def outcomes(self, slots) -> tuple:
+        """((outcome name, label), ...) of an exchange's remembered `slots` (None: none)."""
+        if slots is None or not self.observed:
+            return ()
+        return _outcomes(self.observed, slots)
+
+
+def _outcomes(observed, slots) -> tuple:
+    # Outside the class: the compiled build allows no closure in its methods.
+    return tuple((p.outcome, p.outcome_of(slots[p.slot])) for p in observed if slots[p.slot] is not None)
 
 
 EMPTY_CHAIN = Chain([])

@@ -31,13 +31,15 @@ class PolicyKind:
     - `service(config, store, stats, worker) -> object`: optional per-worker service,
       kept across reloads (see `worker_services`);
     - `endpoints(services) -> [(route name, method, path, handler)]`: optional paths the gateway
-      answers itself (the OAuth token endpoint); the global policies guard them.
+      answers itself (the OAuth token endpoint); the global policies guard them;
+    - `outcome`: the name of its policies' outcome (`Policy.outcome`), a field of
+      every access log line (null where the route has no such policy).
     """
 
-    __slots__ = ("name", "phase", "key", "field", "build", "service", "endpoints")
+    __slots__ = ("name", "phase", "key", "field", "build", "service", "endpoints", "outcome")
 
     def __init__(self, name: str, *, phase: str, build: Callable, key: str | None = None, field: Any = None,
-                 service: Callable | None = None, endpoints: Callable | None = None):
+                 service: Callable | None = None, endpoints: Callable | None = None, outcome: str | None = None):
         self.name = name
         self.phase = phase
         self.key = key
@@ -45,6 +47,7 @@ class PolicyKind:
         self.build = build
         self.service = service
         self.endpoints = endpoints
+        self.outcome = outcome
 
 
 class Services:
@@ -93,6 +96,11 @@ def builtins() -> tuple[PolicyKind, ...]:
     from .policies import builtin  # noqa: F401 - registers the built-in kinds
 
     return tuple(_BUILTINS)
+
+
+def outcome_names() -> tuple[str, ...]:
+    """The outcomes the built-in kinds declare, in registry order (the access log's fields)."""
+    return tuple(k.outcome for k in builtins() if k.outcome)
 
 
 def custom_kind(name: str, cls: type, options) -> PolicyKind:

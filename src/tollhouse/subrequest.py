@@ -90,8 +90,8 @@ class Subrequest(Exchange):
     def upstream_body(self, chunk):
         if self.finished:
             return
-        if self.capture is not None:
-            self.capture.body(chunk)
+        if self.observer is not None:
+            self.observer.body(chunk)
         self.received.append(chunk)
         self.bytes_sent += len(chunk)
 
@@ -135,7 +135,7 @@ def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, hea
     ex.body_done = True
     ex.started = perf_counter()
     if observe is not None:
-        ex.capture = observe(ex)
+        ex.observer = observe(ex)
     ex.proxy()
     return ex
 

@@ -22,20 +22,41 @@ class _Connection:
     worker = None
 
 
+class _Decisions:
+    """Stands in for a policy with an outcome: the generic counting is under test."""
+
+    def __init__(self, outcome, metric):
+        from tollhouse.pipeline import Policy
+
+        class Observed(Policy):
+            pass
+
+        Observed.outcome, Observed.outcome_metric = outcome, metric
+        Observed.outcome_of = lambda self, value: value[0] if value.__class__ is tuple else value
+        self.policy = Observed(None, None)
+
+
 def _ended(route, ratelimit=None, cache_status=None):
     from tollhouse.exchange import Exchange
 
     ex = Exchange(_Connection(), None)
     ex.route, ex.method, ex.status = route, b"GET", 200
-    ex.ratelimit, ex.cache_status = ratelimit, cache_status
+    limiter, cache = route.chain.policies
+    if ratelimit is not None:
+        ex.remember(limiter.slot, ratelimit)
+    if cache_status is not None:
+        ex.remember(cache.slot, cache_status)
     return ex
 
 
 def test_policy_outcomes_are_counted_from_the_ended_exchanges():
+    from tollhouse.pipeline import Chain
     from tollhouse.routing import RouteTarget
 
     stats = Stats()
-    route = RouteTarget("limited", 0, prefix="/", stats=stats.route("limited", None))
+    stats.derive("ratelimit_decisions", "rejected", "ratelimit_rejections")
+    chain = Chain([_Decisions("ratelimit", "ratelimit_decisions").policy, _Decisions("cache", "cache_results").policy])
+    route = RouteTarget("limited", 0, prefix="/", chain=chain, stats=stats.route("limited", None))
     stats.fold([
         _ended(route, ("allowed", (True, 10, 9, 1.0, 0.0), None, "")),
         _ended(route, ("allowed", (True, 10, 8, 1.0, 0.0), None, ""), "HIT"),

@@ -66,11 +66,25 @@ _LINE = (b'{"time":"%s.%03dZ","request_id":"%s","client_ip":%s,"method":"%s","pa
          b'"duration_ms":%.3f,%s}')
 
 
-def _context(route, target, consumer, cache, ratelimit) -> bytes:
-    """The fields that repeat across a batch's lines, rendered once per combination."""
-    return b'"route":%s,"upstream":%s,"consumer":%s,"cache":%s,"ratelimit":%s' % (
+def _context(route, target, consumer, outcomes) -> bytes:
+    """The fields that repeat across a batch's lines, rendered once per combination:
+    the route, the target, the consumer and each policy outcome (null where none)."""
+    found = dict(outcomes)
+    return b'"route":%s,"upstream":%s,"consumer":%s%s' % (
         orjson.dumps(route.name if route is not None else ""), orjson.dumps(target.url if target is not None else None),
-        orjson.dumps(consumer), orjson.dumps(cache), orjson.dumps(ratelimit))
+        orjson.dumps(consumer), b"".join(b',"%s":%s' % (name.encode(), orjson.dumps(found.get(name)))
+                                         for name in _outcome_names()))
+
+
+_NAMES: list = []
+
+
+def _outcome_names() -> tuple:
+    if not _NAMES:
+        from ..registry import outcome_names
+
+        _NAMES.append(outcome_names())
+    return _NAMES[0]
 
 
 def format_batch(batch: list, offset: float) -> bytes:
@@ -80,7 +94,7 @@ def format_batch(batch: list, offset: float) -> bytes:
     This runs on the writer thread but still on the worker's core and GIL, so
     it is lean: one bytes template per line; orjson escapes the fields a
     client can influence (path, client ip, consumer); what repeats (client
-    ips, paths, and the route/upstream/consumer/cache/ratelimit combination)
+    ips, paths, and the route/upstream/consumer/outcomes combination)
     is rendered once per batch. Request ids and methods are safe by
     construction (sanitised / llhttp token characters).
     """
@@ -95,10 +109,8 @@ def format_batch(batch: list, offset: float) -> bytes:
         if second != last_second:
             last_second = second
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-        ratelimit = ex.ratelimit
-        if ratelimit.__class__ is tuple:
-            ratelimit = ratelimit[0]
-        key = (ex.route, ex.target, ex.consumer, ex.cache_status, ratelimit)
+        route = ex.route
+        key = (route, ex.target, ex.consumer, route.chain.outcomes(ex.slots) if ex.slots is not None else ())
         context = get(key)
         if context is None:
             context = memo[key] = _context(*key)

@@ -2,6 +2,7 @@
 cimport cython
 
 from tollhouse.exchange cimport Exchange
+from tollhouse.pipeline cimport Policy
 from tollhouse.routing cimport RouteTarget
 
 
@@ -12,15 +13,15 @@ cdef class Histogram:
 
 cdef class RouteStats:
     cdef public object name
-    cdef public dict counts, ratelimit, cache
+    cdef public dict counts, outcomes
     cdef public Histogram duration, upstream
 
 
 cdef class Stats:
-    cdef public dict routes, upstream_duration, counters, gauges
+    cdef public dict routes, upstream_duration, counters, gauges, derived
     cdef public RouteStats unrouted
     cdef public long long active_connections, active_requests
 
     @cython.locals(ex=Exchange, route=RouteTarget, stats=RouteStats, hist=Histogram, duration=cython.double,
-                   upstream=cython.double, counts=dict)
+                   upstream=cython.double, counts=dict, slots=list, policy=Policy)
     cpdef fold(self, list exchanges)

@@ -39,7 +39,7 @@ class Histogram:
 class RouteStats:
     """A route's counters, held by the compiled route so the hot path does no lookups by name."""
 
-    __slots__ = ("name", "counts", "duration", "upstream", "ratelimit", "cache")
+    __slots__ = ("name", "counts", "duration", "upstream", "outcomes")
 
     def __init__(self, name: str, upstream: Histogram | None):
         self.name = name
@@ -47,9 +47,8 @@ class RouteStats:
         self.duration = Histogram()
         self.upstream = upstream
         # Policy outcomes, counted from the ended exchanges rather than by the policies:
-        # rate-limit results ("allowed", "rejected", ...) and cache results ("HIT", ...).
-        self.ratelimit: dict[str, int] = {}
-        self.cache: dict[str, int] = {}
+        # counter family (a policy's outcome_metric) -> label -> count.
+        self.outcomes: dict[str, dict[str, int]] = {}
 
     def observe(self, method: bytes, status: int, duration: float) -> None:
         key = (method, status)
@@ -65,7 +64,7 @@ class Stats:
     """One worker's counters. Keys are plain tuples; values plain numbers."""
 
     __slots__ = ("routes", "upstream_duration", "unrouted", "counters", "active_connections", "active_requests",
-                 "gauges")
+                 "gauges", "derived")
 
     def __init__(self):
         self.routes: dict[str, RouteStats] = {}
@@ -75,6 +74,7 @@ class Stats:
         self.active_connections = 0
         self.active_requests = 0
         self.gauges: dict[tuple[str, tuple], float] = {}
+        self.derived: dict[tuple[str, str], str] = {}   # (outcome family, label) -> a per-route counter of its own
 
     def route(self, name: str, upstream: str | None) -> RouteStats:
         """The counters of a route (kept across reloads while the name stays)."""
@@ -91,7 +91,7 @@ class Stats:
     def fold(self, exchanges: list) -> None:
         """Count a batch of ended exchanges (`route`, `method`, `status`,
         `started`/`ended` and `upstream_time` in perf_counter seconds, and the
-        outcomes the policies noted: `ratelimit`, `cache_status`)."""
+        outcomes of the route's policies, read from what they remembered)."""
         # RouteStats.observe / Histogram.observe inlined: calling them per
         # exchange doubles this loop's cost (0.5 -> 1.1 µs compiled, 0.7 -> 1.8 plain).
         unrouted = self.unrouted
@@ -111,17 +111,17 @@ class Stats:
                 hist = stats.upstream
                 hist.counts[bisect_left(BUCKETS, upstream)] += 1
                 hist.sum += upstream
-            # The policies' outcomes, from what they noted on the exchange.
-            outcome = ex.ratelimit
-            if outcome is not None:
-                if outcome.__class__ is tuple:   # (result, decision, limit, policy header)
-                    outcome = outcome[0]
-                counts = stats.ratelimit
-                counts[outcome] = counts.get(outcome, 0) + 1
-            outcome = ex.cache_status
-            if outcome is not None:
-                counts = stats.cache
-                counts[outcome] = counts.get(outcome, 0) + 1
+            slots = ex.slots
+            if slots is not None:
+                # The policies' outcomes, from what each remembered in its slot.
+                for policy in route.chain.observed:
+                    value = slots[policy.slot]
+                    if value is not None:
+                        label = policy.outcome_of(value)
+                        counts = stats.outcomes.get(policy.outcome_metric)
+                        if counts is None:
+                            counts = stats.outcomes[policy.outcome_metric] = {}
+                        counts[label] = counts.get(label, 0) + 1
 
     def declare(self, name: str, labels: tuple = ()) -> None:
         """Export counter `tollhouse_<name>` at 0 until it counts something: a series
@@ -131,6 +131,17 @@ class Stats:
     def declare_gauge(self, name: str, labels: tuple = (), value: float = 0) -> None:
         self.gauges.setdefault((name, labels), value)
 
+    def declare_outcomes(self, route: str, metric: str, labels) -> None:
+        """Export a route's outcome counter `tollhouse_<metric>_total{route,result}` at 0
+        for each of `labels` (see `declare`)."""
+        counts = self.route(route, None).outcomes.setdefault(metric, {})
+        for label in labels:
+            counts.setdefault(label, 0)
+
+    def derive(self, metric: str, label: str, counter: str) -> None:
+        """Also export the `label` count of outcome family `metric` as `tollhouse_<counter>_total{route}`."""
+        self.derived[(metric, label)] = counter
+
     def inc(self, name: str, labels: tuple = (), by: float = 1) -> None:
         """Bump a counter `tollhouse_<name>` with label pairs ((k, v), ...)."""
         key = (name, labels)
@@ -139,14 +150,15 @@ class Stats:
     def policy_counters(self) -> dict:
         """The counters of the policies' outcomes folded per route, keyed as `counters` is."""
         counters = {}
+        derived = self.derived
         for r in self.routes.values():
             route = ("route", r.name)
-            for result, n in r.ratelimit.items():
-                counters[("ratelimit_decisions", (route, ("result", result)))] = n
-            if "rejected" in r.ratelimit:
-                counters[("ratelimit_rejections", (route,))] = r.ratelimit["rejected"]
-            for result, n in r.cache.items():
-                counters[("cache_results", (route, ("result", result)))] = n
+            for metric, counts in r.outcomes.items():
+                for result, n in counts.items():
+                    counters[(metric, (route, ("result", result)))] = n
+                    also = derived.get((metric, result))
+                    if also is not None:
+                        counters[(also, (route,))] = n
         return counters
 
     def snapshot(self) -> dict:

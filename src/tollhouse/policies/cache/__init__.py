@@ -258,7 +258,7 @@ def _build(config, context, services):
     return CachePolicy(config, context, cache=cache)
 
 
-KIND = PolicyKind("cache", phase=CachePolicy.phase, key="cache", build=_build,
+KIND = PolicyKind("cache", phase=CachePolicy.phase, key="cache", build=_build, outcome=CachePolicy.outcome,
                   service=lambda config, store, stats, worker: ResponseCache(config.cache, store, stats, worker),
                   field=Field(RouteCache, None, "cache GET/HEAD responses: {ttl, vary, scope, "
                               "stale_while_revalidate, stale_if_error, statuses}; see docs/caching.md"))

@@ -75,7 +75,7 @@ class Fill:
         """The upstream's head arrived (exchange.response_headers as the upstream sent them)."""
         now = time()
         if status >= 500:
-            stale = self.stale_reply(exchange, now)
+            stale = self.substitute(exchange, now)
             if stale is not None:
                 return stale
         facts = ResponseFacts(exchange.response_headers)
@@ -125,7 +125,7 @@ class Fill:
         if not self.ended:
             self.end(None, exchange.status >= 500 or exchange.status == 0)
 
-    def stale_reply(self, exchange, now: float) -> Reply | None:
+    def substitute(self, exchange, now: float) -> Reply | None:
         """stale_if_error: the stored response instead of an upstream failure."""
         fallback = self.fallback
         if fallback is None or now >= fallback.error_until:
@@ -152,6 +152,8 @@ class CachePolicy(Policy):
 
     phase = "cache"
     Config = RouteCache
+    outcome = "cache"
+    outcome_metric = "cache_results"
 
     def __init__(self, config: RouteCache, context, *, cache: ResponseCache):
         super().__init__(config, context)
@@ -161,9 +163,7 @@ class CachePolicy(Policy):
         self.consumer_scope = config.scope == "consumer"
         self.route_bytes = self.route_name.encode()
         self.memory = cache.memory
-        outcomes = context.stats.route(self.route_name, None).cache
-        for result in _RESULTS:   # exported at 0 from the start
-            outcomes.setdefault(result, 0)
+        context.stats.declare_outcomes(self.route_name, self.outcome_metric, _RESULTS)   # at 0 from the start
 
     # --- keys -----------------------------------------------------------------------------
     def primary_key(self, exchange) -> str | bytes:
@@ -195,7 +195,7 @@ class CachePolicy(Policy):
 
     # --- the request side -----------------------------------------------------------------
     def bypass(self, exchange) -> None:
-        exchange.cache_status = "BYPASS"   # counted by Stats.fold, like every cache result
+        exchange.remember(self.slot, "BYPASS")   # the outcome: counted by Stats.fold, like every cache result
         return None
 
     def on_request(self, exchange):
@@ -249,11 +249,11 @@ class CachePolicy(Policy):
         else:
             entry = None
         fallback = entry if entry is not None and now < entry.error_until else None
-        exchange.cache_status = "MISS"
+        exchange.remember(self.slot, "MISS")
         if shared_only or exchange.method == b"HEAD":
             # Not shared with others: a HEAD fetch has no body to store, and a
             # request with credentials may be personal.
-            exchange.capture = Fill(self, exchange, primary, key, None, fallback, shared_only, None)
+            exchange.observer = Fill(self, exchange, primary, key, None, fallback, shared_only, None)
             return None
         cache = self.cache
         flight = cache.flights.get(key)
@@ -261,7 +261,7 @@ class CachePolicy(Policy):
             return self._wait(exchange, flight, fallback)
         flight = cache.flights[key] = Flight()
         if cache.memory or cache.guard.open:
-            exchange.capture = Fill(self, exchange, primary, key, flight, fallback, False, None)
+            exchange.observer = Fill(self, exchange, primary, key, flight, fallback, False, None)
             return None
         return self._fill_fleet(exchange, primary, key, flight, fallback)
 
@@ -311,7 +311,7 @@ class CachePolicy(Policy):
                     break
                 if entry is not None:
                     return self._hit_instead(exchange, entry, time())
-        exchange.capture = Fill(self, exchange, primary, key, flight, fallback, False, lock)
+        exchange.observer = Fill(self, exchange, primary, key, flight, fallback, False, lock)
         return None
 
     async def _fresh(self, primary, exchange, key, flight):
@@ -328,7 +328,7 @@ class CachePolicy(Policy):
         return self.hit(exchange, entry, now, label)
 
     def hit(self, exchange, entry: Entry, now: float, label: str) -> Reply:
-        exchange.cache_status = label
+        exchange.remember(self.slot, label)
         seconds = int(now - entry.stored_at + entry.age)
         age = _AGE_LINES[seconds] if 0 <= seconds < 3600 else b"age: %d\r\n" % max(0, seconds)
         if exchange.conditional and entry.status == 200 and not_modified(
@@ -343,6 +343,6 @@ class CachePolicy(Policy):
 
     # --- the response side -----------------------------------------------------------------
     def on_response(self, exchange) -> None:
-        status = exchange.cache_status
+        status = exchange.recall(self.slot)
         if status is not None:
             exchange.response_headers.append(_STATUS_LINES[status])

@@ -32,5 +32,6 @@ def _build(config, context, services):
 
 
 KIND = PolicyKind("ratelimit", phase=RateLimitPolicy.phase, key="rate_limits", build=_build,
+                  outcome=RateLimitPolicy.outcome,
                   service=lambda config, store, stats, worker: make_limiter(store, stats, config.store_failure),
                   field=Field(ListOf(RateLimit), (), "limits checked together; see docs/ratelimiting.md"))

@@ -25,5 +25,6 @@ cdef class RateLimitPolicy(Policy):
     @cython.locals(lim=_Limit, ok=bint, now=double, table=LimitTable)
     cpdef on_request(self, exchange)
     cpdef admit(self, exchange, _Limit lim, tuple decision, result)
+    cpdef outcome_of(self, value)
     @cython.locals(lim=_Limit, d=tuple, reset=cython.longlong)
     cpdef on_response(self, exchange)

@@ -67,14 +67,17 @@ class RateLimitPolicy(Policy):
     __slots__ = ("limiter", "route", "memory", "fixed", "tiered", "tiers", "prefix", "policy_header", "single")
 
     phase = "ratelimit"
+    outcome = "ratelimit"
+    outcome_metric = "ratelimit_decisions"
 
     def __init__(self, config, context, *, tiers, limiter, route_name: str):
         super().__init__(config, context)
         self.limiter = limiter
         self.route = route_name
-        outcomes = context.stats.route(route_name, None).ratelimit
-        for result in ("allowed", "rejected"):   # exported at 0 from the start
-            outcomes.setdefault(result, 0)
+        stats = context.stats
+        stats.declare_outcomes(route_name, self.outcome_metric, ("allowed", "rejected"))   # at 0 from the start
+        # Rejections have a counter of their own as well (docs/contract.md §4).
+        stats.derive(self.outcome_metric, "rejected", "ratelimit_rejections")
         self.memory = isinstance(limiter, MemoryLimiter)
         self.fixed = [_Limit(c, f"{route_name}:{i}", limiter) for i, c in enumerate(config) if not c.tiered]
         self.tiered = any(c.tiered for c in config)
@@ -135,10 +138,10 @@ class RateLimitPolicy(Policy):
             return self._decide(exchange, limits, allowed, decisions, "allowed")
         mode = self.limiter.failure_mode
         if mode == "open":
-            exchange.ratelimit = "store_down_open"
+            exchange.remember(self.slot, "store_down_open")
             return None
         if mode == "closed":
-            exchange.ratelimit = "store_down_closed"
+            exchange.remember(self.slot, "store_down_closed")
             return Reply.problem(503, "Service Unavailable", "the rate-limit store is unavailable",
                                  headers=[("retry-after", "1")])
         allowed, decisions = decide(limits, [lim.local_table for lim in limits], keys, _now(),
@@ -148,9 +151,10 @@ class RateLimitPolicy(Policy):
     def admit(self, exchange, lim: _Limit, decision: tuple, result: str) -> None:
         """An admitted request: `decision` (of its tightest limit `lim`) for the headers.
 
-        `exchange.ratelimit` is the outcome: metrics count it (Stats.fold), the
-        access log shows it, on_response turns it into headers."""
-        exchange.ratelimit = (result, decision, lim, self.policy_header)
+        What the policy remembers is (result, decision, limit, policy header):
+        on_response turns it into headers, and its result is the outcome that
+        metrics count (Stats.fold) and the access log shows (outcome_of)."""
+        exchange.remember(self.slot, (result, decision, lim, self.policy_header))
 
     def _decide(self, exchange, limits, allowed, decisions, result):
         # decisions: (ok, limit, remaining, reset, retry) per limit
@@ -166,13 +170,16 @@ class RateLimitPolicy(Policy):
             if not d[0] and (best < 0 or d[4] > decisions[best][4]):
                 best = i
         d = decisions[best]
-        exchange.ratelimit = ("rejected", d, limits[best], self.policy_header)
+        exchange.remember(self.slot, ("rejected", d, limits[best], self.policy_header))
         retry = max(1, math.ceil(d[4]))
         return Reply.problem(429, "Too Many Requests", f"rate limit {limits[best].name} exceeded; retry in {retry}s",
                              headers=[("retry-after", str(retry))])
 
+    def outcome_of(self, value):
+        return value[0] if value.__class__ is tuple else value
+
     def on_response(self, exchange):
-        state = exchange.ratelimit
+        state = exchange.recall(self.slot)
         if state.__class__ is not tuple:
             return
         _, d, lim, policy = state
