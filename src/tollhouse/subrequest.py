@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 from time import perf_counter
 
-from .exchange import Exchange, _find
+from .exchange import Exchange
+from .request import find_header
 from .flow import FlowControl
 from .pipeline import EMPTY_CHAIN
 from .routing import RouteTarget
@@ -41,7 +42,7 @@ class SubResponse:
 
     def header(self, name: str) -> str | None:
         """The first value of a response header (case-insensitive), or None."""
-        return _find(self.headers, name.lower().encode())
+        return find_header(self.headers, name.lower().encode())
 
 
 class SubrequestOrigin:

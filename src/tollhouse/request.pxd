@@ -1,0 +1,27 @@
+# C declarations for the compiled build of request.py (setup.py); the .py stays the source.
+# The route, the upstream connection and the target are plain objects here (typed where
+# the layers above use them): this module cimports nothing that cimports it back.
+from tollhouse.flow cimport WorkerCore
+
+cdef dict _SPECIAL_ATTR
+
+
+cdef class Request:
+    cdef public list headers, response_headers, slots
+    cdef public WorkerCore worker
+    cdef public object route, upstream, target
+    cdef public object conn, body_chunks, state, params, method, raw_target, path, query
+    cdef public object version, host, request_id, content_length, te, connection_tokens, expect, xff, xfp, xfh
+    cdef public object error, task, timer, vars, consumer, _client_ip, tier
+    cdef public object local, authorization, tried, observer, body_waiter, body_filter
+    cdef public object duplicate
+    cdef public bint keep_alive, chunked, upgrade, body_done, continue_sent, head_sent, head_received, finished
+    cdef public bint response_done, replayed, sent_body, upstream_keepalive, upstream_delimited, conditional, cookie
+    cdef public int host_count, mode, attempt, status
+    cdef public long long body_buffered, body_received, bytes_sent, body_limit
+    cdef public double started, upstream_started, upstream_clock, deadline, first_started, body_progress, ended
+    cdef public double upstream_time
+
+    cpdef remember(self, int slot, value)
+    cpdef recall(self, int slot)
+    cpdef finish(self)
