@@ -187,6 +187,21 @@ class Request:
     def remove_response_header(self, name: str) -> None:
         self.response_headers = without(self.response_headers, {name.lower().encode()})
 
+    # ------------------------------------- what an upstream connection feeds (upstream.pool)
+    # Implemented by the layers above (framing: upstream_body; forwarding: the rest);
+    # declared here so that the upstream connection knows the interface and no layer.
+    def upstream_head(self, conn, status: int, headers: list, keep_alive: bool) -> None:
+        """The upstream's response head (hop-by-hop and framing headers removed)."""
+        raise NotImplementedError
+
+    def upstream_body(self, chunk: bytes) -> None:
+        """A piece of the upstream's response body."""
+        raise NotImplementedError
+
+    def upstream_done(self, conn) -> None:
+        """The upstream's response is complete; `conn` may go back to its pool."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ the end
     def finish(self) -> None:
         """The exchange is over (answered, failed or abandoned): count it, log it, free the connection."""

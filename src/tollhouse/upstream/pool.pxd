@@ -1,6 +1,6 @@
 # C declarations for the compiled build of pool.py (setup.py); the .py stays the source.
 from tollhouse.clock cimport Clock
-from tollhouse.upstream.forward cimport Forwarding
+from tollhouse.request cimport Request
 from tollhouse.flow cimport FlowControl, Gathered
 
 cdef Clock CLOCK
@@ -15,12 +15,12 @@ cdef class UpstreamConnection:
     cdef public FlowControl flow
     cdef public object transport, parser, loop, content_length, connection_tokens
     cdef public TargetPool target
-    cdef public Forwarding exchange
+    cdef public Request exchange
     cdef public bint closed, reused, got_bytes, head_only, chunked, bad_coding
     cdef public double idle_since, last_read
 
     cpdef finish_message(self)
-    cpdef send(self, Forwarding exchange, data, bint head_only)
+    cpdef send(self, Request exchange, data, bint head_only)
     cpdef unbind(self)
     cpdef abort(self)
 
