@@ -30,6 +30,8 @@ class Exchange(Forwarding):
         """Route and run the chain (the connection calls this when it is this request's turn)."""
         worker = self.worker
         worker.active_requests += 1
+        if worker.tracer_factory is not None:
+            self.tracer = worker.tracer_factory(self)
         if self.error is not None:
             self.answer(self.error)
             return
@@ -50,6 +52,9 @@ class Exchange(Forwarding):
                 route.chain.run(self, self.start_local, self.answer)
             else:
                 self.start_local()
+            return
+        if self.tracer is not None:
+            route.chain.run(self, self.proxy, self.answer)   # with the tracer's hooks around each policy
             return
         # The request hooks, inline: the common all-None case creates nothing
         # on the way; anything else is the chain's to handle.
@@ -135,6 +140,15 @@ class Exchange(Forwarding):
             self.forward_body_end()
         if self.response_done:
             self.finish()
+
+    def take_over(self, protocol) -> None:
+        """After an upgrade: the 101 head has been written (`write_head`); the client
+        connection now belongs to `protocol` (e.g. a WebSocket relay). The exchange
+        ends here, counted with status 101."""
+        self.keep_alive = False
+        self.response_done = True
+        self.conn.take_over(protocol)
+        self.finish()
 
     def client_gone(self) -> None:
         """The client connection closed: stop everything, count it as 499."""

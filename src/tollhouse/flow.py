@@ -111,7 +111,7 @@ class WorkerCore:
     """
 
     __slots__ = ("loop", "stats", "state", "connections", "inflight", "ended", "draining", "date", "next_request_id",
-                 "outbox", "active_requests", "reading")
+                 "outbox", "active_requests", "reading", "tracer_factory")
 
     def __init__(self, loop):
         self.loop = loop
@@ -122,6 +122,7 @@ class WorkerCore:
         self.active_requests = 0
         self.reading = False    # inside a read callback, which ends with flush_if_alone
         self.draining = False
+        self.tracer_factory = None   # exchange -> a Tracer or None, asked as each request starts
 
     def defer(self, gathered) -> None:
         """`gathered` holds writes; its `flush()` is called once this loop iteration's callbacks are done."""

@@ -21,7 +21,7 @@ cdef class Policy:
 
 
 cdef class Chain:
-    cdef public tuple request_hooks, response_hooks, observed
+    cdef public tuple request_hooks, response_hooks, observed, requesters
     cdef public list policies
 
     cpdef run(self, exchange, proceed, answer, int start=*)

@@ -63,6 +63,29 @@ class Reply:
         return orjson.dumps({**self.problem_fields, "request_id": request_id}), "application/problem+json"
 
 
+class Tracer:
+    """Hooks around one request's work, for tracing and the debug header: a worker's
+    `tracer_factory(exchange)` returns one (or None) as each request starts. Every
+    method is optional to override; the defaults do nothing. Without a tracer the
+    request path checks one field and calls nothing."""
+
+    def policy_started(self, exchange, policy) -> None:
+        """Before `policy.on_request`."""
+
+    def policy_ended(self, exchange, policy, result) -> None:
+        """After it: `result` None (go on), a Reply (answered), or an exception (a bug)."""
+
+    def attempt_started(self, exchange, target, attempt: int) -> None:
+        """An upstream attempt is sent (`attempt` counts from 1; retries are 2, 3...)."""
+
+    def attempt_ended(self, exchange, target, status: int, failure: str | None) -> None:
+        """The attempt got a response head (`status`) or failed (`failure`: connect_error,
+        reset, timeout, invalid; `status` is then what the gateway would answer)."""
+
+    def finished(self, exchange) -> None:
+        """The exchange is over (its status, outcomes and timings are final)."""
+
+
 class Deferred:
     """A decision that arrives later, delivered by a direct call (no task, no
     scheduled callback): for policies whose answers come in batches.
@@ -151,7 +174,7 @@ def _overrides(policy: Policy, method: str) -> bool:
 class Chain:
     """A route's policies in phase order; `run` drives one exchange through them."""
 
-    __slots__ = ("request_hooks", "response_hooks", "policies", "observed")
+    __slots__ = ("request_hooks", "response_hooks", "policies", "observed", "requesters")
 
     def __init__(self, policies: list[Policy]):
         ordered = sorted(policies, key=lambda p: PHASES.index(p.phase))
@@ -159,22 +182,30 @@ class Chain:
         for slot, policy in enumerate(ordered):
             policy.slot = slot
         self.observed = tuple(p for p in ordered if p.outcome is not None)   # policies with outcomes
+        self.requesters = tuple(p for p in ordered if _overrides(p, "on_request"))   # request_hooks' policies
         self.request_hooks = tuple(p.on_request for p in ordered if _overrides(p, "on_request"))
         self.response_hooks = tuple(p.on_response for p in reversed(ordered) if _overrides(p, "on_response"))
 
     def run(self, exchange, proceed: Callable[[], None], answer: Callable[[Reply], None], start: int = 0) -> None:
         """Run the request hooks; then `proceed()` or `answer(reply)`."""
         hooks = self.request_hooks
+        tracer = exchange.tracer
         for i in range(start, len(hooks)):
+            if tracer is not None:
+                tracer.policy_started(exchange, self.requesters[i])
             result = hooks[i](exchange)
             if result is not None:
                 self.handle(exchange, result, i, proceed, answer)
                 return
+            if tracer is not None:
+                tracer.policy_ended(exchange, self.requesters[i], None)
         proceed()
 
     def handle(self, exchange, result, i: int, proceed, answer) -> None:
         """Hook `i` returned something other than None: answer, or wait for it."""
         if isinstance(result, Reply):
+            if exchange.tracer is not None:
+                exchange.tracer.policy_ended(exchange, self.requesters[i], result)
             answer(result)
         elif result.__class__ is Deferred:
             # Decided later by a direct call (e.g. a batched store call): no task.
@@ -185,6 +216,8 @@ class Chain:
                 self._resume(exchange, result, i + 1, proceed, answer))
 
     def _after(self, exchange, result, error, start, proceed, answer):
+        if exchange.tracer is not None:
+            exchange.tracer.policy_ended(exchange, self.requesters[start - 1], error or result)
         if exchange.finished:
             return
         if error is not None:
@@ -197,14 +230,21 @@ class Chain:
             self.run(exchange, proceed, answer, start)
 
     async def _resume(self, exchange, pending, start, proceed, answer):
+        tracer = exchange.tracer
         result = await pending
+        if tracer is not None:
+            tracer.policy_ended(exchange, self.requesters[start - 1], result)
         hooks = self.request_hooks
         i = start
         while result is None and i < len(hooks):
+            if tracer is not None:
+                tracer.policy_started(exchange, self.requesters[i])
             result = hooks[i](exchange)
-            i += 1
             if result is not None and not isinstance(result, Reply):
                 result = await result
+            if tracer is not None:
+                tracer.policy_ended(exchange, self.requesters[i], result)
+            i += 1
         exchange.task = None
         if exchange.finished:
             return

@@ -38,7 +38,7 @@ class Request:
                  "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "slots", "local", "authorization",
                  "attempt", "first_started", "tried", "observer",
                  "conditional", "cookie", "body_limit", "body_waiter", "body_progress", "body_filter",
-                 "ended", "upstream_time", "duplicate")
+                 "ended", "upstream_time", "duplicate", "tracer")
 
     def __init__(self, conn, state):
         self.conn = conn
@@ -94,6 +94,7 @@ class Request:
         self.ended = 0.0           # perf_counter at finish (metrics and the access log read it later)
         self.upstream_time = 0.0   # seconds from sending upstream to the response head
         self.duplicate = None      # the name of a singleton header sent twice (400)
+        self.tracer = None         # hooks around each policy and upstream attempt (see pipeline.Tracer)
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None
@@ -212,6 +213,8 @@ class Request:
             self._cancel_timer()
         if self.observer is not None:
             self.observer.finished(self)
+        if self.tracer is not None:
+            self.tracer.finished(self)
         worker = self.worker
         worker.inflight.discard(self)
         if self.conn.background:

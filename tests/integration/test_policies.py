@@ -102,3 +102,30 @@ def test_a_route_may_give_a_custom_policy_its_own_options(gateway_factory, upstr
                          env={"PYTHONPATH": f"{ROOT}/src:{ROOT}", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 1
     assert "routes[0].policies[0].audit.tagg" in out.stderr and "unknown key" in out.stderr
+
+
+def test_a_policy_can_take_the_connection_over_after_an_upgrade(gateway_factory, upstream):
+    """The hook the WebSocket relay needs: after a 101 the socket is the new protocol's,
+    bytes sent with the head included; no further HTTP is parsed on it."""
+    from tests.support.client import RawClient
+
+    g = gateway_factory(basic_config(upstream.url, extra_routes="""  - name: shout
+    match: {prefix: /shout}
+    upstream: app
+    policies: [shout]
+""", extra='policies: {shout: "tests.support.policies:UpgradeToShout"}\n'))
+    c = RawClient(g.port)
+    try:
+        c.send(b"GET /shout HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: shout\r\n\r\nearly, ")
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += c.file.read(1)
+        assert head.startswith(b"HTTP/1.1 101 ") and b"upgrade: shout" in head
+        assert c.file.read(7) == b"EARLY, "
+        c.send(b"GET / HTTP/1.1\r\n\r\n")   # not HTTP any more: it comes back shouted
+        assert c.file.read(18) == b"GET / HTTP/1.1\r\n\r\n".upper()
+    finally:
+        c.close()
+    assert get(g, "/shout").status == 200   # without an Upgrade the route proxies as usual
+    text = g.get_admin("/metrics")[1].decode()
+    assert 'tollhouse_requests_total{method="GET",route="shout",status="101"} 1.0' in text

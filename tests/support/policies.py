@@ -1,5 +1,5 @@
 """Policies with bugs in them, for the tests that prove a bug is a logged 500."""
-from tollhouse.pipeline import Policy
+from tollhouse.pipeline import Policy, Tracer
 
 
 class RaisesOnRequest(Policy):
@@ -7,3 +7,55 @@ class RaisesOnRequest(Policy):
 
     def on_request(self, exchange):
         return None + 1   # noqa - the bug under test
+
+
+class RecordingTracer(Tracer):
+    """Records the hooks a request's work calls, for the tests of the core's tracing hooks."""
+
+    def __init__(self):
+        self.events = []
+
+    def policy_started(self, exchange, policy):
+        self.events.append(("policy_started", type(policy).__name__))
+
+    def policy_ended(self, exchange, policy, result):
+        self.events.append(("policy_ended", type(policy).__name__, getattr(result, "status", result)))
+
+    def attempt_started(self, exchange, target, attempt):
+        self.events.append(("attempt_started", target.url, attempt))
+
+    def attempt_ended(self, exchange, target, status, failure):
+        self.events.append(("attempt_ended", target.url, status, failure))
+
+    def finished(self, exchange):
+        self.events.append(("finished", exchange.status))
+
+
+class _Shout:
+    """An asyncio protocol that answers every piece of data in upper case."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data.upper())
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        pass
+
+
+class UpgradeToShout(Policy):
+    """Upgrades a request that asks for it (`Upgrade: shout`) and hands the connection
+    over to _Shout: the test of the core's take-over after an upgrade."""
+
+    def on_request(self, exchange):
+        if not exchange.upgrade:
+            return None
+        exchange.status = 101
+        exchange.response_headers = [b"upgrade: shout\r\n", b"connection: upgrade\r\n"]
+        exchange.write_head()
+        exchange.take_over(_Shout())
+        return None

@@ -11,7 +11,7 @@ cdef class ClientConnection:
     cdef public WorkerCore worker
     cdef public object transport, parser, peer_ip, peer_ip_bytes, scheme, pending, fatal, limits
     cdef public Gathered outgoing
-    cdef public object forwarded
+    cdef public object forwarded, successor
     cdef public Exchange active, incoming
     cdef public bint peer_trusted, closing, in_head, write_paused
     cdef public FlowControl flow

@@ -67,7 +67,8 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
 
     __slots__ = ("worker", "transport", "parser", "peer_ip", "peer_ip_bytes", "peer_trusted", "scheme", "active",
                  "pending", "incoming", "flow", "closing", "in_head", "head_started", "last_active",
-                 "write_paused", "fatal", "limits", "outgoing", "head_bytes", "read_size", "forwarded")
+                 "write_paused", "fatal", "limits", "outgoing", "head_bytes", "read_size", "forwarded",
+                 "successor")
 
     background = False   # a client: counted and logged (see tollhouse.subrequest)
 
@@ -94,6 +95,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         self.head_bytes = 0
         self.read_size = 0
         self.forwarded = b""
+        self.successor = None   # the protocol that took the connection over after an upgrade
 
     # asyncio.Protocol --------------------------------------------------------
     def connection_made(self, transport):
@@ -145,9 +147,15 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
-            # The request was parsed; the Upgrade itself is not honoured (the
-            # header is hop-by-hop and dropped), so parsing goes on after it.
             offset = e.args[0] if e.args else len(data)
+            successor = self.successor
+            if successor is not None:
+                # The connection was taken over (an upgrade): what followed the head is its.
+                if offset < len(data):
+                    successor.data_received(data[offset:])
+                return
+            # Not taken over: the Upgrade is not honoured (the header is hop-by-hop
+            # and dropped), so parsing goes on after it.
             self.parser = httptools.HttpRequestParser(self)
             if offset < len(data) and not self.closing:
                 self.received(data[offset:])
@@ -359,6 +367,20 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
             ex.start()
         else:
             self.pending.append(ex)
+
+    def take_over(self, protocol) -> None:
+        """Hand the socket to `protocol` (an asyncio protocol) after an upgrade's 101 was
+        written: no more HTTP is parsed, written or timed out here, and bytes already
+        read past the request head go to the new protocol."""
+        self.outgoing.flush()   # the 101 leaves first
+        self.closing = True     # this connection's HTTP life is over (no close: the socket lives on)
+        self.successor = protocol
+        worker = self.worker
+        if self in worker.connections:
+            worker.connections.discard(self)
+            worker.stats.active_connections -= 1
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
 
     def close(self):
         """Close after what is written (gathered bytes included) has gone out."""

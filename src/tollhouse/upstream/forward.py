@@ -49,6 +49,8 @@ class Forwarding(Http1Exchange):
 
     def use_target(self, target) -> None:
         self.target = target
+        if self.tracer is not None:
+            self.tracer.attempt_started(self, target, self.attempt)
         conn = target.checkout()
         if conn is not None:
             self.send_upstream(conn)
@@ -105,6 +107,8 @@ class Forwarding(Http1Exchange):
         if self.finished:
             return
         self.target.leave(self)
+        if self.tracer is not None:
+            self.tracer.attempt_ended(self, self.target, 503, "pool_full")
         self.answer(Reply.problem(503, "Service Unavailable", "the upstream's connection limit is reached",
                                   headers=[("retry-after", "1")]))
 
@@ -187,6 +191,8 @@ class Forwarding(Http1Exchange):
         self.upstream_time = perf_counter() - self.upstream_clock
         route = self.route
         route.upstream.attempt_ended(self.target, status < 500)
+        if self.tracer is not None:
+            self.tracer.attempt_ended(self, self.target, status, None)
         if status >= 500 and self.may_retry("status", status, False):
             route.stats.observe_upstream(self.upstream_time)   # only the answering attempt is in the batch
             self.upstream_time = 0.0
@@ -293,6 +299,8 @@ class Forwarding(Http1Exchange):
         """An attempt failed before any response reached the client: count it for
         the circuit breaker and outlier detection, then retry or answer."""
         self.route.upstream.attempt_ended(self.target, False)
+        if self.tracer is not None:
+            self.tracer.attempt_ended(self, self.target, status, condition)
         if self.may_retry(condition, status, any_method):
             self.retry()
         else:
