@@ -13,6 +13,7 @@ import logging
 from .clock import CLOCK
 from .flow import BODY_WAITING
 from .pipeline import Reply
+from .request import COMPLETE, WAITING
 from .upstream.forward import Forwarding
 
 log = logging.getLogger("tollhouse.exchange")
@@ -104,12 +105,12 @@ class Exchange(Forwarding):
         if max_body and self.body_received > max_body:
             self.keep_alive = False
             self.abort_upstream()
-            if self.head_sent:
+            if self.response != WAITING:
                 self.conn.abort()
             else:
                 self.answer(Reply.problem(413, "Content Too Large", f"the body exceeds {max_body} bytes"))
             return
-        if self.response_done:
+        if self.response == COMPLETE:
             return
         if self.upstream is not None:
             self.forward_body(chunk)
@@ -128,7 +129,7 @@ class Exchange(Forwarding):
         self.body_done = True
         if self.finished:
             return
-        if self.local is not None and self.task is None and not self.response_done:
+        if self.local is not None and self.task is None and self.response != COMPLETE:
             self.run_local()
             return
         waiter = self.body_waiter
@@ -138,7 +139,7 @@ class Exchange(Forwarding):
             return
         if self.upstream is not None:
             self.forward_body_end()
-        if self.response_done:
+        if self.response == COMPLETE:
             self.finish()
 
     def take_over(self, protocol) -> None:
@@ -146,7 +147,7 @@ class Exchange(Forwarding):
         connection now belongs to `protocol` (e.g. a WebSocket relay). The exchange
         ends here, counted with status 101."""
         self.keep_alive = False
-        self.response_done = True
+        self.response = COMPLETE
         self.conn.take_over(protocol)
         self.finish()
 
@@ -157,7 +158,7 @@ class Exchange(Forwarding):
         if self.task is not None:
             self.task.cancel()
         self.abort_upstream()
-        if not self.response_done:
+        if self.response != COMPLETE:
             self.status = 499  # nginx's "client closed request"
         self.finish()
 

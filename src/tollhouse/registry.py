@@ -93,7 +93,7 @@ def register(kind: PolicyKind) -> PolicyKind:
 
 
 def builtins() -> tuple[PolicyKind, ...]:
-    from .policies import builtin  # noqa: F401 - registers the built-in kinds
+    from .policies import builtin  # noqa: F401 - importing it registers the built-in kinds
 
     return tuple(_BUILTINS)
 

@@ -19,9 +19,9 @@ cdef class Request:
     cdef public object error, task, timer, vars, consumer, _client_ip, tier
     cdef public object local, authorization, tried, observer, body_waiter, body_filter
     cdef public object duplicate, tracer
-    cdef public bint keep_alive, chunked, upgrade, body_done, continue_sent, head_sent, head_received, finished
-    cdef public bint response_done, replayed, sent_body, upstream_keepalive, upstream_delimited, conditional, cookie
-    cdef public int host_count, mode, attempt, status
+    cdef public bint keep_alive, chunked, upgrade, body_done, continue_sent, head_received, finished
+    cdef public bint replayed, sent_body, upstream_keepalive, upstream_delimited, conditional, cookie
+    cdef public int host_count, mode, attempt, status, response
     cdef public long long body_buffered, body_received, bytes_sent, body_limit
     cdef public double started, upstream_started, upstream_clock, deadline, first_started, body_progress, ended
     cdef public double upstream_time

@@ -19,6 +19,8 @@ from time import perf_counter
 
 # Response modes towards the client (server.http1).
 NONE, RAW, CHUNKED = 0, 1, 2
+# How far the response to the client has got (Request.response): one state instead of flags.
+WAITING, HEAD_SENT, COMPLETE = 0, 1, 2
 
 
 class Request:
@@ -35,7 +37,7 @@ class Request:
     """
 
     __slots__ = ("conn", "worker", "headers", "body_chunks",
-                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "head_sent", "head_received", "mode", "bytes_sent", "finished", "response_done", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "slots", "local", "authorization",
+                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "response", "head_received", "mode", "bytes_sent", "finished", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "slots", "local", "authorization",
                  "attempt", "first_started", "tried", "observer",
                  "conditional", "cookie", "body_limit", "body_waiter", "body_progress", "body_filter",
                  "ended", "upstream_time", "duplicate", "tracer")
@@ -98,12 +100,11 @@ class Request:
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None
-        self.head_sent = False
+        self.response = WAITING    # how far the response to the client has got: WAITING, HEAD_SENT, COMPLETE
         self.head_received = False
         self.mode = NONE
         self.bytes_sent = 0
         self.finished = False
-        self.response_done = False
         self.task = None
         self.timer = None
         self.vars = None

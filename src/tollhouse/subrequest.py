@@ -20,7 +20,7 @@ import asyncio
 from time import perf_counter
 
 from .exchange import Exchange
-from .request import find_header
+from .request import HEAD_SENT, find_header
 from .flow import FlowControl
 from .pipeline import EMPTY_CHAIN
 from .routing import RouteTarget
@@ -84,7 +84,7 @@ class Subrequest(Exchange):
     __slots__ = ("received",)
 
     def write_head(self, body=b""):
-        self.head_sent = True
+        self.response = HEAD_SENT
         if body:
             self.received.append(body)
 

@@ -10,7 +10,7 @@ from http import HTTPStatus
 
 from ..paths import BadPath, normalise_path
 from ..pipeline import Reply
-from ..request import CHUNKED, NONE, RAW, Request, tokens, without
+from ..request import CHUNKED, COMPLETE, HEAD_SENT, NONE, RAW, WAITING, Request, tokens, without
 
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 
@@ -179,7 +179,7 @@ class Http1Exchange(Request):
             parts.append(b"\r\n")
         if body:
             parts.append(body)
-        self.head_sent = True
+        self.response = HEAD_SENT
         self.conn.write(b"".join(parts))
 
     def upstream_body(self, chunk: bytes) -> None:
@@ -222,7 +222,7 @@ class Http1Exchange(Request):
         """Send a local reply (from a policy or the gateway itself)."""
         if self.finished:
             return
-        if self.head_sent:
+        if self.response != WAITING:
             self.conn.abort()
             return
         if self.upstream is not None:
@@ -265,7 +265,7 @@ class Http1Exchange(Request):
             body = b""
         self.write_head(body)   # one write: head and body
         self.bytes_sent = len(body)
-        self.response_done = True
+        self.response = COMPLETE
         self.finish()
 
     def abort_upstream(self) -> None:

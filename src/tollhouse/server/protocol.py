@@ -16,6 +16,7 @@ import httptools
 
 from ..clock import CLOCK
 from ..exchange import Exchange
+from ..request import WAITING
 from ..flow import CLIENT_FULL, PIPELINE, FlowControl, Gathered
 from ..pipeline import Reply
 
@@ -348,7 +349,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
             if ex is not self.active:
                 ex.error = reply
                 ex.body_done = True
-            elif ex.head_sent:
+            elif ex.response != WAITING:
                 self.abort()
             else:
                 ex.body_done = True

@@ -14,7 +14,7 @@ from time import perf_counter
 from ..clock import CLOCK
 from ..flow import BODY_WAITING
 from ..pipeline import Reply
-from ..request import CHUNKED
+from ..request import CHUNKED, COMPLETE, WAITING
 from ..server.http1 import LAST_CHUNK, Http1Exchange
 
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
@@ -214,7 +214,7 @@ class Forwarding(Http1Exchange):
             target.release(conn)
         else:
             conn.abort()
-        self.response_done = True
+        self.response = COMPLETE
         if not self.body_done:
             # The upstream answered before the request body ended: the client
             # connection cannot be reused (the rest of the body is unread).
@@ -241,7 +241,7 @@ class Forwarding(Http1Exchange):
             self.end_body()
             if self.observer is not None:
                 self.observer.complete(self)
-            self.response_done = True
+            self.response = COMPLETE
             if not self.body_done:
                 self.keep_alive = False
             self.finish()
@@ -259,7 +259,7 @@ class Forwarding(Http1Exchange):
             return
         if not self.head_received:
             self.failed_attempt("reset", 502, Reply.problem(502, "Bad Gateway", detail))
-        elif not self.head_sent:
+        elif self.response == WAITING:
             self.answer(Reply.problem(502, "Bad Gateway", detail))
         else:
             self.conn.abort()
@@ -309,7 +309,7 @@ class Forwarding(Http1Exchange):
     def may_retry(self, condition: str, status: int, any_method: bool) -> bool:
         pool = self.route.upstream
         cfg = pool.retries
-        if cfg is None or self.finished or self.head_sent or self.attempt >= cfg.attempts:
+        if cfg is None or self.finished or self.response != WAITING or self.attempt >= cfg.attempts:
             return False
         if condition not in cfg.on and str(status) not in cfg.on:
             return False
