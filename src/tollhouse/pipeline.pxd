@@ -2,6 +2,10 @@
 # Policy is an extension type so that built-in policies can be too (their hooks
 # then run as C); plugins subclass it from Python as before.
 
+cimport cython
+
+from tollhouse.request cimport Request
+
 cdef class Reply:
     cdef public int status
     cdef public object headers, body, problem_fields, lines
@@ -15,15 +19,17 @@ cdef class Policy:
     cdef public object config, context
     cdef public int slot
 
-    cpdef on_request(self, exchange)
-    cpdef on_response(self, exchange)
+    cpdef on_request(self, Request exchange)
+    cpdef on_response(self, Request exchange)
     cpdef outcome_of(self, value)
 
 
 cdef class Chain:
-    cdef public tuple request_hooks, response_hooks, observed, requesters
+    cdef public tuple request_hooks, response_hooks, observed, requesters, outcome_names, outcome_metrics
     cdef public list policies
 
     cpdef run(self, exchange, proceed, answer, int start=*)
     cpdef handle(self, exchange, result, int i, proceed, answer)
     cpdef _after(self, exchange, result, error, int start, proceed, answer)
+    @cython.locals(policy=Policy, labels=list)
+    cpdef tuple labels(self, slots)

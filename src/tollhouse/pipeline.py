@@ -174,7 +174,8 @@ def _overrides(policy: Policy, method: str) -> bool:
 class Chain:
     """A route's policies in phase order; `run` drives one exchange through them."""
 
-    __slots__ = ("request_hooks", "response_hooks", "policies", "observed", "requesters")
+    __slots__ = ("request_hooks", "response_hooks", "policies", "observed", "requesters", "outcome_names",
+                 "outcome_metrics")
 
     def __init__(self, policies: list[Policy]):
         ordered = sorted(policies, key=lambda p: PHASES.index(p.phase))
@@ -182,6 +183,8 @@ class Chain:
         for slot, policy in enumerate(ordered):
             policy.slot = slot
         self.observed = tuple(p for p in ordered if p.outcome is not None)   # policies with outcomes
+        self.outcome_names = tuple(p.outcome for p in self.observed)
+        self.outcome_metrics = tuple(p.outcome_metric for p in self.observed)
         self.requesters = tuple(p for p in ordered if _overrides(p, "on_request"))   # request_hooks' policies
         self.request_hooks = tuple(p.on_request for p in ordered if _overrides(p, "on_request"))
         self.response_hooks = tuple(p.on_response for p in reversed(ordered) if _overrides(p, "on_response"))
@@ -257,16 +260,21 @@ class Chain:
         for hook in self.response_hooks:
             hook(exchange)
 
-    def outcomes(self, slots) -> tuple:
-        """((outcome name, label), ...) of an exchange's remembered `slots` (None: none)."""
-        if slots is None or not self.observed:
+    def labels(self, slots) -> tuple:
+        """The outcome labels of an exchange's remembered `slots`, aligned with `observed`
+        and `outcome_names` (None where a policy noted nothing)."""
+        observed = self.observed
+        if slots is None or not observed:
             return ()
-        return _outcomes(self.observed, slots)
-
-
-def _outcomes(observed, slots) -> tuple:
-    # Outside the class: the compiled build allows no closure in its methods.
-    return tuple((p.outcome, p.outcome_of(slots[p.slot])) for p in observed if slots[p.slot] is not None)
+        if len(observed) == 1:   # the common case: no list on the way
+            policy = observed[0]
+            value = slots[policy.slot]
+            return (policy.outcome_of(value) if value is not None else None,)
+        labels = []
+        for policy in observed:
+            value = slots[policy.slot]
+            labels.append(policy.outcome_of(value) if value is not None else None)
+        return tuple(labels)
 
 
 EMPTY_CHAIN = Chain([])

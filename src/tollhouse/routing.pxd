@@ -1,9 +1,11 @@
 # C declarations for the compiled build of routing.py (setup.py); the .py stays the source.
+from tollhouse.pipeline cimport Chain
 from tollhouse.upstream.pool cimport UpstreamPool
 
 
 cdef class RouteTarget:
-    cdef public object name, host, methods, path, prefix, template, rewrite, rewrite_regex, chain, name_bytes
+    cdef public object name, host, methods, path, prefix, template, rewrite, rewrite_regex, name_bytes
+    cdef public Chain chain
     cdef public object match_key, stats, local
     cdef public int index, specificity
     cdef public double timeout, first_wait

@@ -129,3 +129,17 @@ def test_a_policy_can_take_the_connection_over_after_an_upgrade(gateway_factory,
     assert get(g, "/shout").status == 200   # without an Upgrade the route proxies as usual
     text = g.get_admin("/metrics")[1].decode()
     assert 'tollhouse_requests_total{method="GET",route="shout",status="101"} 1.0' in text
+
+
+def test_a_custom_policy_outcome_is_counted_like_the_built_ins(gateway_factory, upstream):
+    g = gateway_factory(basic_config(upstream.url, extra_routes="""  - name: audited-outcome
+    match: {prefix: /outcome}
+    upstream: app
+    policies: [counts]
+""", extra='policies: {counts: "tests.support.policies:CountsItsOutcome"}\n'))
+    assert get(g, "/outcome/x", "X-Flag: 1\r\n").getheader("x-audit-outcome") == "flagged"
+    assert get(g, "/outcome/x").getheader("x-audit-outcome") == "clean"
+    get(g, "/outcome/x")
+    text = g.get_admin("/metrics")[1].decode()
+    assert 'tollhouse_audit_results_total{result="flagged",route="audited-outcome"} 1.0' in text
+    assert 'tollhouse_audit_results_total{result="clean",route="audited-outcome"} 2.0' in text

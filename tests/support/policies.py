@@ -59,3 +59,17 @@ class UpgradeToShout(Policy):
         exchange.write_head()
         exchange.take_over(_Shout())
         return None
+
+
+class CountsItsOutcome(Policy):
+    """Remembers an outcome label per request: counted like the built-ins' outcomes."""
+
+    outcome = "audit"
+    outcome_metric = "audit_results"
+
+    def on_request(self, exchange):
+        exchange.remember(self.slot, "flagged" if exchange.header("x-flag") else "clean")
+        return None
+
+    def on_response(self, exchange):
+        exchange.set_response_header("X-Audit-Outcome", exchange.outcome("audit"))

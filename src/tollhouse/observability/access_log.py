@@ -66,10 +66,10 @@ _LINE = (b'{"time":"%s.%03dZ","request_id":"%s","client_ip":%s,"method":"%s","pa
          b'"duration_ms":%.3f,%s}')
 
 
-def _context(route, target, consumer, outcomes) -> bytes:
+def _context(route, target, consumer, labels) -> bytes:
     """The fields that repeat across a batch's lines, rendered once per combination:
     the route, the target, the consumer and each policy outcome (null where none)."""
-    found = dict(outcomes)
+    found = dict(zip(route.chain.outcome_names, labels)) if labels else {}
     return b'"route":%s,"upstream":%s,"consumer":%s%s' % (
         orjson.dumps(route.name if route is not None else ""), orjson.dumps(target.url if target is not None else None),
         orjson.dumps(consumer), b"".join(b',"%s":%s' % (name.encode(), orjson.dumps(found.get(name)))
@@ -110,7 +110,7 @@ def format_batch(batch: list, offset: float) -> bytes:
             last_second = second
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
         route = ex.route
-        key = (route, ex.target, ex.consumer, route.chain.outcomes(ex.slots) if ex.slots is not None else ())
+        key = (route, ex.target, ex.consumer, ex.outcomes)   # outcome labels, as Stats.fold read them
         context = get(key)
         if context is None:
             context = memo[key] = _context(*key)

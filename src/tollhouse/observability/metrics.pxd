@@ -2,7 +2,7 @@
 cimport cython
 
 from tollhouse.exchange cimport Exchange
-from tollhouse.pipeline cimport Policy
+from tollhouse.pipeline cimport Chain
 from tollhouse.routing cimport RouteTarget
 
 
@@ -23,5 +23,6 @@ cdef class Stats:
     cdef public long long active_connections, active_requests
 
     @cython.locals(ex=Exchange, route=RouteTarget, stats=RouteStats, hist=Histogram, duration=cython.double,
-                   upstream=cython.double, counts=dict, slots=list, policy=Policy)
+                   upstream=cython.double, counts=dict, slots=list, chain=Chain, labels=tuple, metrics=tuple,
+                   i=cython.Py_ssize_t)
     cpdef fold(self, list exchanges)

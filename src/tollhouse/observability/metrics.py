@@ -113,14 +113,18 @@ class Stats:
                 hist.sum += upstream
             slots = ex.slots
             if slots is not None:
-                # The policies' outcomes, from what each remembered in its slot.
-                for policy in route.chain.observed:
-                    value = slots[policy.slot]
-                    if value is not None:
-                        label = policy.outcome_of(value)
-                        counts = stats.outcomes.get(policy.outcome_metric)
+                # The policies' outcomes, from what each remembered in its slot; the
+                # labels stay on the exchange for the access log (`outcomes`).
+                chain = route.chain
+                labels = ex.outcomes = chain.labels(slots)
+                metrics = chain.outcome_metrics
+                for i in range(len(labels)):
+                    label = labels[i]
+                    if label is not None:
+                        metric = metrics[i]
+                        counts = stats.outcomes.get(metric)
                         if counts is None:
-                            counts = stats.outcomes[policy.outcome_metric] = {}
+                            counts = stats.outcomes[metric] = {}
                         counts[label] = counts.get(label, 0) + 1
 
     def declare(self, name: str, labels: tuple = ()) -> None:

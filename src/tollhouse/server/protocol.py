@@ -334,7 +334,8 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
                 self.flow.resume(PIPELINE)
             nxt.start()
         else:
-            self.flow.resume(PIPELINE)
+            if self.flow.reasons:
+                self.flow.resume(PIPELINE)
             if self.worker.draining:
                 self.close()
 

@@ -2,6 +2,7 @@
 cimport cython
 
 from tollhouse.pipeline cimport Policy, Reply
+from tollhouse.request cimport Request
 from tollhouse.policies.cache.storage cimport Entry, MemoryCache
 
 
@@ -10,10 +11,10 @@ cdef class CachePolicy(Policy):
     cdef public bint consumer_scope, memory
 
     cpdef primary_key(self, exchange)
-    cpdef bypass(self, exchange)
+    cpdef bypass(self, Request exchange)
     @cython.locals(shared_only=bint, now=double, storage=MemoryCache, entry=Entry)
-    cpdef on_request(self, exchange)
-    cpdef decide(self, exchange, primary, key, Entry entry, bint shared_only, double now)
+    cpdef on_request(self, Request exchange)
+    cpdef decide(self, Request exchange, primary, key, Entry entry, bint shared_only, double now)
     @cython.locals(seconds=cython.longlong, reply=Reply)
-    cpdef hit(self, exchange, Entry entry, double now, label)
-    cpdef on_response(self, exchange)
+    cpdef hit(self, Request exchange, Entry entry, double now, label)
+    cpdef on_response(self, Request exchange)

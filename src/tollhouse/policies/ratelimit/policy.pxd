@@ -2,6 +2,7 @@
 cimport cython
 
 from tollhouse.pipeline cimport Policy
+from tollhouse.request cimport Request
 from tollhouse.policies.ratelimit.algorithms cimport LimitTable, evaluate
 
 
@@ -23,8 +24,8 @@ cdef class RateLimitPolicy(Policy):
 
     cpdef _limits(self, exchange)
     @cython.locals(lim=_Limit, ok=bint, now=double, table=LimitTable)
-    cpdef on_request(self, exchange)
-    cpdef admit(self, exchange, _Limit lim, tuple decision, result)
+    cpdef on_request(self, Request exchange)
+    cpdef admit(self, Request exchange, _Limit lim, tuple decision, result)
     cpdef outcome_of(self, value)
     @cython.locals(lim=_Limit, d=tuple, reset=cython.longlong)
-    cpdef on_response(self, exchange)
+    cpdef on_response(self, Request exchange)
