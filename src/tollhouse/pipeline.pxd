@@ -28,8 +28,8 @@ cdef class Chain:
     cdef public tuple request_hooks, response_hooks, observed, requesters, outcome_names, outcome_metrics
     cdef public list policies
 
-    cpdef run(self, exchange, proceed, answer, int start=*)
-    cpdef handle(self, exchange, result, int i, proceed, answer)
-    cpdef _after(self, exchange, result, error, int start, proceed, answer)
+    cpdef run(self, Request exchange, proceed, answer, int start=*)
+    cpdef handle(self, Request exchange, result, int i, proceed, answer)
+    cpdef _after(self, Request exchange, result, error, int start, proceed, answer)
     @cython.locals(policy=Policy, labels=list)
     cpdef tuple labels(self, slots)

@@ -10,7 +10,7 @@ cdef class CachePolicy(Policy):
     cdef public object cache, route_name, vary_names, route_bytes
     cdef public bint consumer_scope, memory
 
-    cpdef primary_key(self, exchange)
+    cpdef primary_key(self, Request exchange)
     cpdef bypass(self, Request exchange)
     @cython.locals(shared_only=bint, now=double, storage=MemoryCache, entry=Entry)
     cpdef on_request(self, Request exchange)
