@@ -50,12 +50,13 @@ class Exchange(Forwarding):
         self.params = params
         if route.local is not None:
             if route.chain.request_hooks:   # the global ip rules guard gateway endpoints too
-                route.chain.run(self, self.start_local, self.answer)
+                route.chain.run(self, self.start_local, _bound(self, "answer"))
             else:
                 self.start_local()
             return
         if self.tracer is not None:
-            route.chain.run(self, self.proxy, self.answer)   # with the tracer's hooks around each policy
+            # With the tracer's hooks around each policy.
+            route.chain.run(self, _bound(self, "proxy"), _bound(self, "answer"))
             return
         # The request hooks, inline: the common all-None case creates nothing
         # on the way; anything else is the chain's to handle.
@@ -63,7 +64,7 @@ class Exchange(Forwarding):
         for hook in route.chain.request_hooks:
             result = hook(self)
             if result is not None:
-                route.chain.handle(self, result, i, self.proxy, self.answer)
+                route.chain.handle(self, result, i, _bound(self, "proxy"), _bound(self, "answer"))
                 return
             i += 1
         self.proxy()
@@ -161,6 +162,14 @@ class Exchange(Forwarding):
         if self.response != COMPLETE:
             self.status = 499  # nginx's "client closed request"
         self.finish()
+
+
+def _bound(exchange, name: str):
+    """`exchange.<name>` as a bound method, looked up as Python does. Compiled, `self.answer`
+    of a method inherited from a cimported layer would become a C function wrapped with
+    the wrong signature (Cython drops the method's skip-dispatch argument: GCC warns of
+    incompatible pointer types, and newer GCCs refuse to compile it)."""
+    return getattr(exchange, name)
 
 
 def _allow_list(methods) -> str:

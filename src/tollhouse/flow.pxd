@@ -1,9 +1,10 @@
 # C declarations for the compiled build of flow.py (setup.py); the .py stays the source.
 
+# Not `public` where only compiled code (which cimports the type) reads a field.
 cdef class FlowControl:
-    cdef public object transport
-    cdef public int reasons
-    cdef public bint closed
+    cdef object transport
+    cdef int reasons
+    cdef bint closed
 
     cpdef pause(self, int reason)
     cpdef resume(self, int reason)
@@ -16,10 +17,10 @@ cdef class WorkerCore
 
 
 cdef class Gathered:
-    cdef public object transport
-    cdef public WorkerCore worker
-    cdef public list writes
-    cdef public long long size
+    cdef object transport
+    cdef WorkerCore worker
+    cdef list writes
+    cdef long long size
 
     cpdef write(self, data)
     cpdef flush(self)
