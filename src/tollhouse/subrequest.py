@@ -21,6 +21,7 @@ from time import perf_counter
 
 from .exchange import Exchange
 from .request import HEAD_SENT, find_header
+from .upstream.forward import forwarded_prefix
 from .flow import FlowControl
 from .pipeline import EMPTY_CHAIN
 from .routing import RouteTarget
@@ -58,8 +59,7 @@ class SubrequestOrigin:
         self.peer_ip_bytes = self.peer_ip.encode()
         self.peer_trusted = False
         self.scheme = conn.scheme if conn is not None else b"http"
-        self.forwarded = (b"x-forwarded-for: " + self.peer_ip_bytes + b"\r\nx-forwarded-proto: " + self.scheme
-                          + b"\r\nx-forwarded-host: ")
+        self.forwarded = forwarded_prefix(self.peer_ip_bytes, self.scheme)
         self.transport = self
         self.flow = FlowControl(None)   # nothing to pause
         self.done = None

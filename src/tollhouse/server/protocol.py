@@ -16,7 +16,8 @@ import httptools
 
 from ..clock import CLOCK
 from ..exchange import Exchange
-from ..request import WAITING
+from ..request import WAITING, find_header
+from ..upstream.forward import forwarded_prefix
 from ..flow import CLIENT_FULL, PIPELINE, FlowControl, Gathered
 from ..pipeline import Reply
 
@@ -45,13 +46,6 @@ _SPECIAL_LENGTHS = frozenset(len(n) for n in _SPECIAL)
 
 class _HeadTooLarge(Exception):
     pass
-
-
-def _has_header(lines, key: bytes) -> bool:
-    for line in lines:
-        if line[:line.find(b":")].lower() == key:
-            return True
-    return False
 
 
 def _internal_error() -> Reply:
@@ -107,8 +101,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self.peer_ip_bytes = self.peer_ip.encode()
-        self.forwarded = (b"x-forwarded-for: " + self.peer_ip_bytes + b"\r\nx-forwarded-proto: " + self.scheme
-                          + b"\r\nx-forwarded-host: ")
+        self.forwarded = forwarded_prefix(self.peer_ip_bytes, self.scheme)
         self.peer_trusted = worker.state.is_trusted(self.peer_ip)
         self.parser = httptools.HttpRequestParser(self)
         self.last_active = CLOCK.now
@@ -241,7 +234,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
                         ex.duplicate = b"Authorization"
                     ex.authorization = value
                 elif kind == _SINGLETON:
-                    if _has_header(ex.headers, name.lower()):
+                    if find_header(ex.headers, name.lower()) is not None:
                         ex.duplicate = name
                 elif kind == _CONDITIONAL:
                     ex.conditional = True

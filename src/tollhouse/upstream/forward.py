@@ -352,6 +352,13 @@ class Forwarding(Http1Exchange):
         Http1Exchange.finish(self)
 
 
+def forwarded_prefix(peer_ip: bytes, scheme: bytes) -> bytes:
+    """X-Forwarded-For and -Proto for a client that is not a trusted proxy, up to the
+    value of X-Forwarded-Host: made once per client connection, completed per request
+    by `send_upstream`."""
+    return b"x-forwarded-for: " + peer_ip + b"\r\nx-forwarded-proto: " + scheme + b"\r\nx-forwarded-host: "
+
+
 def _any_healthy(targets) -> bool:
     # Outside the class: the compiled build allows no closure (this generator) in its methods.
     return any(t.healthy for t in targets)
