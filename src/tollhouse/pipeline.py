@@ -82,6 +82,9 @@ class Tracer:
         """The attempt got a response head (`status`) or failed (`failure`: connect_error,
         reset, timeout, invalid; `status` is then what the gateway would answer)."""
 
+    def responding(self, exchange) -> None:
+        """The response head is about to be written: `exchange.response_headers` may still change."""
+
     def finished(self, exchange) -> None:
         """The exchange is over (its status, outcomes and timings are final)."""
 

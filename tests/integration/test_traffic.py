@@ -326,3 +326,39 @@ def test_a_stalled_body_waiting_for_validation_gets_408(gateway_factory, upstrea
     assert s.recv(200).startswith(b"HTTP/1.1 408")
     assert time.monotonic() - started < 3
     s.close()
+
+
+def test_the_debug_header_explains_a_request_only_with_the_right_token(gateway_factory, upstream):
+    """X-Tollhouse-Debug: <debug.token> -> Server-Timing and X-Tollhouse-Explain; the header
+    itself never reaches the upstream, and a wrong token changes nothing."""
+    g = gateway_factory(basic_config(upstream.url, extra_routes="""  - name: explained
+    match: {prefix: /explained}
+    upstream: app
+    rate_limits: [{limit: 100, window: 1m}]
+    cache: {ttl: 30s}
+""", extra="debug: {token: s3cret-debug}\n"))
+
+    def get(path, headers=""):
+        return request(g.port, f"GET {path} HTTP/1.1\r\nHost: a\r\n{headers}\r\n".encode())
+
+    r = get("/explained/x", "X-Tollhouse-Debug: s3cret-debug\r\n")
+    assert r.status == 200
+    timing = r.getheader("server-timing")
+    assert "ratelimit;dur=" in timing and "cache;dur=" in timing and "upstream;dur=" in timing
+    explain = r.getheader("x-tollhouse-explain")
+    assert explain.startswith("route=explained; ") and "RateLimitPolicy=pass" in explain
+    assert "ratelimit=allowed" in explain and "cache=MISS" in explain and f"targets={upstream.url}=200" in explain
+    assert "x-tollhouse-debug" not in json.loads(r.body)["headers"]
+    hit = get("/explained/x", "X-Tollhouse-Debug: s3cret-debug\r\n")
+    assert "cache=HIT" in hit.getheader("x-tollhouse-explain") and "CachePolicy=200" in hit.getheader("x-tollhouse-explain")
+    for headers in ("X-Tollhouse-Debug: wrong\r\n", ""):
+        plain = get("/api/y", headers)
+        assert plain.getheader("server-timing") is None and plain.getheader("x-tollhouse-explain") is None
+        assert "x-tollhouse-debug" not in json.loads(plain.body)["headers"]
+
+
+def test_without_a_debug_token_the_debug_header_is_dropped(gateway_factory, upstream):
+    g = gateway_factory(basic_config(upstream.url))
+    r = request(g.port, b"GET /api/z HTTP/1.1\r\nHost: a\r\nX-Tollhouse-Debug: anything\r\n\r\n")
+    assert r.status == 200 and r.getheader("x-tollhouse-explain") is None
+    assert "x-tollhouse-debug" not in json.loads(r.body)["headers"]

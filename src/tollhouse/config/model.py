@@ -15,6 +15,7 @@ from ..policies.auth.schema import Auth, Consumer
 from ..policies.cache.schema import CacheSettings
 from ..policies.ip import IpRules
 from ..policies.ratelimit.schema import Tier
+from ..observability.debug import Debug
 from ..registry import builtins
 
 NAME = r"[A-Za-z0-9_.-]+"
@@ -291,7 +292,7 @@ class Gateway(Schema):
     tiers = Field(MapOf(Tier, key_pattern=NAME), {}, "tier name -> {rate_limits}; callers without a tier use `default`")
     cache = Field(CacheSettings, CacheSettings(), "where routes' cached responses live and how big they may be")
     tracing = Field(NotYet("tracing"), None)
-    debug = Field(NotYet("debug"), None)
+    debug = Field(Debug, None, "{token}: X-Tollhouse-Debug: <token> -> Server-Timing and X-Tollhouse-Explain")
     regions = Field(NotYet("regions"), None)
 
     def check(self, path, lines, line, errors):

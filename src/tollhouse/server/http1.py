@@ -167,6 +167,8 @@ class Http1Exchange(Request):
         self.mode = NONE
 
     def write_head(self, body: bytes = b"") -> None:
+        if self.tracer is not None:
+            self.tracer.responding(self)   # its last word on the head (the debug header's Server-Timing)
         line = STATUS_LINES.get(self.status) or status_line(self.status)
         parts = [line, *self.response_headers, b"x-request-id: ", self.request_id, b"\r\n"]
         if self.mode == CHUNKED:

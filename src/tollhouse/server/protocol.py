@@ -25,7 +25,7 @@ log = logging.getLogger("tollhouse.server")
 
 # Request header names with a job of their own; everything else is relayed.
 _HOST, _CL, _TE, _CONNECTION, _DROP, _EXPECT, _RID, _XFF, _XFP, _XFH, _UPGRADE, _AUTHZ, _CONDITIONAL, _COOKIE, \
-    _SINGLETON = range(15)
+    _SINGLETON, _DEBUG = range(16)
 _SPECIAL = {
     b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONNECTION,
     b"expect": _EXPECT, b"x-request-id": _RID, b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP,
@@ -39,6 +39,8 @@ _SPECIAL = {
     # Hop-by-hop (RFC 9110 §7.6.1) and identity headers only the gateway may set (docs/contract.md §3).
     b"keep-alive": _DROP, b"proxy-connection": _DROP, b"te": _DROP, b"trailer": _DROP,
     b"x-consumer-id": _DROP, b"x-consumer-tier": _DROP, b"x-auth-scopes": _DROP,
+    # Read by the gateway (the debug token: docs/operations.md), never relayed.
+    b"x-tollhouse-debug": _DEBUG,
 }
 
 _SPECIAL_LENGTHS = frozenset(len(n) for n in _SPECIAL)
@@ -264,6 +266,8 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
             ex.xfh = value
         elif kind == _UPGRADE:
             ex.upgrade = True
+        elif kind == _DEBUG:
+            ex.debug_token = value
 
     def on_headers_complete(self):
         ex = self.incoming

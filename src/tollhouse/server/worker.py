@@ -20,6 +20,7 @@ from ..clock import CLOCK
 from ..config import load_file, load_text
 from ..flow import WorkerCore
 from ..observability.access_log import AccessLog, request_id_factory
+from ..observability.debug import debug_tracer_factory
 from ..observability.metrics import Stats
 from ..registry import worker_services
 from ..state import GatewayState, build_state, retire
@@ -60,6 +61,7 @@ class Worker(WorkerCore):
         # The policies' per-worker services (the rate limiter, the response cache), kept across reloads.
         self.services = worker_services(config, self.store, self.stats, self)
         self.state: GatewayState = build_state(config, loop, self.stats, self.store, workers=self.services)
+        self.tracer_factory = debug_tracer_factory(config.debug)
         self.access_log = AccessLog() if config.access_log else None
         self.circuits = None
         if self.store.kind != "memory":
@@ -146,6 +148,7 @@ class Worker(WorkerCore):
         services = worker_services(config, self.store, self.stats, self, previous=self.services)
         self.state = build_state(config, self.loop, self.stats, self.store, previous, previous.version + 1,
                                  workers=services)
+        self.tracer_factory = debug_tracer_factory(config.debug)
         for name, old in self.services.items():
             if services.get(name) is not old:
                 old.close()   # replaced (e.g. the cache's storage changed)

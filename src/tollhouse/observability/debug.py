@@ -1,0 +1,82 @@
+"""The debug header (docs/operations.md, "Debugging a request").
+
+A request carrying `X-Tollhouse-Debug: <debug.token>` is answered with
+`Server-Timing` (time spent per policy phase, and upstream: the wait for the
+response head) and `X-Tollhouse-Explain` (route, each policy's decision, the
+targets tried). The header is never relayed upstream, whoever sends it; with
+a wrong token, or no `debug.token` configured, it is ignored. It is a
+`pipeline.Tracer`, so requests without it cost one field check.
+"""
+from __future__ import annotations
+
+import hmac
+from time import perf_counter
+
+from ..config.schema import Field, Schema, Str
+from ..pipeline import Reply, Tracer
+
+
+class Debug(Schema):
+    token = Field(Str(), "", "requests with X-Tollhouse-Debug: <token> get Server-Timing and X-Tollhouse-Explain; "
+                  "empty = off")
+
+
+def debug_tracer_factory(config):
+    """The worker's tracer factory for `debug` (None when no token is configured)."""
+    if config is None or not config.token:
+        return None
+    token = config.token.encode()
+
+    def factory(exchange):
+        sent = exchange.debug_token
+        if sent is not None and hmac.compare_digest(sent, token):
+            return DebugTracer()
+        return None
+
+    return factory
+
+
+class DebugTracer(Tracer):
+    """Collects one request's timings and decisions for the debug headers."""
+
+    __slots__ = ("phases", "decisions", "attempts", "started")
+
+    def __init__(self):
+        self.phases: dict[str, float] = {}   # phase -> seconds
+        self.decisions: list[str] = []
+        self.attempts: list[str] = []
+        self.started = 0.0
+
+    def policy_started(self, exchange, policy) -> None:
+        self.started = perf_counter()
+
+    def policy_ended(self, exchange, policy, result) -> None:
+        phase = policy.phase
+        self.phases[phase] = self.phases.get(phase, 0.0) + perf_counter() - self.started
+        if result is None:
+            decision = "pass"
+        elif isinstance(result, Reply):
+            decision = str(result.status)
+        else:
+            decision = "error"
+        self.decisions.append(f"{type(policy).__name__}={decision}")
+
+    def attempt_ended(self, exchange, target, status: int, failure: str | None) -> None:
+        self.attempts.append(f"{target.url}={failure or status}")
+
+    def responding(self, exchange) -> None:
+        timings = [f"{phase};dur={seconds * 1000:.3f}" for phase, seconds in self.phases.items()]
+        if exchange.upstream_time:
+            timings.append(f"upstream;dur={exchange.upstream_time * 1000:.3f}")
+        route = exchange.route
+        explain = [f"route={route.name if route is not None else '-'}"]
+        explain += self.decisions
+        if route is not None:
+            explain += [f"{name}={label}" for name, label in zip(route.chain.outcome_names,
+                                                                 route.chain.labels(exchange.slots)) if label]
+        if self.attempts:
+            explain.append("targets=" + ",".join(self.attempts))
+        lines = exchange.response_headers
+        if timings:
+            lines.append(("server-timing: " + ", ".join(timings) + "\r\n").encode("latin-1"))
+        lines.append(("x-tollhouse-explain: " + "; ".join(explain) + "\r\n").encode("latin-1", "replace"))
