@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 COMPILED := $(wildcard src/tollhouse/*.pxd src/tollhouse/*/*.pxd src/tollhouse/*/*/*.pxd)
 BUILT    := $(VENV)/.built
 
-.PHONY: demo test bench redis-server bench-tools clean
+.PHONY: demo test bench redis-server monitoring-tools bench-tools clean
 
 $(STAMP): pyproject.toml
 	@if [ -f $(VENV)/pyvenv.cfg ] && ! grep -qx 'home = $(PYHOME)' $(VENV)/pyvenv.cfg; then \
@@ -44,9 +44,21 @@ redis-server:
 	    exit 1; \
 	  fi; }
 
+# The monitoring tests run the shipped alert rules and dashboard through a real
+# Prometheus (and promtool).
+monitoring-tools:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing prometheus (and promtool) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else \
+	    echo "prometheus and promtool are missing. Install them first: 'sudo apt-get install prometheus' (Debian/Ubuntu) or 'brew install prometheus' (macOS)."; \
+	    exit 1; \
+	  fi; }
+
 # The whole suite runs twice: on the compiled build, then on the plain-Python
 # source (the fallback without a compiler), which must behave the same.
-test: $(BUILT) redis-server
+test: $(BUILT) redis-server monitoring-tools
 	$(BIN)/python -m pytest tests
 	TOLLHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest tests
 
