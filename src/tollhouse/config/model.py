@@ -16,6 +16,7 @@ from ..policies.cache.schema import CacheSettings
 from ..policies.ip import IpRules
 from ..policies.ratelimit.schema import Tier
 from ..observability.debug import Debug
+from ..observability.tracing import Tracing
 from ..registry import builtins
 
 NAME = r"[A-Za-z0-9_.-]+"
@@ -291,7 +292,8 @@ class Gateway(Schema):
     consumers = Field(ListOf(Consumer), (), "known callers: API keys, OAuth clients, tier, scopes, roles")
     tiers = Field(MapOf(Tier, key_pattern=NAME), {}, "tier name -> {rate_limits}; callers without a tier use `default`")
     cache = Field(CacheSettings, CacheSettings(), "where routes' cached responses live and how big they may be")
-    tracing = Field(NotYet("tracing"), None)
+    tracing = Field(Tracing, None, "OpenTelemetry traces: {endpoint, service_name, sampler: {type, ratio}}; "
+                    "absent = no spans (traceparent still passed on)")
     debug = Field(Debug, None, "{token}: X-Tollhouse-Debug: <token> -> Server-Timing and X-Tollhouse-Explain")
     regions = Field(NotYet("regions"), None)
 

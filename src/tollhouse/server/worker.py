@@ -21,6 +21,7 @@ from ..config import load_file, load_text
 from ..flow import WorkerCore
 from ..observability.access_log import AccessLog, request_id_factory
 from ..observability.debug import debug_tracer_factory
+from ..observability.tracing import TracingFactory, combine
 from ..observability.metrics import Stats
 from ..registry import worker_services
 from ..state import GatewayState, build_state, retire
@@ -57,11 +58,12 @@ class Worker(WorkerCore):
         self.next_request_id = request_id_factory()
         self.date = b""
         self.started_at = time.time()
+        self.tracing = None
         self.store = open_store(config.store)
         # The policies' per-worker services (the rate limiter, the response cache), kept across reloads.
         self.services = worker_services(config, self.store, self.stats, self)
         self.state: GatewayState = build_state(config, loop, self.stats, self.store, workers=self.services)
-        self.tracer_factory = debug_tracer_factory(config.debug)
+        self._trace(config)
         self.access_log = AccessLog() if config.access_log else None
         self.circuits = None
         if self.store.kind != "memory":
@@ -95,6 +97,13 @@ class Worker(WorkerCore):
         # often. The request path makes few cycles; full scans were ~3% of CPU.
         gc.freeze()
         gc.set_threshold(20000, 50, 100)
+
+    def _trace(self, config) -> None:
+        """The tracer factory of a config version: tracing (sampled requests) and the debug header."""
+        if self.tracing is not None:
+            self.tracing.close()
+        self.tracing = TracingFactory(config.tracing, self.loop) if config.tracing is not None else None
+        self.tracer_factory = combine(self.tracing, debug_tracer_factory(config.debug))
 
     def _start_services(self) -> None:
         for service in self.services.values():
@@ -148,7 +157,7 @@ class Worker(WorkerCore):
         services = worker_services(config, self.store, self.stats, self, previous=self.services)
         self.state = build_state(config, self.loop, self.stats, self.store, previous, previous.version + 1,
                                  workers=services)
-        self.tracer_factory = debug_tracer_factory(config.debug)
+        self._trace(config)
         for name, old in self.services.items():
             if services.get(name) is not old:
                 old.close()   # replaced (e.g. the cache's storage changed)
@@ -285,6 +294,8 @@ class Worker(WorkerCore):
             close = getattr(service, "close", None)
             if close is not None:
                 close()
+        if self.tracing is not None:
+            self.tracing.close()
         await self.store.close()
         self._stopped.set()
 
