@@ -222,10 +222,12 @@ SCENARIOS: dict[str, dict] = {}
 
 
 def scenario(name: str, description: str, extra: str = "", route_extra: str = "", path: str = "/",
-             headers: tuple = (), needs_redis: bool = False, setup=None):
-    """`setup(workdir)`, when given, returns (extra, headers) computed at run time."""
+             headers: tuple = (), needs_redis: bool = False, setup=None, gateway_wide: bool = False):
+    """`setup(workdir)`, when given, returns (extra, headers) computed at run time.
+    `gateway_wide`: the setting applies to every route (tracing), so the reference is
+    the plain route of a second gateway without it, alternating on the same core."""
     SCENARIOS[name] = dict(description=description, extra=extra, route_extra=route_extra, path=path,
-                           headers=headers, needs_redis=needs_redis, setup=setup)
+                           headers=headers, needs_redis=needs_redis, setup=setup, gateway_wide=gateway_wide)
 
 
 RATE_LIMITED_ROUTE = """  - name: limited
@@ -279,6 +281,40 @@ scenario("cache-memory", "cache hits from the memory LRU", route_extra=CACHED_RO
 scenario("cache-redis", "cache hits from Redis", extra="store: redis://127.0.0.1:{redis_port}/0",
          route_extra=CACHED_ROUTE, path="/cached", needs_redis=True)
 
+_SINK = []
+
+
+def _trace_sink() -> int:
+    """A minimal OTLP/HTTP endpoint on the load core that accepts every batch (started once)."""
+    if not _SINK:
+        import atexit
+
+        port = free_port()
+        code = ("import http.server as h\n"
+                "class H(h.BaseHTTPRequestHandler):\n"
+                "    def do_POST(self):\n"
+                "        self.rfile.read(int(self.headers['content-length']))\n"
+                "        self.send_response(200); self.send_header('content-length', '0'); self.end_headers()\n"
+                "    def log_message(self, *a): pass\n"
+                f"h.ThreadingHTTPServer(('127.0.0.1', {port}), H).serve_forever()\n")
+        proc = subprocess.Popen(["taskset", "-c", LOAD_CPUS, sys.executable, "-c", code])
+        atexit.register(proc.terminate)
+        wait_port(port)
+        _SINK.append(port)
+    return _SINK[0]
+
+
+def _tracing(sampler: str):
+    def setup(workdir: str):
+        return (f"tracing: {{endpoint: 'http://127.0.0.1:{_trace_sink()}/v1/traces', sampler: {sampler}}}\n", ())
+    return setup
+
+
+scenario("tracing-1pct", "OpenTelemetry tracing, ratio 0.01 (vs a gateway without tracing)", path="/plain",
+         setup=_tracing("{type: ratio, ratio: 0.01}"), gateway_wide=True)
+scenario("tracing-always", "OpenTelemetry tracing, every request (vs a gateway without tracing)", path="/plain",
+         setup=_tracing("{type: always_on}"), gateway_wide=True)
+
 SLOW_MS = 20
 
 
@@ -318,12 +354,14 @@ def run_scenarios(workdir: str, upstream_port: int, selected: list[str]) -> list
             redis, rport = start_redis()
             extra = extra.replace("{redis_port}", str(rport))
         th = Tollhouse(workdir, upstream_port, PROXY_CPUS, extra=extra, route_extra=sc["route_extra"])
+        # The reference: the plain route of this gateway, or of one without the setting.
+        ref = Tollhouse(workdir, upstream_port, PROXY_CPUS) if sc["gateway_wide"] else th
         try:
             wrk(th.port, sc["path"], CONNS, 1, list(sc["headers"]))
             plain, policy = [], []
             for _ in range(ROUNDS):
                 # The same requests (headers included) to a route without the policy.
-                plain.append(wrk(th.port, "/plain", CONNS, DURATION, list(sc["headers"])))
+                plain.append(wrk(ref.port, "/plain", CONNS, DURATION, list(sc["headers"])))
                 policy.append(wrk(th.port, sc["path"], CONNS, DURATION, list(sc["headers"])))
             p, q = median_result(plain), median_result(policy)
             ratios = round_ratios(policy, plain)
@@ -331,6 +369,8 @@ def run_scenarios(workdir: str, upstream_port: int, selected: list[str]) -> list
             print(f"  {name}: {q['rps']:.0f} vs plain {p['rps']:.0f} req/s, ratio {spread(ratios)}x", flush=True)
         finally:
             th.stop()
+            if ref is not th:
+                ref.stop()
             if redis is not None:
                 redis.terminate()
                 redis.wait()

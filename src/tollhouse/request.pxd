@@ -18,7 +18,7 @@ cdef class Request:
     cdef public object version, host, request_id, content_length, te, connection_tokens, expect, xff, xfp, xfh
     cdef public object error, task, timer, vars, consumer, _client_ip, tier
     cdef public object local, authorization, tried, observer, body_waiter, body_filter
-    cdef public object duplicate, tracer, debug_token
+    cdef public object duplicate, tracer, debug_token, traceparent
     cdef public tuple outcomes
     cdef public bint keep_alive, chunked, upgrade, body_done, continue_sent, head_received, finished
     cdef public bint replayed, sent_body, upstream_keepalive, upstream_delimited, conditional, cookie

@@ -40,7 +40,7 @@ class Request:
                  "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "response", "head_received", "mode", "bytes_sent", "finished", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "slots", "local", "authorization",
                  "attempt", "first_started", "tried", "observer",
                  "conditional", "cookie", "body_limit", "body_waiter", "body_progress", "body_filter",
-                 "ended", "upstream_time", "duplicate", "tracer", "outcomes", "debug_token")
+                 "ended", "upstream_time", "duplicate", "tracer", "outcomes", "debug_token", "traceparent")
 
     def __init__(self, conn, state):
         self.conn = conn
@@ -99,6 +99,7 @@ class Request:
         self.tracer = None         # hooks around each policy and upstream attempt (see pipeline.Tracer)
         self.outcomes = ()         # the policies' outcome labels, read once the exchange ended (Stats.fold)
         self.debug_token = None    # X-Tollhouse-Debug as sent (never relayed; see observability/debug.py)
+        self.traceparent = None    # the W3C traceparent as sent (relayed too; see observability/tracing.py)
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import random
 import re
 import time
 import urllib.request
+from random import getrandbits, random
 
 from ..config.schema import Field, Float, Schema, Str
 from ..pipeline import Reply, Tracer
@@ -83,9 +82,9 @@ class SpanExporter:
             if not self.queue:
                 continue
             batch, self.queue = self.queue, []
-            body = encode(batch, self.service_name)
             try:
-                await self.loop.run_in_executor(None, _post, self.endpoint, body)
+                # Encoding too runs on the executor's thread: a big batch never stalls the loop.
+                await self.loop.run_in_executor(None, _export, self.endpoint, batch, self.service_name)
                 if self.failing:
                     self.failing = False
                     log.warning("trace collector at %s answers again", self.endpoint)
@@ -101,7 +100,8 @@ class SpanExporter:
             self.task.cancel()
 
 
-def _post(url: str, body: bytes) -> None:
+def _export(url: str, batch: list, service_name: str) -> None:
+    body = encode(batch, service_name)
     req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/x-protobuf"})
     with urllib.request.urlopen(req, timeout=EXPORT_TIMEOUT) as r:
         r.read()
@@ -112,7 +112,7 @@ def encode(spans: list[tuple], service_name: str) -> bytes:
     (trace id, span id, parent id, name, kind, start ns, end ns, attributes, events, error)."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+    from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
     def value(v) -> AnyValue:
         if isinstance(v, bool):
@@ -158,7 +158,8 @@ def _now_ns() -> int:
 
 
 def _span_id() -> bytes:
-    return os.urandom(8).hex().encode()
+    # Random, not secret: the generator's bits, without a system call per id.
+    return b"%016x" % getrandbits(64)
 
 
 class TracingFactory:
@@ -172,29 +173,19 @@ class TracingFactory:
         self.ratio = sampler.ratio
 
     def __call__(self, exchange):
-        parent = parse_traceparent(_header(exchange, b"traceparent"))
+        # Asked for every request: the unsampled majority returns at the first test it fails.
         kind = self.kind
-        if kind == "always_off":
-            return None
-        if kind == "parent_based" and parent is not None:
-            sampled = parent[2]
-        elif kind == "always_on":
-            sampled = True
+        if kind == "ratio":
+            return SpanTracer(self.exporter, exchange, None) if random() < self.ratio else None
+        parent = parse_traceparent(exchange.traceparent)
+        if kind == "parent_based":
+            sampled = parent[2] if parent is not None else random() < self.ratio
         else:
-            sampled = random.random() < self.ratio
-        if not sampled:
-            return None
-        return SpanTracer(self.exporter, exchange, parent)
+            sampled = kind == "always_on"
+        return SpanTracer(self.exporter, exchange, parent) if sampled else None
 
     def close(self) -> None:
         self.exporter.close()
-
-
-def _header(exchange, name: bytes):
-    for line in exchange.headers:
-        if line[:len(name)].lower() == name and line[len(name):len(name) + 1] == b":":
-            return line[len(name) + 1:].strip()
-    return None
 
 
 class SpanTracer(Tracer):
@@ -207,7 +198,7 @@ class SpanTracer(Tracer):
         if parent is not None:
             self.trace_id, self.parent_id = parent[0], parent[1]
         else:
-            self.trace_id, self.parent_id = os.urandom(16).hex().encode(), None
+            self.trace_id, self.parent_id = b"%032x" % getrandbits(128), None
         self.span_id = _span_id()
         self.start = _now_ns()
         self.events: list = []

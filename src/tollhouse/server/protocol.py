@@ -25,7 +25,7 @@ log = logging.getLogger("tollhouse.server")
 
 # Request header names with a job of their own; everything else is relayed.
 _HOST, _CL, _TE, _CONNECTION, _DROP, _EXPECT, _RID, _XFF, _XFP, _XFH, _UPGRADE, _AUTHZ, _CONDITIONAL, _COOKIE, \
-    _SINGLETON, _DEBUG = range(16)
+    _SINGLETON, _DEBUG, _TRACEPARENT = range(17)
 _SPECIAL = {
     b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONNECTION,
     b"expect": _EXPECT, b"x-request-id": _RID, b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP,
@@ -33,6 +33,7 @@ _SPECIAL = {
     # Noted so that the cache looks for them only when one was sent (and relayed).
     b"range": _CONDITIONAL, b"if-none-match": _CONDITIONAL, b"if-modified-since": _CONDITIONAL,
     b"cookie": _COOKIE,
+    b"traceparent": _TRACEPARENT,   # noted for tracing's sampler (no scan of the lines) and still relayed
     # A second copy is refused (400): a service that reads the first would see
     # another value than the gateway's policies did (issue 16, defect 1).
     b"content-type": _SINGLETON, b"proxy-authorization": _SINGLETON,
@@ -242,6 +243,8 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
                     ex.conditional = True
                 elif kind == _COOKIE:
                     ex.cookie = True
+                elif kind == _TRACEPARENT:
+                    ex.traceparent = value
                 else:
                     self._special_header(ex, kind, value)
                     return
