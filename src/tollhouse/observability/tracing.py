@@ -111,43 +111,46 @@ def encode(spans: list[tuple], service_name: str) -> bytes:
     """An OTLP ExportTraceServiceRequest (protobuf) for recorded spans:
     (trace id, span id, parent id, name, kind, start ns, end ns, attributes, events, error)."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
     from opentelemetry.proto.trace.v1.trace_pb2 import Status
-
-    def value(v) -> AnyValue:
-        if isinstance(v, bool):
-            return AnyValue(bool_value=v)
-        if isinstance(v, int):
-            return AnyValue(int_value=v)
-        return AnyValue(string_value=str(v))
 
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
-    resource_spans.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(string_value=service_name)))
+    resource_spans.resource.attributes.append(_key_value("service.name", service_name))
     scope = resource_spans.scope_spans.add()
     scope.scope.name = "tollhouse"
     for trace_id, span_id, parent_id, name, kind, start, end, attributes, events, error in spans:
-        span = scope.spans.add()
-        span.trace_id = bytes.fromhex(trace_id.decode())
-        span.span_id = bytes.fromhex(span_id.decode())
+        span = scope.spans.add(trace_id=bytes.fromhex(trace_id.decode()), span_id=bytes.fromhex(span_id.decode()),
+                               name=name, kind=kind, start_time_unix_nano=start, end_time_unix_nano=end)
         if parent_id:
             span.parent_span_id = bytes.fromhex(parent_id.decode())
-        span.name = name
-        span.kind = kind
-        span.start_time_unix_nano = start
-        span.end_time_unix_nano = end
-        for k, v in attributes.items():
-            if v is not None:
-                span.attributes.append(KeyValue(key=k, value=value(v)))
+        span.attributes.extend([_key_value(k, v) for k, v in attributes.items() if v is not None])
         for when, event_name, event_attributes in events:
-            event = span.events.add()
-            event.time_unix_nano = when
-            event.name = event_name
-            for k, v in event_attributes.items():
-                event.attributes.append(KeyValue(key=k, value=value(v)))
+            event = span.events.add(time_unix_nano=when, name=event_name)
+            event.attributes.extend([_key_value(k, v) for k, v in event_attributes.items()])
         if error:
             span.status.code = Status.STATUS_CODE_ERROR
     return request.SerializeToString()
+
+
+_KEY_VALUES: dict = {}   # (key, value) -> KeyValue: attributes repeat, and building one costs ~2 µs
+
+
+def _key_value(key: str, value):
+    found = _KEY_VALUES.get((key, value))
+    if found is None:
+        from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+        if isinstance(value, bool):
+            any_value = AnyValue(bool_value=value)
+        elif isinstance(value, int):
+            any_value = AnyValue(int_value=value)
+        else:
+            any_value = AnyValue(string_value=str(value))
+        found = KeyValue(key=key, value=any_value)
+        if len(_KEY_VALUES) >= 8192:
+            _KEY_VALUES.clear()   # bounded: request ids and paths do not repeat
+        _KEY_VALUES[(key, value)] = found
+    return found
 
 
 SERVER, CLIENT = 2, 3   # Span.SpanKind values
