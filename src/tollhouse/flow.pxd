@@ -8,7 +8,6 @@ cdef class FlowControl:
 
     cpdef pause(self, int reason)
     cpdef resume(self, int reason)
-    cpdef bint paused_for(self, int reason)
 
 
 cdef long long GATHER_LIMIT

@@ -44,9 +44,6 @@ class FlowControl:
             if not self.reasons and not self.closed:
                 self.transport.resume_reading()
 
-    def paused_for(self, reason: int) -> bool:
-        return bool(self.reasons & reason)
-
 
 # A connection writes at once when it has gathered this much (a streamed
 # body): the transport's backpressure (pause_writing) must see a big stream
