@@ -73,7 +73,8 @@ class Tracer:
         """Before `policy.on_request`."""
 
     def policy_ended(self, exchange, policy, result) -> None:
-        """After it: `result` None (go on), a Reply (answered), or an exception (a bug)."""
+        """After it: `result` None (go on), a Reply (answered), or an exception (a bug);
+        `Tracer.decision(result)` names it."""
 
     def attempt_started(self, exchange, target, attempt: int) -> None:
         """An upstream attempt is sent (`attempt` counts from 1; retries are 2, 3...)."""
@@ -87,6 +88,15 @@ class Tracer:
 
     def finished(self, exchange) -> None:
         """The exchange is over (its status, outcomes and timings are final)."""
+
+    @staticmethod
+    def decision(result) -> str:
+        """A policy's result as a label: "pass", the status it answered with, or "error"."""
+        if result is None:
+            return "pass"
+        if isinstance(result, Reply):
+            return str(result.status)
+        return "error"
 
 
 class Deferred:

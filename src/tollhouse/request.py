@@ -158,15 +158,15 @@ class Request:
 
     def outcome(self, name: str) -> str | None:
         """A policy's outcome on this request by its name (e.g. "cache" -> "HIT"), or None."""
+        return self.named_outcomes().get(name)
+
+    def named_outcomes(self) -> dict:
+        """Outcome name -> label of the policies that noted one on this request."""
         route = self.route
-        if route is None:
-            return None
+        if route is None or self.slots is None:
+            return {}
         chain = route.chain
-        labels = chain.labels(self.slots)
-        for i, found in enumerate(chain.outcome_names):
-            if found == name:
-                return labels[i] if labels else None
-        return None
+        return {name: label for name, label in zip(chain.outcome_names, chain.labels(self.slots)) if label is not None}
 
     def header_count(self, name: str) -> int:
         """How many times a request header was sent (case-insensitive)."""

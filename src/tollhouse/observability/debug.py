@@ -13,7 +13,7 @@ import hmac
 from time import perf_counter
 
 from ..config.schema import Field, Schema, Str
-from ..pipeline import Reply, Tracer
+from ..pipeline import Tracer
 
 
 class Debug(Schema):
@@ -53,13 +53,7 @@ class DebugTracer(Tracer):
     def policy_ended(self, exchange, policy, result) -> None:
         phase = policy.phase
         self.phases[phase] = self.phases.get(phase, 0.0) + perf_counter() - self.started
-        if result is None:
-            decision = "pass"
-        elif isinstance(result, Reply):
-            decision = str(result.status)
-        else:
-            decision = "error"
-        self.decisions.append(f"{type(policy).__name__}={decision}")
+        self.decisions.append(f"{type(policy).__name__}={self.decision(result)}")
 
     def attempt_ended(self, exchange, target, status: int, failure: str | None) -> None:
         self.attempts.append(f"{target.url}={failure or status}")
@@ -71,9 +65,7 @@ class DebugTracer(Tracer):
         route = exchange.route
         explain = [f"route={route.name if route is not None else '-'}"]
         explain += self.decisions
-        if route is not None:
-            explain += [f"{name}={label}" for name, label in zip(route.chain.outcome_names,
-                                                                 route.chain.labels(exchange.slots)) if label]
+        explain += [f"{name}={label}" for name, label in exchange.named_outcomes().items()]
         if self.attempts:
             explain.append("targets=" + ",".join(self.attempts))
         lines = exchange.response_headers

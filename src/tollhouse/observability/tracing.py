@@ -23,7 +23,7 @@ import urllib.request
 from random import getrandbits, random
 
 from ..config.schema import Field, Float, Schema, Str
-from ..pipeline import Reply, Tracer
+from ..pipeline import Tracer
 
 log = logging.getLogger("tollhouse.tracing")
 
@@ -209,14 +209,8 @@ class SpanTracer(Tracer):
         self.current = None        # (span id, target, attempt, start) of the attempt under way
 
     def policy_ended(self, exchange, policy, result) -> None:
-        if result is None:
-            decision = "pass"
-        elif isinstance(result, Reply):
-            decision = str(result.status)
-        else:
-            decision = "error"
         self.events.append((_now_ns(), policy.phase, {"tollhouse.policy": type(policy).__name__,
-                                                      "tollhouse.decision": decision}))
+                                                      "tollhouse.decision": self.decision(result)}))
 
     def attempt_started(self, exchange, target, attempt: int) -> None:
         span_id = _span_id()
@@ -259,7 +253,7 @@ class SpanTracer(Tracer):
         conn = exchange.conn
         host = exchange.host.decode("latin-1")
         server, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
-        labels = dict(zip(route.chain.outcome_names, route.chain.labels(exchange.slots))) if route is not None else {}
+        labels = exchange.named_outcomes()
         attributes = {
             "http.request.method": method, "http.route": template, "url.path": exchange.path.decode("latin-1"),
             "http.response.status_code": status, "client.address": exchange.client_ip,
