@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 COMPILED := $(wildcard src/tollhouse/*.pxd src/tollhouse/*/*.pxd src/tollhouse/*/*/*.pxd)
 BUILT    := $(VENV)/.built
 
-.PHONY: demo test bench redis-server monitoring-tools bench-tools clean
+.PHONY: demo test bench redis-server monitoring-tools browser bench-tools clean
 
 $(STAMP): pyproject.toml
 	@if [ -f $(VENV)/pyvenv.cfg ] && ! grep -qx 'home = $(PYHOME)' $(VENV)/pyvenv.cfg; then \
@@ -56,9 +56,20 @@ monitoring-tools:
 	    exit 1; \
 	  fi; }
 
+# The dashboard's page is tested in a real browser: Debian's chromium, driven by Selenium.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "chromium and chromedriver are missing. Install them first: 'sudo apt-get install chromium chromium-driver' (Debian/Ubuntu)."; \
+	    exit 1; \
+	  fi; }
+
 # The whole suite runs twice: on the compiled build, then on the plain-Python
 # source (the fallback without a compiler), which must behave the same.
-test: $(BUILT) redis-server monitoring-tools
+test: $(BUILT) redis-server monitoring-tools browser
 	$(BIN)/python -m pytest tests
 	TOLLHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest tests
 

@@ -91,6 +91,8 @@ def test_demo_serves_what_it_prints(demo):
     limited = [status(f"http://127.0.0.1:{ports['PORT']}/api/limited/") for _ in range(8)]
     assert limited[0] == 200 and 429 in limited
     assert status(f"http://127.0.0.1:{ports['ADMIN_PORT']}/metrics") == 200
+    dashboard = f"http://127.0.0.1:{ports['ADMIN_PORT']}/dashboard"
+    assert f"open {dashboard} in a browser" in text and status(dashboard) == 200
     cached = f"http://127.0.0.1:{ports['PORT']}/api/cached/1"
     assert cached in urls
     seen = []

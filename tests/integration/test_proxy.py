@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.conftest import basic_config
 from tests.support.client import RawClient, request
-from tests.support.processes import RssWatch, free_port
+from tests.support.processes import RssWatch, refused_port
 from tests.support.upstream import Upstream
 
 
@@ -184,7 +184,7 @@ def test_expect_100_continue(gw):
 
 
 def test_refused_upstream_is_502(gateway_factory):
-    g = gateway_factory(basic_config(f"http://127.0.0.1:{free_port()}"))
+    g = gateway_factory(basic_config(f"http://127.0.0.1:{refused_port()}"))
     r = get(g, "/x")
     assert r.status == 502 and r.getheader("content-type") == "application/problem+json"
 

@@ -5,7 +5,7 @@ import urllib.parse
 
 from tests.integration.conftest import upstream_config
 from tests.support.client import request
-from tests.support.processes import free_port
+from tests.support.processes import free_port, refused_port
 from tests.support.upstream import Upstream
 
 
@@ -22,7 +22,7 @@ def call(port, method="GET", target="/x", body=b""):
 def test_connect_errors_are_retried_on_another_target_for_any_method(gateway_factory):
     good = Upstream().start()
     try:
-        dead = f"http://127.0.0.1:{free_port()}"
+        dead = f"http://127.0.0.1:{refused_port()}"
         g = gateway_factory(config([dead, good.url], "    retries: {attempts: 2, on: [connect_error]}"))
         assert [call(g.port).status for _ in range(6)] == [200] * 6
         assert [call(g.port, "POST", "/upload", b"hello").status for _ in range(4)] == [200] * 4

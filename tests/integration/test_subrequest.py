@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.support.processes import free_port
+from tests.support.processes import free_port, refused_port
 from tests.support.upstream import Upstream
 from tollhouse.config import load_text
 from tollhouse.server.worker import Worker
@@ -67,7 +67,7 @@ def test_a_subrequest_goes_through_the_pool_and_returns_the_answer(origin):
 
 
 def test_failures_are_answered_as_the_gateway_answers_them(origin):
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{refused_port()}"
 
     async def scenario(worker):
         refused = await subrequest(worker, "app", b"GET", b"/x")

@@ -8,7 +8,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.support.client import request
-from tests.support.processes import free_port, wait_for
+from tests.support.processes import refused_port, wait_for
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_PARENT = "00f067aa0ba902b7"
@@ -94,7 +94,7 @@ def get(g, path, headers=""):
 
 
 def test_spans_follow_the_http_conventions_and_the_trace_context(gateway_factory, upstream, collector):
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{refused_port()}"
     g = gateway_factory(config(upstream.url, collector.url, dead))
     traced = get(g, "/users/7", f"traceparent: 00-{CLIENT_TRACE}-{CLIENT_PARENT}-01\r\n")
     assert traced.status == 200
@@ -135,7 +135,7 @@ def test_spans_follow_the_http_conventions_and_the_trace_context(gateway_factory
 
 
 def test_a_collector_that_is_down_loses_spans_never_requests(gateway_factory, upstream):
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{refused_port()}"
     g = gateway_factory(config(upstream.url, f"{dead}/v1/traces", dead))
     assert [get(g, f"/users/{i}").status for i in range(20)] == [200] * 20
     time.sleep(1.2)   # a failed export or two

@@ -2,7 +2,7 @@
 import asyncio
 
 from tests.support.policies import RecordingTracer
-from tests.support.processes import free_port
+from tests.support.processes import free_port, refused_port
 from tests.support.upstream import Upstream
 from tollhouse.config import load_text
 from tollhouse.server.worker import Worker
@@ -19,7 +19,7 @@ async def _get(port: int, path: str) -> int:
 
 def test_a_tracer_sees_each_policy_and_each_upstream_attempt():
     live = Upstream().start()
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{refused_port()}"
     port = free_port()
     cfg, errors = load_text(f"""
 listen: 127.0.0.1:{port}

@@ -21,6 +21,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_REFUSING: list = []
+
+
+def refused_port() -> int:
+    """A port where connections are refused for the whole test run: bound, never listening.
+    (A port `free_port` found free may be taken by another process a moment later.)"""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _REFUSING.append(s)
+    return s.getsockname()[1]
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""The admin listener (docs/contract.md §4): health, readiness, metrics, status, reload, cache purge.
+"""The admin listener (docs/contract.md §4): health, readiness, metrics, status, reload, cache purge, dashboard.
 
 Not on the proxy's hot path, so it is plain asyncio streams with httptools
 parsing one request per connection. It asks a `controller` (the single
@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
+import socket
 import time
 
 from urllib.parse import parse_qs
@@ -17,11 +19,14 @@ import httptools
 import orjson
 
 from .. import __version__
+from ..observability.dashboard import Dashboard, parse_window
 from ..observability.metrics import render
 
 log = logging.getLogger("tollhouse.admin")
 
-OPEN_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
+# The dashboard page holds no figures: it asks for the token and sends it with each /dashboard/data call.
+OPEN_PATHS = frozenset(("/healthz", "/readyz", "/metrics", "/dashboard"))
+_PAGE = os.path.join(os.path.dirname(__file__), "dashboard.html")
 
 
 class _Request:
@@ -51,14 +56,23 @@ class AdminServer:
         self.token = token
         self.started = time.time()
         self.server = None
+        self.dashboard: Dashboard | None = None
+        with open(_PAGE, "rb") as f:
+            self.page = f.read().replace(b"__TOKEN_REQUIRED__", b"true" if token else b"false")
 
     async def start(self, host: str, port: int):
         self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
-        return self.server.sockets[0].getsockname()[:2]
+        bound = self.server.sockets[0].getsockname()[:2]
+        # One name per gateway in the fleet: the host and its admin port.
+        self.dashboard = Dashboard(self.controller, f"{socket.gethostname()}:{bound[1]}")
+        self.dashboard.start()
+        return bound
 
     def close(self):
         if self.server is not None:
             self.server.close()
+        if self.dashboard is not None:
+            self.dashboard.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         req = _Request()
@@ -117,7 +131,16 @@ class AdminServer:
             return 200, "application/json", orjson.dumps({"reloaded": True})
         if path == "/cache" and method == "DELETE":
             return await self.purge(query)
-        if path in ("/healthz", "/readyz", "/metrics", "/status", "/reload", "/cache"):
+        if path == "/dashboard" and method in ("GET", "HEAD"):
+            return 200, "text/html; charset=utf-8", self.page
+        if path == "/dashboard/data" and method in ("GET", "HEAD"):
+            try:
+                window = parse_window(parse_qs(query).get("window", [None])[0])
+            except ValueError as e:
+                return 400, "application/json", orjson.dumps({"error": str(e)})
+            return 200, "application/json", orjson.dumps(await self.dashboard.data(window))
+        if path in ("/healthz", "/readyz", "/metrics", "/status", "/reload", "/cache", "/dashboard",
+                    "/dashboard/data"):
             return 405, "application/json", orjson.dumps({"error": "method not allowed"})
         return 404, "application/json", orjson.dumps({"error": "not found"})
 

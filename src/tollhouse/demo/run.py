@@ -36,6 +36,8 @@ def curl_lines(port: int, admin_port: int, token: str) -> str:
         f"  curl -s {base}/.well-known/jwks.json",
         f"  curl -s http://127.0.0.1:{admin_port}/metrics | grep tollhouse_requests",
         f"  curl -s http://127.0.0.1:{admin_port}/status",
+        f"  curl -s 'http://127.0.0.1:{admin_port}/dashboard/data?window=60s'   # the dashboard's figures",
+        f"Live dashboard: open http://127.0.0.1:{admin_port}/dashboard in a browser.",
         "Ctrl-C stops it.",
     ])
 

@@ -18,11 +18,11 @@ cdef class RouteStats:
 
 
 cdef class Stats:
-    cdef public dict routes, upstream_duration, counters, gauges, derived
+    cdef public dict routes, upstream_duration, counters, gauges, derived, consumers, denied
     cdef public RouteStats unrouted
     cdef public long long active_connections, active_requests
 
     @cython.locals(ex=Exchange, route=RouteTarget, stats=RouteStats, hist=Histogram, duration=cython.double,
-                   upstream=cython.double, counts=dict, slots=list, chain=Chain, labels=tuple, metrics=tuple,
-                   i=cython.Py_ssize_t)
+                   upstream=cython.double, counts=dict, consumers=dict, denied=dict, status=cython.int, n=object,
+                   slots=list, chain=Chain, labels=tuple, metrics=tuple, i=cython.Py_ssize_t)
     cpdef fold(self, list exchanges)

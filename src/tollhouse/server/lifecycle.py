@@ -49,6 +49,13 @@ class LocalController:
     async def statuses(self):
         return [self.worker.status()]
 
+    async def samples(self):
+        return [self.worker.dashboard_sample()]
+
+    @property
+    def store(self):
+        return self.worker.store
+
     async def reload(self):
         return self.worker.reload_file()
 
@@ -180,6 +187,10 @@ class Supervisor:
         answers = await asyncio.gather(*(h.ask("status") for h in self.handles))
         return [a for a in answers if a is not None]
 
+    async def samples(self):
+        answers = await asyncio.gather(*(h.ask("dashboard") for h in self.handles))
+        return [a for a in answers if a is not None]
+
     async def reload(self):
         if not self.config_path:
             return ["no config file to reload (started from the embedded demo config)"]
@@ -289,6 +300,8 @@ async def _serve_control(worker: Worker, reader, writer):
             result = worker.snapshot()
         elif op == "status":
             result = worker.status()
+        elif op == "dashboard":
+            result = worker.dashboard_sample()
         elif op == "reload":
             result = worker.reload_text(msg["text"])
         elif op == "purge":

@@ -216,6 +216,13 @@ class Worker(WorkerCore):
         self.stats.active_requests = self.active_requests
         return self.stats.snapshot()
 
+    def dashboard_sample(self) -> dict:
+        """The figures the admin's dashboard samples every second: the snapshot, and
+        the per-consumer and per-client counts taken since the last sample."""
+        snapshot = self.snapshot()
+        consumers, denied = self.stats.take_tops()
+        return {"snapshot": snapshot, "consumers": consumers, "denied": denied}
+
     async def purge_cache(self, route: str | None, prefix: str | None, tag: str | None) -> int:
         cache = self.services.get("cache")
         return await cache.purge(route, prefix, tag) if cache is not None else 0

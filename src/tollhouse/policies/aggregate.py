@@ -1,0 +1,276 @@
+"""Response aggregation (docs/contract.md §2 route `aggregate`; docs/aggregation.md).
+
+A route with `aggregate` has no upstream of its own: after the route's
+policies (auth, limits, ip, cors, cache) pass, every backend is called in
+parallel through the core's subrequest API (its upstream's pool, balancer,
+health, retries and circuit breaker, with the caller's headers, identity
+headers and request id) and the JSON answers are merged into one object,
+under the backends' own names, in configured order: the same answers always
+give the same bytes. The merged answer goes out the way an upstream's does,
+so the cache can store it and the response policies (headers, compress,
+cors) shape it.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import re
+from time import perf_counter
+from urllib.parse import quote
+
+import orjson
+
+from ..config.schema import Bool, Duration, Field, Kind, MapOf, Schema, Str, error_at
+from ..pipeline import Policy, Reply
+from ..registry import PolicyKind
+from ..subrequest import subrequest
+
+log = logging.getLogger("tollhouse.aggregate")
+
+#: Variables every backend path may use, besides the route's path parameters.
+BUILTIN_VARS = ("consumer", "request_id", "client_ip")
+#: Per-backend results counted in tollhouse_aggregate_backend_results_total.
+RESULTS = ("ok", "client_error", "server_error", "timeout", "unavailable", "invalid")
+_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ANY = object()
+
+
+class _AnyJson(Kind):
+    """Any YAML value (it is sent as JSON): the `default` of a backend."""
+
+    label = "any JSON value"
+
+    def validate(self, value, path, line, errors):
+        try:
+            orjson.dumps(value)
+        except TypeError:
+            errors.append(_config_error(path, line, f"cannot be written as JSON: {value!r}"))
+            return _MISSING_SENTINEL()
+        return value
+
+
+def _config_error(path, line, message):
+    from ..config.schema import ConfigError
+
+    return ConfigError(path, line, message)
+
+
+def _MISSING_SENTINEL():
+    from ..config.schema import MISSING
+
+    return MISSING
+
+
+class Backend(Schema):
+    upstream = Field(Str(), doc="name of an upstream in `upstreams`")
+    path = Field(Str(pattern=r"/[^\s]*"), doc="path and query sent to it; {param}, {consumer}, {request_id}, "
+                 "{client_ip} are filled in, percent-encoded")
+    timeout = Field(Duration(min=0.001), None, "its own deadline (default: the route's timeout)")
+    required = Field(Bool(), False, "its failure fails the whole answer (502, or its own 4xx)")
+    default = Field(_AnyJson(), _ANY, "used under its name when it fails (absent: the name is left out)")
+
+
+class Aggregate(Schema):
+    backends = Field(MapOf(Backend, key_pattern=r"[A-Za-z][A-Za-z0-9_-]*"),
+                     doc="name -> {upstream, path, timeout, required, default}, merged in this order")
+    all_or_nothing = Field(Bool(), False, "any failed backend fails the whole answer")
+    merge = Field(Str(pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"), "",
+                  "module:function receiving the dict of answers and returning the body")
+
+    def check(self, path, lines, line, errors):
+        if not self.backends:
+            error_at(errors, path, "backends", lines, line, "needs at least one backend")
+        for name in self.backends:
+            if name.startswith("_"):
+                error_at(errors, path, "backends", lines, line, f"{name!r}: names starting with _ are reserved")
+        if self.merge:
+            try:
+                load_function(self.merge)
+            except ValueError as e:
+                error_at(errors, path, "merge", lines, line, str(e))
+
+
+def load_function(spec: str):
+    """Import `module:function`; ValueError with a readable reason otherwise."""
+    module_name, _, name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 - any import failure is a config error
+        raise ValueError(f"cannot import {module_name}: {e}") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"{module_name} has no function {name}")
+    return fn
+
+
+def check_route(route, where: str, upstreams, errors: list) -> None:
+    """Rules between the route and its `aggregate` (config.model.Gateway.check calls this)."""
+    agg = route.aggregate
+    if route.upstream:
+        errors.append(_config_error(f"{where}.upstream", None, "an aggregate route has no upstream of its own: "
+                                                              "each backend names one"))
+    methods = set(route.match.methods or ())
+    if methods - {"GET", "HEAD"}:
+        errors.append(_config_error(f"{where}.match.methods", None, "an aggregate route takes GET and HEAD only "
+                                                                    "(request bodies are not fanned out)"))
+    params = set(_VAR.findall(route.match.path or ""))
+    for name, b in agg.backends.items():
+        at = f"{where}.aggregate.backends.{name}"
+        if b.upstream not in upstreams:
+            errors.append(_config_error(f"{at}.upstream", None, f"no upstream named {b.upstream!r} in upstreams"))
+        for var in _VAR.findall(b.path):
+            if var not in params and var not in BUILTIN_VARS:
+                errors.append(_config_error(f"{at}.path", None, f"{{{var}}} is not a path parameter of the route "
+                                                                f"nor one of {', '.join(BUILTIN_VARS)}"))
+
+
+def _encode(value: str) -> str:
+    # Every reserved character is encoded ("/" too: a value never adds a path segment),
+    # and a value of only dots is encoded as well, so it cannot climb the path.
+    encoded = quote(value, safe="")
+    return encoded.replace(".", "%2E") if encoded and encoded.strip(".") == "" else encoded
+
+
+class _Backend:
+    __slots__ = ("name", "upstream", "parts", "timeout", "required", "default", "labels")
+
+    def __init__(self, name, cfg, route_timeout, route_name):
+        self.name = name
+        self.upstream = cfg.upstream
+        # The path template split into literal text and variable names, once.
+        pieces = _VAR.split(cfg.path)
+        self.parts = tuple((i % 2 == 1, p) for i, p in enumerate(pieces) if p)
+        self.timeout = cfg.timeout if cfg.timeout is not None else route_timeout
+        self.required = cfg.required
+        self.default = cfg.default
+        self.labels = (("backend", name), ("route", route_name))
+
+    def target(self, exchange) -> bytes:
+        out = []
+        for is_var, text in self.parts:
+            if not is_var:
+                out.append(text)
+                continue
+            if text == "consumer":
+                value = exchange.consumer or ""
+            elif text == "request_id":
+                value = exchange.request_id.decode("latin-1")
+            elif text == "client_ip":
+                value = exchange.client_ip
+            else:
+                value = (exchange.params or {}).get(text, "")
+                if isinstance(value, bytes):
+                    value = value.decode("latin-1")
+            out.append(_encode(value))
+        return "".join(out).encode("latin-1")
+
+
+class AggregatePolicy(Policy):
+    """Answers its route itself, from its backends (`terminal`); its outcome in the access
+    log is "complete", or which backends failed."""
+
+    __slots__ = ("backends", "all_or_nothing", "merge", "route_name")
+
+    phase = "transform"
+    outcome = "aggregate"
+    terminal = True
+
+    def __init__(self, config: Aggregate, context, route_timeout: float):
+        super().__init__(config, context)
+        self.route_name = context.route_name
+        self.backends = tuple(_Backend(n, b, route_timeout, context.route_name) for n, b in config.backends.items())
+        self.all_or_nothing = config.all_or_nothing
+        self.merge = load_function(config.merge) if config.merge else None
+        stats = context.stats
+        for b in self.backends:
+            for result in RESULTS:
+                stats.declare("aggregate_backend_results", (*b.labels, ("result", result)))
+
+    async def respond(self, exchange, body: bytes):
+        """Call every backend at once; answer the merged JSON, or the failure (§5)."""
+        worker = exchange.worker
+        started = perf_counter()
+        calls = [subrequest(worker, b.upstream, b"GET", b.target(exchange), headers=exchange.headers,
+                            timeout=b.timeout, parent=exchange, span=b.name) for b in self.backends]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        stats = self.context.stats
+        merged: dict = {}
+        errors: dict = {}
+        fatal = None
+        for b, answer in zip(self.backends, answers):
+            result, value, error = _judge(answer)
+            stats.inc("aggregate_backend_results", (*b.labels, ("result", result)))
+            stats.observe("aggregate_backend_duration_seconds", b.labels,
+                          answer.elapsed if not isinstance(answer, BaseException) else perf_counter() - started)
+            if error is None:
+                merged[b.name] = value
+                continue
+            errors[b.name] = error
+            if (b.required or self.all_or_nothing) and fatal is None:
+                fatal = b
+            if b.default is not _ANY:
+                merged[b.name] = b.default
+        if fatal is not None:
+            exchange.remember(self.slot, "failed: " + ",".join(errors))
+            status = errors[fatal.name]["status"]
+            # A required backend's 4xx is the caller's error: its status passes through.
+            status = status if 400 <= status < 500 else 502
+            return Reply.problem(status, "Bad Gateway" if status == 502 else "Backend Refused",
+                                 f"backend {fatal.name!r} failed" + (" (all_or_nothing)" if not fatal.required else ""),
+                                 backends=errors)
+        if errors:
+            merged["_errors"] = errors
+            exchange.remember(self.slot, "partial: " + ",".join(errors))
+        else:
+            exchange.remember(self.slot, "complete")
+        try:
+            out = self.merge(merged) if self.merge is not None else merged
+            if inspect.isawaitable(out):
+                out = await out
+            payload = out if isinstance(out, bytes) else out.encode() if isinstance(out, str) else orjson.dumps(out)
+        except Exception:  # noqa: BLE001 - the user's merge failed: logged, 500
+            log.exception("aggregate merge %s failed on route %s", self.config.merge, self.route_name)
+            return Reply.problem(500, "Internal Server Error", "the route's merge function failed")
+        lines = [b"content-type: application/json\r\n",
+                 b"x-aggregate-complete: %s\r\n" % (b"false" if errors else b"true")]
+        if errors:
+            lines.append(b"cache-control: no-store\r\n")   # a partial answer is never cached
+        exchange.respond(200, lines, payload)
+        return None
+
+
+def _judge(answer) -> tuple[str, object, dict | None]:
+    """(result, parsed JSON, None) for a usable answer, else (result, None, {status, detail})."""
+    if isinstance(answer, BaseException):
+        return "unavailable", None, {"status": 502, "detail": f"{type(answer).__name__}: {answer}"}
+    status = answer.status
+    if answer.local:
+        # The gateway answered for the upstream: it could not be reached in time.
+        result = "timeout" if status == 504 else "unavailable"
+        detail = _problem_detail(answer.body) or "the upstream did not answer"
+        return result, None, {"status": status, "detail": detail}
+    if status >= 500:
+        return "server_error", None, {"status": status, "detail": f"the upstream answered {status}"}
+    if status >= 400:
+        return "client_error", None, {"status": status, "detail": f"the upstream answered {status}"}
+    try:
+        return "ok", orjson.loads(answer.body), None
+    except orjson.JSONDecodeError:
+        return "invalid", None, {"status": 502, "detail": "the upstream's answer is not JSON"}
+
+
+def _problem_detail(body: bytes) -> str | None:
+    try:
+        return orjson.loads(body).get("detail")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+
+
+KIND = PolicyKind(
+    "aggregate", phase=AggregatePolicy.phase, key="aggregate", outcome=AggregatePolicy.outcome,
+    build=lambda config, context, services: None if config is None else AggregatePolicy(
+        config, context, services.route_timeout(context.route_name)),
+    field=Field(Aggregate, None, "{backends: {name: {upstream, path, timeout, required, default}}, all_or_nothing, "
+                                 "merge}: fan out in parallel, merge the JSON answers; see docs/aggregation.md"))
