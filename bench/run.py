@@ -318,6 +318,36 @@ scenario("tracing-always", "OpenTelemetry tracing, every request (vs a gateway w
 SLOW_MS = 20
 
 
+AGGREGATE_ROUTE = """  - name: aggregate
+    match: {path: /agg}
+    aggregate:
+      backends:
+        first: {upstream: bench, path: /a}
+        second: {upstream: bench, path: /b}
+"""
+scenario("aggregate-2", "aggregate route over two backends on the nginx upstream (aim: >= 0.5x, two proxied "
+         "requests)", route_extra=AGGREGATE_ROUTE, path="/agg")
+
+
+def run_aggregate_latency(workdir: str, upstream_port: int) -> dict:
+    """p50 at one connection: the aggregate route (two backends on the same upstream) vs the
+    plain route to that upstream alone, alternating rounds on one gateway."""
+    th = Tollhouse(workdir, upstream_port, PROXY_CPUS, route_extra=AGGREGATE_ROUTE)
+    try:
+        wrk(th.port, "/agg", 1, 1)
+        plain, agg = [], []
+        for _ in range(ROUNDS):
+            plain.append(wrk(th.port, "/plain", 1, DURATION))
+            agg.append(wrk(th.port, "/agg", 1, DURATION))
+    finally:
+        th.stop()
+    p, a = median_result(plain), median_result(agg)
+    added = [x["p50"] - y["p50"] for x, y in zip(agg, plain)]
+    print(f"  aggregate latency at 1 connection: p50 plain {p['p50']:.3f} ms, aggregate {a['p50']:.3f} ms, "
+          f"added {statistics.median(added):.3f} ms [{min(added):.3f}-{max(added):.3f}]", flush=True)
+    return {"plain": p, "aggregate": a, "added": added}
+
+
 def run_cache_latency(workdir: str) -> dict:
     """p50 through a route to an upstream taking SLOW_MS, uncached (/) vs cached (/cached), 10 connections."""
     port = free_port()
@@ -392,7 +422,8 @@ def run_scaling(workdir: str, upstream_port: int, counts: list[int]) -> list[tup
     return rows
 
 
-def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: str, latency: dict | None = None) -> str:
+def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: str, latency: dict | None = None,
+           fanout: dict | None = None) -> str:
     ng = core["nginx"]
     direct = core["direct"]
     lines = [f"Measured {time.strftime('%Y-%m-%d')} with `make bench` ({env}).", "",
@@ -419,6 +450,11 @@ def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: st
                   f"| uncached | {u['rps']:.0f} | {u['p50']:.3f} | {u['p99']:.3f} |",
                   f"| cached | {c['rps']:.0f} | {c['p50']:.3f} | {c['p99']:.3f} |", "",
                   f"p50 latency cut by the cache: {latency['cut']:.1%}"]
+    if fanout:
+        added = fanout["added"]
+        lines += ["", "Aggregation at 1 connection (two backends vs one of them alone through the plain route):", "",
+                  f"p50 plain {fanout['plain']['p50']:.3f} ms, aggregate {fanout['aggregate']['p50']:.3f} ms: added "
+                  f"{statistics.median(added):.3f} ms [{min(added):.3f}–{max(added):.3f}] (aim: ≤ 0.2 ms)"]
     if scaling:
         base = scaling[0][1] / scaling[0][0]
         lines += ["", "Workers (load generator on its own cores):", "", "| workers | req/s | per-worker efficiency |",
@@ -457,6 +493,7 @@ def main() -> int:
         selected = [s for s in os.environ.get("BENCH_SCENARIOS", ",".join(SCENARIOS)).split(",") if s]
         rows = run_scenarios(workdir, upstream_port, selected) if selected else []
         latency = run_cache_latency(workdir) if not os.environ.get("BENCH_SKIP_CACHE_LATENCY") else None
+        fanout = run_aggregate_latency(workdir, upstream_port) if "aggregate-2" in selected else None
         counts = [int(n) for n in os.environ.get("BENCH_WORKERS", "").split(",") if n]
         scaling = run_scaling(workdir, upstream_port, counts) if counts else []
     finally:
@@ -467,7 +504,7 @@ def main() -> int:
         for row in rows:
             print(row)
         return 0
-    table = render(core, rows, scaling, env, latency)
+    table = render(core, rows, scaling, env, latency, fanout)
     print(table)
     if not os.environ.get("BENCH_NO_WRITE"):
         write_docs(table)

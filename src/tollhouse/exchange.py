@@ -13,7 +13,7 @@ import logging
 from .clock import CLOCK
 from .flow import BODY_WAITING
 from .pipeline import Reply
-from .request import COMPLETE, WAITING
+from .request import CHUNKED, COMPLETE, WAITING
 from .upstream.forward import Forwarding
 
 log = logging.getLogger("tollhouse.exchange")
@@ -93,7 +93,27 @@ class Exchange(Forwarding):
             log.exception("gateway endpoint failed")
             reply = Reply.problem(500, "Internal Server Error", "the gateway failed to answer")
         self.task = None
-        self.answer(reply)
+        if reply is not None:   # None: it answered with respond()
+            self.answer(reply)
+
+    def respond(self, status: int, lines: list, body: bytes) -> None:
+        """An origin-like answer made inside the gateway (an aggregated response):
+        the cache's observer and the route's response policies see it as they see
+        an upstream's. `lines` are header lines (b"name: value\r\n") without framing."""
+        if self.finished or self.response != WAITING:
+            return
+        lines.append(b"content-length: %d\r\n" % len(body))
+        lines.append(b"date: %s\r\n" % self.worker.date)
+        self.relay_head(status, lines, None, len(body), False)
+        if self.finished or self.response == COMPLETE:
+            return   # a policy answered instead (the cache's stale_if_error)
+        self.upstream_body(body)
+        if self.mode == CHUNKED or self.body_filter is not None:
+            self.end_body()
+        if self.observer is not None:
+            self.observer.complete(self)
+        self.response = COMPLETE
+        self.finish()
 
     # ------------------------------------------------------- request body (client)
     def feed_body(self, chunk: bytes) -> None:
@@ -144,13 +164,13 @@ class Exchange(Forwarding):
             self.finish()
 
     def take_over(self, protocol) -> None:
-        """After an upgrade: the 101 head has been written (`write_head`); the client
-        connection now belongs to `protocol` (e.g. a WebSocket relay). The exchange
-        ends here, counted with status 101."""
+        """After an upgrade: the 101 head has been written; the client connection now
+        belongs to `protocol` (a WebSocket relay). The exchange stays open until the
+        protocol calls `finish()` when the session ends, so it is counted and logged
+        (status 101) once, with the session's duration."""
         self.keep_alive = False
         self.response = COMPLETE
         self.conn.take_over(protocol)
-        self.finish()
 
     def client_gone(self) -> None:
         """The client connection closed: stop everything, count it as 499."""

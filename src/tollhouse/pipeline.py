@@ -19,6 +19,8 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
+from .request import WAITING as _WAITING   # no response begun
+
 log = logging.getLogger("tollhouse.pipeline")
 
 #: Phase order of request hooks; built-in policies take their phase's name.
@@ -47,9 +49,10 @@ class Reply:
 
     @classmethod
     def problem(cls, status: int, title: str, detail: str = "", headers: list[tuple[str, str]] | None = None,
-                type_: str = "about:blank") -> "Reply":
+                type_: str = "about:blank", **members) -> "Reply":
+        """An RFC 9457 problem+json answer; `members` are extension members."""
         reply = cls(status, headers=headers)
-        reply.problem_fields = {"type": type_, "title": title, "status": status, "detail": detail}
+        reply.problem_fields = {"type": type_, "title": title, "status": status, "detail": detail, **members}
         return reply
 
     @classmethod
@@ -88,6 +91,11 @@ class Tracer:
 
     def finished(self, exchange) -> None:
         """The exchange is over (its status, outcomes and timings are final)."""
+
+    def subrequest(self, name: str) -> "Tracer | None":
+        """The tracer of a subrequest made for this request (an aggregation backend
+        named `name`), or None to leave it untraced."""
+        return None
 
     @staticmethod
     def decision(result) -> str:
@@ -148,6 +156,11 @@ class Policy:
     Config = None
     outcome = None
     outcome_metric = None
+    #: True for a policy that answers its route itself instead of an upstream
+    #: (aggregation): once the other policies pass, `respond` is called.
+    terminal = False
+    #: The methods a terminal policy's route takes when its `match` names none.
+    default_methods: tuple = ()
 
     def __init__(self, config: Any, context: "PolicyContext"):
         self.config = config
@@ -168,16 +181,23 @@ class Policy:
         `exchange.status` and `exchange.response_headers` may be changed."""
         return None
 
+    def respond(self, exchange, body: bytes) -> None | Reply | Awaitable[None | Reply]:
+        """A terminal policy's answer, with the whole request body: a Reply, or None
+        after answering with `exchange.respond(status, header lines, body)`."""
+        raise NotImplementedError
+
 
 class PolicyContext:
-    """What a policy may use beyond its own config: the store, the worker's metrics."""
+    """What a policy may use beyond its own config: the store, the worker's metrics, its
+    route's name and config (None for the gateway's own endpoints)."""
 
-    __slots__ = ("store", "stats", "route_name")
+    __slots__ = ("store", "stats", "route_name", "route")
 
-    def __init__(self, store, stats, route_name: str):
+    def __init__(self, store, stats, route_name: str, route=None):
         self.store = store
         self.stats = stats
         self.route_name = route_name
+        self.route = route
 
 
 def _overrides(policy: Policy, method: str) -> bool:
@@ -234,8 +254,8 @@ class Chain:
     def _after(self, exchange, result, error, start, proceed, answer):
         if exchange.tracer is not None:
             exchange.tracer.policy_ended(exchange, self.requesters[start - 1], error or result)
-        if exchange.finished:
-            return
+        if exchange.finished or exchange.response != _WAITING:
+            return   # over, or answered by the policy itself (a WebSocket taken over)
         if error is not None:
             log.error("policy failed", exc_info=error)
             answer(Reply.problem(500, "Internal Server Error", "a policy failed on this request"))
@@ -252,7 +272,7 @@ class Chain:
             tracer.policy_ended(exchange, self.requesters[start - 1], result)
         hooks = self.request_hooks
         i = start
-        while result is None and i < len(hooks):
+        while result is None and i < len(hooks) and exchange.response == _WAITING:
             if tracer is not None:
                 tracer.policy_started(exchange, self.requesters[i])
             result = hooks[i](exchange)
@@ -262,8 +282,8 @@ class Chain:
                 tracer.policy_ended(exchange, self.requesters[i], result)
             i += 1
         exchange.task = None
-        if exchange.finished:
-            return
+        if exchange.finished or exchange.response != _WAITING:
+            return   # over, or answered by the policy itself (a WebSocket taken over)
         if isinstance(result, Reply):
             answer(result)
         else:

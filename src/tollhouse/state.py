@@ -29,6 +29,7 @@ class GatewayState:
         self.pools = pools
         self.version = version
         self.services = services
+        self.subrequest_routes: dict = {}   # (upstream, timeout, host kept) -> RouteTarget (tollhouse.subrequest)
         networks = tuple(config.trusted_proxies)
 
         @lru_cache(maxsize=4096)
@@ -102,16 +103,19 @@ def build_state(config, loop, stats, store, previous: GatewayState | None = None
     routes = []
     for i, r in enumerate(config.routes):
         name = r.name or f"route-{i}"
-        context = PolicyContext(store, stats, name)
+        context = PolicyContext(store, stats, name, r)
         policies = [kind.build(getattr(r, kind.key), context, services) for kind in kinds]
         for j, entry in enumerate(r.policies):
             policies.append(custom[policy_name(entry)].build(per_route.get((i, j)), context, services))
         policies = [p for p in policies if p is not None]
+        # A terminal policy (aggregation) answers the route in place of an upstream.
+        terminal = next((p for p in policies if p.terminal), None)
         routes.append(RouteTarget(
-            name, i, host=r.match.host, methods=r.match.methods, path=r.match.path, prefix=r.match.prefix,
+            name, i, host=r.match.host, methods=r.match.methods or (terminal.default_methods if terminal else ()),
+            path=r.match.path, prefix=r.match.prefix,
             strip_prefix=r.strip_prefix, rewrite=r.rewrite, timeout=r.timeout, preserve_host=r.preserve_host,
-            upstream=pools[r.upstream], chain=Chain(policies) if policies else EMPTY_CHAIN,
-            stats=stats.route(name, r.upstream)))
+            upstream=pools[r.upstream] if r.upstream else None, chain=Chain(policies) if policies else EMPTY_CHAIN,
+            stats=stats.route(name, r.upstream or None), local=terminal.respond if terminal else None))
     for kind in kinds:
         if kind.endpoints is None:
             continue

@@ -12,7 +12,7 @@ would have answered itself (502, 503, 504) is a SubResponse with that status
 and `local` set. Subrequests are not client requests: they are not counted
 in `tollhouse_requests_total` nor logged.
 
-The cache's background refresh uses it; response aggregation will.
+The cache's background refresh and response aggregation use it.
 """
 from __future__ import annotations
 
@@ -33,13 +33,14 @@ _BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
 class SubResponse:
     """A subrequest's answer. `headers` are ready-to-send lines (b"name: value\\r\\n")."""
 
-    __slots__ = ("status", "headers", "body", "local")
+    __slots__ = ("status", "headers", "body", "local", "elapsed")
 
-    def __init__(self, status: int, headers: list, body: bytes, local: bool):
+    def __init__(self, status: int, headers: list, body: bytes, local: bool, elapsed: float = 0.0):
         self.status = status
         self.headers = headers
         self.body = body
         self.local = local   # answered by the gateway (no upstream answer: 502, 503, 504...)
+        self.elapsed = elapsed   # seconds from sending to the end of the answer
 
     def header(self, name: str) -> str | None:
         """The first value of a response header (case-insensitive), or None."""
@@ -74,7 +75,8 @@ class SubrequestOrigin:
         done = self.done
         if done is not None and not done.done():
             done.set_result(SubResponse(exchange.status, exchange.response_headers or [],
-                                        b"".join(exchange.received), not exchange.head_received))
+                                        b"".join(exchange.received), not exchange.head_received,
+                                        perf_counter() - exchange.started))
 
 
 class Subrequest(Exchange):
@@ -102,21 +104,28 @@ class Subrequest(Exchange):
 
 def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, headers=(), body: bytes = b"",
                      timeout: float | None = None, parent=None, host: bytes | None = None,
-                     observe=None) -> Subrequest:
+                     observe=None, span: str | None = None) -> Subrequest:
     """Send the subrequest now; its origin's `done` future gets the SubResponse.
     `target` is the path and query the upstream receives; `headers` are ready-to-send
     lines; `host` (else the target's host:port) is sent as Host; `observe(exchange)`
     returns what watches the response as it arrives (the cache's Fill: head, body,
-    complete, finished). KeyError for an unknown upstream."""
+    complete, finished); `span` names the call in the parent's trace (its CLIENT
+    spans, when the parent is traced). KeyError for an unknown upstream."""
     state = worker.state
     pool = state.pools[upstream]
     origin = SubrequestOrigin(worker, parent)
     origin.done = worker.loop.create_future()
     ex = Subrequest(origin, state)
     ex.received = []
-    ex.route = RouteTarget(f"subrequest-{upstream}", -1, upstream=pool, chain=EMPTY_CHAIN,
-                           timeout=timeout if timeout is not None else pool.settings.read_timeout,
-                           preserve_host=host is not None, stats=worker.stats.route(f"subrequest-{upstream}", upstream))
+    # The route a subrequest goes by, made once per upstream, timeout and Host choice (per config version).
+    key = (upstream, timeout, host is not None)
+    route = state.subrequest_routes.get(key)
+    if route is None:
+        route = state.subrequest_routes[key] = RouteTarget(
+            f"subrequest-{upstream}", -1, upstream=pool, chain=EMPTY_CHAIN,
+            timeout=timeout if timeout is not None else pool.settings.read_timeout,
+            preserve_host=host is not None, stats=worker.stats.route(f"subrequest-{upstream}", upstream))
+    ex.route = route
     q = target.find(b"?")
     ex.path, ex.query = (target, b"") if q < 0 else (target[:q], target[q:])
     ex.method = method
@@ -126,6 +135,8 @@ def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, hea
         ex.request_id = parent.request_id
         ex.xff, ex.xfp, ex.xfh = parent.xff, parent.xfp, parent.xfh
         ex.host = host or parent.host
+        if span is not None and parent.tracer is not None:
+            ex.tracer = parent.tracer.subrequest(span)
     else:
         ex.request_id = worker.next_request_id()
     if body or method in _BODY_METHODS:
@@ -143,9 +154,16 @@ def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, hea
 
 async def subrequest(worker, upstream: str, method: bytes, target: bytes, **options) -> SubResponse:
     """Call `upstream` and wait for its answer (see `start_subrequest` for the options)."""
-    ex = start_subrequest(worker, upstream, method, target, **options)
+    return (await subrequests([start_subrequest(worker, upstream, method, target, **options)]))[0]
+
+
+async def subrequests(started: list) -> list:
+    """Wait for the answers of subrequests already started (`start_subrequest`), in
+    order: one wait, no task per call. When the caller is cancelled, every call
+    still under way is abandoned (its upstream attempt dropped)."""
     try:
-        return await asyncio.shield(ex.conn.done)
+        return await asyncio.gather(*(ex.conn.done for ex in started))
     except asyncio.CancelledError:
-        ex.client_gone()   # the caller gave up: the upstream attempt is abandoned
+        for ex in started:
+            ex.client_gone()   # the caller gave up: the upstream attempt is abandoned
         raise

@@ -105,6 +105,12 @@ def test_demo_serves_what_it_prints(demo):
     bearer = re.search(r"Authorization: Bearer ([\w.-]+)", text).group(1)
     assert status_with(private, {"Authorization": f"Bearer {bearer}"}) == 200
     assert status_with(private, {"X-API-Key": "demo-key-123"}) == 200
+    me = f"http://127.0.0.1:{ports['PORT']}/api/me"
+    assert f"{me}   # profile and orders" in text
+    with urllib.request.urlopen(urllib.request.Request(me, headers={"X-API-Key": "demo-key-123"}), timeout=5) as r:
+        assert r.headers["x-aggregate-complete"] == "true"
+        assert json.loads(r.read()) == {"profile": {"id": "demo", "name": "Demo Consumer"},
+                                        "orders": [{"id": "o-3", "owner": "demo", "item": "api gateway"}]}
     form = b"grant_type=client_credentials"
     req = urllib.request.Request(f"http://127.0.0.1:{ports['PORT']}/oauth/token", data=form, headers={
         "Authorization": "Basic " + base64.b64encode(b"demo-cli:demo-secret").decode(),

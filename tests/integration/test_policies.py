@@ -3,6 +3,7 @@ import json
 
 from tests.integration.conftest import basic_config
 from tests.support.client import request
+from tests.support.processes import wait_for
 
 POLICIES = """
 policies:
@@ -127,8 +128,8 @@ def test_a_policy_can_take_the_connection_over_after_an_upgrade(gateway_factory,
     finally:
         c.close()
     assert get(g, "/shout").status == 200   # without an Upgrade the route proxies as usual
-    text = g.get_admin("/metrics")[1].decode()
-    assert 'tollhouse_requests_total{method="GET",route="shout",status="101"} 1.0' in text
+    wait_for(lambda: 'tollhouse_requests_total{method="GET",route="shout",status="101"} 1.0'
+             in g.get_admin("/metrics")[1].decode())   # counted when the taken-over connection ended
 
 
 def test_a_custom_policy_outcome_is_counted_like_the_built_ins(gateway_factory, upstream):

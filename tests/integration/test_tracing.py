@@ -141,3 +141,28 @@ def test_a_collector_that_is_down_loses_spans_never_requests(gateway_factory, up
     time.sleep(1.2)   # a failed export or two
     assert get(g, "/users/21").status == 200
     assert "trace collector" in g.stderr()
+
+
+def test_each_aggregation_backend_is_a_client_span_of_the_request(gateway_factory, upstream, collector):
+    cfg = config(upstream.url, collector.url, f"http://127.0.0.1:{refused_port()}") + """
+  - name: both
+    match: {path: /both}
+    aggregate:
+      backends:
+        one: {upstream: app, path: /one}
+        two: {upstream: app, path: /two}
+"""
+    g = gateway_factory(cfg)
+    r = get(g, "/both")
+    assert r.status == 200
+    wait_for(lambda: len(collector.spans) >= 3, timeout=10)
+    (server,) = [s for s in collector.spans if s.kind == 2]
+    assert server.name == "GET /both"
+    clients = sorted((s for s in collector.spans if s.kind == 3), key=lambda s: attrs(s)["tollhouse.backend"])
+    assert [attrs(s)["tollhouse.backend"] for s in clients] == ["one", "two"]
+    assert all(s.parent_span_id == server.span_id and s.trace_id == server.trace_id for s in clients)
+    body = json.loads(r.body)
+    # Each backend's traceparent names its own CLIENT span as the parent.
+    for s, name in zip(clients, ("one", "two")):
+        assert body[name]["headers"]["traceparent"] == f"00-{server.trace_id.hex()}-{s.span_id.hex()}-01"
+    assert attrs(clients[0])["url.full"].endswith("/one")

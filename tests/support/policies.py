@@ -34,6 +34,9 @@ class RecordingTracer(Tracer):
 class _Shout:
     """An asyncio protocol that answers every piece of data in upper case."""
 
+    def __init__(self, exchange):
+        self.exchange = exchange
+
     def connection_made(self, transport):
         self.transport = transport
 
@@ -44,7 +47,7 @@ class _Shout:
         return False
 
     def connection_lost(self, exc):
-        pass
+        self.exchange.finish()   # the session is over: the exchange is counted and logged now
 
 
 class UpgradeToShout(Policy):
@@ -57,7 +60,7 @@ class UpgradeToShout(Policy):
         exchange.status = 101
         exchange.response_headers = [b"upgrade: shout\r\n", b"connection: upgrade\r\n"]
         exchange.write_head()
-        exchange.take_over(_Shout())
+        exchange.take_over(_Shout(exchange))
         return None
 
 

@@ -15,6 +15,7 @@ Behaviour is chosen by path:
   /resource?...      a cacheable resource: cc= (Cache-Control), etag=, lm= (Last-Modified),
                      expires=, vary=, tag= (Surrogate-Key), cookie=1, status=N, ms=N (delay),
                      bytes=N (body size), chunked=1; the JSON body carries a serial number
+  /json?...          JSON {"path", "query"} of the request; ms=N (delay), status=N
   anything else      JSON echo of what arrived (method, path, query, headers, body length)
 Every request is recorded in `requests` (method, target, headers dict, body length).
 """
@@ -183,6 +184,11 @@ class _Conn(asyncio.Protocol):
                 t.write(b"0\r\n\r\n")
             else:
                 self.write(int(q.get("status", "200")), body, headers, keep_alive=req["keep_alive"])
+        elif path.startswith("/json"):
+            await asyncio.sleep(int(q.get("ms", "0")) / 1000)
+            body = orjson.dumps({"path": path, "query": url.query.decode() if url.query else ""})
+            self.write(int(q.get("status", "200")), body, [("content-type", "application/json")],
+                       keep_alive=req["keep_alive"])
         elif path == "/nocontent":
             self.write(204, keep_alive=req["keep_alive"])
         elif path == "/hop":

@@ -97,8 +97,19 @@ def test_invalid_yaml_names_the_line():
 
 
 def test_features_not_yet_available_are_errors_not_silently_ignored():
-    _, errors = load_text(BASE.replace("upstream: u}", "upstream: u, aggregate: {a: {upstream: u, path: /}}}"))
-    assert any("routes[0].aggregate" in str(e) and "not available" in str(e) for e in errors)
+    _, errors = load_text(BASE.replace("upstream: u}", "upstream: u, grpc: {method: a.B/C}}"))
+    assert any("routes[0].grpc" in str(e) and "not available" in str(e) for e in errors)
+
+
+def test_templates_keep_a_question_mark_after_a_variable():
+    config, errors = load_text(BASE.replace("{match: {prefix: /}, upstream: u}",
+                                            '{match: {path: "/x/{id}"}, upstream: u, rewrite: /y/{id}?v={id}}'))
+    assert errors == [] and config.routes[0].rewrite == "/y/{id}?v={id}"
+    config, errors = load_text(BASE.replace("{match: {prefix: /}, upstream: u}",
+                                            '{match: {path: "/x/{id}"}, aggregate: {backends: '
+                                            '{a: {upstream: u, path: /y/{id}?who={consumer}}}}}'))
+    assert errors == [], errors
+    assert config.routes[0].aggregate.backends["a"].path == "/y/{id}?who={consumer}"
 
 
 def test_cache_keys_are_validated():

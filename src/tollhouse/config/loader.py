@@ -99,10 +99,11 @@ def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> str:
     value = loader.construct_scalar(node)
     if "__tollhouse_" not in value:
         return value
-    if "__tollhouse_brace_" in value:
-        value = _BRACE.sub(r"{\1}", value)
+    # `?` first: in `{id}?x` the brace's placeholder is followed by the question's.
     if "__tollhouse_q__" in value:
         value = value.replace("__tollhouse_q__", "?")
+    if "__tollhouse_brace_" in value:
+        value = _BRACE.sub(r"{\1}", value)
     if "__tollhouse_env_" not in value:
         return value
 

@@ -233,8 +233,6 @@ class _RouteCore(Schema):
     policies = Field(ListOf(OneOf((_is_str, Str(pattern=NAME)), (_is_map, _NamedOptions()))), (),
                      "custom policies (names from top-level `policies`), in order; {name: {options}} gives one "
                      "this route's own config")
-    aggregate = Field(NotYet("aggregate"), None)
-    websocket = Field(NotYet("websocket"), None)
     grpc = Field(NotYet("grpc"), None)
 
     def check(self, path, lines, line, errors):
@@ -321,7 +319,11 @@ class Gateway(Schema):
             if name in seen:
                 errors.append(_err(where + ".name", None, f"duplicate route name {name!r}"))
             seen.add(name)
-            if not route.upstream:
+            if route.aggregate is not None:
+                from ..policies.aggregate import check_route
+
+                check_route(route, where, self.upstreams, errors)
+            elif not route.upstream:
                 errors.append(_err(where + ".upstream", None, "is required"))
             elif route.upstream not in self.upstreams:
                 errors.append(_err(where + ".upstream", None, f"no upstream named {route.upstream!r} in upstreams"))

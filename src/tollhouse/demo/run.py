@@ -31,6 +31,7 @@ def curl_lines(port: int, admin_port: int, token: str) -> str:
         f"  curl -i {base}/api/private/1                                  # 401: credentials required",
         f"  curl -i -H 'Authorization: Bearer {token}' {base}/api/private/1   # a demo JWT (HS256, 1 day)",
         f"  curl -i -H 'X-API-Key: demo-key-123' {base}/api/private/2         # the demo API key",
+        f"  curl -s -H 'X-API-Key: demo-key-123' {base}/api/me   # profile and orders merged (aggregate)",
         f"  curl -s -u demo-cli:demo-secret -d grant_type=client_credentials {base}/oauth/token"
         "   # the built-in OAuth server",
         f"  curl -s {base}/.well-known/jwks.json",

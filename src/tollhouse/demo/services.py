@@ -7,8 +7,9 @@ import httptools
 import orjson
 
 USERS = {"1": {"id": "1", "name": "Ada Lovelace"}, "2": {"id": "2", "name": "Alan Turing"},
-         "3": {"id": "3", "name": "Grace Hopper"}}
-ORDERS = [{"id": "o-1", "owner": "1", "item": "analytical engine"}, {"id": "o-2", "owner": "3", "item": "compiler"}]
+         "3": {"id": "3", "name": "Grace Hopper"}, "demo": {"id": "demo", "name": "Demo Consumer"}}
+ORDERS = [{"id": "o-1", "owner": "1", "item": "analytical engine"}, {"id": "o-2", "owner": "3", "item": "compiler"},
+          {"id": "o-3", "owner": "demo", "item": "api gateway"}]
 
 
 class _DemoService(asyncio.Protocol):

@@ -18,7 +18,7 @@ cdef class RouteStats:
 
 
 cdef class Stats:
-    cdef public dict routes, upstream_duration, counters, gauges, derived, consumers, denied
+    cdef public dict routes, upstream_duration, counters, gauges, derived, consumers, denied, histograms
     cdef public RouteStats unrouted
     cdef public long long active_connections, active_requests
 

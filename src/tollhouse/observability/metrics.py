@@ -67,7 +67,7 @@ class Stats:
     """One worker's counters. Keys are plain tuples; values plain numbers."""
 
     __slots__ = ("routes", "upstream_duration", "unrouted", "counters", "active_connections", "active_requests",
-                 "gauges", "derived", "consumers", "denied")
+                 "gauges", "derived", "consumers", "denied", "histograms")
 
     def __init__(self):
         self.routes: dict[str, RouteStats] = {}
@@ -81,6 +81,7 @@ class Stats:
         # Requests per consumer, and refusals per client address, since the last dashboard sample.
         self.consumers: dict[str, int] = {}
         self.denied: dict[str, int] = {}
+        self.histograms: dict[tuple[str, tuple], Histogram] = {}   # (name, label pairs) -> histogram
 
     def route(self, name: str, upstream: str | None) -> RouteStats:
         """The counters of a route (kept across reloads while the name stays)."""
@@ -139,8 +140,8 @@ class Stats:
                 metrics = chain.outcome_metrics
                 for i in range(len(labels)):
                     label = labels[i]
-                    if label is not None:
-                        metric = metrics[i]
+                    metric = metrics[i]
+                    if label is not None and metric is not None:   # an outcome may be for the log only
                         counts = stats.outcomes.get(metric)
                         if counts is None:
                             counts = stats.outcomes[metric] = {}
@@ -172,6 +173,14 @@ class Stats:
         """Also export the `label` count of outcome family `metric` as `tollhouse_<counter>_total{route}`."""
         self.derived[(metric, label)] = counter
 
+    def observe(self, name: str, labels: tuple, seconds: float) -> None:
+        """Add to histogram `tollhouse_<name>` (BUCKETS) with label pairs ((k, v), ...)."""
+        key = (name, labels)
+        h = self.histograms.get(key)
+        if h is None:
+            h = self.histograms[key] = Histogram()
+        h.observe(seconds)
+
     def inc(self, name: str, labels: tuple = (), by: float = 1) -> None:
         """Bump a counter `tollhouse_<name>` with label pairs ((k, v), ...)."""
         key = (name, labels)
@@ -201,6 +210,7 @@ class Stats:
             "upstream_duration": {k: [h.counts, h.sum] for k, h in self.upstream_duration.items()},
             "counters": [[n, [list(p) for p in labels], v] for (n, labels), v in counters.items()],
             "gauges": [[n, [list(p) for p in labels], v] for (n, labels), v in self.gauges.items()],
+            "histograms": [[n, [list(p) for p in labels], h.counts, h.sum] for (n, labels), h in self.histograms.items()],
             "active_connections": self.active_connections,
             "active_requests": self.active_requests,
         }
@@ -212,6 +222,7 @@ def merge(snapshots: list[dict]) -> dict:
     hist: dict[str, dict[str, list]] = {"request_duration": {}, "upstream_duration": {}}
     counters: dict[tuple, float] = {}
     gauges: dict[tuple, float] = {}
+    histograms: dict[tuple, list] = {}
     active_connections = active_requests = 0
     for snap in snapshots:
         for r, m, s, n in snap["requests"]:
@@ -236,9 +247,17 @@ def merge(snapshots: list[dict]) -> dict:
                 gauges[key] = min(gauges.get(key, v), v)
             else:
                 gauges[key] = gauges.get(key, 0) + v
+        for n, labels, counts, total in snap.get("histograms", ()):
+            key = (n, tuple(tuple(p) for p in labels))
+            cur = histograms.get(key)
+            if cur is None:
+                histograms[key] = [list(counts), total]
+            else:
+                cur[0] = [a + b for a, b in zip(cur[0], counts)]
+                cur[1] += total
         active_connections += snap["active_connections"]
         active_requests += snap["active_requests"]
-    return {"requests": requests, **hist, "counters": counters, "gauges": gauges,
+    return {"requests": requests, **hist, "counters": counters, "gauges": gauges, "histograms": histograms,
             "active_connections": active_connections, "active_requests": active_requests}
 
 
@@ -258,12 +277,16 @@ class _Collector:
                                    ("upstream_duration", "upstream", "Time from sending upstream to its response head")):
             h = HistogramMetricFamily(f"tollhouse_{kind}_seconds", help_, labels=[label])
             for key, (counts, total) in sorted(m[kind].items()):
-                running, buckets = 0, []
-                for bound, count in zip([*map(str, BUCKETS), "+Inf"], counts):
-                    running += count
-                    buckets.append((bound, running))
-                h.add_metric([key], buckets, total)
+                h.add_metric([key], _cumulative(counts), total)
             yield h
+        named: dict[str, HistogramMetricFamily] = {}
+        for (name, labels), (counts, total) in sorted(m["histograms"].items()):
+            fam = named.get(name)
+            if fam is None:
+                fam = named[name] = HistogramMetricFamily(f"tollhouse_{name}", name.replace("_", " "),
+                                                          labels=[k for k, _ in labels])
+            fam.add_metric([v for _, v in labels], _cumulative(counts), total)
+        yield from named.values()
         families: dict[str, CounterMetricFamily] = {}
         for (name, labels), v in sorted(m["counters"].items()):
             fam = families.get(name)
@@ -283,6 +306,15 @@ class _Collector:
         yield GaugeMetricFamily("tollhouse_active_connections", "Open client connections", value=m["active_connections"])
         yield GaugeMetricFamily("tollhouse_active_requests", "Requests in flight", value=m["active_requests"])
         yield GaugeMetricFamily("tollhouse_workers", "Worker processes reporting", value=self.workers)
+
+
+def _cumulative(counts: list) -> list:
+    """Per-bucket counts -> Prometheus's cumulative (le, count) pairs."""
+    running, buckets = 0, []
+    for bound, count in zip([*map(str, BUCKETS), "+Inf"], counts):
+        running += count
+        buckets.append((bound, running))
+    return buckets
 
 
 def render(snapshots: list[dict]) -> bytes:

@@ -241,6 +241,9 @@ class SpanTracer(Tracer):
         self.attempts.append((self.trace_id, span_id, self.span_id, method, CLIENT, start, _now_ns(), attributes,
                               [], failure is not None or status >= 500))
 
+    def subrequest(self, name: str) -> Tracer:
+        return SubrequestTracer(self, name)
+
     def finished(self, exchange) -> None:
         status = exchange.status
         if self.current is not None:
@@ -269,6 +272,37 @@ class SpanTracer(Tracer):
                       self.events, status >= 500))
         for span in self.attempts:
             exporter.add(span)
+
+
+class SubrequestTracer(SpanTracer):
+    """A subrequest's CLIENT spans (an aggregation backend), children of the SERVER span
+    of the request it serves and exported with it."""
+
+    __slots__ = ("backend",)
+
+    def __init__(self, parent: SpanTracer, backend: str):
+        self.exporter = parent.exporter
+        self.trace_id = parent.trace_id
+        self.span_id = parent.span_id    # the parent of its CLIENT spans
+        self.parent_id = None
+        self.start = _now_ns()
+        self.events = []
+        self.attempts = parent.attempts   # exported when the parent's SERVER span ends
+        self.current = None
+        self.backend = backend
+
+    def policy_ended(self, exchange, policy, result) -> None:
+        pass
+
+    def _close_attempt(self, exchange, status: int, failure: str | None) -> None:
+        if self.current is None:
+            return
+        SpanTracer._close_attempt(self, exchange, status, failure)
+        self.attempts[-1][7]["tollhouse.backend"] = self.backend
+
+    def finished(self, exchange) -> None:
+        if self.current is not None:
+            self._close_attempt(exchange, exchange.status, None)
 
 
 class Tracers(Tracer):
@@ -302,6 +336,10 @@ class Tracers(Tracer):
     def finished(self, exchange):
         for t in self.tracers:
             t.finished(exchange)
+
+    def subrequest(self, name):
+        found = [t for t in (t.subrequest(name) for t in self.tracers) if t is not None]
+        return None if not found else found[0] if len(found) == 1 else Tracers(found)
 
 
 def combine(*factories):

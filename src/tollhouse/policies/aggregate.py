@@ -12,7 +12,6 @@ cors) shape it.
 """
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import logging
@@ -22,10 +21,11 @@ from urllib.parse import quote
 
 import orjson
 
-from ..config.schema import Bool, Duration, Field, Kind, MapOf, Schema, Str, error_at
+from ..config.loader import ConfigError
+from ..config.schema import MISSING, Bool, Duration, Field, Kind, MapOf, Schema, Str, error_at
 from ..pipeline import Policy, Reply
 from ..registry import PolicyKind
-from ..subrequest import subrequest
+from ..subrequest import start_subrequest, subrequests
 
 log = logging.getLogger("tollhouse.aggregate")
 
@@ -34,7 +34,14 @@ BUILTIN_VARS = ("consumer", "request_id", "client_ip")
 #: Per-backend results counted in tollhouse_aggregate_backend_results_total.
 RESULTS = ("ok", "client_error", "server_error", "timeout", "unavailable", "invalid")
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_ANY = object()
+class _Absent:
+    """No `default`: a failed backend's name is left out of the answer."""
+
+    def __repr__(self) -> str:
+        return "absent"
+
+
+_ANY = _Absent()
 
 
 class _AnyJson(Kind):
@@ -46,21 +53,9 @@ class _AnyJson(Kind):
         try:
             orjson.dumps(value)
         except TypeError:
-            errors.append(_config_error(path, line, f"cannot be written as JSON: {value!r}"))
-            return _MISSING_SENTINEL()
+            errors.append(ConfigError(path, line, f"cannot be written as JSON: {value!r}"))
+            return MISSING
         return value
-
-
-def _config_error(path, line, message):
-    from ..config.schema import ConfigError
-
-    return ConfigError(path, line, message)
-
-
-def _MISSING_SENTINEL():
-    from ..config.schema import MISSING
-
-    return MISSING
 
 
 class Backend(Schema):
@@ -109,27 +104,28 @@ def check_route(route, where: str, upstreams, errors: list) -> None:
     """Rules between the route and its `aggregate` (config.model.Gateway.check calls this)."""
     agg = route.aggregate
     if route.upstream:
-        errors.append(_config_error(f"{where}.upstream", None, "an aggregate route has no upstream of its own: "
+        errors.append(ConfigError(f"{where}.upstream", None, "an aggregate route has no upstream of its own: "
                                                               "each backend names one"))
     methods = set(route.match.methods or ())
     if methods - {"GET", "HEAD"}:
-        errors.append(_config_error(f"{where}.match.methods", None, "an aggregate route takes GET and HEAD only "
+        errors.append(ConfigError(f"{where}.match.methods", None, "an aggregate route takes GET and HEAD only "
                                                                     "(request bodies are not fanned out)"))
     params = set(_VAR.findall(route.match.path or ""))
     for name, b in agg.backends.items():
         at = f"{where}.aggregate.backends.{name}"
         if b.upstream not in upstreams:
-            errors.append(_config_error(f"{at}.upstream", None, f"no upstream named {b.upstream!r} in upstreams"))
+            errors.append(ConfigError(f"{at}.upstream", None, f"no upstream named {b.upstream!r} in upstreams"))
         for var in _VAR.findall(b.path):
             if var not in params and var not in BUILTIN_VARS:
-                errors.append(_config_error(f"{at}.path", None, f"{{{var}}} is not a path parameter of the route "
+                errors.append(ConfigError(f"{at}.path", None, f"{{{var}}} is not a path parameter of the route "
                                                                 f"nor one of {', '.join(BUILTIN_VARS)}"))
 
 
-def _encode(value: str) -> str:
-    # Every reserved character is encoded ("/" too: a value never adds a path segment),
-    # and a value of only dots is encoded as well, so it cannot climb the path.
-    encoded = quote(value, safe="")
+def _encode(value: str, safe: str = "") -> str:
+    # Every reserved character is encoded ("/" too: a value never adds a path segment;
+    # "&", "=", "?", "#" never change the query), and a value of only dots is encoded as
+    # well, so it cannot climb the path.
+    encoded = quote(value, safe=safe)
     return encoded.replace(".", "%2E") if encoded and encoded.strip(".") == "" else encoded
 
 
@@ -160,9 +156,13 @@ class _Backend:
             elif text == "client_ip":
                 value = exchange.client_ip
             else:
-                value = (exchange.params or {}).get(text, "")
+                # A path parameter is a segment of the normalised path, already
+                # percent-encoded: its escapes are kept, nothing else is let through.
+                value = (exchange.params or {}).get(text, b"")
                 if isinstance(value, bytes):
                     value = value.decode("latin-1")
+                out.append(_encode(value, "%"))
+                continue
             out.append(_encode(value))
         return "".join(out).encode("latin-1")
 
@@ -177,10 +177,13 @@ class AggregatePolicy(Policy):
     outcome = "aggregate"
     terminal = True
 
-    def __init__(self, config: Aggregate, context, route_timeout: float):
+    default_methods = ("GET", "HEAD")   # request bodies are not fanned out
+
+    def __init__(self, config: Aggregate, context):
         super().__init__(config, context)
         self.route_name = context.route_name
-        self.backends = tuple(_Backend(n, b, route_timeout, context.route_name) for n, b in config.backends.items())
+        timeout = context.route.timeout
+        self.backends = tuple(_Backend(n, b, timeout, context.route_name) for n, b in config.backends.items())
         self.all_or_nothing = config.all_or_nothing
         self.merge = load_function(config.merge) if config.merge else None
         stats = context.stats
@@ -192,9 +195,18 @@ class AggregatePolicy(Policy):
         """Call every backend at once; answer the merged JSON, or the failure (§5)."""
         worker = exchange.worker
         started = perf_counter()
-        calls = [subrequest(worker, b.upstream, b"GET", b.target(exchange), headers=exchange.headers,
-                            timeout=b.timeout, parent=exchange, span=b.name) for b in self.backends]
-        answers = await asyncio.gather(*calls, return_exceptions=True)
+        calls = []
+        for b in self.backends:
+            try:
+                calls.append(start_subrequest(worker, b.upstream, b"GET", b.target(exchange), headers=exchange.headers,
+                                              timeout=b.timeout, parent=exchange, span=b.name))
+            except KeyError:   # its upstream left in a reload while this request waited
+                calls.append(None)
+        answers = await subrequests([c for c in calls if c is not None])
+        if None in calls:
+            found = iter(answers)
+            answers = [next(found) if c is not None else LookupError(f"no upstream {b.upstream!r}")
+                       for c, b in zip(calls, self.backends)]
         stats = self.context.stats
         merged: dict = {}
         errors: dict = {}
@@ -226,9 +238,11 @@ class AggregatePolicy(Policy):
         else:
             exchange.remember(self.slot, "complete")
         try:
-            out = self.merge(merged) if self.merge is not None else merged
-            if inspect.isawaitable(out):
-                out = await out
+            out = merged
+            if self.merge is not None:
+                out = self.merge(merged)
+                if inspect.isawaitable(out):
+                    out = await out
             payload = out if isinstance(out, bytes) else out.encode() if isinstance(out, str) else orjson.dumps(out)
         except Exception:  # noqa: BLE001 - the user's merge failed: logged, 500
             log.exception("aggregate merge %s failed on route %s", self.config.merge, self.route_name)
@@ -270,7 +284,6 @@ def _problem_detail(body: bytes) -> str | None:
 
 KIND = PolicyKind(
     "aggregate", phase=AggregatePolicy.phase, key="aggregate", outcome=AggregatePolicy.outcome,
-    build=lambda config, context, services: None if config is None else AggregatePolicy(
-        config, context, services.route_timeout(context.route_name)),
+    build=lambda config, context, services: None if config is None else AggregatePolicy(config, context),
     field=Field(Aggregate, None, "{backends: {name: {upstream, path, timeout, required, default}}, all_or_nothing, "
                                  "merge}: fan out in parallel, merge the JSON answers; see docs/aggregation.md"))

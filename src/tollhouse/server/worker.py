@@ -134,9 +134,12 @@ class Worker(WorkerCore):
         self.count_ended()
         if not self.inflight:
             return
-        done = [ex for ex in self.inflight if ex.deadline <= now and not ex.check_deadline(now)]
-        for ex in done:
-            self.inflight.discard(ex)
+        # Checked after the walk: an exchange that times out finishes, and finishing
+        # takes it out of `inflight` (a set must not change while it is walked).
+        due = [ex for ex in self.inflight if ex.deadline <= now]
+        for ex in due:
+            if not ex.check_deadline(now):
+                self.inflight.discard(ex)
 
     def count_ended(self) -> None:
         """Metrics and access log lines for the exchanges ended since the last call,
@@ -284,8 +287,12 @@ class Worker(WorkerCore):
             server.close()
         for conn in list(self.connections):
             conn.drain()
+        # Services with connections of their own (WebSocket sessions) close them too.
+        busy = [s for s in self.services.values() if getattr(s, "drain", None) is not None]
+        for service in busy:
+            service.drain()
         deadline = self.loop.time() + grace
-        while self.connections and self.loop.time() < deadline:
+        while (self.connections or any(s.busy() for s in busy)) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.abort()

@@ -27,8 +27,8 @@ class Forwarding(Http1Exchange):
     __slots__ = ()
 
     def proxy(self) -> None:
-        if self.finished:
-            return
+        if self.finished or self.response != WAITING:
+            return   # over, or answered by a policy itself (a connection taken over after an upgrade)
         pool = self.route.upstream
         breaker = pool.breaker
         if breaker is not None and not breaker.allow():
