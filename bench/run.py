@@ -130,7 +130,7 @@ def wrk(port: int, path: str, connections: int, duration: int, headers: list[str
 
 
 def tollhouse_config(port: int, admin_port: int, upstream_port: int, workers: int = 1, extra: str = "",
-                     route_extra: str = "") -> str:
+                     route_extra: str = "", upstreams_extra: str = "") -> str:
     return f"""listen: 127.0.0.1:{port}
 workers: {workers}
 admin: {{listen: "127.0.0.1:{admin_port}"}}
@@ -140,6 +140,7 @@ upstreams:
   bench:
     targets: ["http://127.0.0.1:{upstream_port}"]
     max_connections: 1024
+{upstreams_extra}
 routes:
   - name: plain
     match: {{prefix: /}}
@@ -150,12 +151,13 @@ routes:
 
 class Tollhouse:
     def __init__(self, workdir: str, upstream_port: int, cpus: str, workers: int = 1, extra: str = "",
-                 route_extra: str = "", root: str = ROOT):
+                 route_extra: str = "", root: str = ROOT, upstreams_extra: str = ""):
         self.port = free_port()
         self.admin_port = free_port()
         path = os.path.join(workdir, f"tollhouse-{self.port}.yaml")
         with open(path, "w") as f:
-            f.write(tollhouse_config(self.port, self.admin_port, upstream_port, workers, extra, route_extra))
+            f.write(tollhouse_config(self.port, self.admin_port, upstream_port, workers, extra, route_extra,
+                                     upstreams_extra))
         env = {**os.environ, "PYTHONPATH": os.path.join(root, "src"), "TOLLHOUSE_LOG_LEVEL": "WARNING"}
         self.log = open(os.path.join(workdir, f"tollhouse-{self.port}.log"), "wb")
         self.proc = subprocess.Popen(["taskset", "-c", cpus, sys.executable, "-m", "tollhouse", "run", "-c", path],
@@ -423,7 +425,7 @@ def run_scaling(workdir: str, upstream_port: int, counts: list[int]) -> list[tup
 
 
 def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: str, latency: dict | None = None,
-           fanout: dict | None = None) -> str:
+           fanout: dict | None = None, protocols: dict | None = None) -> str:
     ng = core["nginx"]
     direct = core["direct"]
     lines = [f"Measured {time.strftime('%Y-%m-%d')} with `make bench` ({env}).", "",
@@ -455,6 +457,14 @@ def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: st
         lines += ["", "Aggregation at 1 connection (two backends vs one of them alone through the plain route):", "",
                   f"p50 plain {fanout['plain']['p50']:.3f} ms, aggregate {fanout['aggregate']['p50']:.3f} ms: added "
                   f"{statistics.median(added):.3f} ms [{min(added):.3f}–{max(added):.3f}] (aim: ≤ 0.2 ms)"]
+    if protocols:
+        ws, g = protocols["websocket"], protocols["grpc"]
+        lines += ["", "Protocols (Python clients and servers on the load core):", "",
+                  "| what | through Tollhouse | direct | ratio |", "|---|---|---|---|",
+                  f"| WebSocket echo, 64-byte messages, msg/s (aim ≥ 0.5×) | {ws['through']:.0f} | {ws['direct']:.0f} | "
+                  f"{spread(ws['ratios'])} |",
+                  f"| gRPC GetItem: transcoded req/s (wrk) vs a grpcio client's calls/s | {g['through']:.0f} | "
+                  f"{g['direct']:.0f} | {spread(g['ratios'])} |"]
     if scaling:
         base = scaling[0][1] / scaling[0][0]
         lines += ["", "Workers (load generator on its own cores):", "", "| workers | req/s | per-worker efficiency |",
@@ -494,6 +504,14 @@ def main() -> int:
         rows = run_scenarios(workdir, upstream_port, selected) if selected else []
         latency = run_cache_latency(workdir) if not os.environ.get("BENCH_SKIP_CACHE_LATENCY") else None
         fanout = run_aggregate_latency(workdir, upstream_port) if "aggregate-2" in selected else None
+        protocols = None
+        if not os.environ.get("BENCH_SKIP_PROTOCOLS"):
+            import protocols as protocol_bench
+
+            print("protocols: websocket echo and grpc transcoding", flush=True)
+            protocols = {"websocket": protocol_bench.run_websocket(workdir), "grpc": protocol_bench.run_grpc(workdir)}
+            print(f"  websocket {spread(protocols['websocket']['ratios'])}x, grpc {spread(protocols['grpc']['ratios'])}x",
+                  flush=True)
         counts = [int(n) for n in os.environ.get("BENCH_WORKERS", "").split(",") if n]
         scaling = run_scaling(workdir, upstream_port, counts) if counts else []
     finally:
@@ -504,7 +522,7 @@ def main() -> int:
         for row in rows:
             print(row)
         return 0
-    table = render(core, rows, scaling, env, latency, fanout)
+    table = render(core, rows, scaling, env, latency, fanout, protocols)
     print(table)
     if not os.environ.get("BENCH_NO_WRITE"):
         write_docs(table)
