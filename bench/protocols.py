@@ -98,7 +98,7 @@ def run_grpc(workdir: str) -> dict:
                                "GrpcServer; s = GrpcServer(%d); s.start(); time.sleep(10**6)"
                                % (ROOT, port)])
     bench.wait_port(port)
-    th = bench.Tollhouse(workdir, port, bench.PROXY_CPUS, extra="", route_extra=f"""  - name: item
+    th = bench.Tollhouse(workdir, port, bench.PROXY_CPUS, extra="", route_extra="""  - name: item
     match: {{path: "/v1/items/{{id}}", methods: [GET]}}
     upstream: shop
     grpc: {{method: shop.Inventory/GetItem}}

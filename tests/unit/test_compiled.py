@@ -107,3 +107,9 @@ def test_an_installed_package_ships_the_pxd_files_so_the_plain_build_can_be_forc
     count, loaded = out.stdout.split()
     assert int(count) == len(tollhouse.compiled_modules())
     assert loaded.startswith(str(target)) and loaded.endswith(".py")
+
+
+def test_the_pipeline_knows_the_requests_waiting_state():
+    from tollhouse import pipeline, request
+
+    assert pipeline._WAITING == request.WAITING

@@ -85,14 +85,17 @@ class Limits(Schema):
 
 
 class Target(Schema):
-    url = Field(Str(), doc="http://host:port or https://host:port")
+    url = Field(Str(), doc="http://host:port, https://host:port, grpc://host:port or grpcs://host:port")
     weight = Field(Int(min=1, max=1000), 1, "share of requests relative to the other targets")
 
     def check(self, path, lines, line, errors):
         parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            error_at(errors, path, "url", lines, line, f"expected http://host:port or https://host:port, got {self.url!r}")
+        if parts.scheme not in ("http", "https", "grpc", "grpcs") or not parts.hostname:
+            error_at(errors, path, "url", lines, line, f"expected http://host:port or https://host:port "
+                                                       f"(grpc:// or grpcs:// for gRPC), got {self.url!r}")
             return
+        if parts.scheme.startswith("grpc") and parts.port is None:
+            error_at(errors, path, "url", lines, line, f"a grpc target needs its port: {self.url!r}")
         try:
             parts.port
         except ValueError:
@@ -161,10 +164,30 @@ class Upstream(Schema):
     health_check = Field(HealthCheckSettings, None, "active checks: one per target per interval for the whole gateway")
     outlier = Field(OutlierSettings, None, "eject targets after consecutive failures (per gateway process)")
     circuit_breaker = Field(CircuitBreakerSettings, None, "open the circuit to a failing upstream (per gateway process)")
+    descriptors = Field(Str(), "", "grpc:// targets: a FileDescriptorSet file (protoc --descriptor_set_out "
+                                   "--include_imports) describing their services")
+
+    @property
+    def is_grpc(self) -> bool:
+        return bool(self.targets) and self.targets[0].url.startswith(("grpc://", "grpcs://"))
 
     def check(self, path, lines, line, errors):
         if not self.targets:
             error_at(errors, path, "targets", lines, line, "needs at least one target")
+            return
+        kinds = {t.url.startswith(("grpc://", "grpcs://")) for t in self.targets}
+        if len(kinds) > 1:
+            error_at(errors, path, "targets", lines, line, "grpc:// and http(s):// targets cannot share an upstream")
+        if self.is_grpc and self.health_check is not None:
+            error_at(errors, path, "health_check", lines, line, "health checks are HTTP GETs: not for grpc targets "
+                                                                "(outlier detection and the circuit breaker apply)")
+        if self.descriptors:
+            from ..policies.grpc import load_descriptors
+
+            try:
+                load_descriptors(self.descriptors)
+            except ValueError as e:
+                error_at(errors, path, "descriptors", lines, line, str(e))
 
 
 class Match(Schema):
@@ -233,7 +256,6 @@ class _RouteCore(Schema):
     policies = Field(ListOf(OneOf((_is_str, Str(pattern=NAME)), (_is_map, _NamedOptions()))), (),
                      "custom policies (names from top-level `policies`), in order; {name: {options}} gives one "
                      "this route's own config")
-    grpc = Field(NotYet("grpc"), None)
 
     def check(self, path, lines, line, errors):
         if self.rewrite and self.strip_prefix:
@@ -327,6 +349,13 @@ class Gateway(Schema):
                 errors.append(_err(where + ".upstream", None, "is required"))
             elif route.upstream not in self.upstreams:
                 errors.append(_err(where + ".upstream", None, f"no upstream named {route.upstream!r} in upstreams"))
+            elif route.grpc is not None:
+                from ..policies.grpc import check_route
+
+                check_route(route, where, self.upstreams, errors)
+            elif self.upstreams[route.upstream].is_grpc and route.websocket is None:
+                errors.append(_err(where + ".grpc", None, f"upstream {route.upstream!r} speaks gRPC: "
+                                                          "the route needs grpc: {method: package.Service/Method}"))
             if route.auth is not None:
                 known = set(self.auth.providers) if self.auth is not None else set()
                 if self.auth is not None and self.auth.token_endpoint is not None:

@@ -3,7 +3,7 @@ config reference (each kind is declared beside its handler and schema)."""
 from __future__ import annotations
 
 from ..registry import register
-from . import aggregate, auth, cache, compress, cors, headers, ip, ratelimit, request, websocket
+from . import aggregate, auth, cache, compress, cors, grpc, headers, ip, ratelimit, request, websocket
 
 KINDS = tuple(register(module.KIND) for module in (auth, ratelimit, cache, ip, cors, request, compress, headers,
-                                                   aggregate, websocket))
+                                                   aggregate, websocket, grpc))
