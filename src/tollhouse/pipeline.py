@@ -315,14 +315,21 @@ class Chain:
 EMPTY_CHAIN = Chain([])
 
 
-def load_policy_class(spec: str) -> type:
-    """Import `module:Class`; ValueError with a readable reason otherwise."""
-    module_name, _, class_name = spec.partition(":")
+def load_object(spec: str):
+    """Import `module:name` and return the name's object (None when the module has none);
+    ValueError with a readable reason when the module cannot be imported."""
+    module_name, _, name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - any import failure is a config error
         raise ValueError(f"cannot import {module_name}: {e}") from None
-    cls = getattr(module, class_name, None)
+    return getattr(module, name, None)
+
+
+def load_policy_class(spec: str) -> type:
+    """Import `module:Class`; ValueError with a readable reason otherwise."""
+    module_name, _, class_name = spec.partition(":")
+    cls = load_object(spec)
     if not inspect.isclass(cls):
         raise ValueError(f"{module_name} has no class {class_name}")
     if not issubclass(cls, Policy):

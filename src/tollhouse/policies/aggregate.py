@@ -12,7 +12,6 @@ cors) shape it.
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import re
@@ -23,7 +22,7 @@ import orjson
 
 from ..config.loader import ConfigError
 from ..config.schema import MISSING, Bool, Duration, Field, Kind, MapOf, Schema, Str, error_at
-from ..pipeline import Policy, Reply
+from ..pipeline import Policy, Reply, load_object
 from ..registry import PolicyKind
 from ..subrequest import start_subrequest, subrequests
 
@@ -89,13 +88,9 @@ class Aggregate(Schema):
 
 def load_function(spec: str):
     """Import `module:function`; ValueError with a readable reason otherwise."""
-    module_name, _, name = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - any import failure is a config error
-        raise ValueError(f"cannot import {module_name}: {e}") from None
-    fn = getattr(module, name, None)
+    fn = load_object(spec)
     if not callable(fn):
+        module_name, _, name = spec.partition(":")
         raise ValueError(f"{module_name} has no function {name}")
     return fn
 

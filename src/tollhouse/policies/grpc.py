@@ -22,6 +22,7 @@ from ..config.loader import ConfigError
 from ..config.schema import Field, ListOf, Schema, Str
 from ..pipeline import Policy, Reply
 from ..registry import PolicyKind
+from ..upstream.forward import choose_target
 
 log = logging.getLogger("tollhouse.grpc")
 
@@ -155,13 +156,9 @@ class GrpcPolicy(Policy):
         except ValueError as e:
             return Reply.problem(400, "Bad Request", str(e))
         pool = exchange.route.upstream
-        breaker = pool.breaker
-        if breaker is not None and not breaker.allow():
-            return Reply.problem(503, "Service Unavailable", f"the circuit to {pool.name} is open",
-                                 headers=[("retry-after", str(breaker.retry_after()))])
-        target = pool.choose(exchange)
-        if not target.healthy:
-            return Reply.problem(503, "Service Unavailable", f"no healthy target in {pool.name}")
+        target = choose_target(pool, exchange)
+        if isinstance(target, Reply):
+            return target
         call = self.channels.get(target).unary_unary(self.path, request_serializer=self.request_class.SerializeToString,
                                                      response_deserializer=self.response_class.FromString)
         try:

@@ -24,6 +24,7 @@ import httptools
 from ..config.schema import Duration, Field, Schema, Size, section_or_true
 from ..pipeline import Policy, Reply
 from ..registry import PolicyKind
+from ..upstream.forward import choose_target
 
 log = logging.getLogger("tollhouse.websocket")
 
@@ -393,13 +394,9 @@ class WebSocketPolicy(Policy):
     async def handshake(self, exchange):
         route = exchange.route
         pool = route.upstream
-        breaker = pool.breaker
-        if breaker is not None and not breaker.allow():
-            return Reply.problem(503, "Service Unavailable", f"the circuit to {pool.name} is open",
-                                 headers=[("retry-after", str(breaker.retry_after()))])
-        target = pool.choose(exchange)
-        if not target.healthy:
-            return Reply.problem(503, "Service Unavailable", f"no healthy target in {pool.name}")
+        target = choose_target(pool, exchange)
+        if isinstance(target, Reply):
+            return target
         session = Session(self, exchange, self.sessions)
         upstream = _Handshake(session)
         loop = asyncio.get_running_loop()

@@ -359,6 +359,21 @@ def forwarded_prefix(peer_ip: bytes, scheme: bytes) -> bytes:
     return b"x-forwarded-for: " + peer_ip + b"\r\nx-forwarded-proto: " + scheme + b"\r\nx-forwarded-host: "
 
 
+def choose_target(pool, exchange):
+    """A target of `pool` for a request the caller sends itself (a WebSocket handshake, a
+    gRPC call): the target, or the Reply the gateway answers instead (circuit open, no
+    healthy target), as `Forwarding.proxy` decides inline."""
+    breaker = pool.breaker
+    if breaker is not None and not breaker.allow():
+        return Reply.problem(503, "Service Unavailable", f"the circuit to {pool.name} is open",
+                             headers=[("retry-after", str(breaker.retry_after()))])
+    target = pool.choose(exchange)
+    if not target.healthy and not _any_healthy(pool.targets):
+        return Reply.problem(503, "Service Unavailable", f"no healthy target in {pool.name}",
+                             headers=[("retry-after", "1")])
+    return target
+
+
 def _any_healthy(targets) -> bool:
     # Outside the class: the compiled build allows no closure (this generator) in its methods.
     return any(t.healthy for t in targets)
