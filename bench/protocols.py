@@ -97,11 +97,15 @@ def run_grpc(workdir: str) -> dict:
                                "import sys, time; sys.path.insert(0, %r); from tests.support.grpc_server import "
                                "GrpcServer; s = GrpcServer(%d); s.start(); time.sleep(10**6)"
                                % (ROOT, port)])
-    bench.wait_port(port)
+    try:
+        bench.wait_port(port)
+    except BaseException:
+        server.terminate()
+        raise
     th = bench.Tollhouse(workdir, port, bench.PROXY_CPUS, extra="", route_extra="""  - name: item
-    match: {{path: "/v1/items/{{id}}", methods: [GET]}}
+    match: {path: "/v1/items/{id}", methods: [GET]}
     upstream: shop
-    grpc: {{method: shop.Inventory/GetItem}}
+    grpc: {method: shop.Inventory/GetItem}
 """, upstreams_extra=f"""  shop:
     targets: ["grpc://127.0.0.1:{port}"]
     descriptors: {descriptors}
