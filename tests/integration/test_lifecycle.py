@@ -254,7 +254,7 @@ regions: {name: eu}
     assert "upstreams.users.targets[0].url (line 5)" in err
     assert "routes[0].cache.ttl (line 10)" in err
     assert "routes[0].grpc.method (line 11)" in err and "is required" in err
-    assert "regions (line 14)" in err and "not available" in err
+    assert "regions.peers (line 14)" in err and "is required" in err
     assert "routes[1].match.methodz (line 12)" in err and "did you mean 'methods'" in err
     good = tmp_path / "good.yaml"
     good.write_text("upstreams: {u: {targets: [http://127.0.0.1:1]}}\nroutes: [{match: {prefix: /}, upstream: u}]\n")

@@ -14,7 +14,7 @@ from .schema import (MISSING, Address, Bool, Duration, Field, Float, Int, Kind, 
 from ..policies.auth.schema import Auth, Consumer
 from ..policies.cache.schema import CacheSettings
 from ..policies.ip import IpRules
-from ..policies.ratelimit.schema import Tier
+from ..policies.ratelimit.schema import Regions, Tier
 from ..observability.debug import Debug
 from ..observability.tracing import Tracing
 from ..registry import builtins
@@ -315,7 +315,8 @@ class Gateway(Schema):
     tracing = Field(Tracing, None, "OpenTelemetry traces: {endpoint, service_name, sampler: {type, ratio}}; "
                     "absent = no spans (traceparent still passed on)")
     debug = Field(Debug, None, "{token}: X-Tollhouse-Debug: <token> -> Server-Timing and X-Tollhouse-Explain")
-    regions = Field(NotYet("regions"), None)
+    regions = Field(Regions, None, "{name, peers: {region: redis://...}, sync_interval, on_partition, "
+                    "partition_after}: scope: global limits counted across regions; see docs/regions.md")
 
     def check(self, path, lines, line, errors):
         ids, keys, clients = set(), set(), set()
@@ -334,6 +335,14 @@ class Gateway(Schema):
                 if c.client_id in clients:
                     errors.append(_err(where + ".client_id", None, f"duplicate client_id {c.client_id!r}"))
                 clients.add(c.client_id)
+        if self.regions is not None and self.store == "memory":
+            errors.append(_err("regions", None, "regions count in each region's Redis: set `store` to redis://..."))
+        global_limits = [f"routes[{i}].rate_limits[{j}].scope" for i, r in enumerate(self.routes)
+                         for j, lim in enumerate(r.rate_limits) if lim.scope == "global"]
+        global_limits += [f"tiers.{n}.rate_limits[{j}].scope" for n, t in self.tiers.items()
+                          for j, lim in enumerate(t.rate_limits) if lim.scope == "global"]
+        if global_limits and self.regions is None:
+            errors.append(_err(global_limits[0], None, "scope: global needs the top-level `regions`"))
         seen = set()
         for i, route in enumerate(self.routes):
             name = route.name or f"route-{i}"

@@ -15,23 +15,24 @@ from .schema import RateLimit, Tier
 __all__ = ["RateLimit", "Tier", "RateLimitPolicy", "make_limiter", "KIND"]
 
 
-def make_limiter(store, stats, failure_mode: str):
-    """The worker's limiter: in memory for `store: memory`, else in the store."""
+def make_limiter(store, stats, config):
+    """The worker's limiter: in memory for `store: memory`, else in the store (with the
+    region sync when `regions` is set)."""
     if store.kind == "memory":
         return MemoryLimiter()
-    return RedisLimiter(store, stats, failure_mode)
+    return RedisLimiter(store, stats, config.store_failure, regions=config.regions)
 
 
 def _build(config, context, services):
     if not config:
         return None
     limiter = services.worker("ratelimit") or services.once(
-        "ratelimit", lambda: make_limiter(services.store, services.stats, services.config.store_failure))
+        "ratelimit", lambda: make_limiter(services.store, services.stats, services.config))
     return RateLimitPolicy(config, context, tiers=services.config.tiers, limiter=limiter,
                            route_name=context.route_name)
 
 
 KIND = PolicyKind("ratelimit", phase=RateLimitPolicy.phase, key="rate_limits", build=_build,
                   outcome=RateLimitPolicy.outcome,
-                  service=lambda config, store, stats, worker: make_limiter(store, stats, config.store_failure),
+                  service=lambda config, store, stats, worker: make_limiter(store, stats, config),
                   field=Field(ListOf(RateLimit), (), "limits checked together; see docs/ratelimiting.md"))

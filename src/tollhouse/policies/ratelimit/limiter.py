@@ -89,6 +89,14 @@ def decide(limits, tables, keys, now: float, divisor: int):
     return allowed, decisions
 
 
+def _region_sync(config, store, stats):
+    if config is None:
+        return None
+    from .regions import RegionSync
+
+    return RegionSync(config, store, stats)
+
+
 class StoreDown(Exception):
     """The breaker is open (or the call just failed): use the fallback."""
 
@@ -99,7 +107,7 @@ class RedisLimiter:
 
     kind = "redis"
 
-    def __init__(self, store, stats, failure_mode: str, timeout: float = 0.25):
+    def __init__(self, store, stats, failure_mode: str, timeout: float = 0.25, regions=None):
         self.store = store
         self.client = store.client
         self.cluster = store.kind == "redis-cluster"
@@ -113,6 +121,7 @@ class RedisLimiter:
         self.instance_id = os.urandom(8).hex()
         self.announcer = None
         self.local = MemoryLimiter()   # for store_failure: local
+        self.regions = _region_sync(regions, store, stats)   # global limits' counts shared with the peers
         stats.declare("store_errors", (("store", store.kind),))
         stats.declare_gauge("ratelimit_fallback", (("mode", failure_mode),))
 
@@ -176,6 +185,8 @@ class RedisLimiter:
         profiles: dict[int, int] = {}
         profile_args: list = []
         request_args: list = []
+        # Partitioned with on_partition: share: global limits go capped at this region's share.
+        share = self.regions is not None and self.regions.share_now
         for keys, limits, *_ in batch:
             keys_all += keys
             index = profiles.get(id(limits))
@@ -183,7 +194,7 @@ class RedisLimiter:
                 index = profiles[id(limits)] = b"%d" % (len(profiles) + 1)
                 profile_args.append(b"%d" % len(limits))
                 for lim in limits:
-                    profile_args += lim.script_args
+                    profile_args += lim.partition_args if share and lim.partition_args else lim.script_args
             request_args.append(index)
         # Everything already bytes: the client's encoder passes bytes through.
         args = [b"%d" % len(profiles), *profile_args, b"%d" % len(batch), *request_args]
@@ -225,9 +236,15 @@ class RedisLimiter:
     # --- a worker service (tollhouse.registry) ---------------------------------------------
     def reconfigure(self, config) -> "RedisLimiter":
         self.failure_mode = config.store_failure
+        if repr(config.regions) != repr(self.regions.config if self.regions is not None else None):
+            if self.regions is not None:
+                self.regions.close()
+            self.regions = _region_sync(config.regions, self.store, self.stats)
         return self
 
     def start(self, config) -> None:
+        if self.regions is not None:
+            self.regions.start()
         # store_failure: local divides limits by the live instances, which announce themselves.
         if config.store_failure == "local":
             self.start_announcing()
@@ -249,10 +266,15 @@ class RedisLimiter:
             await asyncio.sleep(ANNOUNCE_EVERY)
 
     def status(self) -> dict:
-        return {"breaker": "open" if self.open else "closed", "failure_mode": self.failure_mode,
-                "in_force": self.failure_mode if self.open else "store", "live_instances": self.live_instances}
+        found = {"breaker": "open" if self.open else "closed", "failure_mode": self.failure_mode,
+                 "in_force": self.failure_mode if self.open else "store", "live_instances": self.live_instances}
+        if self.regions is not None:
+            found["regions"] = self.regions.status()
+        return found
 
     def close(self):
         self.guard.close()
+        if self.regions is not None:
+            self.regions.close()
         if self.announcer is not None:
             self.announcer.cancel()

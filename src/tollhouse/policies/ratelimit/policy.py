@@ -19,7 +19,7 @@ class _Limit:
     """A limit compiled for the request path."""
 
     __slots__ = ("spec", "algo", "limit", "window", "script_args", "burst", "spec_id", "store_prefix", "key_kind",
-                 "header", "name", "policy_item", "table", "local_table")
+                 "header", "name", "policy_item", "table", "local_table", "partition_args", "scope")
 
     def __init__(self, cfg: RateLimit, spec_id: str, limiter):
         burst = cfg.burst or cfg.limit
@@ -27,6 +27,17 @@ class _Limit:
         self.spec = (self.algo, self.limit, self.window, burst)
         # Pre-encoded for the Redis script (the client would encode them per call).
         self.script_args = tuple(b"%d" % v for v in (self.algo, self.limit, int(cfg.window * 1000), burst))
+        self.scope = cfg.scope
+        self.partition_args = None
+        regions = getattr(limiter, "regions", None)
+        if cfg.scope == "global" and regions is not None:
+            # Counted with the other regions' components (ratelimit.lua: +10), and while
+            # partitioned with on_partition: share, capped at this region's share (+20).
+            window_ms = int(cfg.window * 1000)
+            self.script_args = (b"%d" % (self.algo + 10), b"%d" % self.limit, b"%d" % window_ms, b"0")
+            if regions.share:
+                self.partition_args = (b"%d" % (self.algo + 20), b"%d" % self.limit, b"%d" % window_ms,
+                                       b"%d" % regions.count)
         if cfg.key == "global":
             # One counter for every route declaring the same global limit.
             spec_id = f"global:{cfg.algorithm}:{cfg.limit}:{cfg.window:g}:{burst}"
@@ -91,6 +102,8 @@ class RateLimitPolicy(Policy):
         self.prefix = f"th:rl:v1:{{{tag}}}:"
         for lim in self.fixed + [x for limits in self.tiers.values() for x in limits]:
             lim.store_prefix = f"{self.prefix}{lim.spec_id}:"
+            if lim.scope == "global" and getattr(limiter, "regions", None) is not None:
+                limiter.regions.watch(self.prefix, lim.store_prefix, f"{route_name}:{lim.name}")
         self.policy_header = None if self.tiered else _policy_items(self.fixed)
         # The common case, one limit, skips the lists of the general path.
         self.single = self.fixed[0] if not self.tiered and len(self.fixed) == 1 else None

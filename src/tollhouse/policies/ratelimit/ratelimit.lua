@@ -5,7 +5,9 @@
 -- requests had arrived one after another.
 -- KEYS: the storage keys of every limit of every request, in order (one hash slot).
 -- ARGV: number of profiles; per profile: number of limits, then per limit 4 values:
---       algorithm (0 fixed, 1 sliding, 2 bucket), limit, window_ms, burst;
+--       algorithm (0 fixed, 1 sliding, 2 bucket; +10 for a `scope: global` window counted
+--       with the other regions' components, +20 for the same while partitioned with
+--       on_partition: share, when `burst` carries the number of regions), limit, window_ms, burst;
 --       then the number of requests and, per request, the index (1-based) of its profile.
 --       (Requests of one route share a profile: the batch carries it once.)
 -- Uses the Redis server's clock, so gateway clocks may drift.
@@ -37,6 +39,8 @@ local ttls = {}     -- key -> PEXPIRE milliseconds (windows) or 0 (bucket: from 
 local upd = {}      -- the current request's pending updates, flat, 6 per limit:
                     -- state table, key, then tat, 0, 0, 0 (bucket) or window, count, previous, ttl
 local no = 0        -- entries in out
+local foreign = {}  -- key -> the other regions' components (HGETALL of key:regions), for global limits
+local global = {}   -- keys of global limits counted in this call (to publish to the other regions)
 for r = 1, nreq do
   local spec = profiles[tonumber(ARGV[reqi + r - 1])]
   no = no + 1
@@ -45,6 +49,8 @@ for r = 1, nreq do
   local all = 1
   for si = 1, #spec, 4 do
     local algo, limit, window, burst = spec[si], spec[si + 1], spec[si + 2], spec[si + 3]
+    local scope = 0
+    if algo >= 20 then scope, algo = 2, algo - 20 elseif algo >= 10 then scope, algo = 1, algo - 10 end
     local key = KEYS[keyi]
     keyi = keyi + 1
     local ok, remaining, reset, retry = 1, 0, 0, 0
@@ -84,6 +90,25 @@ for r = 1, nreq do
         cur, prev = 0, c
       end
       if algo == 0 then prev = 0 end
+      local own = cur
+      if scope > 0 then
+        -- A G-counter: this region's component plus the last-known components of the
+        -- others, each "window:count:previous" under its region's name.
+        local f = foreign[key]
+        if f == nil then
+          f = {0, 0}
+          local all = redis.call('HGETALL', key .. ':regions')
+          for fi = 2, #all, 2 do
+            local fw, fc, fp = string.match(all[fi], '^(%-?%d+):(%d+):(%d+)$')
+            fw, fc, fp = tonumber(fw), tonumber(fc), tonumber(fp)
+            if fw == index then f[1], f[2] = f[1] + fc, f[2] + fp
+            elseif fw == index - 1 then f[2] = f[2] + fc end
+          end
+          foreign[key] = f
+        end
+        cur = cur + f[1]
+        if algo ~= 0 then prev = prev + f[2] end
+      end
       reset = window_end - now
       if algo == 0 then
         if cur + 1 > limit then
@@ -108,10 +133,16 @@ for r = 1, nreq do
           remaining = math.max(0, math.floor(limit - estimate - 1))
         end
       end
+      if ok == 1 and scope == 2 and own + 1 > math.ceil(limit / burst) then
+        -- Partitioned (on_partition: share): this region admits its share of the limit at most.
+        ok, remaining, retry = 0, 0, window_end - now
+      end
       if ok == 1 then
+        -- Only this region's own component is counted here.
         upd[nu + 1], upd[nu + 2], upd[nu + 3], upd[nu + 4], upd[nu + 5], upd[nu + 6] =
-          st, key, index, cur + 1, prev, 2 * window
+          st, key, index, own + 1, st[1] == index and st[3] or (st[1] == index - 1 and st[2] or 0), 2 * window
         nu = nu + 6
+        if scope > 0 then global[key] = true end
       end
     end
     if ok == 0 then all = 0 end
@@ -137,6 +168,10 @@ for _, key in ipairs(dirty) do
   else
     redis.call('HSET', key, 'w', st[1], 'c', st[2], 'p', st[3])
     redis.call('PEXPIRE', key, ttls[key])
+    if global[key] then
+      -- Noted for the region sync, which publishes changed components to the peers.
+      redis.call('SADD', string.sub(key, 1, string.find(key, '}', 1, true)) .. ':dirty', key)
+    end
   end
 end
 return out

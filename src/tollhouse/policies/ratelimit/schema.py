@@ -1,7 +1,7 @@
 """Config schema of rate limits (route `rate_limits`, top-level `tiers`)."""
 from __future__ import annotations
 
-from ...config.schema import Bool, Duration, Field, Int, ListOf, Schema, Str, error_at
+from ...config.schema import Bool, Duration, Field, Int, ListOf, MapOf, Schema, Str, error_at
 from .algorithms import ALGORITHMS
 
 KEY_PATTERN = r"consumer|ip|route|global|header:[A-Za-z0-9_-]+"
@@ -16,6 +16,8 @@ class RateLimit(Schema):
     algorithm = Field(Str(choices=tuple(ALGORITHMS)), "sliding_window", "fixed_window, sliding_window or token_bucket")
     burst = Field(Int(min=1), 0, "token_bucket only: bucket capacity (default: limit)")
     tiered = Field(Bool(), False, "apply the caller's tier's rate_limits (from `tiers`) here instead")
+    scope = Field(Str(choices=("region", "global")), "region",
+                  "region: exact within this region's store; global: counted across `regions` (docs/regions.md)")
 
     def check(self, path, lines, line, errors):
         if self.tiered:
@@ -25,6 +27,28 @@ class RateLimit(Schema):
             error_at(errors, path, "limit", lines, line, "is required")
         if self.burst and self.algorithm != "token_bucket":
             error_at(errors, path, "burst", lines, line, "only token_bucket has a burst")
+        if self.scope == "global" and self.algorithm == "token_bucket":
+            error_at(errors, path, "scope", lines, line, "a global limit counts windows (fixed_window or "
+                                                         "sliding_window): a token bucket's state is a time, not a "
+                                                         "count the regions can add up")
+
+
+class Regions(Schema):
+    name = Field(Str(pattern=r"[A-Za-z0-9_-]+"), doc="this region's name (its component of every global counter)")
+    peers = Field(MapOf(Str(pattern=r"(redis|rediss)://.+"), key_pattern=r"[A-Za-z0-9_-]+"),
+                  doc="the other regions: name -> their store's redis:// URL")
+    sync_interval = Field(Duration(min=0.01), 0.1, "how often this region publishes its changed counts to the peers")
+    on_partition = Field(Str(choices=("share", "open")), "share",
+                         "a peer cannot be reached: share (this region admits limit / regions of its own at most) "
+                         "or open (own + last-known counts only)")
+    partition_after = Field(Duration(min=0.01), 1.0,
+                            "a peer whose last count is older than this (or that cannot be written) is partitioned")
+
+    def check(self, path, lines, line, errors):
+        if not self.peers:
+            error_at(errors, path, "peers", lines, line, "needs at least one other region")
+        if self.name in self.peers:
+            error_at(errors, path, "peers", lines, line, f"{self.name!r} is this region")
 
 
 class Tier(Schema):

@@ -1,0 +1,260 @@
+"""Rate limits across regions (docs/regions.md; top-level `regions`, `scope: global`).
+
+Each region counts a global limit in its own store, as its own component of a
+G-counter per key and window: ratelimit.lua adds the other regions' last-known
+components (`<key>:regions`, one field per region, "window:count:previous") to
+its own count when it decides, so a decision stays one local round trip, and
+notes each key it counted in the tag's `:dirty` set.
+
+`RegionSync` runs beside the limiter, off the request path. Every
+`sync_interval` it takes the dirty keys with their current components from
+the local store and *pushes* them into each peer's store, merged there by
+maximum (a G-counter's merge: never lost, never counted twice, in any order,
+any number of times). Pushing, rather than letting peers read, means each
+region writes only to the others and reads only its own store: one round trip
+per peer per interval, whatever the number of keys, and a peer's view of us
+is as fresh as our last successful push. A push also leaves a heartbeat (time
+and per-limit admission rates) in the peer's store: from the heartbeats in
+our own store we know how stale our view of each peer is (its sync lag), and
+so the current bound on over-admission.
+
+A peer we cannot write to, or whose heartbeat is older than
+`partition_after`, is partitioned: with `on_partition: share` global limits
+are then capped at this region's share (limit / regions) of its own. When
+the peer answers again, it gets every component we know in full (it may have
+lost what we pushed before).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import orjson
+
+from ...store import Script
+from ...store.guard import STORE_ERRORS
+
+log = logging.getLogger("tollhouse.regions")
+
+HEARTBEAT = "th:regions:v1:heartbeat:"
+_FORGET_AFTER = 600.0   # seconds a key's last-known own component is kept for full pushes
+
+# Take the dirty keys of one hash tag and read their components (w, c, p) and TTLs.
+_TAKE_DIRTY = """
+local out = {}
+local members = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+for _, k in ipairs(members) do
+  local s = redis.call('HMGET', k, 'w', 'c', 'p')
+  if s[1] then
+    out[#out + 1] = k
+    out[#out + 1] = s[1]
+    out[#out + 1] = s[2] or '0'
+    out[#out + 1] = s[3] or '0'
+    out[#out + 1] = redis.call('PTTL', k)
+  end
+end
+return out
+"""
+
+# On a peer: merge our components by maximum. KEYS: '<key>:regions' hashes (one hash tag);
+# ARGV[1]: our region, then per key: window, count, previous, ttl_ms.
+_MERGE = """
+for i, k in ipairs(KEYS) do
+  local b = 1 + (i - 1) * 4
+  local w, c, p, ttl = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local old = redis.call('HGET', k, ARGV[1])
+  local newer = true
+  if old then
+    local ow, oc = string.match(old, '^(%-?%d+):(%d+)')
+    ow, oc = tonumber(ow), tonumber(oc)
+    if ow > w or (ow == w and oc >= c) then newer = false end
+  end
+  if newer then redis.call('HSET', k, ARGV[1], w .. ':' .. c .. ':' .. p) end
+  if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
+end
+return 1
+"""
+
+
+def _redis_only(*_):
+    raise RuntimeError("regions need a Redis store")
+
+
+TAKE_DIRTY = Script("regions_take_dirty", _TAKE_DIRTY, _redis_only)
+MERGE = Script("regions_merge", _MERGE, _redis_only)
+
+
+class Peer:
+    __slots__ = ("name", "store", "up", "full", "lag", "last_push", "rates", "heard")
+
+    def __init__(self, name: str, url: str):
+        from ...store.redis import RedisStore
+
+        self.name = name
+        self.store = RedisStore(url)
+        self.up = True
+        self.full = True          # send every known component next time (first push, or back from a failure)
+        self.lag = None           # seconds since its last heartbeat in our store
+        self.last_push = 0.0
+        self.rates: dict = {}     # its admissions per second per limit, from its heartbeat
+        self.heard = False
+
+
+class RegionSync:
+    """This region's side of the global counters: publishing, heartbeats, partition state."""
+
+    def __init__(self, config, store, stats):
+        self.config = config
+        self.name = config.name
+        self.store = store
+        self.stats = stats
+        self.peers = {name: Peer(name, url) for name, url in config.peers.items()}
+        self.count = len(self.peers) + 1
+        self.share = config.on_partition == "share"
+        self.partitioned = False
+        self.tags: set[str] = set()            # '{tag}' prefixes whose dirty sets are taken
+        self.limits: dict[str, str] = {}       # a limit's key prefix -> its label (route:limit name)
+        self.known: dict[bytes, tuple] = {}    # key -> (w, c, p, ttl_ms, seen): our last-known components
+        self.rates: dict[str, float] = {}      # our admissions per second per limit label
+        self.bounds: dict[str, float] = {}
+        self.task = None
+        for peer in self.peers:
+            stats.declare_gauge("region_peer_up", (("peer", peer),), 1)
+            stats.declare_gauge("region_sync_lag_seconds", (("peer", peer),))
+
+    def watch(self, prefix: str, limit_prefix: str, label: str) -> None:
+        """A route's global limit: its tag's dirty set is taken, its admissions rated."""
+        self.tags.add(prefix[:prefix.index("}") + 1])
+        self.limits[limit_prefix] = label
+        self.stats.declare_gauge("region_overadmission_bound", (("limit", label),), 1)
+
+    @property
+    def share_now(self) -> bool:
+        return self.share and self.partitioned
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        for peer in self.peers.values():
+            asyncio.get_event_loop().create_task(peer.store.close())
+
+    async def _run(self) -> None:
+        interval = self.config.sync_interval
+        while True:
+            started = time.monotonic()
+            try:
+                await self.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - never stops: the next interval tries again
+                log.exception("region sync failed")
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def sync(self) -> None:
+        now = time.time()
+        changed = await self._take_dirty(now)
+        # Our admission rates per limit since the last sync (for the peers' bounds).
+        interval = self.config.sync_interval
+        gained: dict[str, int] = {}
+        for key, (w, c, p, ttl, _) in changed.items():
+            before = self.known.get(key)
+            delta = c - before[1] if before is not None and before[0] == w else c
+            label = self._label(key)
+            if label is not None and delta > 0:
+                gained[label] = gained.get(label, 0) + delta
+        self.known.update(changed)
+        self.rates = {label: n / interval for label, n in gained.items()}
+        for key in [k for k, v in self.known.items() if now - v[4] > _FORGET_AFTER]:
+            del self.known[key]
+        await asyncio.gather(*(self._push(peer, changed, now) for peer in self.peers.values()))
+        await self._read_heartbeats(now)
+
+    async def _take_dirty(self, now: float) -> dict:
+        changed = {}
+        for tag in self.tags:
+            try:
+                flat = await asyncio.wait_for(self.store.run(TAKE_DIRTY, [f"{tag}:dirty"], []), 1.0)
+            except STORE_ERRORS + (asyncio.TimeoutError,):
+                continue   # our own store is down: the limiter's store_failure mode is in force
+            for i in range(0, len(flat), 5):
+                key = flat[i]
+                changed[key] = (int(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]), int(flat[i + 4]), now)
+        return changed
+
+    def _label(self, key: bytes) -> str | None:
+        text = key.decode("latin-1")
+        for prefix, label in self.limits.items():
+            if text.startswith(prefix):
+                return label
+        return None
+
+    async def _push(self, peer: Peer, changed: dict, now: float) -> None:
+        entries = self.known if peer.full else changed
+        by_tag: dict[bytes, list] = {}
+        for key, (w, c, p, ttl, _) in entries.items():
+            if ttl != -2:   # -2: the key is gone (its windows are over)
+                by_tag.setdefault(key[:key.index(b"}") + 1], []).append((key, w, c, p, ttl))
+        try:
+            async with asyncio.timeout(max(1.0, self.config.sync_interval * 5)):
+                for items in by_tag.values():
+                    keys = [key + b":regions" for key, *_ in items]
+                    args = [self.name]
+                    for _, w, c, p, ttl in items:
+                        args += (w, c, p, max(ttl, 0))
+                    await peer.store.run(MERGE, keys, args)
+                beat = orjson.dumps({"t": now, "rates": self.rates})
+                await peer.store.set(HEARTBEAT + self.name, beat, ttl=max(60.0, self.config.partition_after * 10))
+        except (*STORE_ERRORS, asyncio.TimeoutError, OSError) as e:
+            if peer.up:
+                log.warning("region %s: cannot write to peer %s (%s)", self.name, peer.name, type(e).__name__)
+            peer.up = False
+            peer.full = True
+            return
+        if not peer.up:
+            log.warning("region %s: peer %s answers again (sent every known count)", self.name, peer.name)
+        peer.up = True
+        peer.full = False
+        peer.last_push = now
+
+    async def _read_heartbeats(self, now: float) -> None:
+        """How fresh our view of each peer is, from the heartbeats they left in our store."""
+        partitioned = False
+        gauges = self.stats.gauges
+        for peer in self.peers.values():
+            try:
+                raw = await asyncio.wait_for(self.store.get(HEARTBEAT + peer.name), 1.0)
+            except (*STORE_ERRORS, asyncio.TimeoutError):
+                raw = None
+            if raw:
+                beat = orjson.loads(raw)
+                peer.lag = max(0.0, now - beat["t"])
+                peer.rates = beat.get("rates", {})
+                peer.heard = True
+            elif peer.heard or peer.lag is None:
+                peer.lag = None
+            stale = peer.lag is None or peer.lag > self.config.partition_after
+            partitioned = partitioned or stale or not peer.up
+            gauges[("region_peer_up", (("peer", peer.name),))] = 1 if peer.up and not stale else 0
+            gauges[("region_sync_lag_seconds", (("peer", peer.name),))] = peer.lag if peer.lag is not None else -1
+        if partitioned != self.partitioned:
+            log.warning("region %s: %s", self.name, "partitioned: global limits at this region's share"
+                        if partitioned and self.share else "partitioned" if partitioned else "every peer in step")
+        self.partitioned = partitioned
+        # Over-admission bound per limit: sum over peers of (their admission rate x their lag) + 1.
+        for label in self.limits.values():
+            bound = 1.0 + sum(peer.rates.get(label, 0.0) * (peer.lag or 0.0) for peer in self.peers.values())
+            self.bounds[label] = bound
+            gauges[("region_overadmission_bound", (("limit", label),))] = round(bound, 3)
+
+    def status(self) -> dict:
+        return {"name": self.name, "on_partition": self.config.on_partition, "partitioned": self.partitioned,
+                "in_force": "share" if self.share_now else "global",
+                "peers": {p.name: {"up": p.up, "lag_seconds": None if p.lag is None else round(p.lag, 3),
+                                   "last_push": p.last_push or None} for p in self.peers.values()},
+                "overadmission_bound": {k: round(v, 3) for k, v in self.bounds.items()}}

@@ -1,0 +1,98 @@
+"""Global rate limits across regions (docs/regions.md): three regions on this machine,
+each its own redis-server and gateway, with real syncing between the stores."""
+import json
+import time
+
+import pytest
+import redis
+
+from tests.support.client import request
+from tests.support.processes import wait_for
+from tests.support.regions import Regions
+
+
+def get(g, path="/g/x"):
+    return request(g.port, f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()).status
+
+
+@pytest.fixture
+def regions(upstream):
+    r = Regions(3, upstream.url, limit=12, window="1m", sync_interval="100ms")
+    yield r
+    r.cleanup()
+
+
+def status(g) -> dict:
+    return json.loads(g.get_admin("/status")[1])["store"]["regions"]
+
+
+def test_a_global_limit_is_shared_by_the_regions(regions):
+    eu, us, ap = (regions.gateways[n] for n in ("eu", "us", "ap"))
+    wait_for(lambda: all(p["lag_seconds"] is not None for g in (eu, us, ap) for p in status(g)["peers"].values()),
+             timeout=10)
+    assert [get(eu) for _ in range(5)] == [200] * 5
+    time.sleep(0.5)   # well past one sync: the others know eu's 5
+    assert [get(us) for _ in range(4)] == [200] * 4
+    time.sleep(0.5)
+    # 9 admitted so far: ap has room for 3 more of the 12, then the global limit holds.
+    assert [get(ap) for _ in range(5)] == [200, 200, 200, 429, 429]
+    time.sleep(0.5)
+    assert get(eu) == 429 and get(us) == 429
+    # Every region holds the others' components (a G-counter: each writes only its own).
+    store = redis.Redis.from_url(regions.redis["eu"].url)
+    components = {k: v for k, v in ((k, store.hgetall(k)) for k in store.scan_iter("*:regions")) if v}
+    (fields,) = components.values()
+    assert {f.decode(): int(v.split(b":")[1]) for f, v in fields.items()} == {"us": 4, "ap": 3}
+    metrics = eu.get_admin("/metrics")[1].decode()
+    assert 'tollhouse_region_peer_up{peer="us"} 1.0' in metrics and 'tollhouse_region_peer_up{peer="ap"} 1.0' in metrics
+    assert "tollhouse_region_sync_lag_seconds{peer=\"us\"}" in metrics
+    assert 'tollhouse_region_overadmission_bound{limit="limited:global-60s"}' in metrics
+    st = status(eu)
+    assert st["name"] == "eu" and not st["partitioned"] and st["peers"]["us"]["up"] is True
+    assert 0 <= st["peers"]["us"]["lag_seconds"] < 1
+
+
+def test_a_partitioned_peer_shares_the_limit_and_merges_when_back(regions):
+    eu, us, ap = (regions.gateways[n] for n in ("eu", "us", "ap"))
+    wait_for(lambda: all(p["lag_seconds"] is not None for p in status(eu)["peers"].values()), timeout=10)
+    assert [get(eu, "/g/a") for _ in range(2)] == [200, 200]
+    time.sleep(0.5)
+    regions.redis["ap"].kill()   # ap's store is gone: eu and us cannot write to it
+    wait_for(lambda: status(eu)["partitioned"] and status(us)["partitioned"], timeout=10)
+    assert status(eu)["in_force"] == "share" and status(eu)["peers"]["ap"]["up"] is False
+    metrics = eu.get_admin("/metrics")[1].decode()
+    assert 'tollhouse_region_peer_up{peer="ap"} 0.0' in metrics
+    # on_partition: share: eu admits at most its share of 12 across 3 regions, 4, of its own.
+    assert [get(eu, "/g/a") for _ in range(3)] == [200, 200, 429]
+    # ap's store comes back empty: eu and us send it every count they know, nothing is lost.
+    regions.redis["ap"].start()
+    wait_for(lambda: not status(eu)["partitioned"], timeout=15)
+    store = redis.Redis.from_url(regions.redis["ap"].url)
+
+    def components():
+        found = {}
+        for k in store.scan_iter("*:regions"):
+            for f, v in store.hgetall(k).items():
+                found[f.decode()] = int(v.split(b":")[1])
+        return found
+    assert wait_for(lambda: components() == {"eu": 4} and components(), timeout=10) == {"eu": 4}
+
+
+def test_over_admission_stays_within_the_bound_at_200ms(upstream):
+    """An adversary spreading requests over three regions (L = 200 ms injected as the
+    sync interval): each window's excess over the limit stays within Σ over the other
+    regions of (their admission rate × L) + 1, with a margin for the measurement."""
+    from tests.support.regions import adversary, excess_per_window
+
+    regions = Regions(3, upstream.url, limit=50, window="2s", sync_interval="200ms")
+    try:
+        wait_for(lambda: all(p["lag_seconds"] is not None for p in status(regions.gateways["eu"])["peers"].values()),
+                 timeout=10)
+        records = adversary({n: g.port for n, g in regions.gateways.items()}, 2 * 3.2, connections=2)
+        rows = excess_per_window(records, 50, 2.0, 0.2)
+    finally:
+        regions.cleanup()
+    assert len(rows) >= 2
+    for row in rows:
+        assert 50 <= row["admitted"] <= 3 * 50, row      # the limit bites, and no region exceeds its own count
+        assert row["excess"] <= 1.2 * row["bound"] + 5, row
