@@ -63,6 +63,7 @@ def redis():
 
 def test_every_panel_and_alert_expression_returns_series_from_a_real_prometheus(gateway_factory, upstream, redis,
                                                                                tmp_path):
+    peer = RedisServer().start()   # another region's store: the region alerts have series
     g = gateway_factory(basic_config(upstream.url, extra_routes="""  - name: limited
     match: {prefix: /limited}
     upstream: app
@@ -76,6 +77,7 @@ def test_every_panel_and_alert_expression_returns_series_from_a_real_prometheus(
     upstream: app
     auth: {providers: [dev]}
 """, extra=f"""store: {redis.url}
+regions: {{name: eu, peers: {{us: {peer.url}}}, sync_interval: 100ms}}
 auth: {{providers: {{dev: {{type: jwt, algorithms: [HS256], secret: a-secret-of-enough-length-0123456789}}}}}}
 """, upstream_extra="""    circuit_breaker: {failure_ratio: 0.9, min_requests: 1000, window: 10s, open_for: 30s}
 """))
@@ -122,3 +124,4 @@ scrape_configs:
     finally:
         prom.terminate()
         prom.wait(10)
+        peer.cleanup()
