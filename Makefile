@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 COMPILED := $(wildcard src/tollhouse/*.pxd src/tollhouse/*/*.pxd src/tollhouse/*/*/*.pxd)
 BUILT    := $(VENV)/.built
 
-.PHONY: demo test bench redis-server monitoring-tools browser bench-tools clean
+.PHONY: demo test bench redis-server monitoring-tools browser deploy-tools bench-tools clean
 
 $(STAMP): pyproject.toml
 	@if [ -f $(VENV)/pyvenv.cfg ] && ! grep -qx 'home = $(PYHOME)' $(VENV)/pyvenv.cfg; then \
@@ -67,9 +67,30 @@ browser:
 	    exit 1; \
 	  fi; }
 
+# The deployment files are checked by real tools: kubectl (Debian's kubernetes-client) renders the
+# Kustomize base, kubernetes-validate and checkov (in a venv of their own: their dependencies
+# would clash with the gateway's pins) check what it renders.
+DEPLOY_VENV := .venv-deploy
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed-checkov-3.3.30-kv-1.37.0
+deploy-tools: $(DEPLOY_STAMP)
+	@command -v kubectl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing kubernetes-client (kubectl) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null; \
+	  else \
+	    echo "kubectl is missing. Install it first: 'sudo apt-get install kubernetes-client' (Debian/Ubuntu)."; \
+	    exit 1; \
+	  fi; }
+
+$(DEPLOY_STAMP):
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DEPLOY_VENV)/bin/python -m pip install -q checkov==3.3.30 kubernetes-validate==1.37.0
+	touch $(DEPLOY_STAMP)
+
 # The whole suite runs twice: on the compiled build, then on the plain-Python
 # source (the fallback without a compiler), which must behave the same.
-test: $(BUILT) redis-server monitoring-tools browser
+test: $(BUILT) redis-server monitoring-tools browser deploy-tools
 	$(BIN)/python -m pytest tests
 	TOLLHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest tests
 
@@ -83,5 +104,5 @@ bench: $(BUILT) bench-tools
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(DEPLOY_VENV) build src/*.egg-info .pytest_cache
 	find src -name '*.so' -delete -o -name '*.c' -delete

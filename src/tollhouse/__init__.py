@@ -55,7 +55,10 @@ def _choose_build() -> None:
     if os.environ.get("TOLLHOUSE_PURE_PYTHON"):
         sys.meta_path.insert(0, _SourceFirst(modules))
         return
-    stale = _stale(modules)
+    # Only a source checkout (setup.py beside src/) is edited after a build; in an installed
+    # package the files' times are those of the install, in no useful order.
+    checkout = os.path.exists(os.path.join(_HERE, "..", "..", "setup.py"))
+    stale = _stale(modules) if checkout else []
     if stale:
         warnings.warn(f"compiled modules older than their source ({', '.join(sorted(stale))}): running the "
                       "source instead; rebuild with 'make' or 'python setup.py build_ext --inplace'", stacklevel=2)

@@ -135,18 +135,65 @@ def test_worker_that_dies_is_restarted(gateway_factory, upstream):
     assert get(g.port, "/x").status == 200
 
 
-def test_readyz_follows_redis(gateway_factory, upstream):
+@pytest.mark.parametrize("mode,serves", [("open", True), ("local", True), ("closed", False)])
+def test_readyz_with_the_store_down_follows_store_failure(gateway_factory, upstream, mode, serves):
+    """Ready when the store answers, or when store_failure says to serve without it."""
     redis = RedisServer().start()
     try:
-        g = gateway_factory(basic_config(upstream.url, extra=f"store: {redis.url}"))
+        g = gateway_factory(basic_config(upstream.url, extra=f"store: {redis.url}\nstore_failure: {mode}"))
         assert g.get_admin("/readyz")[0] == 200
         redis.kill()
-        wait_for(lambda: g.get_admin("/readyz")[0] == 503, timeout=5)
+        expected = 200 if serves else 503
+        wait_for(lambda: (s := g.get_admin("/readyz")) and json.loads(s[1])["up"] is False, timeout=5)
+        status, body = g.get_admin("/readyz")
+        assert status == expected and json.loads(body)["store_failure"] == mode
         assert get(g.port, "/x").status == 200   # proxying does not depend on the store
         redis.start()
-        wait_for(lambda: g.get_admin("/readyz")[0] == 200, timeout=10)
+        wait_for(lambda: g.get_admin("/readyz")[0] == 200 and json.loads(g.get_admin("/readyz")[1])["up"], timeout=10)
     finally:
         redis.cleanup()
+
+
+def test_readyz_is_never_true_before_the_listeners_are_bound(gateway_factory, upstream):
+    g = gateway_factory(basic_config(upstream.url), start=False)
+    seen, stop = [], threading.Event()
+
+    def probe():
+        while not stop.is_set():
+            try:
+                status = g.get_admin("/readyz")[0]
+            except OSError:
+                status = None   # the admin listener is not up yet: not ready
+            if status == 200:
+                with socket.create_connection(("127.0.0.1", g.port), timeout=1):
+                    seen.append("ready and bound")
+            else:
+                seen.append(status)
+            time.sleep(0.005)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    g.start()
+    wait_for(lambda: "ready and bound" in seen, timeout=10)
+    stop.set()
+    t.join(5)
+    assert seen[0] != "ready and bound"   # probed from before the start
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_drain_fails_readiness_first_then_finishes_in_flight_requests(gateway_factory, upstream, workers):
+    g = gateway_factory(basic_config(upstream.url, extra="shutdown_grace: 5s"), workers=workers)
+    assert g.get_admin("/readyz")[0] == 200
+    answers = []
+    slow = threading.Thread(target=lambda: answers.append(get(g.port, "/api/slow?ms=1500").status))
+    slow.start()
+    time.sleep(0.3)   # in flight
+    g.signal(signal.SIGTERM)
+    status, body = wait_for(lambda: (s := g.get_admin("/readyz")) and s[0] == 503 and s, timeout=3)
+    assert json.loads(body)["draining"] is True and not answers   # not ready while the request is still out
+    slow.join(10)
+    assert answers == [200]
+    assert g.proc.wait(15) == 0
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Global rate limits across regions (docs/regions.md): three regions on this machine,
 each its own redis-server and gateway, with real syncing between the stores."""
 import json
-import time
 
 import pytest
 import redis
@@ -26,23 +25,31 @@ def status(g) -> dict:
     return json.loads(g.get_admin("/status")[1])["store"]["regions"]
 
 
+def components(r: Regions, region: str) -> dict:
+    """The other regions' counts this region's store holds (region -> count)."""
+    store = redis.Redis.from_url(r.redis[region].url)
+    found = {}
+    for k in store.scan_iter("*:regions"):
+        for f, v in store.hgetall(k).items():
+            found[f.decode()] = int(v.split(b":")[1])
+    return found
+
+
 def test_a_global_limit_is_shared_by_the_regions(regions):
     eu, us, ap = (regions.gateways[n] for n in ("eu", "us", "ap"))
     wait_for(lambda: all(p["lag_seconds"] is not None for g in (eu, us, ap) for p in status(g)["peers"].values()),
              timeout=10)
     assert [get(eu) for _ in range(5)] == [200] * 5
-    time.sleep(0.5)   # well past one sync: the others know eu's 5
+    wait_for(lambda: components(regions, "us") == {"eu": 5}, timeout=5)   # one sync later, us knows eu's 5
     assert [get(us) for _ in range(4)] == [200] * 4
-    time.sleep(0.5)
+    wait_for(lambda: components(regions, "ap") == {"eu": 5, "us": 4}, timeout=5)
     # 9 admitted so far: ap has room for 3 more of the 12, then the global limit holds.
     assert [get(ap) for _ in range(5)] == [200, 200, 200, 429, 429]
-    time.sleep(0.5)
+    wait_for(lambda: components(regions, "eu") == {"us": 4, "ap": 3}, timeout=5)
+    wait_for(lambda: components(regions, "us") == {"eu": 5, "ap": 3}, timeout=5)
     assert get(eu) == 429 and get(us) == 429
     # Every region holds the others' components (a G-counter: each writes only its own).
-    store = redis.Redis.from_url(regions.redis["eu"].url)
-    components = {k: v for k, v in ((k, store.hgetall(k)) for k in store.scan_iter("*:regions")) if v}
-    (fields,) = components.values()
-    assert {f.decode(): int(v.split(b":")[1]) for f, v in fields.items()} == {"us": 4, "ap": 3}
+    assert components(regions, "ap") == {"eu": 5, "us": 4}
     metrics = eu.get_admin("/metrics")[1].decode()
     assert 'tollhouse_region_peer_up{peer="us"} 1.0' in metrics and 'tollhouse_region_peer_up{peer="ap"} 1.0' in metrics
     assert "tollhouse_region_sync_lag_seconds{peer=\"us\"}" in metrics
@@ -56,7 +63,7 @@ def test_a_partitioned_peer_shares_the_limit_and_merges_when_back(regions):
     eu, us, ap = (regions.gateways[n] for n in ("eu", "us", "ap"))
     wait_for(lambda: all(p["lag_seconds"] is not None for p in status(eu)["peers"].values()), timeout=10)
     assert [get(eu, "/g/a") for _ in range(2)] == [200, 200]
-    time.sleep(0.5)
+    wait_for(lambda: components(regions, "ap") == {"eu": 2}, timeout=5)
     regions.redis["ap"].kill()   # ap's store is gone: eu and us cannot write to it
     wait_for(lambda: status(eu)["partitioned"] and status(us)["partitioned"], timeout=10)
     assert status(eu)["in_force"] == "share" and status(eu)["peers"]["ap"]["up"] is False
@@ -67,15 +74,7 @@ def test_a_partitioned_peer_shares_the_limit_and_merges_when_back(regions):
     # ap's store comes back empty: eu and us send it every count they know, nothing is lost.
     regions.redis["ap"].start()
     wait_for(lambda: not status(eu)["partitioned"], timeout=15)
-    store = redis.Redis.from_url(regions.redis["ap"].url)
-
-    def components():
-        found = {}
-        for k in store.scan_iter("*:regions"):
-            for f, v in store.hgetall(k).items():
-                found[f.decode()] = int(v.split(b":")[1])
-        return found
-    assert wait_for(lambda: components() == {"eu": 4} and components(), timeout=10) == {"eu": 4}
+    wait_for(lambda: components(regions, "ap") == {"eu": 4}, timeout=10)
 
 
 def test_over_admission_stays_within_the_bound_at_200ms(upstream):

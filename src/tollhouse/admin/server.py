@@ -57,6 +57,7 @@ class AdminServer:
         self.started = time.time()
         self.server = None
         self.dashboard: Dashboard | None = None
+        self.draining = False   # set on SIGTERM: /readyz answers 503 while in-flight requests finish
         with open(_PAGE, "rb") as f:
             self.page = f.read().replace(b"__TOKEN_REQUIRED__", b"true" if token else b"false")
 
@@ -117,6 +118,8 @@ class AdminServer:
         if path == "/healthz" and method in ("GET", "HEAD"):
             return 200, "application/json", b'{"status":"ok"}'
         if path == "/readyz" and method in ("GET", "HEAD"):
+            if self.draining:
+                return 503, "application/json", b'{"ready":false,"draining":true}'
             ready, detail = await c.ready()
             return (200 if ready else 503), "application/json", orjson.dumps({"ready": ready, **detail})
         if path == "/metrics" and method in ("GET", "HEAD"):

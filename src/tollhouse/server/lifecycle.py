@@ -30,11 +30,14 @@ from .worker import Worker, install_signals
 log = logging.getLogger("tollhouse")
 
 
-async def _store_ready(store, configured: str) -> tuple[bool, dict]:
-    if configured == "memory":
+async def _store_ready(store, config) -> tuple[bool, dict]:
+    """Ready when the store answers, or when `store_failure` says to serve without it
+    (open, local); with `closed` a store that is down means not ready."""
+    if config.store == "memory":
         return True, {"kind": "memory", "up": True}
     up = await store.ping()
-    return up, {"kind": store.kind, "up": up}
+    return up or config.store_failure != "closed", {"kind": store.kind, "up": up,
+                                                      "store_failure": config.store_failure}
 
 
 class LocalController:
@@ -63,7 +66,7 @@ class LocalController:
         return await self.worker.purge_cache(route, prefix, tag)
 
     async def ready(self):
-        return await _store_ready(self.worker.store, self.worker.state.config.store)
+        return await _store_ready(self.worker.store, self.worker.state.config)
 
 
 def announce(listen, admin) -> None:
@@ -91,8 +94,9 @@ async def serve_single(config, config_path: str | None, on_ready=None) -> int:
         on_ready(worker, admin_addr)
     await stop.wait()
     log.info("draining")
-    admin.close()
+    admin.draining = True   # /readyz fails first; in-flight requests then finish within shutdown_grace
     await worker.drain()
+    admin.close()
     return 0
 
 
@@ -208,7 +212,7 @@ class Supervisor:
         return problems
 
     async def ready(self):
-        return await _store_ready(self.store, self.config.store)
+        return await _store_ready(self.store, self.config)
 
     async def purge(self, route, prefix, tag):
         # Each worker purges its own memory cache (a shared Redis answers the first; the rest find nothing left).
@@ -253,10 +257,11 @@ async def serve_supervised(config, config_path: str | None, text: str) -> int:
     install_signals(loop, stop.set, on_reload)
     announce(config.listen, admin_addr)
     await stop.wait()
-    admin.close()
+    admin.draining = True
     if sup.checker is not None:
         sup.checker.stop()
     await sup.stop()
+    admin.close()
     for w in watchers:
         w.cancel()
     return 0
