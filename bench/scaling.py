@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from run import free_port, wait_port  # noqa: E402   (bench/run.py's, stdlib only)
 BODY = b'{"id":12345,"name":"Ada Lovelace","email":"ada@example.com","roles":["admin","author"]}'
 UPSTREAM = f"""
 import asyncio, socket, sys, uvloop
@@ -38,23 +40,6 @@ GATEWAY_CPUS = os.environ.get("SCALING_GATEWAY_CPUS", "0-7")
 UPSTREAM_CPUS = os.environ.get("SCALING_UPSTREAM_CPUS", "8,9,10,11").split(",")
 LOAD_CPUS = os.environ.get("SCALING_LOAD_CPUS", "12-15")
 DURATION, ROUNDS = int(os.environ.get("BENCH_DURATION", "5")), int(os.environ.get("BENCH_ROUNDS", "3"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(port)
 
 
 def wrk(port: int, conns: int, seconds: int) -> float:

@@ -33,13 +33,19 @@ class PolicyKind:
     - `endpoints(services) -> [(route name, method, path, handler)]`: optional paths the gateway
       answers itself (the OAuth token endpoint); the global policies guard them;
     - `outcome`: the name of its policies' outcome (`Policy.outcome`), a field of
-      every access log line (null where the route has no such policy).
+      every access log line (null where the route has no such policy);
+    - `check(route, where, config, errors)`: optional rules between a route and the rest
+      of the config (its upstream, its path parameters), called for every route;
+    - `own_upstream`: False when a route with this key answers itself (aggregation) and
+      so names no upstream of its own.
     """
 
-    __slots__ = ("name", "phase", "key", "field", "build", "service", "endpoints", "outcome")
+    __slots__ = ("name", "phase", "key", "field", "build", "service", "endpoints", "outcome", "check",
+                 "own_upstream")
 
     def __init__(self, name: str, *, phase: str, build: Callable, key: str | None = None, field: Any = None,
-                 service: Callable | None = None, endpoints: Callable | None = None, outcome: str | None = None):
+                 service: Callable | None = None, endpoints: Callable | None = None, outcome: str | None = None,
+                 check: Callable | None = None, own_upstream: bool = True):
         self.name = name
         self.phase = phase
         self.key = key
@@ -48,6 +54,8 @@ class PolicyKind:
         self.service = service
         self.endpoints = endpoints
         self.outcome = outcome
+        self.check = check
+        self.own_upstream = own_upstream
 
 
 class Services:

@@ -6,7 +6,7 @@ tests/unit/test_config_docs.py fails when the file is out of step.
 """
 from __future__ import annotations
 
-from .model import Gateway, NotYet
+from .model import Gateway
 from .schema import MISSING, Duration, ListOf, MapOf, OneOf, Schema, Size
 
 INTRO = """# Configuration reference
@@ -71,9 +71,6 @@ def _section(title: str, schema: type[Schema], out: list, seen: set) -> None:
     for name, field in schema._fields.items():
         kind = field.kind
         label = kind.label if not (isinstance(kind, type) and issubclass(kind, Schema)) else "mapping"
-        if isinstance(kind, NotYet):
-            out.append(f"| `{name}` | - | - | not available yet: {kind.what} |")
-            continue
         out.append(f"| `{name}` | {label} | {_default(field)} | {field.doc.replace('|', '/')} |")
         nested = _nested(kind)
         if nested is not None and nested not in seen:

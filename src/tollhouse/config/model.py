@@ -23,22 +23,6 @@ NAME = r"[A-Za-z0-9_.-]+"
 _TEMPLATE_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-class NotYet(Kind):
-    """A key from the product contract whose capability has not landed yet.
-
-    Accepting it silently would disable a policy the user asked for, so it
-    is an error that says so (docs/contract.md §2: a typo never silently disables
-    a policy; neither does a missing feature).
-    """
-
-    def __init__(self, what: str):
-        self.what = what
-        self.label = f"{what} (not yet available)"
-
-    def convert(self, value):
-        raise ValueError(f"{self.what} is not available in this version of Tollhouse yet")
-
-
 def _is_str(v):
     return isinstance(v, (str, int)) and not isinstance(v, bool)
 
@@ -350,21 +334,16 @@ class Gateway(Schema):
             if name in seen:
                 errors.append(_err(where + ".name", None, f"duplicate route name {name!r}"))
             seen.add(name)
-            if route.aggregate is not None:
-                from ..policies.aggregate import check_route
-
-                check_route(route, where, self.upstreams, errors)
-            elif not route.upstream:
-                errors.append(_err(where + ".upstream", None, "is required"))
-            elif route.upstream not in self.upstreams:
-                errors.append(_err(where + ".upstream", None, f"no upstream named {route.upstream!r} in upstreams"))
-            elif route.grpc is not None:
-                from ..policies.grpc import check_route
-
-                check_route(route, where, self.upstreams, errors)
-            elif self.upstreams[route.upstream].is_grpc and route.websocket is None:
-                errors.append(_err(where + ".grpc", None, f"upstream {route.upstream!r} speaks gRPC: "
-                                                          "the route needs grpc: {method: package.Service/Method}"))
+            kinds = builtins()
+            # A route whose policy answers it (aggregation) has no upstream of its own.
+            if all(k.own_upstream or getattr(route, k.key) is None for k in kinds):
+                if not route.upstream:
+                    errors.append(_err(where + ".upstream", None, "is required"))
+                elif route.upstream not in self.upstreams:
+                    errors.append(_err(where + ".upstream", None, f"no upstream named {route.upstream!r} in upstreams"))
+            for kind in kinds:
+                if kind.check is not None:
+                    kind.check(route, where, self, errors)
             if route.auth is not None:
                 known = set(self.auth.providers) if self.auth is not None else set()
                 if self.auth is not None and self.auth.token_endpoint is not None:

@@ -216,6 +216,16 @@ class Stats:
         }
 
 
+def _add_histogram(into: dict, key, counts: list, total: float) -> None:
+    """Add one worker's histogram (bucket counts, sum) to `into[key]`."""
+    cur = into.get(key)
+    if cur is None:
+        into[key] = [list(counts), total]
+    else:
+        cur[0] = [a + b for a, b in zip(cur[0], counts)]
+        cur[1] += total
+
+
 def merge(snapshots: list[dict]) -> dict:
     """Sum worker snapshots into one (gauges are summed too: they are per-worker counts)."""
     requests: dict[tuple, int] = {}
@@ -229,12 +239,7 @@ def merge(snapshots: list[dict]) -> dict:
             requests[(r, m, s)] = requests.get((r, m, s), 0) + n
         for kind in hist:
             for key, (counts, total) in snap[kind].items():
-                cur = hist[kind].get(key)
-                if cur is None:
-                    hist[kind][key] = [list(counts), total]
-                else:
-                    cur[0] = [a + b for a, b in zip(cur[0], counts)]
-                    cur[1] += total
+                _add_histogram(hist[kind], key, counts, total)
         for n, labels, v in snap["counters"]:
             key = (n, tuple(tuple(p) for p in labels))
             counters[key] = counters.get(key, 0) + v
@@ -248,13 +253,7 @@ def merge(snapshots: list[dict]) -> dict:
             else:
                 gauges[key] = gauges.get(key, 0) + v
         for n, labels, counts, total in snap.get("histograms", ()):
-            key = (n, tuple(tuple(p) for p in labels))
-            cur = histograms.get(key)
-            if cur is None:
-                histograms[key] = [list(counts), total]
-            else:
-                cur[0] = [a + b for a, b in zip(cur[0], counts)]
-                cur[1] += total
+            _add_histogram(histograms, (n, tuple(tuple(p) for p in labels)), counts, total)
         active_connections += snap["active_connections"]
         active_requests += snap["active_requests"]
     return {"requests": requests, **hist, "counters": counters, "gauges": gauges, "histograms": histograms,

@@ -95,9 +95,12 @@ def load_function(spec: str):
     return fn
 
 
-def check_route(route, where: str, upstreams, errors: list) -> None:
-    """Rules between the route and its `aggregate` (config.model.Gateway.check calls this)."""
+def check_route(route, where: str, config, errors: list) -> None:
+    """Rules between a route's `aggregate` and the rest of the config (the kind's `check`)."""
     agg = route.aggregate
+    if agg is None:
+        return
+    upstreams = config.upstreams
     if route.upstream:
         errors.append(ConfigError(f"{where}.upstream", None, "an aggregate route has no upstream of its own: "
                                                               "each backend names one"))
@@ -280,5 +283,6 @@ def _problem_detail(body: bytes) -> str | None:
 KIND = PolicyKind(
     "aggregate", phase=AggregatePolicy.phase, key="aggregate", outcome=AggregatePolicy.outcome,
     build=lambda config, context, services: None if config is None else AggregatePolicy(config, context),
+    check=check_route, own_upstream=False,
     field=Field(Aggregate, None, "{backends: {name: {upstream, path, timeout, required, default}}, all_or_nothing, "
                                  "merge}: fan out in parallel, merge the JSON answers; see docs/aggregation.md"))

@@ -74,11 +74,17 @@ def find_method(pool, method: str):
     return desc
 
 
-def check_route(route, where: str, upstreams, errors: list) -> None:
-    """Rules between a `grpc` route and its upstream (config.model.Gateway.check calls this)."""
-    up = upstreams.get(route.upstream)
+def check_route(route, where: str, config, errors: list) -> None:
+    """Rules between a route's `grpc` and its upstream (the kind's `check`): a gRPC upstream
+    is reached through `grpc` routes only (or relayed WebSockets)."""
+    up = config.upstreams.get(route.upstream)
     if up is None:
-        return   # reported as an unknown upstream
+        return   # no upstream, or an unknown one: reported with the route's upstream
+    if route.grpc is None:
+        if up.is_grpc and route.websocket is None:
+            errors.append(ConfigError(f"{where}.grpc", None, f"upstream {route.upstream!r} speaks gRPC: "
+                                                             "the route needs grpc: {method: package.Service/Method}"))
+        return
     if not up.is_grpc:
         errors.append(ConfigError(f"{where}.upstream", None, f"upstream {route.upstream!r} has no grpc:// targets"))
         return
@@ -219,7 +225,7 @@ class GrpcPolicy(Policy):
 
 KIND = PolicyKind(
     "grpc", phase=GrpcPolicy.phase, key="grpc",
-    service=lambda config, store, stats, worker: Channels(),
+    service=lambda config, store, stats, worker: Channels(), check=check_route,
     build=lambda config, context, services: None if config is None else GrpcPolicy(
         config, context, services.workers["grpc"], services.config.upstreams[context.route.upstream].descriptors),
     field=Field(GrpcRoute, None, "{method: package.Service/Method, metadata: [header names]}: JSON in and out, "

@@ -24,6 +24,7 @@ import httptools
 from ..config.schema import Duration, Field, Schema, Size, section_or_true
 from ..pipeline import Policy, Reply
 from ..registry import PolicyKind
+from ..request import find_header
 from ..upstream.forward import choose_target
 
 log = logging.getLogger("tollhouse.websocket")
@@ -384,7 +385,7 @@ class WebSocketPolicy(Policy):
     def on_request(self, exchange):
         if not exchange.upgrade:
             return None   # a plain request on this route is proxied as usual
-        if not _header(exchange.headers, b"sec-websocket-key"):
+        if find_header(exchange.headers, b"sec-websocket-key") is None:
             return Reply.problem(400, "Bad Request", "only WebSocket upgrades are relayed here")
         if self.sessions.draining:
             return Reply.problem(503, "Service Unavailable", "the gateway is shutting down",
@@ -446,13 +447,6 @@ class WebSocketPolicy(Policy):
 
 def _name(line: bytes) -> bytes:
     return line[:line.find(b":")].strip().lower()
-
-
-def _header(lines, name: bytes) -> bytes | None:
-    for line in lines:
-        if _name(line) == name:
-            return line[line.find(b":") + 1:].strip()
-    return None
 
 
 _NOT_RELAYED = frozenset((b"connection", b"upgrade", b"keep-alive", b"transfer-encoding", b"content-length",

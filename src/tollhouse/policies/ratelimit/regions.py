@@ -87,7 +87,7 @@ MERGE = Script("regions_merge", _MERGE, _redis_only)
 
 
 class Peer:
-    __slots__ = ("name", "store", "up", "full", "lag", "last_push", "rates", "heard")
+    __slots__ = ("name", "store", "up", "full", "lag", "last_push", "rates")
 
     def __init__(self, name: str, url: str):
         from ...store.redis import RedisStore
@@ -99,7 +99,6 @@ class Peer:
         self.lag = None           # seconds since its last heartbeat in our store
         self.last_push = 0.0
         self.rates: dict = {}     # its admissions per second per limit, from its heartbeat
-        self.heard = False
 
 
 class RegionSync:
@@ -180,7 +179,7 @@ class RegionSync:
         for tag in self.tags:
             try:
                 flat = await asyncio.wait_for(self.store.run(TAKE_DIRTY, [f"{tag}:dirty"], []), 1.0)
-            except STORE_ERRORS + (asyncio.TimeoutError,):
+            except STORE_ERRORS:   # RedisError, OSError and timeouts
                 continue   # our own store is down: the limiter's store_failure mode is in force
             for i in range(0, len(flat), 5):
                 key = flat[i]
@@ -210,7 +209,7 @@ class RegionSync:
                     await peer.store.run(MERGE, keys, args)
                 beat = orjson.dumps({"t": now, "rates": self.rates})
                 await peer.store.set(HEARTBEAT + self.name, beat, ttl=max(60.0, self.config.partition_after * 10))
-        except (*STORE_ERRORS, asyncio.TimeoutError, OSError) as e:
+        except STORE_ERRORS as e:
             if peer.up:
                 log.warning("region %s: cannot write to peer %s (%s)", self.name, peer.name, type(e).__name__)
             peer.up = False
@@ -229,15 +228,14 @@ class RegionSync:
         for peer in self.peers.values():
             try:
                 raw = await asyncio.wait_for(self.store.get(HEARTBEAT + peer.name), 1.0)
-            except (*STORE_ERRORS, asyncio.TimeoutError):
+            except STORE_ERRORS:
                 raw = None
             if raw:
                 beat = orjson.loads(raw)
                 peer.lag = max(0.0, now - beat["t"])
                 peer.rates = beat.get("rates", {})
-                peer.heard = True
-            elif peer.heard or peer.lag is None:
-                peer.lag = None
+            else:
+                peer.lag = None   # nothing from it (yet, or its heartbeat expired)
             stale = peer.lag is None or peer.lag > self.config.partition_after
             partitioned = partitioned or stale or not peer.up
             gauges[("region_peer_up", (("peer", peer.name),))] = 1 if peer.up and not stale else 0
