@@ -50,12 +50,15 @@ def test_a_global_limit_is_shared_by_the_regions(regions):
     assert get(eu) == 429 and get(us) == 429
     # Every region holds the others' components (a G-counter: each writes only its own).
     assert components(regions, "ap") == {"eu": 5, "us": 4}
-    metrics = eu.get_admin("/metrics")[1].decode()
-    assert 'tollhouse_region_peer_up{peer="us"} 1.0' in metrics and 'tollhouse_region_peer_up{peer="ap"} 1.0' in metrics
+    # Peers count as up while their heartbeats are fresher than partition_after (1 s): on a
+    # loaded machine a sync can come late, so the state is awaited, not sampled once.
+    metrics = wait_for(lambda: (m := eu.get_admin("/metrics")[1].decode()) and
+                       'tollhouse_region_peer_up{peer="us"} 1.0' in m and 'tollhouse_region_peer_up{peer="ap"} 1.0' in m
+                       and m, timeout=10)
     assert "tollhouse_region_sync_lag_seconds{peer=\"us\"}" in metrics
     assert 'tollhouse_region_overadmission_bound{limit="limited:global-60s"}' in metrics
-    st = status(eu)
-    assert st["name"] == "eu" and not st["partitioned"] and st["peers"]["us"]["up"] is True
+    st = wait_for(lambda: (s := status(eu)) and not s["partitioned"] and s, timeout=10)
+    assert st["name"] == "eu" and st["peers"]["us"]["up"] is True
     assert 0 <= st["peers"]["us"]["lag_seconds"] < 1
 
 
