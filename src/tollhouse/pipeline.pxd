@@ -14,6 +14,9 @@ cdef class Reply:
 cdef class Deferred:
     cdef public object chain, exchange, start, proceed, answer
 
+    cpdef resolve(self, value)
+    cpdef fail(self, error)
+
 
 cdef class Policy:
     cdef public object config, context

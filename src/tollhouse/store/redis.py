@@ -8,12 +8,11 @@ from typing import Any, Sequence
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from .base import Script, Store
-from .guard import STORE_ERRORS
+from .pipe import RedisPipe
 
-_MAX_IDLE = 8   # command()'s idle connections kept
 _UNLOCK = Script.from_file("unlock", lambda store, keys, args, now: 0)
 
 
@@ -33,57 +32,35 @@ class RedisStore(Store):
         else:
             self.client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._shas: dict[str, str] = {}
-        self._idle: list = []   # connections of command(), single node only
+        # The request path's calls (batched rate-limit scripts, cache lookups), single node only.
+        self.pipe = RedisPipe(self.client, timeout) if self.kind == "redis" else None
+        self._tasks: set[asyncio.Task] = set()   # Cluster calls in flight (the loop keeps weak references)
+
+    def call(self, args: tuple, callback, timeout: float | None = None) -> None:
+        """One command for the request path, answered to `callback(reply, None)` or
+        `callback(None, error)`: through the pipe, or with Cluster in a task of its own."""
+        if self.pipe is not None:
+            self.pipe.call(hiredis.pack_command(args), callback, timeout)
+            return
+        task = asyncio.get_running_loop().create_task(self._call_cluster(args, callback, timeout or self.timeout))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call_cluster(self, args: tuple, callback, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                reply = await self.client.execute_command(*args)
+        except Exception as e:  # noqa: BLE001 - the caller decides what a failure means
+            callback(None, e)
+        else:
+            callback(reply, None)
 
     async def command(self, *args):
-        """One command for the request path, on a connection of the store's own.
-
-        The client's `execute_command` costs ~40 µs of Python a call in
-        redis-py 8 (retry wrapper, pool bookkeeping, observability events);
-        this packs with hiredis and talks to a redis-py `Connection` directly
-        (its handshake, AUTH, SELECT and TLS included). It has no read
-        timeout of its own (redis-py's costs a task per write): the caller
-        bounds the call, as the batchers do with `asyncio.timeout`. A
-        connection whose reply was not read (timeout, cancellation, reset) is
-        closed, never reused; Redis error replies leave it in step and it is
-        kept. Cluster: through the client, which routes by slot.
-        """
-        if self.kind != "redis":
+        """One command for the request path: through the store's pipe (store/pipe.py),
+        not redis-py's connection layer. Cluster: through the client, which routes by slot."""
+        if self.pipe is None:
             return await self.client.execute_command(*args)
-        idle = self._idle
-        conn = None
-        while idle and conn is None:
-            conn = idle.pop()
-            try:
-                # Closed by the server while idle (its `timeout`, a proxy) or holding
-                # unread bytes: not reusable (what redis-py's pool checks too).
-                stale = await conn.can_read()
-            except STORE_ERRORS:
-                stale = True
-            if stale:
-                await conn.disconnect(nowait=True)
-                conn = None
-        if conn is None:
-            pool = self.client.connection_pool
-            conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
-        try:
-            await conn.send_packed_command(hiredis.pack_command(args), check_health=False)
-            reply = await conn.read_response()
-        except ResponseError:
-            idle.append(conn)
-            raise
-        except BaseException:
-            # The others reach the same server: when it dies without closing them
-            # (a partition, a hung host) they would each fail in turn.
-            self._idle = []
-            for c in (conn, *idle):
-                await c.disconnect(nowait=True)
-            raise
-        if len(idle) < _MAX_IDLE:
-            idle.append(conn)
-        else:
-            await conn.disconnect(nowait=True)
-        return reply
+        return await self.pipe.command(*args)
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         sha = self._shas.get(script.name)
@@ -129,9 +106,8 @@ class RedisStore(Store):
             return False
 
     async def close(self):
-        for conn in self._idle:
-            await conn.disconnect(nowait=True)
-        self._idle.clear()
+        if self.pipe is not None:
+            self.pipe.close()
         try:
             await self.client.aclose()
         except Exception:  # noqa: BLE001

@@ -24,7 +24,7 @@ from time import time
 from ...config.schema import Field
 from ...pipeline import Deferred, Reply
 from ...registry import PolicyKind
-from ...store.batch import TickBatcher
+from ...store.batch import TickBatcher, in_task
 from ...store.guard import STORE_ERRORS, StoreGuard
 from .policy import CachePolicy, Fill, Flight
 from .schema import CacheSettings, RouteCache
@@ -59,7 +59,7 @@ class ResponseCache:
         self.flights: dict[str, Flight] = {}
         self.refreshing: set[str] = set()
         self.tasks: set[asyncio.Task] = set()
-        self.batcher = TickBatcher(self._flush, MAX_IN_FLIGHT, MAX_BATCH)   # Redis lookups of a tick: one MGET
+        self.batcher = TickBatcher(in_task(self._flush), MAX_IN_FLIGHT, MAX_BATCH)   # Redis lookups of a tick: one MGET
         self.cluster = store.kind == "redis-cluster"
 
     # --- a worker service (tollhouse.registry) -----------------------------------------

@@ -11,6 +11,7 @@ when Redis answers again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 
@@ -27,6 +28,7 @@ log = logging.getLogger("tollhouse.ratelimit")
 _LUA_PATH = os.path.join(os.path.dirname(__file__), "ratelimit.lua")
 with open(_LUA_PATH, encoding="utf-8") as _f:
     LUA = _f.read()
+LUA_SHA = hashlib.sha1(LUA.encode()).hexdigest()   # EVALSHA's name for it; NOSCRIPT: sent with EVAL
 
 _ANNOUNCE = """
 local now = tonumber(redis.call('TIME')[1])
@@ -36,7 +38,7 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return redis.call('ZCARD', KEYS[1])
 """
 INSTANCES_KEY = "th:instances:v1"
-MAX_IN_FLIGHT = 2     # script calls out at once; more requests wait for the next batch
+MAX_IN_FLIGHT = 1     # script calls out at once; more requests wait for the next batch
 MAX_BATCH = 256       # requests per script call
 _CALLS = ("ratelimit_store_calls", ())
 ANNOUNCE_EVERY = 5.0
@@ -97,13 +99,46 @@ def _region_sync(config, store, stats):
     return RegionSync(config, store, stats)
 
 
+class _AllDone:
+    """`done()` once the last of `count` calls is over."""
+
+    __slots__ = ("left", "done")
+
+    def __init__(self, count, done):
+        self.left, self.done = count, done
+
+    def __call__(self):
+        self.left -= 1
+        if not self.left:
+            self.done()
+
+
+class _Answer:
+    """The store's callback for one batch's script call (an object, not a closure:
+    the compiled build allows none in methods)."""
+
+    __slots__ = ("limiter", "batch", "command", "done")
+
+    def __init__(self, limiter, batch, command, done):
+        self.limiter, self.batch, self.command, self.done = limiter, batch, command, done
+
+    def __call__(self, reply, error):
+        self.limiter.answered(self.batch, self.command, reply, error, self.done)
+
+
 class StoreDown(Exception):
     """The breaker is open (or the call just failed): use the fallback."""
 
 
 class RedisLimiter:
     """Counting in Redis: the requests of a loop tick go out in one script call
-    (per hash slot), each request decided atomically within it."""
+    (per hash slot), each request decided atomically within it.
+
+    Compiled with Cython (limiter.pxd): the per-request parts (`check`, the
+    batch's arguments and the answers' decisions) run as C."""
+
+    __slots__ = ("store", "client", "cluster", "stats", "failure_mode", "timeout", "batcher", "guard",
+                 "live_instances", "instance_id", "announcer", "local", "regions")
 
     kind = "redis"
 
@@ -114,8 +149,7 @@ class RedisLimiter:
         self.stats = stats
         self.failure_mode = failure_mode
         self.timeout = timeout
-        self.sha: str | None = None
-        self.batcher = TickBatcher(self._flush, MAX_IN_FLIGHT, MAX_BATCH)
+        self.batcher = TickBatcher(self._send, MAX_IN_FLIGHT, MAX_BATCH)
         self.guard = StoreGuard(self.client, timeout, self._guard_changed)
         self.live_instances = 1
         self.instance_id = os.urandom(8).hex()
@@ -130,65 +164,36 @@ class RedisLimiter:
         """`policy.resolved(exchange, limits, keys, (allowed, decisions) | StoreDown())`
         decides; returned at once while the breaker is open, else through a
         Deferred (no task per request)."""
-        if self.open:
+        if self.guard.open:
             return policy.resolved(exchange, limits, keys, StoreDown())
         fut = Deferred()
         self.batcher.add((store_keys, limits, fut, policy, exchange, keys))
         return fut
 
-    async def _flush(self, batch):
-        """One script call for the batch (per hash slot with Cluster); each request decided from it."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                results = await self._run(batch)
-        except STORE_ERRORS as e:
-            self._failed(e)
-            results = [None] * len(batch)
-        for (_, limits, fut, policy, exchange, keys), result in zip(batch, results):
-            if result is not None and result[0] and len(limits) == 1:
-                # The common case, one limit that allows: no lists, no general decision path.
-                lim = limits[0]
-                policy.admit(exchange, lim, (True, lim.limit, result[2], result[3] / 1000, 0.0), "allowed")
-                fut.resolve(None)
-                continue
-            if result is None:
-                outcome = StoreDown()
-            else:
-                decisions = []
-                for i, lim in enumerate(limits):
-                    ok, remaining, reset_ms, retry_ms = result[1 + 4 * i:5 + 4 * i]
-                    decisions.append((bool(ok), lim.limit, int(remaining), reset_ms / 1000, retry_ms / 1000))
-                outcome = (bool(result[0]), decisions)
-            try:
-                decision = policy.resolved(exchange, limits, keys, outcome)
-            except Exception as e:  # noqa: BLE001 - surfaces as the request's 500
-                fut.fail(e)
-            else:
-                fut.resolve(decision)
+    def _send(self, batch, done):
+        """The batcher's send: one script call for the batch (one per hash slot group
+        with Cluster), each request decided from its answer; then `done()`."""
+        if not self.cluster:
+            self._call(batch, done)
+            return
+        groups: dict[bytes, list] = {}
+        for item in batch:
+            key = item[0][0]
+            groups.setdefault(key[:key.index(b"}") + 1], []).append(item)
+        after = _AllDone(len(groups), done)
+        for group in groups.values():
+            self._call(group, after)
 
-    async def _run(self, batch):
-        """One script call per hash slot group (one in all without Cluster); per-request results."""
-        if self.cluster:
-            groups: dict[str, list[int]] = {}
-            for i, (keys, *_) in enumerate(batch):
-                groups.setdefault(keys[0][:keys[0].index(b"}") + 1], []).append(i)
-            results = [None] * len(batch)
-            answers = await asyncio.gather(*(self._call([batch[i] for i in idx]) for idx in groups.values()))
-            for idx, answer in zip(groups.values(), answers):
-                for i, r in zip(idx, answer):
-                    results[i] = r
-            return results
-        return await self._call(batch)
-
-    async def _call(self, batch):
+    def _call(self, batch, done):
         keys_all: list = []
-        profiles: dict[int, int] = {}
+        profiles: dict = {}
         profile_args: list = []
         request_args: list = []
         # Partitioned with on_partition: share: global limits go capped at this region's share.
         share = self.regions is not None and self.regions.share_now
-        for keys, limits, *_ in batch:
-            keys_all += keys
+        for item in batch:
+            limits = item[1]
+            keys_all += item[0]
             index = profiles.get(id(limits))
             if index is None:
                 index = profiles[id(limits)] = b"%d" % (len(profiles) + 1)
@@ -196,24 +201,53 @@ class RedisLimiter:
                 for lim in limits:
                     profile_args += lim.partition_args if share and lim.partition_args else lim.script_args
             request_args.append(index)
-        # Everything already bytes: the client's encoder passes bytes through.
-        args = [b"%d" % len(profiles), *profile_args, b"%d" % len(batch), *request_args]
         counters = self.stats.counters
         counters[_CALLS] = counters.get(_CALLS, 0) + 1
-        if self.sha is None:
-            self.sha = await self.client.script_load(LUA)
-        command = self.store.command
+        # Everything already bytes: packing passes bytes through.
+        command = ("EVALSHA", LUA_SHA, len(keys_all), *keys_all, b"%d" % len(profiles), *profile_args,
+                   b"%d" % len(batch), *request_args)
+        self.store.call(command, _Answer(self, batch, command, done), self.timeout)
+
+    def answered(self, batch, command, flat, error, done):
+        """The script's answer for `batch` (or the error instead): each request decided."""
+        if error is not None:
+            if error.__class__ is NoScriptError and command[0] == "EVALSHA":
+                # The server lost its scripts (restart, SCRIPT FLUSH): EVAL loads it again.
+                command = ("EVAL", LUA, *command[2:])
+                self.store.call(command, _Answer(self, batch, command, done), self.timeout)
+                return
+            self._failed(error)
         try:
-            flat = await command("EVALSHA", self.sha, len(keys_all), *keys_all, *args)
-        except NoScriptError:
-            # The server lost its scripts (restart, SCRIPT FLUSH): EVAL loads it again.
-            flat = await command("EVAL", LUA, len(keys_all), *keys_all, *args)
-        results, pos = [], 0
-        for keys, limits, *_ in batch:
-            size = 1 + 4 * len(limits)
-            results.append(flat[pos:pos + size])
-            pos += size
-        return results
+            pos = 0
+            for item in batch:
+                limits, fut, policy, exchange = item[1], item[2], item[3], item[4]
+                n = len(limits)
+                if error is None and n == 1 and flat[pos]:
+                    # The common case, one limit that allows: no lists, no general decision path.
+                    lim = limits[0]
+                    policy.admit(exchange, lim, (True, lim.limit, flat[pos + 2], flat[pos + 3] / 1000, 0.0),
+                                 "allowed")
+                    pos += 5
+                    fut.resolve(None)
+                    continue
+                if error is not None:
+                    outcome = StoreDown()
+                else:
+                    decisions = []
+                    for i in range(n):
+                        at = pos + 1 + 4 * i
+                        decisions.append((bool(flat[at]), limits[i].limit, int(flat[at + 1]), flat[at + 2] / 1000,
+                                          flat[at + 3] / 1000))
+                    outcome = (bool(flat[pos]), decisions)
+                    pos += 1 + 4 * n
+                try:
+                    decision = policy.resolved(exchange, limits, item[5], outcome)
+                except Exception as e:  # noqa: BLE001 - surfaces as the request's 500
+                    fut.fail(e)
+                else:
+                    fut.resolve(decision)
+        finally:
+            done()
 
     # --- the breaker ------------------------------------------------------------------
     @property
@@ -230,7 +264,6 @@ class RedisLimiter:
             log.warning("rate-limit store unreachable (%s): store_failure=%s in force until it answers",
                         type(error).__name__, self.failure_mode)
         else:
-            self.sha = None   # a restarted Redis has no scripts
             log.warning("rate-limit store answers again: limiting in the store resumed")
 
     # --- a worker service (tollhouse.registry) ---------------------------------------------

@@ -13,6 +13,9 @@ cdef class _Limit:
     cdef public object spec, script_args, spec_id, store_prefix, key_kind, header, name, policy_item
     cdef public object partition_args, scope
     cdef public LimitTable table, local_table
+    cdef public dict store_keys
+
+    cpdef tuple for_store(self, str key)
 
 
 cpdef str _key(_Limit lim, exchange)
@@ -24,7 +27,7 @@ cdef class RateLimitPolicy(Policy):
     cdef public _Limit single
 
     cpdef _limits(self, exchange)
-    @cython.locals(lim=_Limit, ok=bint, now=double, table=LimitTable)
+    @cython.locals(lim=_Limit, ok=bint, now=double, table=LimitTable, store_key=list, keys=list)
     cpdef on_request(self, Request exchange)
     cpdef admit(self, Request exchange, _Limit lim, tuple decision, result)
     cpdef outcome_of(self, value)

@@ -15,11 +15,14 @@ from .limiter import MemoryLimiter, RedisLimiter, StoreDown, decide
 from .schema import RateLimit
 
 
+_STORE_KEYS_KEPT = 10000   # per limit: the clients seen lately
+
+
 class _Limit:
     """A limit compiled for the request path."""
 
     __slots__ = ("spec", "algo", "limit", "window", "script_args", "burst", "spec_id", "store_prefix", "key_kind",
-                 "header", "name", "policy_item", "table", "local_table", "partition_args", "scope")
+                 "header", "name", "policy_item", "table", "local_table", "partition_args", "scope", "store_keys")
 
     def __init__(self, cfg: RateLimit, spec_id: str, limiter):
         burst = cfg.burst or cfg.limit
@@ -50,6 +53,17 @@ class _Limit:
         # Memory tables are resolved once here, not looked up per request.
         self.table = limiter.table(spec_id, self.spec) if isinstance(limiter, MemoryLimiter) else None
         self.local_table = limiter.local.table(spec_id, self.spec) if isinstance(limiter, RedisLimiter) else None
+        # Redis: a counter key's ([store key], [key]) for the limiter, built once per key seen.
+        self.store_keys: dict = {}
+
+    def for_store(self, key: str) -> tuple:
+        """([store key as bytes], [key]): what RedisLimiter.check takes for this limit alone."""
+        found = self.store_keys.get(key)
+        if found is None:
+            if len(self.store_keys) >= _STORE_KEYS_KEPT:
+                self.store_keys.clear()   # many distinct clients: start over rather than grow
+            found = self.store_keys[key] = ([(self.store_prefix + key).encode()], [key])
+        return found
 
 
 def _key(lim: _Limit, exchange) -> str:
@@ -124,7 +138,8 @@ class RateLimitPolicy(Policy):
                        kind == "ip" or (kind == "consumer" and not exchange.consumer))
                    else _key(lim, exchange))
             if not self.memory:
-                return self.limiter.check(self.fixed, [(lim.store_prefix + key).encode()], self, exchange, [key])
+                store_key, keys = lim.for_store(key)
+                return self.limiter.check(self.fixed, store_key, self, exchange, keys)
             now = _now()
             table = lim.table
             ok, remaining, reset, retry, state = evaluate(lim.algo, lim.limit, lim.window, lim.burst,
