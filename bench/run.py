@@ -13,7 +13,9 @@ default all), BENCH_PROXY_CPUS / BENCH_LOAD_CPUS (default 0 / 1),
 BENCH_WORKERS (comma list of worker counts for the scaling table, default
 none; needs more cores), BENCH_NO_WRITE=1 to leave the docs alone,
 BENCH_SKIP_CORE=1 to run only the scenarios (printed, not written),
-BENCH_SKIP_CACHE_LATENCY=1 to skip the 20 ms-upstream cache latency run.
+BENCH_SKIP_CACHE_LATENCY=1 to skip the 20 ms-upstream cache latency run,
+BENCH_SKIP_CHAIN=1 to skip the full chain (JWT + Redis limit) vs nginx run,
+BENCH_SKIP_PROTOCOLS=1 to skip the WebSocket and gRPC runs.
 """
 from __future__ import annotations
 
@@ -189,7 +191,8 @@ def spread(ratios: list[float]) -> str:
     return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
 
 
-def run_core(workdir: str, upstream_port: int) -> dict:
+def start_nginx_proxy(workdir: str, upstream_port: int) -> tuple[subprocess.Popen, int]:
+    """nginx as the reference reverse proxy, on the proxy cores; (process, port)."""
     nginx_port = free_port()
     proxy = start_nginx(workdir, f"""
   upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}
@@ -198,6 +201,11 @@ def run_core(workdir: str, upstream_port: int) -> dict:
     location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}""", PROXY_CPUS)
     wait_port(nginx_port)
+    return proxy, nginx_port
+
+
+def run_core(workdir: str, upstream_port: int) -> dict:
+    proxy, nginx_port = start_nginx_proxy(workdir, upstream_port)
     th = Tollhouse(workdir, upstream_port, PROXY_CPUS)
     targets = {"direct": upstream_port, "nginx": nginx_port, "tollhouse": th.port}
     results: dict[str, dict[str, list]] = {name: {"c": [], "one": []} for name in targets}
@@ -331,6 +339,44 @@ scenario("aggregate-2", "aggregate route over two backends on the nginx upstream
          "requests)", route_extra=AGGREGATE_ROUTE, path="/agg")
 
 
+CHAIN_ROUTE = """  - name: chain
+    match: {prefix: /chain}
+    upstream: bench
+    auth: {providers: [corp], scopes: [bench:read]}
+    rate_limits: [{limit: 100000000, window: 1m, key: consumer}]
+"""
+
+
+def run_chain(workdir: str, upstream_port: int) -> dict:
+    """The full chain (RS256 JWT, a Redis rate limit per consumer, metrics, the access log)
+    vs nginx proxying the same requests, alternating rounds; the plain route is shown beside."""
+    auth, headers = _jwt_setup(workdir)
+    redis, rport = start_redis()
+    proxy, nginx_port = start_nginx_proxy(workdir, upstream_port)
+    th = Tollhouse(workdir, upstream_port, PROXY_CPUS, extra=auth + f"store: redis://127.0.0.1:{rport}/0\n",
+                   route_extra=CHAIN_ROUTE)
+    results: dict[str, list] = {"nginx": [], "chain": [], "plain": []}
+    try:
+        wrk(th.port, "/chain", CONNS, 1, list(headers))
+        for _ in range(ROUNDS):
+            results["nginx"].append(wrk(nginx_port, "/chain", CONNS, DURATION, list(headers)))
+            results["chain"].append(wrk(th.port, "/chain", CONNS, DURATION, list(headers)))
+            results["plain"].append(wrk(th.port, "/plain", CONNS, DURATION, list(headers)))
+    finally:
+        th.stop()
+        proxy.terminate()
+        proxy.wait()
+        redis.terminate()
+        redis.wait()
+    found = {name: median_result(r) for name, r in results.items()}
+    found["ratios"] = round_ratios(results["chain"], results["nginx"])
+    found["plain_ratios"] = round_ratios(results["chain"], results["plain"])
+    print(f"  full chain: {found['chain']['rps']:.0f} req/s vs nginx {found['nginx']['rps']:.0f}: "
+          f"{spread(found['ratios'])}x nginx, {spread(found['plain_ratios'])}x the plain route "
+          f"(non-2xx {found['chain']['non2xx']:.0f})", flush=True)
+    return found
+
+
 def run_aggregate_latency(workdir: str, upstream_port: int) -> dict:
     """p50 at one connection: the aggregate route (two backends on the same upstream) vs the
     plain route to that upstream alone, alternating rounds on one gateway."""
@@ -425,7 +471,7 @@ def run_scaling(workdir: str, upstream_port: int, counts: list[int]) -> list[tup
 
 
 def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: str, latency: dict | None = None,
-           fanout: dict | None = None, protocols: dict | None = None) -> str:
+           fanout: dict | None = None, protocols: dict | None = None, chain: dict | None = None) -> str:
     ng = core["nginx"]
     direct = core["direct"]
     lines = [f"Measured {time.strftime('%Y-%m-%d')} with `make bench` ({env}).", "",
@@ -445,6 +491,15 @@ def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: st
                   "| scenario | what | plain req/s | scenario req/s | ratio | non-2xx |", "|---|---|---|---|---|---|"]
         for name, desc, p, q, ratios, bad in scenario_rows:
             lines.append(f"| {name} | {desc} | {p:.0f} | {q:.0f} | {spread(ratios)} | {bad:.0f} |")
+    if chain:
+        lines += ["", "Full chain: RS256 JWT, a Redis rate limit per consumer, metrics and the access log, "
+                  "vs nginx proxying the same requests (target ≥ 0.45×):", "",
+                  "| target | req/s | p50 ms | p99 ms | ratio |", "|---|---|---|---|---|",
+                  f"| nginx | {chain['nginx']['rps']:.0f} | {chain['nginx']['p50']:.3f} | {chain['nginx']['p99']:.3f} | 1 |",
+                  f"| tollhouse, full chain | {chain['chain']['rps']:.0f} | {chain['chain']['p50']:.3f} | "
+                  f"{chain['chain']['p99']:.3f} | {spread(chain['ratios'])} |",
+                  f"| tollhouse, plain route | {chain['plain']['rps']:.0f} | {chain['plain']['p50']:.3f} | "
+                  f"{chain['plain']['p99']:.3f} | chain/plain {spread(chain['plain_ratios'])} |"]
     if latency:
         u, c = latency["uncached"], latency["cached"]
         lines += ["", f"Cache, upstream taking {SLOW_MS} ms, 10 connections:", "",
@@ -502,6 +557,10 @@ def main() -> int:
             core = run_core(workdir, upstream_port)
         selected = [s for s in os.environ.get("BENCH_SCENARIOS", ",".join(SCENARIOS)).split(",") if s]
         rows = run_scenarios(workdir, upstream_port, selected) if selected else []
+        chain = None
+        if not os.environ.get("BENCH_SKIP_CHAIN"):
+            print(f"full chain vs nginx, {ROUNDS} rounds x {DURATION}s", flush=True)
+            chain = run_chain(workdir, upstream_port)
         latency = run_cache_latency(workdir) if not os.environ.get("BENCH_SKIP_CACHE_LATENCY") else None
         fanout = run_aggregate_latency(workdir, upstream_port) if "aggregate-2" in selected else None
         protocols = None
@@ -522,7 +581,7 @@ def main() -> int:
         for row in rows:
             print(row)
         return 0
-    table = render(core, rows, scaling, env, latency, fanout, protocols)
+    table = render(core, rows, scaling, env, latency, fanout, protocols, chain)
     print(table)
     if not os.environ.get("BENCH_NO_WRITE"):
         write_docs(table)

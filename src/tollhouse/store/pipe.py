@@ -40,7 +40,7 @@ def reply_error(error: hiredis.ReplyError) -> ResponseError:
     return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
 
 
-class _Connection(asyncio.Protocol):
+class _Connection:   # an asyncio protocol by its methods (a compiled class cannot subclass asyncio.Protocol)
     __slots__ = ("pipe", "transport", "reader", "waiting", "watchdog")
 
     def __init__(self, pipe: "RedisPipe"):
@@ -53,6 +53,15 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+
+    def eof_received(self):
+        return False   # close the transport; connection_lost fails what was in flight
+
+    def pause_writing(self):
+        pass   # a command per tick: nothing piles up worth holding back
+
+    def resume_writing(self):
+        pass
 
     def send(self, packed: bytes, callback: Callback, timeout: float) -> None:
         self.transport.write(packed)
