@@ -32,6 +32,7 @@ cdef class Chain:
     cdef public list policies
 
     cpdef run(self, Request exchange, proceed, answer, int start=*)
+    @cython.locals(deferred=Deferred)
     cpdef handle(self, Request exchange, result, int i, proceed, answer)
     cpdef _after(self, Request exchange, result, error, int start, proceed, answer)
     @cython.locals(policy=Policy, labels=list)

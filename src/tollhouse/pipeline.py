@@ -247,8 +247,9 @@ class Chain:
             answer(result)
         elif result.__class__ is Deferred:
             # Decided later by a direct call (e.g. a batched store call): no task.
-            result.chain, result.exchange, result.start = self, exchange, i + 1
-            result.proceed, result.answer = proceed, answer
+            deferred = result
+            deferred.chain, deferred.exchange, deferred.start = self, exchange, i + 1
+            deferred.proceed, deferred.answer = proceed, answer
         else:
             exchange.task = asyncio.get_running_loop().create_task(
                 self._resume(exchange, result, i + 1, proceed, answer))

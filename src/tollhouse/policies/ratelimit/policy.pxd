@@ -31,5 +31,6 @@ cdef class RateLimitPolicy(Policy):
     cpdef on_request(self, Request exchange)
     cpdef admit(self, Request exchange, _Limit lim, tuple decision, result)
     cpdef outcome_of(self, value)
-    @cython.locals(lim=_Limit, d=tuple, reset=cython.longlong)
+    @cython.locals(lim=_Limit, d=tuple, limit=cython.longlong, remaining=cython.longlong, reset=cython.longlong,
+                   reset_at=cython.double)
     cpdef on_response(self, Request exchange)

@@ -210,13 +210,21 @@ class RateLimitPolicy(Policy):
         state = exchange.recall(self.slot)
         if state.__class__ is not tuple:
             return
-        _, d, lim, policy = state
+        d = state[1]
+        lim = state[2]
+        policy = state[3]
         if policy is None:
             policy = _policy_items(self._limits(exchange))
-        reset = max(0, math.ceil(d[3]))
+        limit = d[1]
         remaining = d[2]
+        reset_at = d[3]
+        reset = int(reset_at)
+        if reset < reset_at:
+            reset += 1   # the ceiling, in C arithmetic when compiled (math.ceil would be a Python call)
+        if reset < 0:
+            reset = 0
         # One entry holding five header lines: this runs on every limited response. An
-        # f-string then encode() is cheaper than bytes %-formatting (compiled: 1.0 -> 0.7 µs).
+        # f-string of C integers then encode() is the cheapest form compiled.
         exchange.response_headers.append((
-            f'ratelimit-limit: {d[1]}\r\nratelimit-remaining: {remaining}\r\nratelimit-reset: {reset}\r\n'
+            f'ratelimit-limit: {limit}\r\nratelimit-remaining: {remaining}\r\nratelimit-reset: {reset}\r\n'
             f'ratelimit-policy: {policy}\r\nratelimit: "{lim.name}";r={remaining};t={reset}\r\n').encode())
