@@ -149,16 +149,17 @@ class Gateway:
 class RedisServer:
     """A real redis-server on an ephemeral port; `kill()` and `start()` again on the same port."""
 
-    def __init__(self):
+    def __init__(self, *options: str):
         if not shutil.which("redis-server"):
             raise RuntimeError("redis-server is not installed (make test installs it when run as root)")
+        self.options = options   # more redis-server arguments ("--requirepass", "secret")
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="tollhouse-redis-")
         self.proc = None
 
     def start(self) -> "RedisServer":
         self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", self.dir],
+                                      "--save", "", "--appendonly", "no", "--dir", self.dir, *self.options],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close() or True)
         return self
