@@ -8,15 +8,8 @@ import pytest
 from tests.integration.conftest import basic_config
 from tests.support.client import request
 from tests.support.load import concurrent_statuses
-from tests.support.processes import RedisServer, wait_for
+from tests.support.processes import wait_for
 from tests.support.upstream import Upstream
-
-
-@pytest.fixture
-def redis():
-    r = RedisServer().start()
-    yield r
-    r.cleanup()
 
 
 @pytest.fixture

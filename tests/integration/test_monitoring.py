@@ -8,7 +8,6 @@ import time
 import urllib.parse
 import urllib.request
 
-import pytest
 import yaml
 
 from tests.integration.conftest import basic_config
@@ -52,13 +51,6 @@ def test_promtool_accepts_the_rules_and_the_gateways_metrics(gateway_factory, up
     metrics = g.get_admin("/metrics")[1]
     out = subprocess.run([_tool("promtool"), "check", "metrics"], input=metrics, capture_output=True)
     assert out.returncode == 0, out.stdout + out.stderr
-
-
-@pytest.fixture
-def redis():
-    r = RedisServer().start()
-    yield r
-    r.cleanup()
 
 
 def test_every_panel_and_alert_expression_returns_series_from_a_real_prometheus(gateway_factory, upstream, redis,

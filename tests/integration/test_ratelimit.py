@@ -7,7 +7,7 @@ import pytest
 from tests.integration.conftest import basic_config
 from tests.support.client import request
 from tests.support.load import concurrent_statuses
-from tests.support.processes import Gateway, RedisCluster, RedisServer, wait_for
+from tests.support.processes import RedisCluster, wait_for
 
 
 def limited(limits: str, extra: str = "", upstream_url: str = "", name: str = "limited") -> str:
@@ -32,13 +32,6 @@ def store_errors(g) -> float:
              if line.startswith("tollhouse_store_errors_total{")]
     assert lines, "the series exists from start-up"
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
-
-
-@pytest.fixture
-def redis():
-    r = RedisServer().start()
-    yield r
-    r.cleanup()
 
 
 def test_headers_on_allowed_and_429_problem_with_retry_after(gateway_factory, upstream):

@@ -11,13 +11,6 @@ from tollhouse.store.redis import RedisStore
 
 
 @pytest.fixture
-def redis():
-    r = RedisServer().start()
-    yield r
-    r.cleanup()
-
-
-@pytest.fixture
 def protected():
     r = RedisServer("--requirepass", "s3cret").start()
     yield r
