@@ -69,22 +69,23 @@ class _Connection:   # an asyncio protocol by its methods (a compiled class cann
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self.waiting.append((callback, deadline))
-        if self.watchdog is None:
+        watchdog = self.watchdog
+        if watchdog is None or deadline < watchdog.when():   # a shorter timeout than the one watched
+            if watchdog is not None:
+                watchdog.cancel()
             self.watchdog = loop.call_at(deadline, self._watch)
 
     def _watch(self) -> None:
-        """The oldest call's deadline came: fail if it is still unanswered, else watch the next one."""
+        """The earliest deadline came: fail if its call is still unanswered, else watch the next one."""
         self.watchdog = None
-        waiting = self.waiting
-        if not waiting:
+        if not self.waiting:
             return
         loop = asyncio.get_running_loop()
-        # Deadlines grow along the queue unless timeouts differ: the latest of them bounds the wait.
-        late = [deadline for _, deadline in waiting if deadline <= loop.time()]
-        if late:
+        earliest = min(deadline for _, deadline in self.waiting)
+        if earliest <= loop.time():
             self._fail(TimeoutError("Redis did not answer in time"))
         else:
-            self.watchdog = loop.call_at(min(deadline for _, deadline in waiting), self._watch)
+            self.watchdog = loop.call_at(earliest, self._watch)
 
     def data_received(self, data):
         reader = self.reader

@@ -107,3 +107,25 @@ def test_an_unreachable_server_fails_the_call_with_a_connection_error():
         with pytest.raises(RedisConnectionError, match="cannot reach Redis"):
             await store.command("PING")
     with_store(f"redis://127.0.0.1:{free_port()}/0", body)
+
+
+def test_a_shorter_timeout_after_a_longer_one_is_kept(redis):
+    async def body(store):
+        assert await store.command("PING") == b"PONG"
+        await asyncio.sleep(0.7)   # that call's watch has run out: nothing watched
+        loop = asyncio.get_running_loop()
+        answers = {"slow": loop.create_future(), "quick": loop.create_future()}
+
+        def answered(name):
+            return lambda reply, error: answers[name].set_result(error)
+
+        redis.pause()
+        try:
+            started = loop.time()
+            store.call(("PING",), answered("slow"), 5.0)
+            store.call(("PING",), answered("quick"), 0.3)
+            assert isinstance(await answers["quick"], TimeoutError)
+            assert loop.time() - started < 2   # not at the 5 s deadline watched first
+        finally:
+            redis.resume()
+    with_store(redis.url, body)
