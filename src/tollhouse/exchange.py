@@ -32,7 +32,10 @@ class Exchange(Forwarding):
         worker = self.worker
         worker.active_requests += 1
         if worker.tracer_factory is not None:
-            self.tracer = worker.tracer_factory(self)
+            if worker.trace_skip > 0 and self.traceparent is None and self.debug_token is None:
+                worker.trace_skip -= 1   # a ratio decision made ahead: not sampled (TracingFactory.ratio_sampled)
+            else:
+                self.tracer = worker.tracer_factory(self)
         if self.error is not None:
             self.answer(self.error)
             return

@@ -32,6 +32,7 @@ cdef class WorkerCore:
     cdef public list ended, outbox
     cdef public bint draining, reading
     cdef public int active_requests
+    cdef public long long trace_skip
 
     cpdef defer(self, Gathered gathered)
     cpdef flush_if_alone(self)

@@ -108,7 +108,7 @@ class WorkerCore:
     """
 
     __slots__ = ("loop", "stats", "state", "connections", "inflight", "ended", "draining", "date", "next_request_id",
-                 "outbox", "active_requests", "reading", "tracer_factory")
+                 "outbox", "active_requests", "reading", "tracer_factory", "trace_skip")
 
     def __init__(self, loop):
         self.loop = loop
@@ -120,6 +120,9 @@ class WorkerCore:
         self.reading = False    # inside a read callback, which ends with flush_if_alone
         self.draining = False
         self.tracer_factory = None   # exchange -> a Tracer or None, asked as each request starts
+        # Requests the ratio sampler has already decided to pass over (tracing.TracingFactory):
+        # counted down as they start, without calling the factory.
+        self.trace_skip = 0
 
     def defer(self, gathered) -> None:
         """`gathered` holds writes; its `flush()` is called once this loop iteration's callbacks are done."""

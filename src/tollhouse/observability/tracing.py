@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 import urllib.request
@@ -32,6 +33,7 @@ MAX_QUEUED = 20000       # spans waiting beyond this are dropped (and counted)
 EXPORT_TIMEOUT = 2.0
 _TRACEPARENT = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE, _ZERO_SPAN = b"0" * 32, b"0" * 16
+NEVER = 1 << 62   # a skip no worker reaches
 
 
 class Sampler(Schema):
@@ -166,7 +168,14 @@ def _span_id() -> bytes:
 
 
 class TracingFactory:
-    """Decides per request whether it is sampled; a sampled one gets a SpanTracer."""
+    """Decides per request whether it is sampled; a sampled one gets a SpanTracer.
+
+    A ratio decision is one independent draw per request. Instead of a draw and
+    a call for each, the number of requests until the next sampled one is drawn
+    at once (geometric: the same distribution) and kept in the worker's
+    `trace_skip`, which `Exchange.start` counts down without calling here; it
+    calls when the count is out, or when a request carries a `traceparent` or
+    a debug token, which need more than the ratio."""
 
     def __init__(self, config, loop):
         self.config = config
@@ -174,15 +183,37 @@ class TracingFactory:
         sampler = config.sampler
         self.kind = sampler.type
         self.ratio = sampler.ratio
+        self.log_unsampled = math.log1p(-self.ratio) if 0.0 < self.ratio < 1.0 else None
+
+    def gap(self) -> int:
+        """How many ratio decisions in a row say no before the next yes."""
+        if self.ratio >= 1.0:
+            return 0
+        if self.ratio <= 0.0:
+            return NEVER
+        return min(NEVER, int(math.log(1.0 - random()) / self.log_unsampled))
+
+    def first_skip(self) -> int:
+        """The worker's `trace_skip` for this factory: ratio decisions are made ahead,
+        always_off's all at once, always_on's never."""
+        if self.kind == "always_off":
+            return NEVER
+        return self.gap() if self.kind in ("ratio", "parent_based") else 0
+
+    def ratio_sampled(self, worker) -> bool:
+        if worker.trace_skip > 0:
+            worker.trace_skip -= 1
+            return False
+        worker.trace_skip = self.gap()
+        return True
 
     def __call__(self, exchange):
-        # Asked for every request: the unsampled majority returns at the first test it fails.
         kind = self.kind
         if kind == "ratio":
-            return SpanTracer(self.exporter, exchange, None) if random() < self.ratio else None
+            return SpanTracer(self.exporter, exchange, None) if self.ratio_sampled(exchange.worker) else None
         parent = parse_traceparent(exchange.traceparent)
         if kind == "parent_based":
-            sampled = parent[2] if parent is not None else random() < self.ratio
+            sampled = parent[2] if parent is not None else self.ratio_sampled(exchange.worker)
         else:
             sampled = kind == "always_on"
         return SpanTracer(self.exporter, exchange, parent) if sampled else None

@@ -104,6 +104,7 @@ class Worker(WorkerCore):
             self.tracing.close()
         self.tracing = TracingFactory(config.tracing, self.loop) if config.tracing is not None else None
         self.tracer_factory = combine(self.tracing, debug_tracer_factory(config.debug))
+        self.trace_skip = self.tracing.first_skip() if self.tracing is not None else 0
 
     def _start_services(self) -> None:
         for service in self.services.values():
