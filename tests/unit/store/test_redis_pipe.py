@@ -44,11 +44,16 @@ def test_auth_database_and_client_name_come_from_the_url(protected):
     assert redis_py.Redis(port=protected.port, password="s3cret", db=3).get("where") == b"db3"
 
 
-def test_a_refused_password_fails_the_call_naming_the_reason(protected):
+def ping_fails(url: str, error: type, match: str) -> None:
+    """A PING through a store on `url` raises `error` with a message matching `match`."""
     async def body(store):
-        with pytest.raises(ResponseError, match="WRONGPASS|invalid password"):
+        with pytest.raises(error, match=match):
             await store.command("PING")
-    with_store(f"redis://:wrong@127.0.0.1:{protected.port}/0", body)
+    with_store(url, body)
+
+
+def test_a_refused_password_fails_the_call_naming_the_reason(protected):
+    ping_fails(f"redis://:wrong@127.0.0.1:{protected.port}/0", ResponseError, "WRONGPASS|invalid password")
 
 
 def test_an_error_reply_fails_that_call_only(redis):
@@ -103,10 +108,7 @@ def test_connections_closed_by_the_server_while_idle_are_replaced(redis):
 
 
 def test_an_unreachable_server_fails_the_call_with_a_connection_error():
-    async def body(store):
-        with pytest.raises(RedisConnectionError, match="cannot reach Redis"):
-            await store.command("PING")
-    with_store(f"redis://127.0.0.1:{free_port()}/0", body)
+    ping_fails(f"redis://127.0.0.1:{free_port()}/0", RedisConnectionError, "cannot reach Redis")
 
 
 def test_a_shorter_timeout_after_a_longer_one_is_kept(redis):
