@@ -57,7 +57,7 @@ class Exchange(Forwarding):
             else:
                 self.start_local()
             return
-        if self.tracer is not None:
+        if self.tracer is not None and route.chain.request_hooks:
             # With the tracer's hooks around each policy.
             route.chain.run(self, _bound(self, "proxy"), _bound(self, "answer"))
             return

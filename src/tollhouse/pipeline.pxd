@@ -18,6 +18,10 @@ cdef class Deferred:
     cpdef fail(self, error)
 
 
+cdef class Tracer:
+    pass
+
+
 cdef class Policy:
     cdef public object config, context
     cdef public int slot

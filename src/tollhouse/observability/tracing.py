@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import re
 import time
 import urllib.request
@@ -29,7 +30,7 @@ from ..pipeline import Tracer
 log = logging.getLogger("tollhouse.tracing")
 
 BATCH_EVERY = 0.5        # seconds between exports
-MAX_QUEUED = 20000       # spans waiting beyond this are dropped (and counted)
+MAX_QUEUED = 20000       # traced requests waiting beyond this are dropped (and their spans counted)
 EXPORT_TIMEOUT = 2.0
 _TRACEPARENT = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE, _ZERO_SPAN = b"0" * 32, b"0" * 16
@@ -70,11 +71,12 @@ class SpanExporter:
         self.failing = False
         self.task = None
 
-    def add(self, span: tuple) -> None:
+    def add(self, tracer, request: tuple) -> None:
+        """A finished request's SpanTracer (its CLIENT spans) and what its SERVER span needs (server_span)."""
         if len(self.queue) >= MAX_QUEUED:
-            self.dropped += 1
+            self.dropped += 1 + len(tracer.attempts)
             return
-        self.queue.append(span)
+        self.queue.append((tracer, request))
         if self.task is None:
             self.task = self.loop.create_task(self._run())
 
@@ -83,9 +85,10 @@ class SpanExporter:
             await asyncio.sleep(BATCH_EVERY)
             if not self.queue:
                 continue
-            batch, self.queue = self.queue, []
+            finished, self.queue = self.queue, []
+            batch = span_records(finished)
             try:
-                # Encoding too runs on the executor's thread: a big batch never stalls the loop.
+                # Encoding runs on the executor's thread, with the POST.
                 await self.loop.run_in_executor(None, _export, self.endpoint, batch, self.service_name)
                 if self.failing:
                     self.failing = False
@@ -109,8 +112,28 @@ def _export(url: str, batch: list, service_name: str) -> None:
         r.read()
 
 
+def span_records(finished: list) -> list[tuple]:
+    """The spans of finished requests (SpanTracer.finished) as plain data for
+    `encode`: each request's SERVER span and its CLIENT spans, named and with
+    their attributes. Runs on the loop, once per batch."""
+    spans = []
+    for tracer, request in finished:
+        trace_id, server_id = tracer.trace_id, tracer.span_id
+        name, attributes, failed = server_span(request)
+        events = [(when, policy.phase, {"tollhouse.policy": type(policy).__name__,
+                                        "tollhouse.decision": Tracer.decision(result)})
+                  for when, policy, result in tracer.events]
+        spans.append((trace_id, server_id, tracer.parent_id, name, SERVER, tracer.start, tracer.end, attributes,
+                      events, failed))
+        for attempt in tracer.attempts:
+            name, attributes, failed = client_span(attempt)
+            spans.append((trace_id, attempt[0], server_id, name, CLIENT, attempt[3], attempt[4], attributes, [],
+                          failed))
+    return spans
+
+
 def encode(spans: list[tuple], service_name: str) -> bytes:
-    """An OTLP ExportTraceServiceRequest (protobuf) for recorded spans:
+    """An OTLP ExportTraceServiceRequest (protobuf) for span records:
     (trace id, span id, parent id, name, kind, start ns, end ns, attributes, events, error)."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.proto.trace.v1.trace_pb2 import Status
@@ -120,39 +143,116 @@ def encode(spans: list[tuple], service_name: str) -> bytes:
     resource_spans.resource.attributes.append(_key_value("service.name", service_name))
     scope = resource_spans.scope_spans.add()
     scope.scope.name = "tollhouse"
-    for trace_id, span_id, parent_id, name, kind, start, end, attributes, events, error in spans:
-        span = scope.spans.add(trace_id=bytes.fromhex(trace_id.decode()), span_id=bytes.fromhex(span_id.decode()),
-                               name=name, kind=kind, start_time_unix_nano=start, end_time_unix_nano=end)
+    add = scope.spans.add
+    error = Status.STATUS_CODE_ERROR
+    for trace_id, span_id, parent_id, name, kind, start, end, attributes, events, failed in spans:
+        span = add(trace_id=bytes.fromhex(trace_id.decode()), span_id=bytes.fromhex(span_id.decode()),
+                   name=name, kind=kind, start_time_unix_nano=start, end_time_unix_nano=end)
         if parent_id:
             span.parent_span_id = bytes.fromhex(parent_id.decode())
-        span.attributes.extend([_key_value(k, v) for k, v in attributes.items() if v is not None])
+        _set_attributes(span, attributes)
         for when, event_name, event_attributes in events:
             event = span.events.add(time_unix_nano=when, name=event_name)
             event.attributes.extend([_key_value(k, v) for k, v in event_attributes.items()])
-        if error:
-            span.status.code = Status.STATUS_CODE_ERROR
+        if failed:
+            span.status.code = error
     return request.SerializeToString()
 
 
-_KEY_VALUES: dict = {}   # (key, value) -> KeyValue: attributes repeat, and building one costs ~2 µs
+# A span's attributes, set the cheap way (a third of the cost of adding KeyValue
+# messages): each (key, value) is serialized once by protobuf, as a Span holding
+# only that attribute, and a span merges the joined pieces (serialized messages
+# concatenated merge, and repeated fields append). Values unique to a request
+# are added directly instead of filling the cache.
+_PIECES: dict = {}
+_UNIQUE = frozenset({"tollhouse.request_id"})   # string values
+
+
+def _set_attributes(span, attributes: dict) -> None:
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    pieces = []
+    for key, value in attributes.items():
+        if value is None:
+            continue
+        if key in _UNIQUE:   # strings
+            span.attributes.add(key=key).value.string_value = value
+            continue
+        cache_key = (key, value.__class__, value)
+        piece = _PIECES.get(cache_key)
+        if piece is None:
+            piece = Span(attributes=[_any_key_value(key, value)]).SerializeToString()
+            if len(_PIECES) >= 8192:
+                _PIECES.clear()   # bounded: paths and addresses can be many
+            _PIECES[cache_key] = piece
+        pieces.append(piece)
+    span.MergeFromString(b"".join(pieces))
+
+
+def server_span(request: tuple) -> tuple[str, dict, bool]:
+    """A request's SERVER span, from what SpanTracer.finished kept: its name,
+    attributes and whether it is an error."""
+    method, route, path, status, client_ip, host, scheme, consumer, slots, request_id = request
+    template = None
+    labels = {}
+    if route is not None:
+        template = route.path.decode() if route.path else (route.prefix.decode() or "") + "/*"
+        if slots is not None:
+            chain = route.chain
+            labels = dict(zip(chain.outcome_names, chain.labels(slots)))
+    method = method.decode("latin-1")
+    host = host.decode("latin-1")
+    server, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+    attributes = {
+        "http.request.method": method, "http.route": template, "url.path": path.decode("latin-1"),
+        "http.response.status_code": status, "client.address": client_ip,
+        "server.address": server or None, "server.port": int(port) if port.isdigit() else None,
+        "url.scheme": scheme.decode(), "tollhouse.route": route.name if route is not None else None,
+        "tollhouse.consumer": consumer, "tollhouse.cache.status": labels.get("cache"),
+        "tollhouse.ratelimit.decision": labels.get("ratelimit"),
+        "tollhouse.request_id": request_id.decode("latin-1"),
+    }
+    return (f"{method} {template}" if template else method), attributes, status >= 500
+
+
+def client_span(attempt: tuple) -> tuple[str, dict, bool]:
+    """An upstream attempt's CLIENT span: its name, attributes and whether it is an error."""
+    _, target, number, _, _, status, failure, method, route, path, params, backend = attempt
+    method = method.decode("latin-1")
+    if not route.path_kept:
+        path = route.upstream_path(path, params)
+    attributes = {"http.request.method": method, "server.address": target.host, "server.port": target.port,
+                  "url.full": f"{target.url}{path.decode('latin-1')}",
+                  "http.response.status_code": status if failure is None else None, "error.type": failure}
+    if number > 1:
+        attributes["http.request.resend_count"] = number - 1
+    if backend is not None:
+        attributes["tollhouse.backend"] = backend
+    return method, attributes, failure is not None or status >= 500
+
+
+_KEY_VALUES: dict = {}   # (key, value) -> KeyValue, for events and the resource: they repeat
 
 
 def _key_value(key: str, value):
-    found = _KEY_VALUES.get((key, value))
+    cache_key = (key, value.__class__, value)
+    found = _KEY_VALUES.get(cache_key)
     if found is None:
-        from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-
-        if isinstance(value, bool):
-            any_value = AnyValue(bool_value=value)
-        elif isinstance(value, int):
-            any_value = AnyValue(int_value=value)
-        else:
-            any_value = AnyValue(string_value=str(value))
-        found = KeyValue(key=key, value=any_value)
+        found = _any_key_value(key, value)
         if len(_KEY_VALUES) >= 8192:
-            _KEY_VALUES.clear()   # bounded: request ids and paths do not repeat
-        _KEY_VALUES[(key, value)] = found
+            _KEY_VALUES.clear()
+        _KEY_VALUES[cache_key] = found
     return found
+
+
+def _any_key_value(key: str, value):
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
 
 
 SERVER, CLIENT = 2, 3   # Span.SpanKind values
@@ -162,9 +262,17 @@ def _now_ns() -> int:
     return time.time_ns()
 
 
+_IDS: list = []   # span ids made ahead, in batches: a sampled request takes one
+
+
 def _span_id() -> bytes:
     # Random, not secret: the generator's bits, without a system call per id.
-    return b"%016x" % getrandbits(64)
+    if not _IDS:
+        _IDS.extend([b"%016x" % (getrandbits(64) or 1) for _ in range(512)])
+    return _IDS.pop()
+
+
+os.register_at_fork(after_in_child=_IDS.clear)   # a forked worker draws its own (random reseeds too)
 
 
 class TracingFactory:
@@ -176,6 +284,8 @@ class TracingFactory:
     `trace_skip`, which `Exchange.start` counts down without calling here; it
     calls when the count is out, or when a request carries a `traceparent` or
     a debug token, which need more than the ratio."""
+
+    __slots__ = ("config", "exporter", "kind", "ratio", "log_unsampled")
 
     def __init__(self, config, loop):
         self.config = config
@@ -223,86 +333,62 @@ class TracingFactory:
 
 
 class SpanTracer(Tracer):
-    """Records one sampled request's spans."""
+    """Records one sampled request's spans. The request path keeps only raw facts
+    (ids, times, the exchange, the attempts); names and attributes are built when
+    the batch is encoded, where that code runs warm: done per request, 1 % of the
+    time, it cost several times as much (docs/benchmarks.md, tracing)."""
 
-    __slots__ = ("exporter", "trace_id", "span_id", "parent_id", "start", "events", "attempts", "current")
+    __slots__ = ("exporter", "trace_id", "span_id", "parent_id", "start", "end", "events", "attempts", "current")
 
     def __init__(self, exporter, exchange, parent):
         self.exporter = exporter
         if parent is not None:
             self.trace_id, self.parent_id = parent[0], parent[1]
         else:
-            self.trace_id, self.parent_id = b"%032x" % getrandbits(128), None
+            self.trace_id, self.parent_id = _span_id() + _span_id(), None
         self.span_id = _span_id()
         self.start = _now_ns()
-        self.events: list = []
-        self.attempts: list = []   # finished CLIENT spans
+        self.events: list = []     # (time, policy, result)
+        self.attempts: list = []   # finished CLIENT spans: see _close_attempt
         self.current = None        # (span id, target, attempt, start) of the attempt under way
 
     def policy_ended(self, exchange, policy, result) -> None:
-        self.events.append((_now_ns(), policy.phase, {"tollhouse.policy": type(policy).__name__,
-                                                      "tollhouse.decision": self.decision(result)}))
+        self.events.append((_now_ns(), policy, result))
 
     def attempt_started(self, exchange, target, attempt: int) -> None:
         span_id = _span_id()
         self.current = (span_id, target, attempt, _now_ns())
         # The upstream's parent is this CLIENT span (W3C trace context).
-        exchange.headers = [line for line in exchange.headers if not line[:12].lower() == b"traceparent:"]
+        if exchange.traceparent is not None or attempt > 1 or exchange.conn.background:
+            exchange.headers = [line for line in exchange.headers if not line[:12].lower() == b"traceparent:"]
         exchange.headers.append(b"traceparent: 00-%s-%s-01\r\n" % (self.trace_id, span_id))
 
     def attempt_ended(self, exchange, target, status: int, failure: str | None) -> None:
         if failure is not None or status >= 500:
             self._close_attempt(exchange, status, failure)
 
-    def _close_attempt(self, exchange, status: int, failure: str | None) -> None:
+    def _close_attempt(self, exchange, status: int, failure: str | None, backend: str | None = None) -> None:
         current = self.current
         if current is None:
             return
         self.current = None
         span_id, target, attempt, start = current
-        method = exchange.method.decode("latin-1")
-        route = exchange.route
-        path = exchange.path if route.path_kept else route.upstream_path(exchange.path, exchange.params)
-        attributes = {"http.request.method": method, "server.address": target.host, "server.port": target.port,
-                      "url.full": f"{target.url}{path.decode('latin-1')}",
-                      "http.response.status_code": status if failure is None else None,
-                      "error.type": failure}
-        if attempt > 1:
-            attributes["http.request.resend_count"] = attempt - 1
-        self.attempts.append((self.trace_id, span_id, self.span_id, method, CLIENT, start, _now_ns(), attributes,
-                              [], failure is not None or status >= 500))
+        # Not the exchange itself: it refers to this tracer, and a cycle would wait for the collector.
+        self.attempts.append((span_id, target, attempt, start, _now_ns(), status, failure, exchange.method,
+                              exchange.route, exchange.path, exchange.params, backend))
 
     def subrequest(self, name: str) -> Tracer:
         return SubrequestTracer(self, name)
 
     def finished(self, exchange) -> None:
-        status = exchange.status
         if self.current is not None:
-            self._close_attempt(exchange, status, None)
-        route = exchange.route
-        template = None
-        if route is not None:
-            template = route.path.decode() if route.path else (route.prefix.decode() or "") + "/*"
-        method = exchange.method.decode("latin-1")
-        conn = exchange.conn
-        host = exchange.host.decode("latin-1")
-        server, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
-        labels = exchange.named_outcomes()
-        attributes = {
-            "http.request.method": method, "http.route": template, "url.path": exchange.path.decode("latin-1"),
-            "http.response.status_code": status, "client.address": exchange.client_ip,
-            "server.address": server or None, "server.port": int(port) if port.isdigit() else None,
-            "url.scheme": conn.scheme.decode(), "tollhouse.route": route.name if route is not None else None,
-            "tollhouse.consumer": exchange.consumer, "tollhouse.cache.status": labels.get("cache"),
-            "tollhouse.ratelimit.decision": labels.get("ratelimit"),
-            "tollhouse.request_id": exchange.request_id.decode("latin-1"),
-        }
-        name = f"{method} {template}" if template else method
-        exporter = self.exporter
-        exporter.add((self.trace_id, self.span_id, self.parent_id, name, SERVER, self.start, _now_ns(), attributes,
-                      self.events, status >= 500))
-        for span in self.attempts:
-            exporter.add(span)
+            self._close_attempt(exchange, exchange.status, None)
+        self.end = _now_ns()
+        # What the SERVER span is made of, not the exchange: kept until the batch
+        # leaves, a whole exchange (buffers, header lines) would weigh on memory.
+        self.exporter.add(self, (exchange.method, exchange.route, exchange.path, exchange.status, exchange.client_ip,
+                                 exchange.host, exchange.conn.scheme, exchange.consumer, exchange.slots,
+                                 exchange.request_id))
 
 
 class SubrequestTracer(SpanTracer):
@@ -325,11 +411,8 @@ class SubrequestTracer(SpanTracer):
     def policy_ended(self, exchange, policy, result) -> None:
         pass
 
-    def _close_attempt(self, exchange, status: int, failure: str | None) -> None:
-        if self.current is None:
-            return
-        SpanTracer._close_attempt(self, exchange, status, failure)
-        self.attempts[-1][7]["tollhouse.backend"] = self.backend
+    def _close_attempt(self, exchange, status: int, failure: str | None, backend: str | None = None) -> None:
+        SpanTracer._close_attempt(self, exchange, status, failure, self.backend)
 
     def finished(self, exchange) -> None:
         if self.current is not None:
