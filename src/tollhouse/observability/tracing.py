@@ -285,7 +285,7 @@ class TracingFactory:
     calls when the count is out, or when a request carries a `traceparent` or
     a debug token, which need more than the ratio."""
 
-    __slots__ = ("config", "exporter", "kind", "ratio", "log_unsampled")
+    __slots__ = ("config", "exporter", "kind", "ratio", "log_unsampled", "gaps")
 
     def __init__(self, config, loop):
         self.config = config
@@ -294,6 +294,7 @@ class TracingFactory:
         self.kind = sampler.type
         self.ratio = sampler.ratio
         self.log_unsampled = math.log1p(-self.ratio) if 0.0 < self.ratio < 1.0 else None
+        self.gaps: list = []   # the next gaps, drawn ahead
 
     def gap(self) -> int:
         """How many ratio decisions in a row say no before the next yes."""
@@ -314,7 +315,10 @@ class TracingFactory:
         if worker.trace_skip > 0:
             worker.trace_skip -= 1
             return False
-        worker.trace_skip = self.gap()
+        gaps = self.gaps
+        if not gaps:   # drawn in batches too: the draw's code and state stay out of the request path
+            gaps.extend([self.gap() for _ in range(64)])
+        worker.trace_skip = gaps.pop()
         return True
 
     def __call__(self, exchange):
