@@ -338,9 +338,10 @@ class TracingFactory:
 
 class SpanTracer(Tracer):
     """Records one sampled request's spans. The request path keeps only raw facts
-    (ids, times, the exchange, the attempts); names and attributes are built when
-    the batch is encoded, where that code runs warm: done per request, 1 % of the
-    time, it cost several times as much (docs/benchmarks.md, tracing)."""
+    (ids, times, the fields the SERVER span is made of, the attempts); names and
+    attributes are built for the whole batch, where that code runs warm: done
+    per request, 1 % of the time, it cost several times as much
+    (docs/benchmarks.md, "Tenth session: tracing's sampled path")."""
 
     __slots__ = ("exporter", "trace_id", "span_id", "parent_id", "start", "end", "events", "attempts", "current")
 
