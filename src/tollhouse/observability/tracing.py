@@ -364,8 +364,7 @@ class SpanTracer(Tracer):
         span_id = _span_id()
         self.current = (span_id, target, attempt, _now_ns())
         # The upstream's parent is this CLIENT span (W3C trace context).
-        if exchange.traceparent is not None or attempt > 1 or exchange.conn.background:
-            exchange.headers = [line for line in exchange.headers if not line[:12].lower() == b"traceparent:"]
+        exchange.headers = [line for line in exchange.headers if not line[:12].lower() == b"traceparent:"]
         exchange.headers.append(b"traceparent: 00-%s-%s-01\r\n" % (self.trace_id, span_id))
 
     def attempt_ended(self, exchange, target, status: int, failure: str | None) -> None:
