@@ -1,0 +1,13 @@
+# C declarations for the compiled build of admitted.py (setup.py); the .py stays the source.
+
+from tollhouse.pipeline cimport Policy
+from tollhouse.request cimport Request
+
+
+cdef class AdmittedTokens(Policy):
+    cdef public object admitted, bearer
+
+    cpdef on_request(self, Request exchange)
+
+
+cpdef identify(Request exchange, identity)
