@@ -54,3 +54,12 @@ def test_killed_and_restarted_upstream(gateway_factory):
     finally:
         a.kill()
         b.kill()
+
+
+def test_the_first_request_after_start_gets_its_whole_timeout(gateway_factory, upstream):
+    """Deadlines are counted on the worker's coarse clock. Before its first tick the
+    clock still said when it was imported, before the config loaded (~0.1 s on
+    this machine), and a request served that early timed out that much early."""
+    g = gateway_factory(upstream_config([upstream.url], route_extra="    timeout: 300ms"))
+    r = request(g.port, b"GET /slow?ms=200 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert (r.status, r.body) == (200, b"slow")

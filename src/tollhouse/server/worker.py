@@ -97,6 +97,10 @@ class Worker(WorkerCore):
         # often. The request path makes few cycles; full scans were ~3% of CPU.
         gc.freeze()
         gc.set_threshold(20000, 50, 100)
+        # The coarse clock was last set when it was imported, before the config
+        # loaded: a request served before the first deadline tick would have its
+        # deadlines counted from then, and time out that much early.
+        CLOCK.now = time.monotonic()   # loop.time()'s clock, read afresh (the loop's is cached per tick)
 
     def _trace(self, config) -> None:
         """The tracer factory of a config version: tracing (sampled requests) and the debug header."""
