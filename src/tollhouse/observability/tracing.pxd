@@ -10,9 +10,9 @@ cdef class TracingFactory:
 
 
 cdef class SpanTracer(Tracer):
-    cdef public object exporter, trace_id, span_id, parent_id, events, attempts, current
+    cdef public object exporter, trace_id, span_id, parent_id, events, attempts, current, backend
     cdef public long long start, end
 
 
 cdef class SubrequestTracer(SpanTracer):
-    cdef public object backend
+    pass

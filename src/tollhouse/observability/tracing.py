@@ -6,9 +6,9 @@ carry `http.request.resend_count`), with the stable HTTP semantic
 conventions' attributes and `tollhouse.*` ones; policy decisions are span
 events. The client's W3C `traceparent` is honoured (parent-based sampling)
 and the upstream receives a `traceparent` whose parent is the CLIENT span.
-Spans are recorded as plain tuples on the request path and leave in batches,
-encoded with `opentelemetry-proto` and POSTed (OTLP/HTTP, protobuf) by a
-background task; a collector that is down or slow loses spans, never
+The request path keeps only raw facts (ids, times, what the spans are made
+of); spans are built and encoded with `opentelemetry-proto` in batches and
+POSTed (OTLP/HTTP, protobuf) off the loop; a collector that is down or slow loses spans, never
 requests. Why not the SDK: its span objects, processors and context
 machinery cost several µs per span, and a 1 % sample must cost almost
 nothing on the other 99 %.
@@ -343,7 +343,8 @@ class SpanTracer(Tracer):
     per request, 1 % of the time, it cost several times as much
     (docs/benchmarks.md, "Tenth session: tracing's sampled path")."""
 
-    __slots__ = ("exporter", "trace_id", "span_id", "parent_id", "start", "end", "events", "attempts", "current")
+    __slots__ = ("exporter", "trace_id", "span_id", "parent_id", "start", "end", "events", "attempts", "current",
+                 "backend")
 
     def __init__(self, exporter, exchange, parent):
         self.exporter = exporter
@@ -356,6 +357,7 @@ class SpanTracer(Tracer):
         self.events: list = []     # (time, policy, result)
         self.attempts: list = []   # finished CLIENT spans: see _close_attempt
         self.current = None        # (span id, target, attempt, start) of the attempt under way
+        self.backend = None        # a subrequest's backend name (SubrequestTracer)
 
     def policy_ended(self, exchange, policy, result) -> None:
         self.events.append((_now_ns(), policy, result))
@@ -371,7 +373,7 @@ class SpanTracer(Tracer):
         if failure is not None or status >= 500:
             self._close_attempt(exchange, status, failure)
 
-    def _close_attempt(self, exchange, status: int, failure: str | None, backend: str | None = None) -> None:
+    def _close_attempt(self, exchange, status: int, failure: str | None) -> None:
         current = self.current
         if current is None:
             return
@@ -379,7 +381,7 @@ class SpanTracer(Tracer):
         span_id, target, attempt, start = current
         # Not the exchange itself: it refers to this tracer, and a cycle would wait for the collector.
         self.attempts.append((span_id, target, attempt, start, _now_ns(), status, failure, exchange.method,
-                              exchange.route, exchange.path, exchange.params, backend))
+                              exchange.route, exchange.path, exchange.params, self.backend))
 
     def subrequest(self, name: str) -> Tracer:
         return SubrequestTracer(self, name)
@@ -399,7 +401,7 @@ class SubrequestTracer(SpanTracer):
     """A subrequest's CLIENT spans (an aggregation backend), children of the SERVER span
     of the request it serves and exported with it."""
 
-    __slots__ = ("backend",)
+    __slots__ = ()
 
     def __init__(self, parent: SpanTracer, backend: str):
         self.exporter = parent.exporter
@@ -414,9 +416,6 @@ class SubrequestTracer(SpanTracer):
 
     def policy_ended(self, exchange, policy, result) -> None:
         pass
-
-    def _close_attempt(self, exchange, status: int, failure: str | None, backend: str | None = None) -> None:
-        SpanTracer._close_attempt(self, exchange, status, failure, self.backend)
 
     def finished(self, exchange) -> None:
         if self.current is not None:
