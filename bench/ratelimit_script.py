@@ -33,10 +33,13 @@ async def measure(url: str, distinct_keys: int) -> float:
         sha = await store.client.script_load(LUA)
         for algo in (b"0", b"1", b"2"):   # fixed, sliding, bucket: keys apart (their state types differ)
             keys = [b"th:rl:v1:{bench}:bench:%s:ip:10.0.%d.%d" % (algo, i // 250, i % 250)
-                    for i in (j % distinct_keys for j in range(BATCH))]
-            args = [b"1", b"1", algo, b"100000000", b"60000", b"100000000", b"%d" % BATCH] + [b"1"] * BATCH
+                    for i in range(distinct_keys)]
+            # As the limiter sends them: one profile, then runs of requests sharing keys
+            # (profile index, count): one run of 50, or 50 runs of one.
+            runs = [b"1", b"%d" % (BATCH // distinct_keys)] * distinct_keys
+            args = [b"1", b"1", algo, b"100000000", b"60000", b"100000000", b"%d" % distinct_keys] + runs
             for _ in range(CALLS):
-                await store.command("EVALSHA", sha, BATCH, *keys, *args)
+                await store.command("EVALSHA", sha, len(keys), *keys, *args)
         stats = await store.client.info("commandstats")
         return float(stats["cmdstat_evalsha"]["usec_per_call"])
     finally:

@@ -90,6 +90,26 @@ def test_requests_sharing_a_key_in_one_script_call_are_counted_one_by_one(gatewa
     assert r.status == 429 and r.getheader("ratelimit-remaining") == "0"
 
 
+def test_interleaved_clients_in_one_script_call_are_each_counted_exactly(gateway_factory, upstream, redis):
+    # A batch sends consecutive requests with the same keys as one run (keys once, then a
+    # count); clients interleaved in every pattern (runs of one, of two, of three) must
+    # each get exactly their limit, with a second limit counted across all of them.
+    g = gateway_factory(limited("      - {limit: 5, window: 1m, key: 'header:X-User'}\n"
+                                "      - {limit: 18, window: 1h, key: route, algorithm: token_bucket}",
+                                extra=f"store: {redis.url}", upstream_url=upstream.url))
+    pattern = ["a", "a", "b", "a", "c", "c", "c", "b"]
+    requests = [f"GET /limited/x HTTP/1.1\r\nHost: a\r\nX-User: {u}\r\nConnection: close\r\n\r\n".encode()
+                for u in pattern]
+    statuses = concurrent_statuses([g.port], 120, requests)
+    for user in "abc":
+        mine = [s for i, s in enumerate(statuses) if pattern[i % len(pattern)] == user]
+        assert mine.count(200) == 5 and mine.count(429) == len(mine) - 5, (user, mine)
+    # 15 admitted in all, and the route's bucket (one token per 200 s) counted each of them
+    # once: a sixteenth leaves it 2, tighter than the new client's 4.
+    r = get(g.port, headers="X-User: d\r\n")
+    assert r.status == 200 and r.getheader("ratelimit-remaining") == "2"
+
+
 def test_scripts_flushed_from_redis_are_loaded_again(gateway_factory, upstream, redis):
     # EVALSHA answers NOSCRIPT after SCRIPT FLUSH (or a restart with the same data):
     # the gateway sends the script with EVAL, and counting goes on where it was.

@@ -15,19 +15,22 @@ async def _one(port: int, request: bytes) -> int:
         writer.close()
 
 
-def concurrent_statuses(ports: list[int], requests_per_port: int, request: bytes) -> list[int]:
-    """Open every connection first, then fire all requests together; return the statuses."""
+def concurrent_statuses(ports: list[int], requests_per_port: int, request: bytes | list[bytes]) -> list[int]:
+    """Open every connection first, then fire all requests together; return the statuses.
+    `request` may be a list: connection i (in order) sends request[i % len(request)]."""
+    sent = request if isinstance(request, list) else [request]
     async def main():
         conns = []
         for port in ports:
             for _ in range(requests_per_port):
                 conns.append(await asyncio.open_connection("127.0.0.1", port))
-        for _, writer in conns:
-            writer.write(request)
+        for i, (_, writer) in enumerate(conns):
+            writer.write(sent[i % len(sent)])
         await asyncio.gather(*(w.drain() for _, w in conns))
         statuses = []
         for reader, writer in conns:
-            line = await reader.readline()
+            # A bounded wait: a gateway that never answers fails the test instead of hanging it.
+            line = await asyncio.wait_for(reader.readline(), 30)
             statuses.append(int(line.split()[1]))
             writer.close()
         return statuses

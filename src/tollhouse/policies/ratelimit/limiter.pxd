@@ -22,7 +22,8 @@ cdef class RedisLimiter:
     cdef public long live_instances
 
     cpdef check(self, list limits, list store_keys, policy, exchange, list keys)
-    @cython.locals(item=tuple, limits=list, keys_all=list, profiles=dict, profile_args=list, request_args=list)
+    @cython.locals(item=tuple, limits=list, store_keys=list, keys_all=list, profiles=dict, profile_args=list,
+                   run_args=list, count=Py_ssize_t)
     cpdef _call(self, list batch, done)
     @cython.locals(pos=Py_ssize_t, n=Py_ssize_t, i=Py_ssize_t, at=Py_ssize_t, item=tuple, limits=list,
                    fut=Deferred, decisions=list)

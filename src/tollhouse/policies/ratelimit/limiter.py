@@ -188,24 +188,37 @@ class RedisLimiter:
         keys_all: list = []
         profiles: dict = {}
         profile_args: list = []
-        request_args: list = []
+        run_args: list = []
         # Partitioned with on_partition: share: global limits go capped at this region's share.
         share = self.regions is not None and self.regions.share_now
+        # Consecutive requests with the same keys and limits (one client's burst, a
+        # route or global key) go as one run: its keys and profile once, then a count.
+        last_keys = last_limits = None
+        count = 0
         for item in batch:
-            limits = item[1]
-            keys_all += item[0]
+            store_keys, limits = item[0], item[1]
+            if (store_keys is last_keys or store_keys == last_keys) and (
+                    limits is last_limits or limits == last_limits):
+                count += 1
+                continue
+            if count:
+                run_args.append(b"%d" % count)
+            count = 1
+            last_keys, last_limits = store_keys, limits
+            keys_all += store_keys
             index = profiles.get(id(limits))
             if index is None:
                 index = profiles[id(limits)] = b"%d" % (len(profiles) + 1)
                 profile_args.append(b"%d" % len(limits))
                 for lim in limits:
                     profile_args += lim.partition_args if share and lim.partition_args else lim.script_args
-            request_args.append(index)
+            run_args.append(index)
+        run_args.append(b"%d" % count)
         counters = self.stats.counters
         counters[_CALLS] = counters.get(_CALLS, 0) + 1
         # Everything already bytes: packing passes bytes through.
         command = ("EVALSHA", LUA_SHA, len(keys_all), *keys_all, b"%d" % len(profiles), *profile_args,
-                   b"%d" % len(batch), *request_args)
+                   b"%d" % (len(run_args) // 2), *run_args)
         self.store.call(command, _Answer(self, batch, command, done), self.timeout)
 
     def answered(self, batch, command, flat, error, done):
@@ -246,6 +259,12 @@ class RedisLimiter:
                     fut.fail(e)
                 else:
                     fut.resolve(decision)
+        except Exception as e:  # noqa: BLE001 - a reply not as the script writes it (too short)
+            # Every request not decided yet fails (a 500 each) rather than waiting forever;
+            # a decided one has no chain left, and failing it does nothing.
+            log.error("rate-limit script reply unreadable: %r", e)
+            for item in batch:
+                item[2].fail(e)
         finally:
             done()
 

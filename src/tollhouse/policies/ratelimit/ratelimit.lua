@@ -3,13 +3,15 @@
 -- limits are decided together and atomically; a rejected request changes nothing.
 -- Requests in one call are decided in order, so a batch is exactly as if the
 -- requests had arrived one after another.
--- KEYS: the storage keys of every limit of every request, in order (one hash slot).
+-- Requests come in runs: consecutive requests with the same keys and limits (one
+-- client's burst, a route or global key) are sent once with their count.
+-- KEYS: the storage keys of every limit of every run, in order (one hash slot).
 -- ARGV: number of profiles; per profile: number of limits, then per limit 4 values:
 --       algorithm (0 fixed, 1 sliding, 2 bucket; +10 for a `scope: global` window counted
 --       with the other regions' components, +20 for the same while partitioned with
 --       on_partition: share, when `burst` carries the number of regions), limit, window_ms, burst;
---       then the number of requests and, per request, the index (1-based) of its profile.
---       (Requests of one route share a profile: the batch carries it once.)
+--       then the number of runs and, per run, the index (1-based) of its profile and its
+--       number of requests. (Requests of one route share a profile: the batch carries it once.)
 -- Uses the Redis server's clock, so gateway clocks may drift.
 -- Returns, per request: allowed, then per limit: allowed, remaining, reset_ms, retry_ms.
 -- A key's state is read from Redis once per call and written back once at the
@@ -29,8 +31,8 @@ for p = 1, tonumber(ARGV[1]) do
   profiles[p] = spec
   argi = argi + 1 + 4 * n
 end
-local nreq = tonumber(ARGV[argi])
-local reqi = argi + 1
+local nruns = tonumber(ARGV[argi])
+local runi = argi + 1
 local out = {}
 local keyi = 1
 local states = {}   -- key -> {tat} or {w, c, p}, as read or as last updated
@@ -41,123 +43,129 @@ local upd = {}      -- the current request's pending updates, flat, 6 per limit:
 local no = 0        -- entries in out
 local foreign = {}  -- key -> the other regions' components (HGETALL of key:regions), for global limits
 local global = {}   -- keys of global limits counted in this call (to publish to the other regions)
-for r = 1, nreq do
-  local spec = profiles[tonumber(ARGV[reqi + r - 1])]
-  no = no + 1
-  local head = no
-  local nu = 0
-  local all = 1
-  for si = 1, #spec, 4 do
-    local algo, limit, window, burst = spec[si], spec[si + 1], spec[si + 2], spec[si + 3]
-    local scope = 0
-    if algo >= 20 then scope, algo = 2, algo - 20 elseif algo >= 10 then scope, algo = 1, algo - 10 end
-    local key = KEYS[keyi]
-    keyi = keyi + 1
-    local ok, remaining, reset, retry = 1, 0, 0, 0
-    if algo == 2 then
-      local interval = window / limit
-      local st = states[key]
-      if st == nil then
-        st = {tonumber(redis.call('GET', key) or '0')}
-        states[key] = st
-      end
-      local tat = st[1]
-      if tat < now then tat = now end
-      local new_tat = tat + interval
-      local allow_at = new_tat - burst * interval
-      if now < allow_at then
-        ok, remaining, reset, retry = 0, 0, tat - now, allow_at - now
-      else
-        remaining = math.floor((now - allow_at) / interval)
-        reset = new_tat - now
-        upd[nu + 1], upd[nu + 2], upd[nu + 3], upd[nu + 4], upd[nu + 5], upd[nu + 6] = st, key, new_tat, 0, 0, 0
-        nu = nu + 6
-      end
-    else
-      local index = math.floor(now / window)
-      local window_end = (index + 1) * window
-      local st = states[key]
-      if st == nil then
-        local state = redis.call('HMGET', key, 'w', 'c', 'p')
-        st = {tonumber(state[1]), tonumber(state[2] or '0'), tonumber(state[3] or '0')}
-        states[key] = st
-      end
-      local w, c, p = st[1], st[2], st[3]
-      local cur, prev = 0, 0
-      if w == index then
-        cur, prev = c, p
-      elseif w == index - 1 then
-        cur, prev = 0, c
-      end
-      if algo == 0 then prev = 0 end
-      local own = cur
-      if scope > 0 then
-        -- A G-counter: this region's component plus the last-known components of the
-        -- others, each "window:count:previous" under its region's name.
-        local f = foreign[key]
-        if f == nil then
-          f = {0, 0}
-          local all = redis.call('HGETALL', key .. ':regions')
-          for fi = 2, #all, 2 do
-            local fw, fc, fp = string.match(all[fi], '^(%-?%d+):(%d+):(%d+)$')
-            fw, fc, fp = tonumber(fw), tonumber(fc), tonumber(fp)
-            if fw == index then f[1], f[2] = f[1] + fc, f[2] + fp
-            elseif fw == index - 1 then f[2] = f[2] + fc end
-          end
-          foreign[key] = f
+for run = 1, nruns do
+  local spec = profiles[tonumber(ARGV[runi])]
+  local count = tonumber(ARGV[runi + 1])
+  runi = runi + 2
+  local run_keys = keyi
+  for r = 1, count do
+    keyi = run_keys   -- each request of a run reads the run's keys
+    no = no + 1
+    local head = no
+    local nu = 0
+    local all = 1
+    for si = 1, #spec, 4 do
+      local algo, limit, window, burst = spec[si], spec[si + 1], spec[si + 2], spec[si + 3]
+      local scope = 0
+      if algo >= 20 then scope, algo = 2, algo - 20 elseif algo >= 10 then scope, algo = 1, algo - 10 end
+      local key = KEYS[keyi]
+      keyi = keyi + 1
+      local ok, remaining, reset, retry = 1, 0, 0, 0
+      if algo == 2 then
+        local interval = window / limit
+        local st = states[key]
+        if st == nil then
+          st = {tonumber(redis.call('GET', key) or '0')}
+          states[key] = st
         end
-        cur = cur + f[1]
-        if algo ~= 0 then prev = prev + f[2] end
-      end
-      reset = window_end - now
-      if algo == 0 then
-        if cur + 1 > limit then
-          ok, retry = 0, window_end - now
+        local tat = st[1]
+        if tat < now then tat = now end
+        local new_tat = tat + interval
+        local allow_at = new_tat - burst * interval
+        if now < allow_at then
+          ok, remaining, reset, retry = 0, 0, tat - now, allow_at - now
         else
-          remaining = limit - cur - 1
+          remaining = math.floor((now - allow_at) / interval)
+          reset = new_tat - now
+          upd[nu + 1], upd[nu + 2], upd[nu + 3], upd[nu + 4], upd[nu + 5], upd[nu + 6] = st, key, new_tat, 0, 0, 0
+          nu = nu + 6
         end
       else
-        local weight = 1 - (now - index * window) / window
-        local estimate = prev * weight + cur
-        if estimate + 1 > limit then
-          ok = 0
-          local room = limit - 1 - cur
-          if room >= 0 and prev > 0 then
-            retry = math.max(0, index * window + (1 - room / prev) * window - now)
-          elseif cur <= 0 then
-            retry = window_end - now
+        local index = math.floor(now / window)
+        local window_end = (index + 1) * window
+        local st = states[key]
+        if st == nil then
+          local state = redis.call('HMGET', key, 'w', 'c', 'p')
+          st = {tonumber(state[1]), tonumber(state[2] or '0'), tonumber(state[3] or '0')}
+          states[key] = st
+        end
+        local w, c, p = st[1], st[2], st[3]
+        local cur, prev = 0, 0
+        if w == index then
+          cur, prev = c, p
+        elseif w == index - 1 then
+          cur, prev = 0, c
+        end
+        if algo == 0 then prev = 0 end
+        local own = cur
+        if scope > 0 then
+          -- A G-counter: this region's component plus the last-known components of the
+          -- others, each "window:count:previous" under its region's name.
+          local f = foreign[key]
+          if f == nil then
+            f = {0, 0}
+            local all = redis.call('HGETALL', key .. ':regions')
+            for fi = 2, #all, 2 do
+              local fw, fc, fp = string.match(all[fi], '^(%-?%d+):(%d+):(%d+)$')
+              fw, fc, fp = tonumber(fw), tonumber(fc), tonumber(fp)
+              if fw == index then f[1], f[2] = f[1] + fc, f[2] + fp
+              elseif fw == index - 1 then f[2] = f[2] + fc end
+            end
+            foreign[key] = f
+          end
+          cur = cur + f[1]
+          if algo ~= 0 then prev = prev + f[2] end
+        end
+        reset = window_end - now
+        if algo == 0 then
+          if cur + 1 > limit then
+            ok, retry = 0, window_end - now
           else
-            retry = window_end - now + math.max(0, 1 - (limit - 1) / cur) * window
+            remaining = limit - cur - 1
           end
         else
-          remaining = math.max(0, math.floor(limit - estimate - 1))
+          local weight = 1 - (now - index * window) / window
+          local estimate = prev * weight + cur
+          if estimate + 1 > limit then
+            ok = 0
+            local room = limit - 1 - cur
+            if room >= 0 and prev > 0 then
+              retry = math.max(0, index * window + (1 - room / prev) * window - now)
+            elseif cur <= 0 then
+              retry = window_end - now
+            else
+              retry = window_end - now + math.max(0, 1 - (limit - 1) / cur) * window
+            end
+          else
+            remaining = math.max(0, math.floor(limit - estimate - 1))
+          end
+        end
+        if ok == 1 and scope == 2 and own + 1 > math.ceil(limit / burst) then
+          -- Partitioned (on_partition: share): this region admits its share of the limit at most.
+          ok, remaining, retry = 0, 0, window_end - now
+        end
+        if ok == 1 then
+          -- Only this region's own component is counted here.
+          upd[nu + 1], upd[nu + 2], upd[nu + 3], upd[nu + 4], upd[nu + 5], upd[nu + 6] =
+            st, key, index, own + 1, st[1] == index and st[3] or (st[1] == index - 1 and st[2] or 0), 2 * window
+          nu = nu + 6
+          if scope > 0 then global[key] = true end
         end
       end
-      if ok == 1 and scope == 2 and own + 1 > math.ceil(limit / burst) then
-        -- Partitioned (on_partition: share): this region admits its share of the limit at most.
-        ok, remaining, retry = 0, 0, window_end - now
-      end
-      if ok == 1 then
-        -- Only this region's own component is counted here.
-        upd[nu + 1], upd[nu + 2], upd[nu + 3], upd[nu + 4], upd[nu + 5], upd[nu + 6] =
-          st, key, index, own + 1, st[1] == index and st[3] or (st[1] == index - 1 and st[2] or 0), 2 * window
-        nu = nu + 6
-        if scope > 0 then global[key] = true end
-      end
+      if ok == 0 then all = 0 end
+      out[no + 1], out[no + 2], out[no + 3], out[no + 4] = ok, remaining, math.ceil(reset), math.ceil(retry)
+      no = no + 4
     end
-    if ok == 0 then all = 0 end
-    out[no + 1], out[no + 2], out[no + 3], out[no + 4] = ok, remaining, math.ceil(reset), math.ceil(retry)
-    no = no + 4
-  end
-  out[head] = all
-  if all == 1 then
-    -- Only now, with every limit allowing, is the request counted (in place).
-    for u = 1, nu, 6 do
-      local st, key, ttl = upd[u], upd[u + 1], upd[u + 5]
-      if ttls[key] == nil then dirty[#dirty + 1] = key end
-      ttls[key] = ttl
-      st[1] = upd[u + 2]
-      if ttl ~= 0 then st[2], st[3] = upd[u + 3], upd[u + 4] end
+    out[head] = all
+    if all == 1 then
+      -- Only now, with every limit allowing, is the request counted (in place).
+      for u = 1, nu, 6 do
+        local st, key, ttl = upd[u], upd[u + 1], upd[u + 5]
+        if ttls[key] == nil then dirty[#dirty + 1] = key end
+        ttls[key] = ttl
+        st[1] = upd[u + 2]
+        if ttl ~= 0 then st[2], st[3] = upd[u + 3], upd[u + 4] end
+      end
     end
   end
 end
