@@ -167,7 +167,17 @@ class Tollhouse:
         wait_port(self.port)
         wait_port(self.admin_port)
 
+    def signal_all(self, sig: int) -> None:
+        """`sig` to the gateway's process and its workers."""
+        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        for pid in [self.proc.pid, *map(int, children)]:
+            os.kill(pid, sig)
+
     def stop(self):
+        try:
+            self.signal_all(signal.SIGCONT)   # a stopped gateway cannot act on SIGTERM
+        except ProcessLookupError:
+            pass
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(20)
@@ -207,21 +217,36 @@ def start_nginx_proxy(workdir: str, upstream_port: int) -> tuple[subprocess.Pope
 def run_core(workdir: str, upstream_port: int) -> dict:
     proxy, nginx_port = start_nginx_proxy(workdir, upstream_port)
     th = Tollhouse(workdir, upstream_port, PROXY_CPUS)
-    targets = {"direct": upstream_port, "nginx": nginx_port, "tollhouse": th.port}
+    # The same gateway with busy_polling: its worker never sleeps in the poller (latency for a core).
+    # Stopped (SIGSTOP) except in its own runs: polling, it would take the proxy core from the others.
+    busy = Tollhouse(workdir, upstream_port, PROXY_CPUS, extra="busy_polling: true")
+    busy.signal_all(signal.SIGSTOP)
+    targets = {"direct": upstream_port, "nginx": nginx_port, "tollhouse": th.port, "tollhouse, busy_polling": busy.port}
     results: dict[str, dict[str, list]] = {name: {"c": [], "one": []} for name in targets}
+
+    def measure(name: str, port: int, connections: int, seconds: int) -> dict:
+        if name == "tollhouse, busy_polling":
+            busy.signal_all(signal.SIGCONT)
+        try:
+            return wrk(port, "/", connections, seconds)
+        finally:
+            if name == "tollhouse, busy_polling":
+                busy.signal_all(signal.SIGSTOP)
+
     try:
         for name, port in targets.items():  # warm-up
-            wrk(port, "/", CONNS, 1)
+            measure(name, port, CONNS, 1)
         for rnd in range(ROUNDS):
             for name, port in targets.items():
-                results[name]["c"].append(wrk(port, "/", CONNS, DURATION))
-                results[name]["one"].append(wrk(port, "/", 1, max(2, DURATION // 2)))
+                results[name]["c"].append(measure(name, port, CONNS, DURATION))
+                results[name]["one"].append(measure(name, port, 1, max(2, DURATION // 2)))
             print(f"  round {rnd + 1}/{ROUNDS}: " + ", ".join(
                 f"{n} {results[n]['c'][-1]['rps']:.0f} req/s" for n in targets)
                 + f"; tollhouse/nginx {results['tollhouse']['c'][-1]['rps'] / results['nginx']['c'][-1]['rps']:.2f}",
                 flush=True)
     finally:
         th.stop()
+        busy.stop()
         proxy.terminate()
         proxy.wait()
     return {name: {"c": median_result(r["c"]), "one": median_result(r["one"]),
@@ -479,7 +504,7 @@ def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: st
              "ratios: median of the rounds' ratios, lowest–highest in brackets):", "",
              "| target | req/s | ratio to nginx | p50 ms | p99 ms | added p50 at 1 conn, ms | ratio to nginx |",
              "|---|---|---|---|---|---|---|"]
-    for name in ("direct", "nginx", "tollhouse"):
+    for name in ("direct", "nginx", "tollhouse", "tollhouse, busy_polling"):
         r = core[name]
         added = r["one"]["p50"] - direct["one"]["p50"]
         ng_added = ng["one"]["p50"] - direct["one"]["p50"]

@@ -30,10 +30,12 @@ cdef class WorkerCore:
     cdef public object loop, stats, state, date, next_request_id, tracer_factory
     cdef public set connections, inflight
     cdef public list ended, outbox
-    cdef public bint draining, reading
+    cdef public bint draining, reading, busy_polling, polling
     cdef public int active_requests
     cdef public long long trace_skip
 
+    cpdef set_busy_polling(self, bint on)
+    cpdef poll_again(self)
     cpdef defer(self, Gathered gathered)
     cpdef flush_if_alone(self)
     cpdef flush_outbox(self)

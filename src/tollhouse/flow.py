@@ -108,7 +108,7 @@ class WorkerCore:
     """
 
     __slots__ = ("loop", "stats", "state", "connections", "inflight", "ended", "draining", "date", "next_request_id",
-                 "outbox", "active_requests", "reading", "tracer_factory", "trace_skip")
+                 "outbox", "active_requests", "reading", "tracer_factory", "trace_skip", "busy_polling", "polling")
 
     def __init__(self, loop):
         self.loop = loop
@@ -123,6 +123,24 @@ class WorkerCore:
         # Requests the ratio sampler has already decided to pass over (tracing.TracingFactory):
         # counted down as they start, without calling the factory.
         self.trace_skip = 0
+        self.busy_polling = False   # busy_polling: the loop always has a callback ready (poll_again)
+        self.polling = False        # poll_again is scheduled
+
+    def set_busy_polling(self, on: bool) -> None:
+        """`busy_polling`: keep one callback always ready, so the event loop polls for
+        I/O with a zero timeout instead of sleeping in epoll_wait. A sleeping worker
+        is woken by the kernel for each message, which on a VM costs tens of µs a
+        hop (an IPI, the vCPU halting); HAProxy's `busy-polling` trades the same way."""
+        self.busy_polling = on
+        if on and not self.polling:
+            self.polling = True
+            self.loop.call_soon(self.poll_again)
+
+    def poll_again(self) -> None:
+        if self.busy_polling:
+            self.loop.call_soon(self.poll_again)
+        else:
+            self.polling = False
 
     def defer(self, gathered) -> None:
         """`gathered` holds writes; its `flush()` is called once this loop iteration's callbacks are done."""

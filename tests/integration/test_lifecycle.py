@@ -1,5 +1,6 @@
 """Signals, reloads, workers, admin, TLS and the store, with the real gateway process."""
 import json
+import os
 import signal
 import socket
 import ssl
@@ -69,6 +70,37 @@ def test_sighup_reloads_a_valid_config_and_keeps_the_old_on_errors(gateway_facto
     assert json.loads(get(g.port, "/added").body)["target"] == "/was-added"
     assert "bogus_key" in g.stderr()
     assert g.proc.poll() is None
+
+
+def _cpu_seconds(pid: int, seconds: float) -> float:
+    """CPU seconds (user + system) the process `pid` and its children use over `seconds`."""
+    def total() -> float:
+        ticks = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(entry) == pid or int(fields[1]) == pid:   # fields[1]: the parent's pid
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+    before = total()
+    time.sleep(seconds)
+    return total() - before
+
+
+def test_busy_polling_keeps_an_idle_worker_polling_until_a_reload_turns_it_off(gateway_factory, upstream):
+    g = gateway_factory(basic_config(upstream.url, extra="busy_polling: true"))
+    assert json.loads(get(g.port, "/polled").body)["target"] == "/polled"
+    # No request in flight, yet the worker polls: most of a core's time over 1.5 s.
+    assert _cpu_seconds(g.proc.pid, 1.5) > 0.5
+    g.write_config(basic_config(upstream.url))
+    g.signal(signal.SIGHUP)
+    # Turned off by the reload: the idle worker sleeps in the poller again.
+    wait_for(lambda: _cpu_seconds(g.proc.pid, 0.5) < 0.1, timeout=10)
+    assert json.loads(get(g.port, "/slept").body)["target"] == "/slept"
 
 
 def test_admin_reload_needs_the_token_and_reports_errors(gateway_factory, upstream):

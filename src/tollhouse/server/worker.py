@@ -101,6 +101,7 @@ class Worker(WorkerCore):
         # loaded: a request served before the first deadline tick would have its
         # deadlines counted from then, and time out that much early.
         CLOCK.now = time.monotonic()   # loop.time()'s clock, read afresh (the loop's is cached per tick)
+        self.set_busy_polling(config.busy_polling)
 
     def _trace(self, config) -> None:
         """The tracer factory of a config version: tracing (sampled requests) and the debug header."""
@@ -166,6 +167,7 @@ class Worker(WorkerCore):
         self.state = build_state(config, self.loop, self.stats, self.store, previous, previous.version + 1,
                                  workers=services)
         self._trace(config)
+        self.set_busy_polling(config.busy_polling)
         for name, old in self.services.items():
             if services.get(name) is not old:
                 old.close()   # replaced (e.g. the cache's storage changed)
