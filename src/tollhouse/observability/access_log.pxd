@@ -4,5 +4,5 @@ cimport cython
 from tollhouse.exchange cimport Exchange
 
 
-@cython.locals(ex=Exchange, t=cython.double, second=cython.longlong, last_second=cython.longlong)
+@cython.locals(ex=Exchange, last=Exchange, t=cython.double, second=cython.longlong, last_second=cython.longlong)
 cpdef bytes format_batch(list batch, double offset)

@@ -108,17 +108,22 @@ def format_batch(batch: list, offset: float) -> bytes:
     get = memo.get
     last_second, stamp = -1, b""
     lines = []
+    last = context = None
     for ex in batch:
         t = ex.ended + offset
         second = int(t)
         if second != last_second:
             last_second = second
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-        route = ex.route
-        key = (route, ex.target, ex.consumer, ex.outcomes)   # outcome labels, as Stats.fold read them
-        context = get(key)
-        if context is None:
-            context = memo[key] = _context(*key)
+        # Consecutive lines mostly share their context: compared with the last line's
+        # before a key is built and looked up.
+        if last is None or not (ex.route is last.route and ex.target is last.target and ex.consumer == last.consumer
+                                and ex.outcomes == last.outcomes):
+            key = (ex.route, ex.target, ex.consumer, ex.outcomes)   # outcome labels, as Stats.fold read them
+            context = get(key)
+            if context is None:
+                context = memo[key] = _context(*key)
+            last = ex
         # Without X-Forwarded-For the client is the socket peer (no property call).
         ip = ex.conn.peer_ip if ex.xff is None else ex.client_ip
         path = ex.path
