@@ -151,6 +151,14 @@ routes:
 """
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the benchmark dies (a killed run must not leave
+    gateways behind, least of all a busy_polling one spinning on the proxy core)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+
+
 class Tollhouse:
     def __init__(self, workdir: str, upstream_port: int, cpus: str, workers: int = 1, extra: str = "",
                  route_extra: str = "", root: str = ROOT, upstreams_extra: str = ""):
@@ -163,7 +171,8 @@ class Tollhouse:
         env = {**os.environ, "PYTHONPATH": os.path.join(root, "src"), "TOLLHOUSE_LOG_LEVEL": "WARNING"}
         self.log = open(os.path.join(workdir, f"tollhouse-{self.port}.log"), "wb")
         self.proc = subprocess.Popen(["taskset", "-c", cpus, sys.executable, "-m", "tollhouse", "run", "-c", path],
-                                     stdout=subprocess.DEVNULL, stderr=self.log, env=env)
+                                     stdout=subprocess.DEVNULL, stderr=self.log, env=env,
+                                     preexec_fn=_die_with_parent)
         wait_port(self.port)
         wait_port(self.admin_port)
 

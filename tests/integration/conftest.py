@@ -25,6 +25,15 @@ def gateway_factory():
         g.cleanup()
 
 
+# One consumer, alice, whose API key "alice-key" goes in X-API-Key; routes name the provider `keys`.
+ALICE_API_KEY = """consumers:
+  - {id: alice, api_keys: [alice-key]}
+auth:
+  providers:
+    keys: {type: api_key, header: X-API-Key}
+"""
+
+
 def basic_config(upstream_url: str, extra_routes: str = "", extra: str = "", upstream_extra: str = "") -> str:
     return f"""
 trusted_proxies: [10.0.0.0/8]

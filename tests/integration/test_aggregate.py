@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from tests.integration.conftest import ALICE_API_KEY
 from tests.support.client import request
 from tests.support.processes import refused_port
 
@@ -15,11 +16,7 @@ def config(a: str, b: str, extra_routes: str = "", extra: str = "") -> str:
     dead = f"http://127.0.0.1:{refused_port()}"
     return f"""
 {extra}
-consumers:
-  - {{id: alice, api_keys: [alice-key]}}
-auth:
-  providers:
-    keys: {{type: api_key, header: X-API-Key}}
+{ALICE_API_KEY}
 upstreams:
   a: {{targets: ["{a}"]}}
   b: {{targets: ["{b}"]}}

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tests.integration.conftest import ALICE_API_KEY
 from tests.support.client import request
 from tests.support.processes import refused_port
 
@@ -19,11 +20,7 @@ def shop():
 
 def config(port: int, descriptors: str, extra: str = "") -> str:
     return f"""
-consumers:
-  - {{id: alice, api_keys: [alice-key]}}
-auth:
-  providers:
-    keys: {{type: api_key, header: X-API-Key}}
+{ALICE_API_KEY}
 upstreams:
   inventory:
     targets: ["grpc://127.0.0.1:{port}"]

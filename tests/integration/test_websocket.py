@@ -10,6 +10,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from tests.integration.conftest import ALICE_API_KEY
 from tests.support.processes import wait_for
 
 
@@ -59,11 +60,7 @@ def echo():
 def config(echo_port: int, extra_route: str = "", ws: str = "{idle_timeout: 2s, max_message_bytes: 11MiB}") -> str:
     return f"""
 shutdown_grace: 3s
-consumers:
-  - {{id: alice, api_keys: [alice-key]}}
-auth:
-  providers:
-    keys: {{type: api_key, header: X-API-Key}}
+{ALICE_API_KEY}
 upstreams:
   echo: {{targets: ["http://127.0.0.1:{echo_port}"]}}
 routes:
