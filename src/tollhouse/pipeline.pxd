@@ -41,3 +41,4 @@ cdef class Chain:
     cpdef _after(self, Request exchange, result, error, int start, proceed, answer)
     @cython.locals(policy=Policy, labels=list)
     cpdef tuple labels(self, slots)
+    cpdef dict named_outcomes(self, slots)

@@ -296,6 +296,10 @@ class Chain:
         for hook in self.response_hooks:
             hook(exchange)
 
+    def named_outcomes(self, slots) -> dict:
+        """Outcome name -> label of the policies that noted one in an exchange's `slots`."""
+        return {name: label for name, label in zip(self.outcome_names, self.labels(slots)) if label is not None}
+
     def labels(self, slots) -> tuple:
         """The outcome labels of an exchange's remembered `slots`, aligned with `observed`
         and `outcome_names` (None where a policy noted nothing)."""

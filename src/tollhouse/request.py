@@ -163,10 +163,7 @@ class Request:
     def named_outcomes(self) -> dict:
         """Outcome name -> label of the policies that noted one on this request."""
         route = self.route
-        if route is None or self.slots is None:
-            return {}
-        chain = route.chain
-        return {name: label for name, label in zip(chain.outcome_names, chain.labels(self.slots)) if label is not None}
+        return route.chain.named_outcomes(self.slots) if route is not None else {}
 
     def header_count(self, name: str) -> int:
         """How many times a request header was sent (case-insensitive)."""

@@ -197,9 +197,7 @@ def server_span(request: tuple) -> tuple[str, dict, bool]:
     labels = {}
     if route is not None:
         template = route.path.decode() if route.path else (route.prefix.decode() or "") + "/*"
-        if slots is not None:
-            chain = route.chain
-            labels = dict(zip(chain.outcome_names, chain.labels(slots)))
+        labels = route.chain.named_outcomes(slots)
     method = method.decode("latin-1")
     host = host.decode("latin-1")
     server, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
