@@ -90,7 +90,7 @@ routes:
             store = MemoryStore()
         self.cache = ResponseCache(config.cache, store, self.stats, self)
         self.state = build_state(config, self.loop, self.stats, store, workers={"cache": self.cache})
-        self.date = b"Thu, 01 Jan 2026 00:00:00 GMT"
+        self.date_line = b"date: Thu, 01 Jan 2026 00:00:00 GMT\r\n"
         from tollhouse.observability.access_log import request_id_factory
 
         self.next_request_id = request_id_factory()

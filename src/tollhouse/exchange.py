@@ -106,7 +106,7 @@ class Exchange(Forwarding):
         if self.finished or self.response != WAITING:
             return
         lines.append(b"content-length: %d\r\n" % len(body))
-        lines.append(b"date: %s\r\n" % self.worker.date)
+        lines.append(self.worker.date_line)
         self.relay_head(status, lines, None, len(body), False)
         if self.finished or self.response == COMPLETE:
             return   # a policy answered instead (the cache's stale_if_error)

@@ -107,7 +107,7 @@ class WorkerCore:
     hit starts and ends inside its read callback.)
     """
 
-    __slots__ = ("loop", "stats", "state", "connections", "inflight", "ended", "draining", "date", "next_request_id",
+    __slots__ = ("loop", "stats", "state", "connections", "inflight", "ended", "draining", "date_line", "next_request_id",
                  "outbox", "active_requests", "reading", "tracer_factory", "trace_skip", "busy_polling", "polling")
 
     def __init__(self, loop):

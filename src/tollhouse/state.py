@@ -126,6 +126,9 @@ def build_state(config, loop, stats, store, previous: GatewayState | None = None
             routes.append(RouteTarget(name, len(routes), methods=(method,), path=path,
                                       chain=Chain(policies) if policies else EMPTY_CHAIN,
                                       stats=stats.route(name, None), local=handler))
+    for route in routes:
+        # A route that takes any method is declared for GET: series need some method label.
+        route.stats.declare(sorted(route.methods) or (b"GET",))
     return GatewayState(config, RouteTable(routes), pools, version, services)
 
 

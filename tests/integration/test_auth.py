@@ -297,6 +297,23 @@ def test_claims_of_the_wrong_type_are_a_clean_401(gw, exp):
     assert get(gw.port, "/hs/x", token(SECRET)).status == 200
 
 
+@pytest.mark.parametrize("case", ["nbf_string", "nbf_bool", "iat_string", "iat_bool", "exp_true"])
+def test_time_claims_that_are_not_numbers_are_invalid_claims(gw, case):
+    """RFC 7519 §2: exp, nbf and iat are NumericDates. PyJWT reads them with int(), so a
+    string or a bool used to pass (200), and "exp": true was "expired"."""
+    now = int(time.time())
+    name, value = {"nbf_string": ("nbf", str(now - 10)), "nbf_bool": ("nbf", True),
+                   "iat_string": ("iat", str(now)), "iat_bool": ("iat", False), "exp_true": ("exp", True)}[case]
+    claims = {"sub": "alice", "iat": now, "exp": now + 300, name: value}
+    r = get(gw.port, "/hs/x", jwt.encode(claims, SECRET, algorithm="HS256"))
+    assert r.status == 401, (r.status, r.body)
+    assert json.loads(r.body)["detail"] == f"the token's {name} claim is not a number"
+    text = gw.get_admin("/metrics")[1].decode()
+    counted = [line for line in text.splitlines()
+               if line.startswith('tollhouse_auth_failures_total{reason="invalid_claim",route="hs"}')]
+    assert counted and float(counted[0].split()[-1]) >= 1, counted
+
+
 def test_api_keys_in_header_or_query_are_not_forwarded(gw):
     r = get(gw.port, "/keyed/x?a=1", headers="X-API-Key: alice-key-123\r\n")
     h = echo_headers(r)

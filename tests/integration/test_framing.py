@@ -1,4 +1,5 @@
 """Request smuggling and limits (docs/contract.md §3): refuse, close, forward nothing."""
+import json
 import time
 
 import pytest
@@ -223,3 +224,36 @@ def test_upstream_unknown_transfer_coding_is_502_with_valid_framing(setup, path)
         assert b"/after" in c.response().body
     finally:
         c.close()
+
+
+EARLY_REFUSALS = {
+    "two_authorizations": b"GET /early/a?q=1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer x\r\n"
+                          b"Authorization: Bearer y\r\n\r\n",
+    "bad_host": b"GET /early/b HTTP/1.1\r\nHost: a@b\r\n\r\n",
+    "two_hosts": b"GET /early/c HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EARLY_REFUSALS))
+def test_a_request_refused_before_routing_has_a_request_id_and_a_logged_path(setup, name):
+    """The refusal carries X-Request-ID, and its access-log line the same id and the path as sent,
+    so that a client's report of a 400 can be found in the logs."""
+    g, _ = setup
+    head = EARLY_REFUSALS[name]
+    c = RawClient(g.port)
+    try:
+        c.send(head)
+        r = c.response()
+    finally:
+        c.close()
+    assert r.status == 400, (name, r.status)
+    rid = r.getheader("x-request-id")
+    assert rid, r.headers
+    path = head.split(b" ")[1].split(b"?")[0].decode()
+    deadline = time.time() + 3
+    lines = []
+    while not lines and time.time() < deadline:
+        time.sleep(0.05)
+        lines = [json.loads(line) for line in g.stdout().splitlines() if rid in line]
+    assert lines, g.stdout()[-500:]
+    assert lines[-1]["request_id"] == rid and lines[-1]["path"] == path and lines[-1]["status"] == 400

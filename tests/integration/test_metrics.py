@@ -1,4 +1,6 @@
 """/metrics from the real gateway: every documented series exists before its first event."""
+import urllib.request
+
 from tests.integration.conftest import basic_config
 from tests.support.processes import RedisServer
 
@@ -43,3 +45,22 @@ auth: {{providers: {{dev: {{type: jwt, algorithms: [HS256], secret: a-secret-of-
             assert series in text, series
     finally:
         redis.cleanup()
+
+
+def test_every_configured_route_has_request_series_from_the_first_scrape(gateway_factory, upstream):
+    """rate(tollhouse_requests_total) and histogram_quantile over a route that has had no
+    request yet read 0, not nothing: each route's series exist before its first request
+    (for each of its methods, or GET when it takes any, with status 200)."""
+    g = gateway_factory(basic_config(upstream.url))
+    text = g.get_admin("/metrics")[1].decode()
+    for series in ('tollhouse_requests_total{method="GET",route="api",status="200"} 0.0',
+                   'tollhouse_requests_total{method="GET",route="user",status="200"} 0.0',
+                   'tollhouse_requests_total{method="PUT",route="user",status="200"} 0.0',
+                   'tollhouse_request_duration_seconds_count{route="api"} 0.0',
+                   'tollhouse_request_duration_seconds_bucket{le="+Inf",route="exact"} 0.0'):
+        assert series in text, series
+    with urllib.request.urlopen(g.url("/api/x"), timeout=5) as r:
+        assert r.status == 200
+    text = g.get_admin("/metrics")[1].decode()
+    assert 'tollhouse_requests_total{method="GET",route="api",status="200"} 1.0' in text
+    assert 'tollhouse_requests_total{method="GET",route="user",status="200"} 0.0' in text

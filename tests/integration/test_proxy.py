@@ -1,4 +1,5 @@
 """The real gateway between a real client socket and a real upstream server."""
+import email.utils
 import hashlib
 import json
 import os
@@ -88,6 +89,21 @@ def test_hop_by_hop_and_identity_headers_are_removed(gw):
     for gone in ("x-private", "keep-alive", "te", "x-consumer-id", "x-consumer-tier", "x-auth-scopes"):
         assert gone not in h
     assert h["x-kept"] == "1"
+
+
+def test_a_relayed_response_without_date_gets_the_gateways(gw):
+    """RFC 9110 §6.6.1: a proxy adds Date to a response whose origin sent none (the test
+    upstream sends none on /echo), from the worker's clock: one header, a current time."""
+    r = get(gw, "/echo")
+    dates = r.headers.get_all("date") or []
+    assert len(dates) == 1, r.headers
+    assert abs(email.utils.parsedate_to_datetime(dates[0]).timestamp() - time.time()) < 3
+
+
+def test_an_upstreams_own_date_is_relayed_unchanged(gw):
+    stamp = "Tue, 01 Dec 2026 10:00:00 GMT"
+    r = get(gw, "/resource?date=" + stamp.replace(" ", "%20").replace(",", "%2C"))
+    assert r.headers.get_all("date") == [stamp]
 
 
 def test_hop_by_hop_response_headers_are_removed(gw):

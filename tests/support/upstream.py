@@ -13,7 +13,7 @@ Behaviour is chosen by path:
   /close             answers with Connection: close
   /upload            reads the body streaming; answers its length and sha256
   /resource?...      a cacheable resource: cc= (Cache-Control), etag=, lm= (Last-Modified),
-                     expires=, vary=, tag= (Surrogate-Key), cookie=1, status=N, ms=N (delay),
+                     expires=, vary=, tag= (Surrogate-Key), date= (Date), cookie=1, status=N, ms=N (delay),
                      bytes=N (body size), chunked=1; the JSON body carries a serial number
   /json?...          JSON {"path", "query"} of the request; ms=N (delay), status=N
   anything else      JSON echo of what arrived (method, path, query, headers, body length)
@@ -164,7 +164,7 @@ class _Conn(asyncio.Protocol):
                 await asyncio.sleep(int(q["ms"]) / 1000)
             headers = [("content-type", "application/json")]
             for param, name in (("cc", "cache-control"), ("etag", "etag"), ("lm", "last-modified"),
-                                ("expires", "expires"), ("vary", "vary"), ("tag", "surrogate-key")):
+                                ("expires", "expires"), ("vary", "vary"), ("tag", "surrogate-key"), ("date", "date")):
                 if param in q:
                     headers.append((name, q[param]))
             if q.get("cookie"):

@@ -71,7 +71,7 @@ class FakeWorker(WorkerCore):
         self.stats = Stats()
         self.state = build_state(config, self.loop, self.stats, MemoryStore())
         self.access_log = None
-        self.date = b"Thu, 01 Jan 2026 00:00:00 GMT"
+        self.date_line = b"date: Thu, 01 Jan 2026 00:00:00 GMT\r\n"
         n = iter(range(1, 10**6))
         self.next_request_id = lambda: b"rid-%d" % next(n)
 

@@ -59,6 +59,13 @@ class RouteStats:
         counts[key] = counts.get(key, 0) + 1
         self.duration.observe(duration)
 
+    def declare(self, methods) -> None:
+        """Export this route's request counter at 0 for each of `methods` (bytes) with status
+        200, and so its duration histogram, from the first scrape: rate() and
+        histogram_quantile() over a quiet route then read 0, not nothing."""
+        for method in methods:
+            self.counts.setdefault((method, 200), 0)
+
     def observe_upstream(self, duration: float) -> None:
         self.upstream.observe(duration)
 

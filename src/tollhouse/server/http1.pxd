@@ -10,6 +10,8 @@ cpdef bint _sane_host(host)
 
 cdef class Http1Exchange(Request):
     cpdef finalise_head(self, limits)
+    cpdef framing_error(self, limits)
+    cpdef target_error(self)
     cpdef relay_head(self, int status, list headers, connection_tokens, content_length, bint chunked)
     cpdef write_head(self, body=*)
     cpdef upstream_body(self, chunk)

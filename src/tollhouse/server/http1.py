@@ -37,39 +37,50 @@ class Http1Exchange(Request):
     __slots__ = ()
 
     def finalise_head(self, limits) -> None:
-        """Validate what only the whole head can tell (RFC 9112 §3.2, §6)."""
+        """Validate what only the whole head can tell (RFC 9112 §3.2, §6). A refused
+        request keeps its id and its path as sent: the answer and the log line carry both."""
+        rid = self.request_id
+        if not rid or not _SANE_ID.fullmatch(rid):
+            self.request_id = self.worker.next_request_id()
+        error = self.framing_error(limits)
+        if error is None:
+            error = self.target_error()
+        if error is not None:
+            self.error = error
+            self.keep_alive = False
+            if not self.path:
+                self.path = self.raw_target.split(b"?", 1)[0]
+            return
+        if self.connection_tokens:
+            drop = tokens(self.connection_tokens) - {b"close", b"keep-alive"}
+            if drop:
+                self.headers = without(self.headers, drop)
+
+    def framing_error(self, limits):
+        """Why the head's version, Host, framing or method cannot be served, or None."""
         if self.version not in ("1.1", "1.0"):
-            self.error = Reply.problem(505, "HTTP Version Not Supported", "only HTTP/1.0 and HTTP/1.1 are served")
-            self.keep_alive = False
-            return
+            return Reply.problem(505, "HTTP Version Not Supported", "only HTTP/1.0 and HTTP/1.1 are served")
         if self.host_count > 1 or (self.host_count == 0 and self.version == "1.1"):
-            self.error = Reply.problem(400, "Bad Request", "exactly one Host header is required")
-            self.keep_alive = False
-            return
+            return Reply.problem(400, "Bad Request", "exactly one Host header is required")
         if self.duplicate is not None:
-            self.error = Reply.problem(400, "Bad Request", f"more than one {self.duplicate.decode('latin-1')} header")
-            self.keep_alive = False
-            return
+            return Reply.problem(400, "Bad Request", f"more than one {self.duplicate.decode('latin-1')} header")
         if self.te is not None:
             if self.te.strip().lower() != b"chunked" or self.version == "1.0":
                 # llhttp already refuses most bad codings; this catches "gzip, chunked" (RFC 9112 §6.1).
-                self.error = Reply.problem(501, "Not Implemented", "only Transfer-Encoding: chunked is supported")
-                self.keep_alive = False
-                return
+                return Reply.problem(501, "Not Implemented", "only Transfer-Encoding: chunked is supported")
             self.chunked = True
         if self.method == b"CONNECT":
-            self.error = Reply.problem(405, "Method Not Allowed", "CONNECT is not supported")
-            self.keep_alive = False
-            return
+            return Reply.problem(405, "Method Not Allowed", "CONNECT is not supported")
         if self.upgrade and (self.chunked or self.content_length):
-            self.error = Reply.problem(400, "Bad Request", "an Upgrade request cannot carry a body")
-            self.keep_alive = False
-            return
+            return Reply.problem(400, "Bad Request", "an Upgrade request cannot carry a body")
         max_body = limits.max_body_bytes
         if max_body and self.content_length is not None and self.content_length > max_body:
-            self.error = Reply.problem(413, "Content Too Large", f"the body exceeds {max_body} bytes")
-            self.keep_alive = False
-            return
+            return Reply.problem(413, "Content Too Large", f"the body exceeds {max_body} bytes")
+        return None
+
+    def target_error(self):
+        """Split the request target into the normalised path and the query (the authority of
+        an absolute-form target replaces Host); why it cannot be served, or None."""
         target = self.raw_target
         if not target.startswith(b"/"):
             if target.startswith((b"http://", b"https://")):
@@ -79,38 +90,26 @@ class Http1Exchange(Request):
                 authority, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
                 self.host = authority
             else:
-                self.error = Reply.problem(400, "Bad Request", "unsupported request target")
-                self.keep_alive = False
-                return
+                return Reply.problem(400, "Bad Request", "unsupported request target")
         if not _sane_host(self.host):
-            self.error = Reply.problem(400, "Bad Request", "invalid Host: expected host[:port]")
-            self.keep_alive = False
-            return
+            return Reply.problem(400, "Bad Request", "invalid Host: expected host[:port]")
         q = target.find(b"?")
         raw_path = target if q < 0 else target[:q]
         self.query = b"" if q < 0 else target[q:]
         hash_at = raw_path.find(b"#")
         if hash_at >= 0:
             raw_path = raw_path[:hash_at]
-        try:
-            path = _NORMAL_PATHS.get(raw_path)
-            if path is None:
+        path = _NORMAL_PATHS.get(raw_path)
+        if path is None:
+            try:
                 path = normalise_path(raw_path)
-                if len(_NORMAL_PATHS) >= 8192:
-                    _NORMAL_PATHS.clear()   # bounded: unique paths cannot grow it
-                _NORMAL_PATHS[raw_path] = path
-            self.path = path
-        except BadPath as e:
-            self.error = Reply.problem(400, "Bad Request", f"invalid path: {e}")
-            self.keep_alive = False
-            return
-        if self.connection_tokens:
-            drop = tokens(self.connection_tokens) - {b"close", b"keep-alive"}
-            if drop:
-                self.headers = without(self.headers, drop)
-        rid = self.request_id
-        if not rid or not _SANE_ID.fullmatch(rid):
-            self.request_id = self.worker.next_request_id()
+            except BadPath as e:
+                return Reply.problem(400, "Bad Request", f"invalid path: {e}")
+            if len(_NORMAL_PATHS) >= 8192:
+                _NORMAL_PATHS.clear()   # bounded: unique paths cannot grow it
+            _NORMAL_PATHS[raw_path] = path
+        self.path = path
+        return None
 
     # ------------------------------------------------------------ the response
     def relay_head(self, status: int, headers: list, connection_tokens, content_length, chunked: bool) -> None:
@@ -162,7 +161,7 @@ class Http1Exchange(Request):
         """Answer 304 with `lines` instead of the upstream's response, whose body still
         arrives (for the cache) but is not relayed."""
         self.status = 304
-        lines.append(b"date: %s\r\n" % self.worker.date)   # RFC 9110 §6.6.1: an origin-like answer has Date
+        lines.append(self.worker.date_line)   # RFC 9110 §6.6.1: an origin-like answer has Date
         self.response_headers = lines
         self.mode = NONE
 
@@ -261,7 +260,7 @@ class Http1Exchange(Request):
                 self.response_headers = without(self.response_headers, {b"content-length"})
                 self.response_headers.append(b"content-length: %d\r\n" % len(body))
         headers = self.response_headers
-        headers.append(b"date: %s\r\n" % self.worker.date)
+        headers.append(self.worker.date_line)
         if no_body or self.method == b"HEAD":
             self.mode = NONE
             body = b""

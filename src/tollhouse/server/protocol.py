@@ -363,6 +363,8 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         ex.body_done = True
         ex.method = ex.method or b"GET"
         ex.request_id = self.worker.next_request_id()
+        if not ex.path:
+            ex.path = ex.raw_target.split(b"?", 1)[0]   # as sent, for the log line
         ex.started = perf_counter()
         if self.active is None:
             self.active = ex

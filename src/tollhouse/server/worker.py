@@ -56,7 +56,7 @@ class Worker(WorkerCore):
         self.health: dict[tuple[str, str], bool] = {}   # (upstream, target url) -> healthy
         self.checker = None
         self.next_request_id = request_id_factory()
-        self.date = b""
+        self.date_line = b""   # b"date: <IMF-fixdate>\r\n", rebuilt once a second by the sweeper
         self.started_at = time.time()
         self.tracing = None
         self.store = open_store(config.store)
@@ -122,7 +122,7 @@ class Worker(WorkerCore):
 
     # timers ----------------------------------------------------------------------
     def _update_date(self) -> None:
-        self.date = email.utils.formatdate(usegmt=True).encode()
+        self.date_line = b"date: %s\r\n" % email.utils.formatdate(usegmt=True).encode()
 
     def _sweep(self) -> None:
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)

@@ -198,6 +198,8 @@ class Forwarding(Http1Exchange):
             self.upstream_time = 0.0
             self.retry()   # this answer is dropped with its connection
             return
+        if not conn.dated:
+            headers.append(self.worker.date_line)   # a proxy adds the Date an origin left out (RFC 9110 §6.6.1)
         self.relay_head(status, headers, conn.connection_tokens, conn.content_length, conn.chunked)
 
     def upstream_done(self, conn) -> None:

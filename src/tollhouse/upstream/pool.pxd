@@ -5,6 +5,7 @@ from tollhouse.flow cimport FlowControl, Gathered
 
 cdef Clock CLOCK
 cdef dict _RESPONSE_SPECIAL
+cdef int DROPPED, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, DATE
 cdef frozenset _SPECIAL_LENGTHS
 
 cdef class TargetPool
@@ -16,7 +17,7 @@ cdef class UpstreamConnection:
     cdef public object transport, parser, loop, content_length, connection_tokens
     cdef public TargetPool target
     cdef public Request exchange
-    cdef public bint closed, reused, got_bytes, head_only, chunked, bad_coding
+    cdef public bint closed, reused, got_bytes, head_only, chunked, bad_coding, dated
     cdef public double idle_since, last_read
 
     cpdef finish_message(self)

@@ -23,9 +23,15 @@ from .breaker import STATE_NAMES, CircuitBreaker
 log = logging.getLogger("tollhouse.upstream")
 
 
-# 0: dropped, 1: content-length, 2: transfer-encoding, 3: connection
-_RESPONSE_SPECIAL = {b"content-length": 1, b"transfer-encoding": 2, b"connection": 3, b"keep-alive": 0,
-                     b"proxy-connection": 0, b"te": 0, b"trailer": 0, b"upgrade": 0, b"x-request-id": 0}
+# Response header names with a job of their own (everything else is relayed as sent).
+DROPPED = 0             # hop-by-hop (RFC 9110 §7.6.1) or the gateway's own (X-Request-ID)
+CONTENT_LENGTH = 1      # framing: noted and kept
+TRANSFER_ENCODING = 2   # framing: noted, never relayed (the client's framing is redone)
+CONNECTION = 3          # hop-by-hop, and names more hop-by-hop headers
+DATE = 4                # noted and kept: a response without one gets the gateway's (RFC 9110 §6.6.1)
+_RESPONSE_SPECIAL = {b"content-length": CONTENT_LENGTH, b"transfer-encoding": TRANSFER_ENCODING,
+                     b"connection": CONNECTION, b"date": DATE, b"keep-alive": DROPPED, b"proxy-connection": DROPPED,
+                     b"te": DROPPED, b"trailer": DROPPED, b"upgrade": DROPPED, b"x-request-id": DROPPED}
 
 
 _SPECIAL_LENGTHS = frozenset(len(n) for n in _RESPONSE_SPECIAL)
@@ -40,7 +46,7 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
 
     __slots__ = ("target", "transport", "parser", "exchange", "closed", "idle_since", "headers", "reused",
                  "got_bytes", "flow", "last_read", "head_only", "loop", "content_length", "chunked",
-                 "connection_tokens", "outgoing", "bad_coding")
+                 "connection_tokens", "outgoing", "bad_coding", "dated")
 
     def __init__(self, target: "TargetPool"):
         self.target = target
@@ -60,6 +66,7 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
         self.chunked = False
         self.connection_tokens = None
         self.bad_coding = False
+        self.dated = False   # the response head carried a Date
         self.outgoing = None   # Gathered writes (made by the first send: it knows the worker)
 
     # asyncio.Protocol ------------------------------------------------------
@@ -117,6 +124,7 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
         self.content_length = None
         self.chunked = False
         self.bad_coding = False
+        self.dated = False
         self.connection_tokens = None
 
     def on_header(self, name, value):
@@ -126,16 +134,19 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
         if len(name) in _SPECIAL_LENGTHS:
             kind = _RESPONSE_SPECIAL.get(name.lower())
             if kind is not None:
-                if kind == 1:
-                    self.content_length = value
+                if kind == CONTENT_LENGTH or kind == DATE:
+                    if kind == DATE:
+                        self.dated = True
+                    else:
+                        self.content_length = value
                     self.headers.append(name + b": " + value + b"\r\n")
-                elif kind == 2:
+                elif kind == TRANSFER_ENCODING:
                     # Anything but one "chunked" is a coding the client could not be told
                     # about once the header is dropped (RFC 9112 §6.1, §6.3): 502, never relayed.
                     if self.chunked or value.strip().lower() != b"chunked":
                         self.bad_coding = True
                     self.chunked = True
-                elif kind == 3:
+                elif kind == CONNECTION:
                     tokens = value.lower()
                     if tokens != b"keep-alive" and tokens != b"close":
                         self.connection_tokens = (tokens if self.connection_tokens is None

@@ -21,9 +21,9 @@ import urllib.request
 
 import jwt
 from jwt import PyJWK
-from jwt.exceptions import (DecodeError, ExpiredSignatureError, ImmatureSignatureError, InvalidAlgorithmError,
-                            InvalidAudienceError, InvalidIssuedAtError, InvalidIssuerError, InvalidKeyError,
-                            InvalidSignatureError, InvalidTokenError, MissingRequiredClaimError, PyJWKError)
+from jwt.exceptions import (DecodeError, InvalidAlgorithmError, InvalidAudienceError, InvalidIssuerError,
+                            InvalidKeyError, InvalidSignatureError, InvalidTokenError, MissingRequiredClaimError,
+                            PyJWKError)
 
 log = logging.getLogger("tollhouse.auth")
 
@@ -82,11 +82,33 @@ def identity_from_claims(claims: dict, names, consumers: dict, provider: str) ->
     if not isinstance(tier, str) or not tier:
         tier = known.tier if known is not None and known.tier else None
     exp = claims.get("exp")
-    if exp is not None and (not isinstance(exp, (int, float)) or isinstance(exp, bool)):
-        # PyJWT accepts "exp": "1796024926"; RFC 7519 §4.1.4 says NumericDate, a JSON number.
+    if exp is not None and not _numeric_date(exp):
         raise AuthFailure("invalid_claim", "the token's exp claim is not a number")
     return Identity(consumer, tier, scopes, _words(claims.get(names.roles)), provider,
                     float(exp) if exp is not None else None)
+
+
+def _numeric_date(value) -> bool:
+    """RFC 7519 §2: a NumericDate is a JSON number (a bool is an int to Python, not to JSON)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_time_claims(claims: dict, now: float, leeway: float) -> None:
+    """exp, nbf and iat (RFC 7519 §4.1.4-6): each present one a NumericDate (else
+    invalid_claim, before any time is compared), then compared with `now` within `leeway`."""
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if value is not None and not _numeric_date(value):
+            raise AuthFailure("invalid_claim", f"the token's {name} claim is not a number")
+    exp = claims.get("exp")
+    if exp is not None and exp <= now - leeway:
+        raise AuthFailure("expired", "the token has expired")
+    nbf = claims.get("nbf")
+    if nbf is not None and nbf > now + leeway:
+        raise AuthFailure("not_yet_valid", "the token is not valid yet")
+    iat = claims.get("iat")
+    if iat is not None and iat > now + leeway:
+        raise AuthFailure("not_yet_valid", "the token was issued in the future")
 
 
 class VerifiedCache:
@@ -256,13 +278,13 @@ class JwtProvider:
         return self._decode(token, key, signing_key, alg, time.time())
 
     def _decode(self, token, key, signing_key, alg, now):
+        # PyJWT checks the signature, the issuer, the audience and that exp is present;
+        # the time claims are checked below, after their types: PyJWT reads them with
+        # int(), so "exp": true would be "expired" and "nbf": "123" or true would pass.
         try:
             claims = jwt.decode(token, signing_key, algorithms=[alg], audience=self.audience, issuer=self.issuer,
-                                leeway=self.leeway, options={"require": ["exp"], "verify_aud": self.audience is not None})
-        except ExpiredSignatureError:
-            raise AuthFailure("expired", "the token has expired") from None
-        except ImmatureSignatureError:
-            raise AuthFailure("not_yet_valid", "the token is not valid yet") from None
+                                options={"require": ["exp"], "verify_aud": self.audience is not None,
+                                         "verify_exp": False, "verify_nbf": False, "verify_iat": False})
         except InvalidIssuerError:
             raise AuthFailure("wrong_issuer", "the token's issuer is not accepted") from None
         except InvalidAudienceError:
@@ -271,14 +293,13 @@ class JwtProvider:
             raise AuthFailure("bad_signature", "the token's signature does not verify") from None
         except MissingRequiredClaimError as e:
             raise AuthFailure("missing_claim", f"the token has no {e.claim} claim") from None
-        except InvalidIssuedAtError:
-            raise AuthFailure("not_yet_valid", "the token was issued in the future") from None
         except (InvalidAlgorithmError, InvalidKeyError):
             raise AuthFailure("algorithm", "the token's algorithm does not fit the key") from None
         except DecodeError as e:
             raise AuthFailure("malformed", f"malformed token: {e}") from None
         except InvalidTokenError as e:
             raise AuthFailure("invalid", f"invalid token: {e}") from None
+        check_time_claims(claims, now, self.leeway)
         identity = identity_from_claims(claims, self.claims, self.consumers, self.name)
         self.cache.put(key, identity, identity.expires + self.leeway)
         return identity
