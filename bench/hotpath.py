@@ -25,6 +25,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
+from tollhouse.builtins import install  # noqa: E402
 from tollhouse.config import load_text  # noqa: E402
 from tollhouse.flow import WorkerCore  # noqa: E402
 from tollhouse.observability.access_log import format_batch  # noqa: E402
@@ -241,6 +242,7 @@ def run_in_flight(scenario: str, rounds: int, in_flight: int = 50) -> float:
 
 
 def main():
+    install()
     for scenario in ("ratelimit-redis", "plain-async"):
         if scenario in sys.argv[1:]:
             best = run_in_flight(scenario, 400)

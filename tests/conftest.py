@@ -8,6 +8,9 @@ sys.path.insert(0, ROOT)
 import pytest  # noqa: E402
 
 from tests.support.processes import RedisServer  # noqa: E402
+from tollhouse.builtins import install  # noqa: E402
+
+install()   # as the command line does: the registry gets the built-ins from the top
 
 
 @pytest.fixture

@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("path", nargs="?", default="")
     w.set_defaults(func=cmd_worker)
     args = p.parse_args(argv)
+    from .builtins import install
+
+    install()   # the registry gets the built-in kinds, sections and protocols from here, the top
     try:
         return args.func(args)
     except KeyboardInterrupt:

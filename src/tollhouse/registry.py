@@ -1,21 +1,58 @@
-"""One registry of policy kinds: built-in and custom policies declare the same things.
+"""One registry of what the gateway is made of: policy kinds, top-level config
+sections and upstream protocols. Built-in and custom policies declare the same things.
 
 A `PolicyKind` names a policy, its phase, the schema of its config and a
-factory. Built-ins are registered by `tollhouse.policies` (each module
-declares its kind beside its handler and schema) and are configured under
-their own route key (`rate_limits:`, `cache:`, ...: the users' contract);
-custom policies are registered from the top-level `policies:` and named in
-a route's `policies:` list, optionally with per-route config. `build_state`
-builds every route's chain by asking each kind in turn, so adding a
-capability means registering a kind, not editing the core.
+factory. Built-ins are configured under their own route key (`rate_limits:`,
+`cache:`, ...: the users' contract); custom policies are registered from the
+top-level `policies:` and named in a route's `policies:` list, optionally
+with per-route config. `build_state` builds every route's chain by asking
+each kind in turn, so adding a capability means registering a kind, not
+editing the core.
 
 A kind may also declare a per-worker *service* (the rate limiter's store
 connection and batching, the response cache): made once per worker, kept
-across reloads, and handed to every factory in `Services`.
+across reloads, and handed to every factory in `Services`; and top-level
+config `Section`s (auth's `auth:` and `consumers:`), which the gateway's
+schema takes from here as a route's schema takes the kinds' route keys.
+An `UpstreamProtocol` says which target URLs an upstream speaks and what
+keys and checks it adds to the upstream's schema (gRPC's `descriptors`).
+
+The registry imports nothing of what it holds: the top (the command line,
+a test's set-up) hands it the built-ins with `install(...)`
+(tollhouse.builtins), so nothing here forms an import circle.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
+
+
+class Section:
+    """A top-level config key: its schema `field`, and `check(config, errors)` for rules
+    between it and the rest of the config (optional). Errors are `ConfigError`s."""
+
+    __slots__ = ("key", "field", "check")
+
+    def __init__(self, key: str, field: Any, check: Callable | None = None):
+        self.key = key
+        self.field = field
+        self.check = check
+
+
+class UpstreamProtocol:
+    """How an upstream's targets are spoken to: the URL `schemes` of its targets, the keys
+    it adds to an upstream's schema (`fields`: name -> Field), and `check(upstream, path,
+    lines, line, errors)` for an upstream that uses it (optional)."""
+
+    __slots__ = ("name", "schemes", "fields", "check")
+
+    def __init__(self, name: str, schemes: tuple, fields: dict | None = None, check: Callable | None = None):
+        self.name = name
+        self.schemes = tuple(schemes)
+        self.fields = dict(fields or {})
+        self.check = check
+
+    def speaks(self, url: str) -> bool:
+        return url.split("://", 1)[0] in self.schemes
 
 
 class PolicyKind:
@@ -37,15 +74,16 @@ class PolicyKind:
     - `check(route, where, config, errors)`: optional rules between a route and the rest
       of the config (its upstream, its path parameters), called for every route;
     - `own_upstream`: False when a route with this key answers itself (aggregation) and
-      so names no upstream of its own.
+      so names no upstream of its own;
+    - `sections`: the top-level config `Section`s it declares (auth's `auth:`, `consumers:`).
     """
 
     __slots__ = ("name", "phase", "key", "field", "build", "service", "endpoints", "outcome", "check",
-                 "own_upstream")
+                 "own_upstream", "sections")
 
     def __init__(self, name: str, *, phase: str, build: Callable, key: str | None = None, field: Any = None,
                  service: Callable | None = None, endpoints: Callable | None = None, outcome: str | None = None,
-                 check: Callable | None = None, own_upstream: bool = True):
+                 check: Callable | None = None, own_upstream: bool = True, sections: tuple = ()):
         self.name = name
         self.phase = phase
         self.key = key
@@ -56,6 +94,7 @@ class PolicyKind:
         self.outcome = outcome
         self.check = check
         self.own_upstream = own_upstream
+        self.sections = tuple(sections)
 
 
 class Services:
@@ -89,26 +128,55 @@ class Services:
                 close()
 
 
-_BUILTINS: list[PolicyKind] = []
+class Installed:
+    """What `install` was handed: the policy kinds in route-key order (the config
+    reference lists them so), the top-level sections (the kinds' own, then the others),
+    and the upstream protocols."""
+
+    __slots__ = ("kinds", "sections", "protocols")
+
+    def __init__(self, kinds: tuple, sections: tuple, protocols: tuple):
+        self.kinds = kinds
+        self.sections = sections
+        self.protocols = protocols
 
 
-def register(kind: PolicyKind) -> PolicyKind:
-    """Register a built-in kind (in route-key order: the config reference lists them so)."""
-    if any(k.name == kind.name for k in _BUILTINS):
-        raise ValueError(f"a policy kind named {kind.name!r} is registered already")
-    _BUILTINS.append(kind)
-    return kind
+_installed: Installed | None = None
 
 
-def builtins() -> tuple[PolicyKind, ...]:
-    from .policies import builtin  # noqa: F401 - importing it registers the built-in kinds
+def install(kinds, sections=(), protocols=()) -> Installed:
+    """Hand the registry what the gateway is made of (the top calls this once, before any
+    config is loaded). `sections` are top-level sections declared outside a policy kind
+    (the listener's TLS, tracing). Installing the same things again changes nothing."""
+    global _installed
+    kinds = tuple(kinds)
+    names = [k.name for k in kinds]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"a policy kind named {name!r} is registered twice")
+    all_sections = tuple(s for k in kinds for s in k.sections) + tuple(sections)
+    keys = [s.key for s in all_sections]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ValueError(f"two sections declare the top-level key {key!r}")
+    _installed = Installed(kinds, all_sections, tuple(protocols))
+    return _installed
 
-    return tuple(_BUILTINS)
+
+def installed() -> Installed:
+    if _installed is None:
+        raise RuntimeError("no policy kinds are installed: call tollhouse.builtins.install() first")
+    return _installed
+
+
+def policy_kinds() -> tuple[PolicyKind, ...]:
+    """The installed policy kinds, in route-key order."""
+    return installed().kinds
 
 
 def outcome_names() -> tuple[str, ...]:
-    """The outcomes the built-in kinds declare, in registry order (the access log's fields)."""
-    return tuple(k.outcome for k in builtins() if k.outcome)
+    """The outcomes the installed kinds declare, in registry order (the access log's fields)."""
+    return tuple(k.outcome for k in policy_kinds() if k.outcome)
 
 
 def custom_kind(name: str, cls: type, options) -> PolicyKind:
@@ -120,11 +188,11 @@ def custom_kind(name: str, cls: type, options) -> PolicyKind:
 
 
 def worker_services(config, store, stats, worker, previous: dict | None = None) -> dict:
-    """The per-worker services of every built-in kind that declares one. On a reload
+    """The per-worker services of every installed kind that declares one. On a reload
     (`previous`), a service whose `reconfigure(config)` returns itself is kept; one that
     returns a replacement is closed once the new state is in force (the caller's job)."""
     made = {}
-    for kind in builtins():
+    for kind in policy_kinds():
         if kind.service is None:
             continue
         old = (previous or {}).get(kind.name)

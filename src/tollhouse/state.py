@@ -14,7 +14,7 @@ from functools import lru_cache
 from .config.loader import ConfigError
 from .config.model import policy_name
 from .pipeline import EMPTY_CHAIN, Chain, PolicyContext, load_policy_class
-from .registry import Services, builtins, custom_kind
+from .registry import Services, custom_kind, policy_kinds
 from .routing import RouteTable, RouteTarget
 from .upstream.pool import UpstreamPool
 
@@ -99,7 +99,7 @@ def build_state(config, loop, stats, store, previous: GatewayState | None = None
         else:
             pools[name] = UpstreamPool(name, settings, loop)
     services = Services(config, store, stats, workers or {})
-    kinds = builtins()
+    kinds = policy_kinds()
     routes = []
     for i, r in enumerate(config.routes):
         name = r.name or f"route-{i}"

@@ -46,9 +46,9 @@ def test_the_core_never_imports_a_policy():
 def test_no_core_object_has_a_field_named_after_a_policy():
     from tollhouse.flow import WorkerCore
     from tollhouse.request import Request
-    from tollhouse.registry import builtins
+    from tollhouse.registry import policy_kinds
 
-    names = {kind.name for kind in builtins()} | {kind.key for kind in builtins()} | {"capture", "cache_status"}
+    names = {kind.name for kind in policy_kinds()} | {kind.key for kind in policy_kinds()} | {"capture", "cache_status"}
     names.discard("headers")   # the request's own header lines (HTTP's), not the headers policy's state
     for cls in (Request, WorkerCore):
         assert not names & set(cls.__slots__), (cls.__name__, names & set(cls.__slots__))

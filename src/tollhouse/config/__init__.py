@@ -7,16 +7,7 @@ from .loader import ConfigError, parse_yaml
 from .schema import MISSING
 
 
-def __getattr__(name):
-    # The model imports policy schemas, which import tollhouse.config.schema:
-    # loading it lazily keeps that import from being circular.
-    if name == "Gateway":
-        from .model import Gateway
-
-        return Gateway
-    raise AttributeError(name)
-
-__all__ = ["ConfigError", "Gateway", "load_text", "load_file", "warnings_of"]
+__all__ = ["ConfigError", "load_text", "load_file", "warnings_of"]
 
 _STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
@@ -35,16 +26,17 @@ def _line_of(doc, path: str):
     return line
 
 
-def load_text(text: str) -> tuple[Gateway | None, list[ConfigError]]:
-    """Validate config text; returns (config, []) or (None, every error)."""
+def load_text(text: str):
+    """Validate config text against the installed schema (config.model.gateway_schema);
+    returns (config, []) or (None, every error)."""
     doc, errors = parse_yaml(text)
     if errors and doc is None:
         return None, errors
     if doc is None:
         doc = {}
-    from .model import Gateway
+    from .model import gateway_schema
 
-    config = Gateway.validate(doc, "", 1, errors)
+    config = gateway_schema().validate(doc, "", 1, errors)
     for e in errors:
         if e.line is None and e.path:
             e.line = _line_of(doc, e.path)
@@ -54,7 +46,7 @@ def load_text(text: str) -> tuple[Gateway | None, list[ConfigError]]:
     return config, []
 
 
-def load_file(path: str) -> tuple[Gateway | None, list[ConfigError], str]:
+def load_file(path: str):
     """Read and validate a config file; returns (config, errors, text)."""
     try:
         with open(path, encoding="utf-8") as f:

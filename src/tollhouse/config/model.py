@@ -1,7 +1,10 @@
 """The gateway's config schema (docs/contract.md §2), section by section.
 
-Policies keep their own schemas beside their handlers (tollhouse/policies);
-this module holds the core: listeners, limits, upstreams and routes.
+This module holds the core: listeners, limits, upstreams and routes. The rest
+comes from the registry (tollhouse.registry) as the top installed it: each
+policy kind's route key and top-level sections, each upstream protocol's keys.
+`gateway_schema()` assembles them, once per installation; it imports no policy,
+no server module and no observability module.
 """
 from __future__ import annotations
 
@@ -11,13 +14,7 @@ from urllib.parse import urlsplit
 from .loader import ConfigError
 from .schema import (MISSING, Address, Bool, Duration, Field, Float, Int, Kind, ListOf, MapOf, Network, OneOf, Ratio,
                      Schema, Size, Str, error_at, is_map)
-from ..policies.auth.schema import Auth, Consumer
-from ..policies.cache.schema import CacheSettings
-from ..policies.ip import IpRules
-from ..policies.ratelimit.schema import Regions, Tier
-from ..observability.debug import Debug
-from ..observability.tracing import Tracing
-from ..registry import builtins
+from ..registry import installed
 
 NAME = r"[A-Za-z0-9_.-]+"
 _TEMPLATE_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -32,25 +29,6 @@ _is_map = is_map
 
 def _is_list(v):
     return isinstance(v, list)
-
-
-class Tls(Schema):
-    cert = Field(Str(), doc="PEM certificate chain file")
-    key = Field(Str(), doc="PEM private key file")
-    profile = Field(Str(choices=("intermediate", "modern")), "intermediate",
-                    "Mozilla's server profile: intermediate (TLS 1.2 AEAD suites and TLS 1.3) or modern (TLS 1.3 only)")
-    min_version = Field(Str(choices=("1.2", "1.3")), "", "lowest TLS version accepted (default: the profile's)")
-    ciphers = Field(Str(), "", "OpenSSL cipher list for TLS 1.2 (default: the profile's)")
-    curves = Field(ListOf(Str()), (), "key-exchange groups, e.g. [X25519, prime256v1] "
-                   "(default: X25519, prime256v1, secp384r1)")
-
-    def check(self, path, lines, line, errors):
-        from ..server.tls import server_context
-
-        try:   # ciphers and curves as OpenSSL takes them (the files are read when the listener starts)
-            server_context(self, load_cert=False)
-        except ValueError as e:
-            error_at(errors, path, str(e).split(":", 1)[0].split(".")[-1], lines, line, str(e).split(": ", 1)[1])
 
 
 class Admin(Schema):
@@ -69,17 +47,17 @@ class Limits(Schema):
 
 
 class Target(Schema):
-    url = Field(Str(), doc="http://host:port, https://host:port, grpc://host:port or grpcs://host:port")
+    url = Field(Str(), doc="scheme://host:port, the scheme one an upstream protocol speaks: http, https "
+                           "(HTTP/1.1), grpc, grpcs (gRPC)")
     weight = Field(Int(min=1, max=1000), 1, "share of requests relative to the other targets")
 
     def check(self, path, lines, line, errors):
         parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https", "grpc", "grpcs") or not parts.hostname:
-            error_at(errors, path, "url", lines, line, f"expected http://host:port or https://host:port "
-                                                       f"(grpc:// or grpcs:// for gRPC), got {self.url!r}")
+        schemes = [s for p in installed().protocols for s in p.schemes]
+        if parts.scheme not in schemes or not parts.hostname:
+            error_at(errors, path, "url", lines, line, f"expected scheme://host:port with a scheme of "
+                                                       f"{', '.join(schemes)}, got {self.url!r}")
             return
-        if parts.scheme.startswith("grpc") and parts.port is None:
-            error_at(errors, path, "url", lines, line, f"a grpc target needs its port: {self.url!r}")
         try:
             parts.port
         except ValueError:
@@ -131,7 +109,7 @@ class CircuitBreakerSettings(Schema):
     half_open_requests = Field(Int(min=1), 5, "probes let through half-open; all must succeed to close")
 
 
-class Upstream(Schema):
+class _UpstreamCore(Schema):
     targets = Field(ListOf(OneOf((_is_str, _target_from_str(Target)), (_is_map, Target))),
                     doc="the instances: URLs or {url, weight}")
     balancer = Field(Str(choices=("round_robin", "least_connections", "two_random_choices", "consistent_hash")),
@@ -148,30 +126,26 @@ class Upstream(Schema):
     health_check = Field(HealthCheckSettings, None, "active checks: one per target per interval for the whole gateway")
     outlier = Field(OutlierSettings, None, "eject targets after consecutive failures (per gateway process)")
     circuit_breaker = Field(CircuitBreakerSettings, None, "open the circuit to a failing upstream (per gateway process)")
-    descriptors = Field(Str(), "", "grpc:// targets: a FileDescriptorSet file (protoc --descriptor_set_out "
-                                   "--include_imports) describing their services")
 
     @property
-    def is_grpc(self) -> bool:
-        return bool(self.targets) and self.targets[0].url.startswith(("grpc://", "grpcs://"))
+    def protocol(self) -> str:
+        """The name of the upstream protocol its targets speak (registry.UpstreamProtocol)."""
+        for p in installed().protocols:
+            if self.targets and p.speaks(self.targets[0].url):
+                return p.name
+        return ""
 
     def check(self, path, lines, line, errors):
         if not self.targets:
             error_at(errors, path, "targets", lines, line, "needs at least one target")
             return
-        kinds = {t.url.startswith(("grpc://", "grpcs://")) for t in self.targets}
-        if len(kinds) > 1:
-            error_at(errors, path, "targets", lines, line, "grpc:// and http(s):// targets cannot share an upstream")
-        if self.is_grpc and self.health_check is not None:
-            error_at(errors, path, "health_check", lines, line, "health checks are HTTP GETs: not for grpc targets "
-                                                                "(outlier detection and the circuit breaker apply)")
-        if self.descriptors:
-            from ..policies.grpc import load_descriptors
-
-            try:
-                load_descriptors(self.descriptors)
-            except ValueError as e:
-                error_at(errors, path, "descriptors", lines, line, str(e))
+        spoken = {p.name: p for t in self.targets for p in installed().protocols if p.speaks(t.url)}
+        if len(spoken) > 1:
+            error_at(errors, path, "targets", lines, line,
+                     f"targets of {' and '.join(sorted(spoken))} cannot share an upstream")
+        for protocol in installed().protocols:
+            if protocol.check is not None:
+                protocol.check(self, protocol.name in spoken, path, lines, line, errors)
 
 
 class Match(Schema):
@@ -253,9 +227,6 @@ class _RouteCore(Schema):
                     error_at(errors, path, "rewrite", lines, line, f"{{{var}}} is not a variable of match.path")
 
 
-# The built-in policies' route keys come from the registry (tollhouse.registry): each
-# kind declares its key and schema beside its handler.
-Route = type(_RouteCore)("Route", (_RouteCore,), {k.key: k.field for k in builtins()})
 
 
 class CustomPolicy(Schema):
@@ -274,10 +245,9 @@ def _policy_from_str():
     return FromStr()
 
 
-class Gateway(Schema):
+class _GatewayCore(Schema):
     listen = Field(ListOf(Address(), single=True), (("0.0.0.0", 8080),), "address or list of addresses")
     workers = Field(Int(min=1, max=256), 1, "processes sharing the port (SO_REUSEPORT)")
-    tls = Field(OneOf((lambda v: v is None, Kind()), (_is_map, Tls)), None, "TLS termination: {cert, key, profile, min_version, ciphers, curves}")
     admin = Field(Admin, Admin(), "the admin listener")
     store = Field(Str(pattern=r"memory|(redis|rediss|redis\+cluster)://.+"), "memory",
                   "memory, redis://host:6379/0, rediss://..., redis+cluster://h1:7000,h2:7001")
@@ -291,52 +261,18 @@ class Gateway(Schema):
     limits = Field(Limits, Limits(), "request limits")
     policies = Field(MapOf(OneOf((_is_str, _policy_from_str()), (_is_map, CustomPolicy)), key_pattern=NAME), {},
                      "custom Python policies: name -> module:Class or {use, config}")
-    upstreams = Field(MapOf(Upstream, key_pattern=NAME), {}, "named upstream services")
-    routes = Field(ListOf(Route), (), "routes, chosen by host then the most specific path")
-    ip = Field(IpRules, None, "{allow, deny} for every route (a route's own `ip` is checked as well)")
-    auth = Field(Auth, None, "credential providers, claim names, the token endpoint; see docs/auth.md")
-    consumers = Field(ListOf(Consumer), (), "known callers: API keys, OAuth clients, tier, scopes, roles")
-    tiers = Field(MapOf(Tier, key_pattern=NAME), {}, "tier name -> {rate_limits}; callers without a tier use `default`")
-    cache = Field(CacheSettings, CacheSettings(), "where routes' cached responses live and how big they may be")
-    tracing = Field(Tracing, None, "OpenTelemetry traces: {endpoint, service_name, sampler: {type, ratio}}; "
-                    "absent = no spans (traceparent still passed on)")
-    debug = Field(Debug, None, "{token}: X-Tollhouse-Debug: <token> -> Server-Timing and X-Tollhouse-Explain")
-    regions = Field(Regions, None, "{name, peers: {region: redis://...}, sync_interval, on_partition, "
-                    "partition_after}: scope: global limits counted across regions; see docs/regions.md")
+    upstreams = Field(MapOf(_UpstreamCore, key_pattern=NAME), {}, "named upstream services")
+    routes = Field(ListOf(_RouteCore), (), "routes, chosen by host then the most specific path")
 
     def check(self, path, lines, line, errors):
-        ids, keys, clients = set(), set(), set()
-        for i, c in enumerate(self.consumers):
-            where = f"consumers[{i}]"
-            if c.id in ids:
-                errors.append(_err(where + ".id", None, f"duplicate consumer id {c.id!r}"))
-            ids.add(c.id)
-            if c.tier and self.tiers and c.tier not in self.tiers:
-                errors.append(_err(where + ".tier", None, f"no tier named {c.tier!r} in tiers"))
-            for k in c.api_keys:
-                if k in keys:
-                    errors.append(_err(where + ".api_keys", None, "an API key is given to two consumers"))
-                keys.add(k)
-            if c.client_id:
-                if c.client_id in clients:
-                    errors.append(_err(where + ".client_id", None, f"duplicate client_id {c.client_id!r}"))
-                clients.add(c.client_id)
-        if self.regions is not None and self.store == "memory":
-            errors.append(_err("regions", None, "regions count in each region's Redis: set `store` to redis://..."))
-        global_limits = [f"routes[{i}].rate_limits[{j}].scope" for i, r in enumerate(self.routes)
-                         for j, lim in enumerate(r.rate_limits) if lim.scope == "global"]
-        global_limits += [f"tiers.{n}.rate_limits[{j}].scope" for n, t in self.tiers.items()
-                          for j, lim in enumerate(t.rate_limits) if lim.scope == "global"]
-        if global_limits and self.regions is None:
-            errors.append(_err(global_limits[0], None, "scope: global needs the top-level `regions`"))
         seen = set()
+        kinds = installed().kinds
         for i, route in enumerate(self.routes):
             name = route.name or f"route-{i}"
             where = f"routes[{i}]"
             if name in seen:
                 errors.append(_err(where + ".name", None, f"duplicate route name {name!r}"))
             seen.add(name)
-            kinds = builtins()
             # A route whose policy answers it (aggregation) has no upstream of its own.
             if all(k.own_upstream or getattr(route, k.key) is None for k in kinds):
                 if not route.upstream:
@@ -346,17 +282,33 @@ class Gateway(Schema):
             for kind in kinds:
                 if kind.check is not None:
                     kind.check(route, where, self, errors)
-            if route.auth is not None:
-                known = set(self.auth.providers) if self.auth is not None else set()
-                if self.auth is not None and self.auth.token_endpoint is not None:
-                    known.add("self")
-                for j, pname in enumerate(route.auth.providers):
-                    if pname not in known:
-                        errors.append(_err(f"{where}.auth.providers[{j}]", None, f"no auth provider named {pname!r}"))
             for j, entry in enumerate(route.policies):
                 pname = policy_name(entry)
                 if pname not in self.policies:
                     errors.append(_err(f"{where}.policies[{j}]", None, f"no policy named {pname!r} in policies"))
+        for section in installed().sections:
+            if section.check is not None:
+                section.check(self, errors)
+
+
+_ASSEMBLED: dict = {}
+
+
+def gateway_schema() -> type[Schema]:
+    """The gateway's schema: the core's keys, then each installed section's; a route takes
+    each policy kind's route key, an upstream each protocol's keys. Made once per installation."""
+    parts = installed()
+    schema = _ASSEMBLED.get(id(parts))
+    if schema is None:
+        upstream = type(_UpstreamCore)("Upstream", (_UpstreamCore,),
+                                       {k: f for p in parts.protocols for k, f in p.fields.items()})
+        route = type(_RouteCore)("Route", (_RouteCore,), {k.key: k.field for k in parts.kinds})
+        fields = {"upstreams": Field(MapOf(upstream, key_pattern=NAME), {}, "named upstream services"),
+                  "routes": Field(ListOf(route), (), "routes, chosen by host then the most specific path")}
+        fields.update((s.key, s.field) for s in parts.sections)
+        _ASSEMBLED.clear()   # one installation at a time
+        schema = _ASSEMBLED[id(parts)] = type(_GatewayCore)("Gateway", (_GatewayCore,), fields)
+    return schema
 
 
 def _err(path, line, message):

@@ -14,6 +14,7 @@ from time import perf_counter
 
 from ..config.schema import Field, Schema, Str
 from ..pipeline import Tracer
+from ..registry import Section
 
 
 class Debug(Schema):
@@ -72,3 +73,8 @@ class DebugTracer(Tracer):
         if timings:
             lines.append(("server-timing: " + ", ".join(timings) + "\r\n").encode("latin-1"))
         lines.append(("x-tollhouse-explain: " + "; ".join(explain) + "\r\n").encode("latin-1", "replace"))
+
+
+#: The top-level `debug:` section (installed by tollhouse.builtins).
+SECTION = Section("debug", Field(Debug, None, "{token}: X-Tollhouse-Debug: <token> -> Server-Timing and "
+                                              "X-Tollhouse-Explain"))

@@ -26,6 +26,7 @@ from random import getrandbits, random
 
 from ..config.schema import Field, Float, Schema, Str
 from ..pipeline import Tracer
+from ..registry import Section
 
 log = logging.getLogger("tollhouse.tracing")
 
@@ -472,3 +473,8 @@ def combine(*factories):
         return tracers[0] if len(tracers) == 1 else Tracers(tracers)
 
     return factory
+
+
+#: The top-level `tracing:` section (installed by tollhouse.builtins).
+SECTION = Section("tracing", Field(Tracing, None, "OpenTelemetry traces: {endpoint, service_name, sampler: "
+                                                  "{type, ratio}}; absent = no spans (traceparent still passed on)"))

@@ -14,14 +14,14 @@ answered as JSON. gRPC errors become problem+json with `grpc_status` and
 from __future__ import annotations
 
 import logging
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
 from ..config.loader import ConfigError
-from ..config.schema import Field, ListOf, Schema, Str
+from ..config.schema import Field, ListOf, Schema, Str, error_at
 from ..pipeline import Policy, Reply
-from ..registry import PolicyKind
+from ..registry import PolicyKind, UpstreamProtocol
 from ..upstream.forward import choose_target
 
 log = logging.getLogger("tollhouse.grpc")
@@ -81,11 +81,11 @@ def check_route(route, where: str, config, errors: list) -> None:
     if up is None:
         return   # no upstream, or an unknown one: reported with the route's upstream
     if route.grpc is None:
-        if up.is_grpc and route.websocket is None:
+        if up.protocol == "grpc" and route.websocket is None:
             errors.append(ConfigError(f"{where}.grpc", None, f"upstream {route.upstream!r} speaks gRPC: "
                                                              "the route needs grpc: {method: package.Service/Method}"))
         return
-    if not up.is_grpc:
+    if up.protocol != "grpc":
         errors.append(ConfigError(f"{where}.upstream", None, f"upstream {route.upstream!r} has no grpc:// targets"))
         return
     if not up.descriptors:
@@ -230,3 +230,27 @@ KIND = PolicyKind(
         config, context, services.workers["grpc"], services.config.upstreams[context.route.upstream].descriptors),
     field=Field(GrpcRoute, None, "{method: package.Service/Method, metadata: [header names]}: JSON in and out, "
                                  "a unary gRPC call to the upstream's grpc:// targets; see docs/protocols.md"))
+
+
+def check_upstream(upstream, used: bool, path, lines, line, errors) -> None:
+    """An upstream of grpc:// targets: each with its port, no HTTP health checks; its
+    `descriptors` file readable."""
+    if used:
+        for i, target in enumerate(upstream.targets):
+            if PROTOCOL.speaks(target.url) and urlsplit(target.url).port is None:
+                error_at(errors, f"{path}.targets[{i}]", "url", lines, line,
+                         f"a grpc target needs its port: {target.url!r}")
+        if upstream.health_check is not None:
+            error_at(errors, path, "health_check", lines, line, "health checks are HTTP GETs: not for grpc targets "
+                                                                "(outlier detection and the circuit breaker apply)")
+    if upstream.descriptors:
+        try:
+            load_descriptors(upstream.descriptors)
+        except ValueError as e:
+            error_at(errors, path, "descriptors", lines, line, str(e))
+
+
+#: Upstreams of grpc:// and grpcs:// targets, called by `grpc` routes (installed by tollhouse.builtins).
+PROTOCOL = UpstreamProtocol("grpc", ("grpc", "grpcs"), check=check_upstream, fields={
+    "descriptors": Field(Str(), "", "grpc:// targets: a FileDescriptorSet file (protoc --descriptor_set_out "
+                                    "--include_imports) describing their services")})

@@ -15,7 +15,7 @@ import ipaddress
 
 from ..config.schema import Field, ListOf, Network, Schema, error_at
 from ..pipeline import Policy, Reply
-from ..registry import PolicyKind
+from ..registry import PolicyKind, Section
 
 
 class IpRules(Schema):
@@ -115,4 +115,6 @@ def _build(config, context, services):
 
 
 KIND = PolicyKind("ip", phase=IpPolicy.phase, key="ip", build=_build, field=Field(
-    IpRules, None, "{allow, deny}: CIDR lists on the real client address, deny wins (403); checked after the global `ip`"))
+    IpRules, None, "{allow, deny}: CIDR lists on the real client address, deny wins (403); checked after the global `ip`"),
+    sections=(Section("ip", Field(IpRules, None, "{allow, deny} for every route (a route's own `ip` is checked "
+                                                 "as well)")),))

@@ -11,6 +11,9 @@ import ctypes
 import logging
 import ssl
 
+from ..config.schema import Field, Kind, ListOf, OneOf, Schema, Str, error_at, is_map
+from ..registry import Section
+
 log = logging.getLogger("tollhouse.tls")
 
 #: Mozilla "intermediate": forward secrecy and AEAD only (no CBC, no RSA key exchange).
@@ -91,3 +94,25 @@ def _openssl_handle(ctx: ssl.SSLContext):
     except (OSError, AttributeError, ValueError):
         pass
     return None, None
+
+
+class Tls(Schema):
+    cert = Field(Str(), doc="PEM certificate chain file")
+    key = Field(Str(), doc="PEM private key file")
+    profile = Field(Str(choices=("intermediate", "modern")), "intermediate",
+                    "Mozilla's server profile: intermediate (TLS 1.2 AEAD suites and TLS 1.3) or modern (TLS 1.3 only)")
+    min_version = Field(Str(choices=("1.2", "1.3")), "", "lowest TLS version accepted (default: the profile's)")
+    ciphers = Field(Str(), "", "OpenSSL cipher list for TLS 1.2 (default: the profile's)")
+    curves = Field(ListOf(Str()), (), "key-exchange groups, e.g. [X25519, prime256v1] "
+                   "(default: X25519, prime256v1, secp384r1)")
+
+    def check(self, path, lines, line, errors):
+        try:   # ciphers and curves as OpenSSL takes them (the files are read when the listener starts)
+            server_context(self, load_cert=False)
+        except ValueError as e:
+            error_at(errors, path, str(e).split(":", 1)[0].split(".")[-1], lines, line, str(e).split(": ", 1)[1])
+
+
+#: The listener's `tls:` section (installed by tollhouse.builtins).
+SECTION = Section("tls", Field(OneOf((lambda v: v is None, Kind()), (is_map, Tls)), None,
+                               "TLS termination: {cert, key, profile, min_version, ciphers, curves}"))

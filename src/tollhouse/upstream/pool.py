@@ -17,6 +17,7 @@ import httptools
 
 from ..clock import CLOCK
 from ..flow import CLIENT_FULL, UPSTREAM_FULL, FlowControl, Gathered
+from ..registry import UpstreamProtocol
 from .balancer import make_balancer
 from .breaker import STATE_NAMES, CircuitBreaker
 
@@ -35,6 +36,9 @@ _RESPONSE_SPECIAL = {b"content-length": CONTENT_LENGTH, b"transfer-encoding": TR
 
 
 _SPECIAL_LENGTHS = frozenset(len(n) for n in _RESPONSE_SPECIAL)
+
+#: Upstreams of http:// and https:// targets, spoken to by this module (installed by tollhouse.builtins).
+HTTP1 = UpstreamProtocol("http1", ("http", "https"))
 
 
 class UpstreamConnection:   # an asyncio protocol by its methods (a compiled class cannot subclass asyncio.Protocol)

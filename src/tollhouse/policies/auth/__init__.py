@@ -16,11 +16,12 @@ from hashlib import sha256
 
 from ...config.schema import Field
 from ...pipeline import Reply
-from ...registry import PolicyKind
+from ...config.schema import ListOf
+from ...registry import PolicyKind, Section
 from .admitted import AdmittedTokens, identify
 from .issuer import TokenIssuer
 from .providers import ApiKeyProvider, AuthFailure, Identity, IntrospectionProvider, JwtProvider
-from .schema import Auth, Consumer, RouteAuth
+from .schema import Auth, Consumer, RouteAuth, check_consumers, check_route
 
 __all__ = ["Auth", "Consumer", "RouteAuth", "AuthService", "AuthPolicy", "AuthFailure", "Identity"]
 
@@ -253,5 +254,10 @@ def _endpoints(services):
             for method, path, handler in service.local_routes()]
 
 
-KIND = PolicyKind("auth", phase=AuthPolicy.phase, key="auth", build=_build, endpoints=_endpoints,
-                  field=Field(RouteAuth, None, "who may call: {providers, scopes, roles, optional}; see docs/auth.md"))
+KIND = PolicyKind("auth", phase=AuthPolicy.phase, key="auth", build=_build, endpoints=_endpoints, check=check_route,
+                  field=Field(RouteAuth, None, "who may call: {providers, scopes, roles, optional}; see docs/auth.md"),
+                  sections=(Section("auth", Field(Auth, None, "credential providers, claim names, the token endpoint; "
+                                                              "see docs/auth.md")),
+                            Section("consumers", Field(ListOf(Consumer), (), "known callers: API keys, OAuth clients, "
+                                                                             "tier, scopes, roles"),
+                                    check=check_consumers)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from ...config.loader import ConfigError
 from ...config.schema import Bool, Duration, Field, Kind, ListOf, MapOf, Schema, Str, error_at
 
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
@@ -117,3 +118,36 @@ class RouteAuth(Schema):
     scopes = Field(ListOf(Str()), (), "all required (403 insufficient_scope otherwise)")
     roles = Field(ListOf(Str()), (), "any one required (403 otherwise)")
     optional = Field(Bool(), False, "anonymous callers pass; known callers are still identified")
+
+
+def check_consumers(config, errors: list) -> None:
+    """Rules across `consumers` (the section's check): unique ids, API keys and client ids,
+    and tiers that `tiers` names."""
+    ids, keys, clients = set(), set(), set()
+    for i, c in enumerate(config.consumers):
+        where = f"consumers[{i}]"
+        if c.id in ids:
+            errors.append(ConfigError(where + ".id", None, f"duplicate consumer id {c.id!r}"))
+        ids.add(c.id)
+        if c.tier and config.tiers and c.tier not in config.tiers:
+            errors.append(ConfigError(where + ".tier", None, f"no tier named {c.tier!r} in tiers"))
+        for k in c.api_keys:
+            if k in keys:
+                errors.append(ConfigError(where + ".api_keys", None, "an API key is given to two consumers"))
+            keys.add(k)
+        if c.client_id:
+            if c.client_id in clients:
+                errors.append(ConfigError(where + ".client_id", None, f"duplicate client_id {c.client_id!r}"))
+            clients.add(c.client_id)
+
+
+def check_route(route, where: str, config, errors: list) -> None:
+    """A route's `auth` names providers of the top-level `auth` (or `self`, the token endpoint)."""
+    if route.auth is None:
+        return
+    known = set(config.auth.providers) if config.auth is not None else set()
+    if config.auth is not None and config.auth.token_endpoint is not None:
+        known.add("self")
+    for j, name in enumerate(route.auth.providers):
+        if name not in known:
+            errors.append(ConfigError(f"{where}.auth.providers[{j}]", None, f"no auth provider named {name!r}"))

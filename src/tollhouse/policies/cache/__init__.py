@@ -23,7 +23,7 @@ from time import time
 
 from ...config.schema import Field
 from ...pipeline import Deferred, Reply
-from ...registry import PolicyKind
+from ...registry import PolicyKind, Section
 from ...store.batch import TickBatcher, in_task
 from ...store.guard import STORE_ERRORS, StoreGuard
 from .policy import CachePolicy, Fill, Flight
@@ -261,4 +261,6 @@ def _build(config, context, services):
 KIND = PolicyKind("cache", phase=CachePolicy.phase, key="cache", build=_build, outcome=CachePolicy.outcome,
                   service=lambda config, store, stats, worker: ResponseCache(config.cache, store, stats, worker),
                   field=Field(RouteCache, None, "cache GET/HEAD responses: {ttl, vary, scope, "
-                              "stale_while_revalidate, stale_if_error, statuses}; see docs/caching.md"))
+                              "stale_while_revalidate, stale_if_error, statuses}; see docs/caching.md"),
+                  sections=(Section("cache", Field(CacheSettings, CacheSettings(), "where routes' cached responses "
+                                                   "live and how big they may be")),))

@@ -6,11 +6,11 @@ Redis), and a rejected request is counted in none of them.
 """
 from __future__ import annotations
 
-from ...config.schema import Field, ListOf
-from ...registry import PolicyKind
+from ...config.schema import Field, ListOf, MapOf
+from ...registry import PolicyKind, Section
 from .limiter import MemoryLimiter, RedisLimiter
 from .policy import RateLimitPolicy
-from .schema import RateLimit, Tier
+from .schema import RateLimit, Regions, Tier, check_regions
 
 __all__ = ["RateLimit", "Tier", "RateLimitPolicy", "make_limiter", "KIND"]
 
@@ -35,4 +35,10 @@ def _build(config, context, services):
 KIND = PolicyKind("ratelimit", phase=RateLimitPolicy.phase, key="rate_limits", build=_build,
                   outcome=RateLimitPolicy.outcome,
                   service=lambda config, store, stats, worker: make_limiter(store, stats, config),
-                  field=Field(ListOf(RateLimit), (), "limits checked together; see docs/ratelimiting.md"))
+                  field=Field(ListOf(RateLimit), (), "limits checked together; see docs/ratelimiting.md"),
+                  sections=(Section("tiers", Field(MapOf(Tier, key_pattern=r"[A-Za-z0-9_.-]+"), {},
+                                                   "tier name -> {rate_limits}; callers without a tier use `default`")),
+                            Section("regions", Field(Regions, None, "{name, peers: {region: redis://...}, "
+                                                     "sync_interval, on_partition, partition_after}: scope: global "
+                                                     "limits counted across regions; see docs/regions.md"),
+                                    check=check_regions)))

@@ -1,6 +1,7 @@
 """Config schema of rate limits (route `rate_limits`, top-level `tiers`)."""
 from __future__ import annotations
 
+from ...config.loader import ConfigError
 from ...config.schema import Bool, Duration, Field, Int, ListOf, MapOf, Schema, Str, error_at
 from .algorithms import ALGORITHMS
 
@@ -58,3 +59,15 @@ class Tier(Schema):
         for i, limit in enumerate(self.rate_limits):
             if limit.tiered:
                 error_at(errors, f"{path}.rate_limits[{i}]", "tiered", {}, line, "a tier's limits cannot be tiered")
+
+
+def check_regions(config, errors: list) -> None:
+    """`regions` counts in each region's Redis, and `scope: global` limits need `regions`."""
+    if config.regions is not None and config.store == "memory":
+        errors.append(ConfigError("regions", None, "regions count in each region's Redis: set `store` to redis://..."))
+    global_limits = [f"routes[{i}].rate_limits[{j}].scope" for i, r in enumerate(config.routes)
+                     for j, lim in enumerate(r.rate_limits) if lim.scope == "global"]
+    global_limits += [f"tiers.{n}.rate_limits[{j}].scope" for n, t in config.tiers.items()
+                      for j, lim in enumerate(t.rate_limits) if lim.scope == "global"]
+    if global_limits and config.regions is None:
+        errors.append(ConfigError(global_limits[0], None, "scope: global needs the top-level `regions`"))

@@ -1,0 +1,21 @@
+"""What the gateway is made of: the built-in policy kinds (in the order of their route
+keys in the config reference), the top-level sections declared outside a kind, and the
+upstream protocols. The top (the command line, a test's set-up) hands them to the
+registry with `install()`; nothing below the top imports this module."""
+from __future__ import annotations
+
+from . import registry
+from .observability import debug, tracing
+from .policies import aggregate, auth, cache, compress, cors, grpc, headers, ip, ratelimit, request, websocket
+from .server import tls
+from .upstream import pool
+
+KINDS = tuple(module.KIND for module in (auth, ratelimit, cache, ip, cors, request, compress, headers, aggregate,
+                                          websocket, grpc))
+SECTIONS = (tls.SECTION, tracing.SECTION, debug.SECTION)
+PROTOCOLS = (pool.HTTP1, grpc.PROTOCOL)
+
+
+def install() -> registry.Installed:
+    """Hand the registry the built-ins (again: the same result)."""
+    return registry.install(KINDS, SECTIONS, PROTOCOLS)
