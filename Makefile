@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 COMPILED := $(wildcard src/tollhouse/*.pxd src/tollhouse/*/*.pxd src/tollhouse/*/*/*.pxd)
 BUILT    := $(VENV)/.built
 
-.PHONY: demo test bench redis-server monitoring-tools browser deploy-tools bench-tools clean
+.PHONY: demo test lint bench redis-server monitoring-tools browser deploy-tools bench-tools clean
 
 $(STAMP): pyproject.toml
 	@if [ -f $(VENV)/pyvenv.cfg ] && ! grep -qx 'home = $(PYHOME)' $(VENV)/pyvenv.cfg; then \
@@ -88,9 +88,13 @@ $(DEPLOY_STAMP):
 	$(DEPLOY_VENV)/bin/python -m pip install -q checkov==3.3.30 kubernetes-validate==1.37.0
 	touch $(DEPLOY_STAMP)
 
+# A pinned ruff with a small ruleset (pyproject.toml [tool.ruff]); `make test` runs it first.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
 # The whole suite runs twice: on the compiled build, then on the plain-Python
 # source (the fallback without a compiler), which must behave the same.
-test: $(BUILT) redis-server monitoring-tools browser deploy-tools
+test: lint $(BUILT) redis-server monitoring-tools browser deploy-tools
 	$(BIN)/python -m pytest tests
 	TOLLHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest tests
 

@@ -64,7 +64,7 @@ def main() -> int:
     upstream = Upstream().start()
     print(f"limit {LIMIT} per {WINDOW:g} s window (fixed_window, scope: global), 3 regions, "
           f"{WINDOWS} whole windows per lag\n")
-    print("| lag L | windows | offered req/s (all regions) | admitted per window | excess (max) | bound (at that window) | within |")
+    print("| lag L | windows | offered req/s (all regions) | admitted per window | excess (max) | bound (at that window) | within |")  # noqa: E501 - a table header row
     print("|---|---|---|---|---|---|---|")
     try:
         for lag in lags:

@@ -67,7 +67,7 @@ def _choose_build() -> None:
 
 def is_compiled() -> bool:
     """Whether the request path runs as C extensions (see setup.py)."""
-    from . import exchange
+    from .exchange import lifecycle as exchange
 
     return not exchange.__file__.endswith(".py")
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 from . import registry
 from .observability import debug, tracing
 from .policies import aggregate, auth, cache, compress, cors, grpc, headers, ip, ratelimit, request, websocket
+from .exchange import http1
 from .server import tls
-from .upstream import pool
 
 KINDS = tuple(module.KIND for module in (auth, ratelimit, cache, ip, cors, request, compress, headers, aggregate,
                                           websocket, grpc))
 SECTIONS = (tls.SECTION, tracing.SECTION, debug.SECTION)
-PROTOCOLS = (pool.HTTP1, grpc.PROTOCOL)
+PROTOCOLS = (http1.PROTOCOL, grpc.PROTOCOL)
 
 
 def install() -> registry.Installed:

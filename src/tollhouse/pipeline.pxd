@@ -4,7 +4,7 @@
 
 cimport cython
 
-from tollhouse.request cimport Request
+from tollhouse.exchange.request cimport Request
 
 cdef class Reply:
     cdef public int status

@@ -40,16 +40,20 @@ class Section:
 
 class UpstreamProtocol:
     """How an upstream's targets are spoken to: the URL `schemes` of its targets, the keys
-    it adds to an upstream's schema (`fields`: name -> Field), and `check(upstream, path,
-    lines, line, errors)` for an upstream that uses it (optional)."""
+    it adds to an upstream's schema (`fields`: name -> Field), `check(upstream, used,
+    path, lines, line, errors)` for every upstream (`used`: its targets speak this
+    protocol; optional), and the `codec` its pools frame requests with
+    (exchange.codec.UpstreamCodec; None for a protocol whose policy has its own client)."""
 
-    __slots__ = ("name", "schemes", "fields", "check")
+    __slots__ = ("name", "schemes", "fields", "check", "codec")
 
-    def __init__(self, name: str, schemes: tuple, fields: dict | None = None, check: Callable | None = None):
+    def __init__(self, name: str, schemes: tuple, fields: dict | None = None, check: Callable | None = None,
+                 codec: Any = None):
         self.name = name
         self.schemes = tuple(schemes)
         self.fields = dict(fields or {})
         self.check = check
+        self.codec = codec
 
     def speaks(self, url: str) -> bool:
         return url.split("://", 1)[0] in self.schemes
@@ -167,6 +171,14 @@ def installed() -> Installed:
     if _installed is None:
         raise RuntimeError("no policy kinds are installed: call tollhouse.builtins.install() first")
     return _installed
+
+
+def protocol_of(url: str) -> UpstreamProtocol | None:
+    """The installed protocol that speaks `url`, or None."""
+    for protocol in installed().protocols:
+        if protocol.speaks(url):
+            return protocol
+    return None
 
 
 def policy_kinds() -> tuple[PolicyKind, ...]:

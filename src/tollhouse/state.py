@@ -14,7 +14,7 @@ from functools import lru_cache
 from .config.loader import ConfigError
 from .config.model import policy_name
 from .pipeline import EMPTY_CHAIN, Chain, PolicyContext, load_policy_class
-from .registry import Services, custom_kind, policy_kinds
+from .registry import Services, custom_kind, policy_kinds, protocol_of
 from .routing import RouteTable, RouteTarget
 from .upstream.pool import UpstreamPool
 
@@ -29,7 +29,7 @@ class GatewayState:
         self.pools = pools
         self.version = version
         self.services = services
-        self.subrequest_routes: dict = {}   # (upstream, timeout, host kept) -> RouteTarget (tollhouse.subrequest)
+        self.subrequest_routes: dict = {}   # (upstream, timeout, host kept) -> RouteTarget (tollhouse.exchange.subrequest)
         networks = tuple(config.trusted_proxies)
 
         @lru_cache(maxsize=4096)
@@ -97,7 +97,8 @@ def build_state(config, loop, stats, store, previous: GatewayState | None = None
         if old is not None and old.signature == repr(settings):
             pools[name] = old
         else:
-            pools[name] = UpstreamPool(name, settings, loop)
+            protocol = protocol_of(settings.targets[0].url)
+            pools[name] = UpstreamPool(name, settings, loop, protocol.codec if protocol is not None else None)
     services = Services(config, store, stats, workers or {})
     kinds = policy_kinds()
     routes = []

@@ -95,7 +95,8 @@ def auth_config(upstream_url, keys_paths, idp_url="http://127.0.0.1:1", extra_au
 """, extra=f"""auth:
   providers:
     dev: {{type: jwt, algorithms: [HS256, HS384, HS512], secret: "{SECRET}"}}
-    rsa: {{type: jwt, algorithms: [RS256, RS384, RS512], public_key: {paths['rsa']}, issuer: https://idp, audience: api, leeway: 5s}}
+    rsa: {{type: jwt, algorithms: [RS256, RS384, RS512], public_key: {paths['rsa']}, issuer: https://idp,
+          audience: api, leeway: 5s}}
     ps: {{type: jwt, algorithms: [PS256], public_key: {paths['rsa2']}}}
     p256: {{type: jwt, algorithms: [ES256], public_key: {paths['p256']}}}
     p384: {{type: jwt, algorithms: [ES384], public_key: {paths['p384']}}}
@@ -103,7 +104,8 @@ def auth_config(upstream_url, keys_paths, idp_url="http://127.0.0.1:1", extra_au
     corp: {{type: jwt, algorithms: [RS256, ES256], jwks_url: {idp_url}/jwks.json, jwks_refresh: 1h}}
     keys: {{type: api_key, header: X-API-Key}}
     qkeys: {{type: api_key, query: apikey}}
-    idp: {{type: introspection, url: {idp_url}/introspect, client_id: gw, client_secret: gw-secret, cache_ttl: 60s, inactive_ttl: 1s}}
+    idp: {{type: introspection, url: {idp_url}/introspect, client_id: gw, client_secret: gw-secret, cache_ttl: 60s,
+          inactive_ttl: 1s}}
 {extra_auth}
 consumers:
   - {{id: alice, tier: premium, api_keys: [alice-key-123], scopes: [users:read]}}

@@ -57,7 +57,7 @@ def test_least_connections_sends_new_work_to_the_idle_target(gateway_factory):
 
 def test_circuit_opens_on_failures_answers_at_once_and_recovers(gateway_factory):
     port = free_port()
-    g = gateway_factory(config([f"http://127.0.0.1:{port}"], """    circuit_breaker: {failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: 1s, half_open_requests: 2}"""))
+    g = gateway_factory(config([f"http://127.0.0.1:{port}"], """    circuit_breaker: {failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: 1s, half_open_requests: 2}"""))  # noqa: E501 - a config line as a user writes it
     statuses = [get(g.port, "/x").status for _ in range(4)]          # refused: 502 x4, trips the breaker
     assert statuses == [502] * 4
     r = get(g.port, "/x")
@@ -75,7 +75,7 @@ def test_circuit_opens_on_failures_answers_at_once_and_recovers(gateway_factory)
 
 
 def test_5xx_answers_count_as_failures(gateway_factory, upstream):
-    g = gateway_factory(config([upstream.url], """    circuit_breaker: {failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: 30s, half_open_requests: 1}"""))
+    g = gateway_factory(config([upstream.url], """    circuit_breaker: {failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: 30s, half_open_requests: 1}"""))  # noqa: E501 - a config line as a user writes it
     assert [get(g.port, "/status/500").status for _ in range(4)] == [500] * 4
     assert get(g.port, "/status/200").status == 503
 
@@ -85,7 +85,7 @@ def test_circuit_state_is_shared_through_redis(gateway_factory):
     redis = RedisServer().start()
     try:
         port = free_port()
-        cfg = config([f"http://127.0.0.1:{port}"], """    circuit_breaker: {failure_ratio: 0.5, min_requests: 3, window: 10s, open_for: 3s, half_open_requests: 1}""")
+        cfg = config([f"http://127.0.0.1:{port}"], """    circuit_breaker: {failure_ratio: 0.5, min_requests: 3, window: 10s, open_for: 3s, half_open_requests: 1}""")  # noqa: E501 - a config line as a user writes it
         cfg = f"store: {redis.url}\n" + cfg
         a, b = gateway_factory(cfg), gateway_factory(cfg)
         assert [get(a.port, "/x").status for _ in range(3)] == [502] * 3   # a's circuit opens

@@ -9,7 +9,7 @@ from tests.support.upstream import Upstream
 
 
 def config(targets):
-    return upstream_config(targets, "    health_check: {path: /healthz, interval: 100ms, timeout: 200ms, healthy: 2, unhealthy: 2}")
+    return upstream_config(targets, "    health_check: {path: /healthz, interval: 100ms, timeout: 200ms, healthy: 2, unhealthy: 2}")  # noqa: E501 - a config line as a user writes it
 
 
 def get(port):

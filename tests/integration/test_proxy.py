@@ -294,7 +294,7 @@ def test_max_connections_queue_then_503(gateway_factory):
     import threading
     u = Upstream().start()
     try:
-        g = gateway_factory(basic_config(u.url).replace("    connect_timeout: 1s", "    connect_timeout: 300ms\n    max_connections: 1"))
+        g = gateway_factory(basic_config(u.url).replace("    connect_timeout: 1s", "    connect_timeout: 300ms\n    max_connections: 1"))  # noqa: E501 - a config line as a user writes it
         results = []
         slow = threading.Thread(target=lambda: results.append(get(g, "/api/slow?ms=1200").status))
         slow.start()

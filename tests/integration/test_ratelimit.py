@@ -277,7 +277,7 @@ def test_store_failure_closed_answers_503_at_once_even_when_redis_hangs(gateway_
 def test_store_failure_local_divides_the_limit_by_live_instances(gateway_factory, upstream, redis):
     cfg = limited("      - {limit: 10, window: 1m, key: ip, algorithm: fixed_window}",
                   extra=f"store: {redis.url}\nstore_failure: local", upstream_url=upstream.url)
-    a, b = gateway_factory(cfg), gateway_factory(cfg)
+    a, _other = gateway_factory(cfg), gateway_factory(cfg)
     wait_for(lambda: json.loads(a.get_admin("/status")[1])["store"]["live_instances"] == 2, timeout=12)
     redis.kill()
     assert get(a.port).status == 200    # trips the breaker; decided locally: 1 of 10 / 2 instances

@@ -1,7 +1,6 @@
 """Retries, their limits, and passive outlier ejection with real upstreams."""
 import json
 import time
-import urllib.parse
 
 from tests.integration.conftest import upstream_config
 from tests.support.client import request

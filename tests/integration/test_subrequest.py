@@ -1,4 +1,4 @@
-"""The subrequest API (tollhouse.subrequest) in a real worker, against real upstream servers."""
+"""The subrequest API (tollhouse.exchange.subrequest) in a real worker, against real upstream servers."""
 import asyncio
 import json
 
@@ -8,7 +8,7 @@ from tests.support.processes import free_port, refused_port
 from tests.support.upstream import Upstream
 from tollhouse.config import load_text
 from tollhouse.server.worker import Worker
-from tollhouse.subrequest import subrequest
+from tollhouse.exchange.subrequest import subrequest
 
 
 def config(targets, extra=""):

@@ -282,7 +282,8 @@ def test_header_rewriting_with_placeholders(gateway_factory, upstream):
 consumers:
   - {id: alice, api_keys: [alice-key]}
 """
-    cfg = basic_config(upstream.url, extra=extra, extra_routes=route("hdr", "/hdr", """    auth: {providers: [keys], optional: true}
+    cfg = basic_config(upstream.url, extra=extra, extra_routes=route("hdr", "/hdr", """\
+    auth: {providers: [keys], optional: true}
     headers:
       request:
         set: {X-Env: prod, X-Caller: "caller={consumer}", X-Rid: "{request_id}", X-Ip: "{client_ip}"}
@@ -306,7 +307,7 @@ consumers:
 
 
 def test_regex_rewrite_with_captures(gateway_factory, upstream):
-    cfg = basic_config(upstream.url, extra_routes=route("legacy", "/legacy", """    rewrite: {regex: "^/legacy/(?P<kind>[a-z]+)/([0-9]+)$", to: "/v2/{kind}/item-{2}"}"""))
+    cfg = basic_config(upstream.url, extra_routes=route("legacy", "/legacy", """    rewrite: {regex: "^/legacy/(?P<kind>[a-z]+)/([0-9]+)$", to: "/v2/{kind}/item-{2}"}"""))  # noqa: E501 - a config line as a user writes it
     g = gateway_factory(cfg)
     assert echoed(get(g.port, "/legacy/books/42?x=1"))["target"] == "/v2/books/item-42?x=1"
     assert echoed(get(g.port, "/legacy/other"))["target"] == "/legacy/other"   # no match: unchanged

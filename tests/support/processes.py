@@ -219,7 +219,7 @@ class RedisCluster:
                  "--cluster-config-file", os.path.join(d, "nodes.conf"), "--save", "", "--appendonly", "no",
                  "--dir", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for port in self.ports:
-            wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.5).close() or True)
+            wait_for(lambda port=port: socket.create_connection(("127.0.0.1", port), timeout=0.5).close() or True)
         subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
                         "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
 

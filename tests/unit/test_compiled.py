@@ -21,7 +21,8 @@ def test_the_request_path_is_compiled_where_a_compiler_exists():
 
 def test_every_module_with_a_pxd_is_listed():
     modules = tollhouse.compiled_modules()
-    assert {"tollhouse.exchange", "tollhouse.server.protocol", "tollhouse.upstream.pool"} <= set(modules)
+    assert {"tollhouse.exchange.lifecycle", "tollhouse.exchange.http1", "tollhouse.server.protocol",
+            "tollhouse.upstream.pool"} <= set(modules)
     assert all(os.path.exists(path) for path in modules.values())
 
 
@@ -100,7 +101,7 @@ def test_an_installed_package_ships_the_pxd_files_so_the_plain_build_can_be_forc
                    check=True, capture_output=True)
     shipped = {str(p.relative_to(target))[:-4].replace(os.sep, ".") for p in target.rglob("*.pxd")}
     assert set(tollhouse.compiled_modules()) <= shipped
-    out = subprocess.run([sys.executable, "-c", "import tollhouse, tollhouse.exchange as e; "
+    out = subprocess.run([sys.executable, "-c", "import tollhouse, tollhouse.exchange.lifecycle as e; "
                           "print(len(tollhouse.compiled_modules()), e.__file__)"],
                          env={**env, "PYTHONPATH": str(target)}, cwd=str(tmp_path), capture_output=True, text=True,
                          check=True)
@@ -110,6 +111,7 @@ def test_an_installed_package_ships_the_pxd_files_so_the_plain_build_can_be_forc
 
 
 def test_the_pipeline_knows_the_requests_waiting_state():
-    from tollhouse import pipeline, request
+    from tollhouse import pipeline
+    from tollhouse.exchange import request
 
     assert pipeline._WAITING == request.WAITING

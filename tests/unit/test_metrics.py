@@ -20,6 +20,7 @@ def test_snapshots_of_workers_merge_into_one_exposition():
 
 class _Connection:
     worker = None
+    codec = None
 
 
 class _Decisions:
@@ -37,7 +38,7 @@ class _Decisions:
 
 
 def _ended(route, ratelimit=None, cache_status=None):
-    from tollhouse.exchange import Exchange
+    from tollhouse.exchange.lifecycle import Exchange
 
     ex = Exchange(_Connection(), None)
     ex.route, ex.method, ex.status = route, b"GET", 200

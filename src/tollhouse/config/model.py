@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from .loader import ConfigError
 from .schema import (MISSING, Address, Bool, Duration, Field, Float, Int, Kind, ListOf, MapOf, Network, OneOf, Ratio,
                      Schema, Size, Str, error_at, is_map)
-from ..registry import installed
+from ..registry import installed, protocol_of
 
 NAME = r"[A-Za-z0-9_.-]+"
 _TEMPLATE_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -59,7 +59,7 @@ class Target(Schema):
                                                        f"{', '.join(schemes)}, got {self.url!r}")
             return
         try:
-            parts.port
+            parts.port  # noqa: B018 - reading it checks the port
         except ValueError:
             error_at(errors, path, "url", lines, line, f"invalid port in {self.url!r}")
         if parts.path not in ("", "/") or parts.query:
@@ -130,10 +130,8 @@ class _UpstreamCore(Schema):
     @property
     def protocol(self) -> str:
         """The name of the upstream protocol its targets speak (registry.UpstreamProtocol)."""
-        for p in installed().protocols:
-            if self.targets and p.speaks(self.targets[0].url):
-                return p.name
-        return ""
+        protocol = protocol_of(self.targets[0].url) if self.targets else None
+        return protocol.name if protocol is not None else ""
 
     def check(self, path, lines, line, errors):
         if not self.targets:

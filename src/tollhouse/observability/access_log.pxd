@@ -1,7 +1,7 @@
 # C declarations for the compiled build of access_log.py (setup.py); the .py stays the source.
 cimport cython
 
-from tollhouse.exchange cimport Exchange
+from tollhouse.exchange.lifecycle cimport Exchange
 
 
 @cython.locals(ex=Exchange, last=Exchange, t=cython.double, second=cython.longlong, last_second=cython.longlong)

@@ -1,7 +1,7 @@
 # C declarations for the compiled build of metrics.py (setup.py); the .py stays the source.
 cimport cython
 
-from tollhouse.exchange cimport Exchange
+from tollhouse.exchange.lifecycle cimport Exchange
 from tollhouse.pipeline cimport Chain
 from tollhouse.routing cimport RouteTarget
 

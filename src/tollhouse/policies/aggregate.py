@@ -24,7 +24,7 @@ from ..config.loader import ConfigError
 from ..config.schema import MISSING, Bool, Duration, Field, Kind, MapOf, Schema, Str, error_at
 from ..pipeline import Policy, Reply, load_object
 from ..registry import PolicyKind
-from ..subrequest import start_subrequest, subrequests
+from ..exchange.subrequest import start_subrequest, subrequests
 
 log = logging.getLogger("tollhouse.aggregate")
 

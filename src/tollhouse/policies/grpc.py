@@ -22,7 +22,7 @@ from ..config.loader import ConfigError
 from ..config.schema import Field, ListOf, Schema, Str, error_at
 from ..pipeline import Policy, Reply
 from ..registry import PolicyKind, UpstreamProtocol
-from ..upstream.forward import choose_target
+from ..exchange.forwarding import choose_target
 
 log = logging.getLogger("tollhouse.grpc")
 

@@ -24,8 +24,8 @@ import httptools
 from ..config.schema import Duration, Field, Schema, Size, section_or_true
 from ..pipeline import Policy, Reply
 from ..registry import PolicyKind
-from ..request import find_header
-from ..upstream.forward import choose_target
+from ..exchange.request import find_header
+from ..exchange.forwarding import choose_target
 
 log = logging.getLogger("tollhouse.websocket")
 
@@ -410,13 +410,8 @@ class WebSocketPolicy(Policy):
             return Reply.problem(502, "Bad Gateway", f"cannot connect to the upstream: {type(e).__name__}")
         session.upstream = upstream
         path = exchange.path if route.path_kept else route.upstream_path(exchange.path, exchange.params)
-        conn = exchange.conn
-        head = [b"GET ", path, exchange.query, b" HTTP/1.1\r\nhost: ",
-                exchange.host if route.preserve_host else target.host_header, b"\r\n", *exchange.headers,
-                b"x-forwarded-for: ", (exchange.xff + b", " if exchange.xff and conn.peer_trusted else b"")
-                + conn.peer_ip_bytes, b"\r\nx-forwarded-proto: ", conn.scheme,
-                b"\r\nx-forwarded-host: ", exchange.host, b"\r\nx-request-id: ", exchange.request_id,
-                b"\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"]
+        head = target.codec.request_head(exchange, target, b"GET", path)
+        head.append(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n")
         transport.write(b"".join(head))
         try:
             status = await asyncio.wait_for(upstream.head_done, route.timeout)

@@ -1,6 +1,9 @@
 # C declarations for the compiled build of protocol.py (setup.py); the .py stays the source.
+cimport cython
+
 from tollhouse.clock cimport Clock
-from tollhouse.exchange cimport Exchange
+from tollhouse.exchange.http1 cimport Http1Codec
+from tollhouse.exchange.lifecycle cimport Exchange
 from tollhouse.flow cimport FlowControl, Gathered, WorkerCore
 
 cdef Clock CLOCK
@@ -20,6 +23,8 @@ cdef class ClientConnection:
 
     cpdef write(self, data)
     cpdef received(self, data)
+    @cython.locals(codec=Http1Codec)
+    cpdef on_headers_complete(self)
     cpdef _special_header(self, Exchange ex, kind, value)
     cpdef closing_after(self, Exchange ex)
     cpdef exchange_finished(self, Exchange ex)

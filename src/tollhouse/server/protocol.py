@@ -15,9 +15,9 @@ from time import perf_counter
 import httptools
 
 from ..clock import CLOCK
-from ..exchange import Exchange
-from ..request import WAITING, find_header
-from ..upstream.forward import forwarded_prefix
+from ..exchange.http1 import HTTP1, forwarded_prefix
+from ..exchange.lifecycle import Exchange
+from ..exchange.request import WAITING, find_header
 from ..flow import CLIENT_FULL, PIPELINE, FlowControl, Gathered
 from ..pipeline import Reply
 
@@ -68,7 +68,8 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
                  "write_paused", "fatal", "limits", "outgoing", "head_bytes", "read_size", "forwarded",
                  "successor")
 
-    background = False   # a client: counted and logged (see tollhouse.subrequest)
+    background = False   # a client: counted and logged (see tollhouse.exchange.subrequest)
+    codec = HTTP1        # how its responses are framed (exchange/codec.py)
 
     def __init__(self, worker, scheme: bytes):
         self.worker = worker
@@ -290,7 +291,8 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         if ex.expect is not None and ex.expect.lower() != b"100-continue":
             ex.error = Reply.problem(417, "Expectation Failed", "only Expect: 100-continue is supported")
         else:
-            ex.finalise_head(self.limits)
+            codec = HTTP1
+            codec.finalise_head(ex, self.limits)
         if ex.error is not None and not ex.keep_alive:
             # A request we refuse outright: nothing after it on this connection is read.
             self.closing_after(ex)
@@ -409,10 +411,10 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
                 self.abort()
         elif self.active is None and not self.in_head and now - self.last_active > limits.idle_timeout:
             self.close()
-        elif self.active is not None and self.active.body_waiter is not None \
-                and now - self.active.body_progress > limits.header_timeout:
-            # A body buffered for validation that stopped arriving: no upstream read
-            # timeout watches it, so the head's timeout does (slow-body attacks).
+        elif self.active is not None and (self.active.body_waiter is not None or self.active.local is not None) \
+                and not self.active.body_done and now - self.active.body_progress > limits.header_timeout:
+            # A body buffered for validation or a terminal policy that stopped arriving: no
+            # upstream read timeout watches it, so the head's timeout does (slow-body attacks).
             self.active.keep_alive = False
             self.active.answer(Reply.problem(408, "Request Timeout", "the request body stalled"))
 

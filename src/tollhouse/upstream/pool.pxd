@@ -1,6 +1,7 @@
 # C declarations for the compiled build of pool.py (setup.py); the .py stays the source.
 from tollhouse.clock cimport Clock
-from tollhouse.request cimport Request
+
+from tollhouse.exchange.sink cimport ResponseSink
 from tollhouse.flow cimport FlowControl, Gathered
 
 cdef Clock CLOCK
@@ -16,12 +17,13 @@ cdef class UpstreamConnection:
     cdef public FlowControl flow
     cdef public object transport, parser, loop, content_length, connection_tokens
     cdef public TargetPool target
-    cdef public Request exchange
+    cdef public ResponseSink exchange
+    cdef public object codec   # an exchange.codec.UpstreamCodec (not cimported: codec.pxd cimports the request, which cimports this)
     cdef public bint closed, reused, got_bytes, head_only, chunked, bad_coding, dated
     cdef public double idle_since, last_read
 
     cpdef finish_message(self)
-    cpdef send(self, Request exchange, data, bint head_only)
+    cpdef send(self, ResponseSink exchange, data, bint head_only)
     cpdef unbind(self)
     cpdef abort(self)
 
@@ -31,6 +33,7 @@ cdef class TargetPool:
     cdef public int weight, port, open, in_flight, max_connections, consecutive_failures, ejections
     cdef public double ejected_until
     cdef public bint healthy
+    cdef public object codec   # an exchange.codec.UpstreamCodec (not cimported: codec.pxd cimports the request, which cimports this)
 
     cpdef bint can_open(self)
     cpdef UpstreamConnection checkout(self)

@@ -16,8 +16,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from ..clock import CLOCK
-from ..flow import CLIENT_FULL, UPSTREAM_FULL, FlowControl, Gathered
-from ..registry import UpstreamProtocol
+from ..flow import CLIENT_FULL, FlowControl, Gathered
 from .balancer import make_balancer
 from .breaker import STATE_NAMES, CircuitBreaker
 
@@ -37,23 +36,23 @@ _RESPONSE_SPECIAL = {b"content-length": CONTENT_LENGTH, b"transfer-encoding": TR
 
 _SPECIAL_LENGTHS = frozenset(len(n) for n in _RESPONSE_SPECIAL)
 
-#: Upstreams of http:// and https:// targets, spoken to by this module (installed by tollhouse.builtins).
-HTTP1 = UpstreamProtocol("http1", ("http", "https"))
-
 
 class UpstreamConnection:   # an asyncio protocol by its methods (a compiled class cannot subclass asyncio.Protocol)
     """One connection to a target; relays one exchange at a time.
 
-    httptools callbacks feed the bound exchange: `upstream_head`,
-    `upstream_body`, `upstream_done`, `upstream_failed`.
+    httptools callbacks feed the bound exchange through its sink interface
+    (exchange/sink.py): `upstream_head`, `upstream_body`, `upstream_done`,
+    `upstream_failed`, `upstream_closed`, `upstream_writable`. Its `codec` frames
+    the requests it sends (HTTP/1.1: exchange/http1.py `Http1Upstream`).
     """
 
     __slots__ = ("target", "transport", "parser", "exchange", "closed", "idle_since", "headers", "reused",
                  "got_bytes", "flow", "last_read", "head_only", "loop", "content_length", "chunked",
-                 "connection_tokens", "outgoing", "bad_coding", "dated")
+                 "connection_tokens", "outgoing", "bad_coding", "dated", "codec")
 
     def __init__(self, target: "TargetPool"):
         self.target = target
+        self.codec = target.codec
         self.transport = None
         self.parser = None
         self.exchange = None
@@ -115,12 +114,12 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
     def pause_writing(self):
         ex = self.exchange
         if ex is not None:
-            ex.conn.flow.pause(UPSTREAM_FULL)
+            ex.upstream_writable(False)
 
     def resume_writing(self):
         ex = self.exchange
         if ex is not None:
-            ex.conn.flow.resume(UPSTREAM_FULL)
+            ex.upstream_writable(True)
 
     # httptools callbacks ---------------------------------------------------
     def on_message_begin(self):
@@ -224,11 +223,12 @@ class TargetPool:
 
     __slots__ = ("url", "name", "weight", "host", "port", "host_header", "ssl", "settings", "loop", "idle", "open",
                  "in_flight", "waiters", "max_connections", "consecutive_failures", "ejected_until", "ejections",
-                 "healthy")
+                 "healthy", "codec")
 
-    def __init__(self, url: str, weight: int, settings, loop):
+    def __init__(self, url: str, weight: int, settings, loop, codec=None):
         parts = urlsplit(url)
         self.url = url
+        self.codec = codec   # how requests to it are framed: its protocol's (registry.UpstreamProtocol)
         self.name = url
         self.weight = weight
         self.host = parts.hostname
@@ -342,10 +342,10 @@ class UpstreamPool:
     __slots__ = ("name", "settings", "targets", "balancer", "single", "breaker", "outlier", "retries",
                  "active_requests", "retries_in_flight", "ejection_count", "retry_count", "_next", "signature")
 
-    def __init__(self, name: str, settings, loop):
+    def __init__(self, name: str, settings, loop, codec=None):
         self.name = name
         self.settings = settings
-        self.targets = [TargetPool(t.url, t.weight, settings, loop) for t in settings.targets]
+        self.targets = [TargetPool(t.url, t.weight, settings, loop, codec) for t in settings.targets]
         self.balancer = make_balancer(settings.balancer, self.targets, settings.hash_key)
         self.single = self.targets[0] if len(self.targets) == 1 else None
         self.breaker = CircuitBreaker(settings.circuit_breaker) if settings.circuit_breaker is not None else None

@@ -1,7 +1,7 @@
 # C declarations for the compiled build of admitted.py (setup.py); the .py stays the source.
 
 from tollhouse.pipeline cimport Policy
-from tollhouse.request cimport Request
+from tollhouse.exchange.request cimport Request
 
 
 cdef class AdmittedTokens(Policy):

@@ -225,7 +225,7 @@ class ResponseCache:
         self._start_refresh(policy, exchange, key, primary, lock)
 
     def _start_refresh(self, policy, exchange, key, primary, lock) -> None:
-        from ...subrequest import start_subrequest
+        from ...exchange.subrequest import start_subrequest
 
         route = exchange.route
         path = exchange.path if route.path_kept else route.upstream_path(exchange.path, exchange.params)

@@ -2,7 +2,7 @@
 cimport cython
 
 from tollhouse.pipeline cimport Policy, Reply
-from tollhouse.request cimport Request
+from tollhouse.exchange.request cimport Request
 from tollhouse.policies.cache.storage cimport Entry, MemoryCache
 
 

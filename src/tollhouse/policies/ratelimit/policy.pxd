@@ -2,7 +2,7 @@
 cimport cython
 
 from tollhouse.pipeline cimport Policy
-from tollhouse.request cimport Request
+from tollhouse.exchange.request cimport Request
 from tollhouse.policies.ratelimit.algorithms cimport LimitTable, evaluate
 
 

@@ -161,7 +161,7 @@ class RegionSync:
         # Our admission rates per limit since the last sync (for the peers' bounds).
         interval = self.config.sync_interval
         gained: dict[str, int] = {}
-        for key, (w, c, p, ttl, _) in changed.items():
+        for key, (w, c, _p, _ttl, _) in changed.items():
             before = self.known.get(key)
             delta = c - before[1] if before is not None and before[0] == w else c
             label = self._label(key)

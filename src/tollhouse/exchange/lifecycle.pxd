@@ -1,11 +1,11 @@
-# C declarations for the compiled build of exchange.py (setup.py); the .py stays the source.
+# C declarations for the compiled build of lifecycle.py (setup.py); the .py stays the source.
 cimport cython
 
 from tollhouse.clock cimport Clock
+from tollhouse.exchange.forwarding cimport Forwarding
+from tollhouse.exchange.relay cimport Relay   # the names of inherited methods' signatures (bound as callbacks)
 from tollhouse.pipeline cimport Reply
 from tollhouse.routing cimport RouteTarget
-from tollhouse.server.http1 cimport Http1Exchange   # the names of inherited methods' signatures (bound as callbacks)
-from tollhouse.upstream.forward cimport Forwarding
 
 cdef Clock CLOCK
 

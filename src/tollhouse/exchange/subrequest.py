@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 from time import perf_counter
 
-from .exchange import Exchange
-from .request import HEAD_SENT, find_header
-from .upstream.forward import forwarded_prefix
-from .flow import FlowControl
-from .pipeline import EMPTY_CHAIN
-from .routing import RouteTarget
+from ..flow import FlowControl
+from ..pipeline import EMPTY_CHAIN
+from ..routing import RouteTarget
+from .codec import Codec
+from .http1 import forwarded_prefix
+from .lifecycle import Exchange
+from .request import RAW, find_header
 
 #: Methods whose request carries a body length even when empty (RFC 9110 §8.6).
 _BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
@@ -47,14 +48,42 @@ class SubResponse:
         return find_header(self.headers, name.lower().encode())
 
 
+class KeepCodec(Codec):
+    """The codec of a subrequest: frames nothing, keeps the body's bytes on the origin."""
+
+    __slots__ = ()
+
+    def frame_relayed(self, exchange, content_length, chunked):
+        exchange.mode = RAW
+
+    def frame_unknown_length(self, exchange):
+        exchange.mode = RAW
+
+    def write_head(self, exchange, body):
+        if body:
+            exchange.conn.received.append(body)
+
+    def write_body(self, exchange, chunk):
+        exchange.conn.received.append(chunk)
+
+    def end_body(self, exchange):
+        pass
+
+
+KEEP = KeepCodec()
+
+
 class SubrequestOrigin:
     """Stands in for the client connection of a subrequest: nothing is written to a
-    socket; when the exchange ends, the waiting future gets its answer."""
+    socket (its codec keeps the response); when the exchange ends, the waiting future
+    gets its answer."""
 
     background = True   # not a client's request: Exchange.finish counts and logs nothing
+    codec = KEEP
 
     def __init__(self, worker, parent=None):
         self.worker = worker
+        self.received: list[bytes] = []   # the response body's pieces
         conn = parent.conn if parent is not None else None
         self.peer_ip = conn.peer_ip if conn is not None else "127.0.0.1"
         self.peer_ip_bytes = self.peer_ip.encode()
@@ -75,36 +104,13 @@ class SubrequestOrigin:
         done = self.done
         if done is not None and not done.done():
             done.set_result(SubResponse(exchange.status, exchange.response_headers or [],
-                                        b"".join(exchange.received), not exchange.head_received,
+                                        b"".join(self.received), not exchange.head_received,
                                         perf_counter() - exchange.started))
-
-
-class Subrequest(Exchange):
-    """An Exchange whose response is kept (status, header lines, body bytes) instead of
-    framed for a client."""
-
-    __slots__ = ("received",)
-
-    def write_head(self, body=b""):
-        self.response = HEAD_SENT
-        if body:
-            self.received.append(body)
-
-    def upstream_body(self, chunk):
-        if self.finished:
-            return
-        if self.observer is not None:
-            self.observer.body(chunk)
-        self.received.append(chunk)
-        self.bytes_sent += len(chunk)
-
-    def end_body(self):
-        pass
 
 
 def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, headers=(), body: bytes = b"",
                      timeout: float | None = None, parent=None, host: bytes | None = None,
-                     observe=None, span: str | None = None) -> Subrequest:
+                     observe=None, span: str | None = None) -> Exchange:
     """Send the subrequest now; its origin's `done` future gets the SubResponse.
     `target` is the path and query the upstream receives; `headers` are ready-to-send
     lines; `host` (else the target's host:port) is sent as Host; `observe(exchange)`
@@ -115,8 +121,7 @@ def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, hea
     pool = state.pools[upstream]
     origin = SubrequestOrigin(worker, parent)
     origin.done = worker.loop.create_future()
-    ex = Subrequest(origin, state)
-    ex.received = []
+    ex = Exchange(origin, state)
     # The route a subrequest goes by, made once per upstream, timeout and Host choice (per config version).
     key = (upstream, timeout, host is not None)
     route = state.subrequest_routes.get(key)

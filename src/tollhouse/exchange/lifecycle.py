@@ -1,20 +1,20 @@
 """One request and its response, from routing to the end: the lifecycle layer.
 
 `Exchange` is what the client connection creates per request and what
-policies see (its fields and policy API: tollhouse.request). It routes,
-runs the route's chain, and hands over to forwarding (upstream.forward) or
-to a gateway endpoint; framing is server.http1's. Nothing here creates a
+policies see (its fields and policy API: exchange/request.py). It routes,
+runs the route's chain, and hands over to forwarding (exchange/forwarding.py)
+or to a terminal policy; framing is the connection's codec's. Nothing here creates a
 task unless a policy must await or a new upstream connection must be opened.
 """
 from __future__ import annotations
 
 import logging
 
-from .clock import CLOCK
-from .flow import BODY_WAITING
-from .pipeline import Reply
+from ..clock import CLOCK
+from ..flow import BODY_WAITING
+from ..pipeline import Reply
+from .forwarding import Forwarding
 from .request import CHUNKED, COMPLETE, WAITING
-from .upstream.forward import Forwarding
 
 log = logging.getLogger("tollhouse.exchange")
 
@@ -79,9 +79,15 @@ class Exchange(Forwarding):
         self.local = self.route.local
         if self.body_done:
             self.run_local()
+        else:
+            # A terminal policy gets the whole body, up to the route's body limit (feed_body);
+            # one that stops arriving gets 408 (ClientConnection.check_timeouts).
+            self.body_progress = CLOCK.now
+            self.conn.flow.resume(BODY_WAITING)
 
     def run_local(self) -> None:
-        """Answer from a gateway endpoint (e.g. the OAuth token endpoint) with the whole body."""
+        """Answer from a terminal policy or a gateway endpoint (the OAuth token endpoint) with
+        the whole body, up to the route's body limit."""
         body = b"".join(self.body_chunks or ())
         result = self.local(self, body)
         if isinstance(result, Reply):
@@ -142,12 +148,8 @@ class Exchange(Forwarding):
             self.body_chunks.append(chunk)
             self.body_progress = CLOCK.now
             self.body_buffered += len(chunk)
-            if self.body_buffered > _BODY_BUFFER_HIGH and self.body_waiter is None:
-                if self.local is not None:
-                    self.keep_alive = False
-                    self.answer(Reply.problem(413, "Content Too Large", "this endpoint takes at most 64 KiB"))
-                    return
-                self.conn.flow.pause(BODY_WAITING)
+            if self.body_buffered > _BODY_BUFFER_HIGH and self.body_waiter is None and self.local is None:
+                self.conn.flow.pause(BODY_WAITING)   # until an upstream connection takes it
 
     def body_complete(self) -> None:
         self.body_done = True

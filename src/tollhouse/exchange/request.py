@@ -1,13 +1,15 @@
 """The request as policies see it: what was asked, who asked, and the policy API.
 
 `Request` holds every field of one request/response cycle; the layers above
-it add behaviour by concern, each in its own module: HTTP/1 framing
-(`server.http1.Http1Exchange`: the head's validation, the response's
-framing, local answers), forwarding (`upstream.forward.Forwarding`: target,
-pool, attempts, retries, deadlines) and the lifecycle (`exchange.Exchange`:
-routing, the chain, the gateway's own endpoints). One object per request, in
-layers: a second object per request would cost an allocation and a pointer
-chase on every call between them, on the path every request takes.
+it add behaviour by concern, each in its own module of this package: the
+response towards the client (`relay.Relay`: relayed heads and bodies, local
+answers, through the connection's codec), forwarding
+(`forwarding.Forwarding`: target, pool, attempts, retries, deadlines) and the
+lifecycle (`lifecycle.Exchange`: routing, the chain, the gateway's own
+endpoints). One object per request, in layers: a second object per request
+would cost an allocation and a pointer chase on every call between them, on
+the path every request takes (docs/benchmarks.md). The framing is not a
+layer but the connection's `codec`, chosen once per connection.
 
 Headers are kept as ready-to-send lines (b"Name: value\r\n", names as the
 peer spelled them): relaying them costs one join, and the helpers compare
@@ -17,13 +19,15 @@ from __future__ import annotations
 
 from time import perf_counter
 
+from .sink import ResponseSink
+
 # Response modes towards the client (server.http1).
 NONE, RAW, CHUNKED = 0, 1, 2
 # How far the response to the client has got (Request.response): one state instead of flags.
 WAITING, HEAD_SENT, COMPLETE = 0, 1, 2
 
 
-class Request:
+class Request(ResponseSink):
     """One request/response cycle (the policies' view of a request).
 
     Public for policies: `method`, `path` (normalised), `query`, `params`
@@ -36,14 +40,20 @@ class Request:
     `remember(slot, value)`, `recall(slot)`.
     """
 
-    __slots__ = ("conn", "worker", "headers", "body_chunks",
-                 "state", "route", "params", "method", "raw_target", "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length", "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error", "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "response", "head_received", "mode", "bytes_sent", "finished", "task", "timer", "vars", "consumer", "replayed", "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "slots", "local", "authorization",
-                 "attempt", "first_started", "tried", "observer",
-                 "conditional", "cookie", "body_limit", "body_waiter", "body_progress", "body_filter",
-                 "ended", "upstream_time", "duplicate", "tracer", "outcomes", "debug_token", "traceparent")
+    __slots__ = ("conn", "codec", "headers", "body_chunks", "state", "route", "params", "method", "raw_target",
+                 "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length",
+                 "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error",
+                 "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started",
+                 "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "response",
+                 "head_received", "mode", "bytes_sent", "finished", "task", "timer", "vars", "consumer", "replayed",
+                 "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "slots", "local",
+                 "authorization", "attempt", "first_started", "tried", "observer", "conditional", "cookie",
+                 "body_limit", "body_waiter", "body_progress", "body_filter", "ended", "upstream_time", "duplicate",
+                 "tracer", "outcomes", "debug_token", "traceparent")
 
     def __init__(self, conn, state):
         self.conn = conn
+        self.codec = conn.codec   # the framing towards this client (exchange/codec.py)
         self.worker = conn.worker
         self.headers: list[bytes] = []   # ready-to-send lines
         self.body_chunks: list[bytes] | None = []
@@ -190,21 +200,6 @@ class Request:
 
     def remove_response_header(self, name: str) -> None:
         self.response_headers = without(self.response_headers, {name.lower().encode()})
-
-    # ------------------------------------- what an upstream connection feeds (upstream.pool)
-    # Implemented by the layers above (framing: upstream_body; forwarding: the rest);
-    # declared here so that the upstream connection knows the interface and no layer.
-    def upstream_head(self, conn, status: int, headers: list, keep_alive: bool) -> None:
-        """The upstream's response head (hop-by-hop and framing headers removed)."""
-        raise NotImplementedError
-
-    def upstream_body(self, chunk: bytes) -> None:
-        """A piece of the upstream's response body."""
-        raise NotImplementedError
-
-    def upstream_done(self, conn) -> None:
-        """The upstream's response is complete; `conn` may go back to its pool."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ the end
     def finish(self) -> None:

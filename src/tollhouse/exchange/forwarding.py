@@ -12,16 +12,16 @@ from __future__ import annotations
 from time import perf_counter
 
 from ..clock import CLOCK
-from ..flow import BODY_WAITING
+from ..flow import BODY_WAITING, UPSTREAM_FULL
 from ..pipeline import Reply
-from ..request import CHUNKED, COMPLETE, WAITING
-from ..server.http1 import LAST_CHUNK, Http1Exchange
+from .relay import Relay
+from .request import CHUNKED, COMPLETE, WAITING
 
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class Forwarding(Http1Exchange):
+class Forwarding(Relay):
     """Forwarding of an exchange to its route's upstream."""
 
     __slots__ = ()
@@ -30,18 +30,13 @@ class Forwarding(Http1Exchange):
         if self.finished or self.response != WAITING:
             return   # over, or answered by a policy itself (a connection taken over after an upgrade)
         pool = self.route.upstream
-        breaker = pool.breaker
-        if breaker is not None and not breaker.allow():
-            self.answer(Reply.problem(503, "Service Unavailable", f"the circuit to {pool.name} is open",
-                                      headers=[("retry-after", str(breaker.retry_after()))]))
-            return
         target = pool.single
-        if target is None or not target.healthy or target.ejected_until > CLOCK.now:
-            target = pool.choose(self)
-        if not target.healthy and not _any_healthy(pool.targets):
-            self.answer(Reply.problem(503, "Service Unavailable", f"no healthy target in {pool.name}",
-                                      headers=[("retry-after", "1")]))
-            return
+        if target is None or not target.healthy or target.ejected_until > CLOCK.now or pool.breaker is not None:
+            chosen = choose_target(pool, self)
+            if chosen.__class__ is Reply:
+                self.answer(chosen)
+                return
+            target = chosen
         pool.request_started()
         self.attempt = 1
         self.first_started = CLOCK.now
@@ -113,38 +108,15 @@ class Forwarding(Http1Exchange):
                                   headers=[("retry-after", "1")]))
 
     def send_upstream(self, conn) -> None:
-        target = self.target
         route = self.route
         self.upstream = conn
-        parts = [self.method, b" ", self.path if route.path_kept else route.upstream_path(self.path, self.params),
-                 self.query, b" HTTP/1.1\r\nhost: ",
-                 self.host if route.preserve_host else target.host_header, b"\r\n"]
-        parts += self.headers
-        client = self.conn
-        if client.peer_trusted:
-            peer = client.peer_ip_bytes
-            parts += (b"x-forwarded-for: ", self.xff + b", " + peer if self.xff else peer,
-                      b"\r\nx-forwarded-proto: ", self.xfp or client.scheme,
-                      b"\r\nx-forwarded-host: ", self.xfh or self.host, b"\r\nx-request-id: ", self.request_id, b"\r\n")
-        else:
-            # "x-forwarded-for: <peer>\r\nx-forwarded-proto: <scheme>\r\nx-forwarded-host: ", once per connection
-            parts += (client.forwarded, self.host, b"\r\nx-request-id: ", self.request_id, b"\r\n")
-        if self.chunked:
-            parts.append(b"transfer-encoding: chunked\r\n\r\n")
-        elif self.content_length is not None:
-            parts += (b"content-length: %d\r\n\r\n" % self.content_length,)
-        else:
-            parts.append(b"\r\n")
+        codec = conn.codec
+        path = self.path if route.path_kept else route.upstream_path(self.path, self.params)
+        parts = codec.request_head(self, self.target, self.method, path)
         chunks = self.body_chunks
         if chunks:
             self.sent_body = True
-            if self.chunked:
-                for c in chunks:
-                    parts += (b"%x\r\n" % len(c), c, b"\r\n")
-            else:
-                parts += chunks
-        if self.chunked and self.body_done:
-            parts.append(LAST_CHUNK)
+        codec.frame_body(self, parts, chunks)
         self.body_chunks = None
         if self.body_buffered:
             self.body_buffered = 0
@@ -165,23 +137,25 @@ class Forwarding(Http1Exchange):
         up = self.upstream
         self.sent_body = True
         up.last_read = CLOCK.now  # upload progress counts as activity for read_timeout
-        outgoing = up.outgoing
-        if self.chunked:
-            outgoing.write(b"%x\r\n" % len(chunk))
-            outgoing.write(chunk)
-            outgoing.write(b"\r\n")
-        else:
-            outgoing.write(chunk)
+        codec = up.codec
+        codec.write_body(self, up.outgoing, chunk)
 
     def forward_body_end(self) -> None:
         """The request body is complete."""
         up = self.upstream
         # Like Envoy's route timeout, the wait for the answer starts when the request is complete.
         self.upstream_started = up.last_read = CLOCK.now
-        if self.chunked:
-            up.outgoing.write(LAST_CHUNK)
+        codec = up.codec
+        codec.end_body(self, up.outgoing)
 
     # ----------------------------------------------------------- upstream side
+    def upstream_writable(self, writable: bool) -> None:
+        # The upstream cannot take more of the request body: read no more from the client.
+        if writable:
+            self.conn.flow.resume(UPSTREAM_FULL)
+        else:
+            self.conn.flow.pause(UPSTREAM_FULL)
+
     def upstream_head(self, conn, status: int, headers: list, keep_alive: bool) -> None:
         """`headers` arrive filtered by the upstream connection (hop-by-hop and framing removed)."""
         if self.finished:
@@ -351,20 +325,13 @@ class Forwarding(Http1Exchange):
         if self.attempt:
             pool = self.route.upstream
             pool.request_ended(self.tried is not None)   # the retry budget's accounting
-        Http1Exchange.finish(self)
-
-
-def forwarded_prefix(peer_ip: bytes, scheme: bytes) -> bytes:
-    """X-Forwarded-For and -Proto for a client that is not a trusted proxy, up to the
-    value of X-Forwarded-Host: made once per client connection, completed per request
-    by `send_upstream`."""
-    return b"x-forwarded-for: " + peer_ip + b"\r\nx-forwarded-proto: " + scheme + b"\r\nx-forwarded-host: "
+        Relay.finish(self)
 
 
 def choose_target(pool, exchange):
-    """A target of `pool` for a request the caller sends itself (a WebSocket handshake, a
-    gRPC call): the target, or the Reply the gateway answers instead (circuit open, no
-    healthy target), as `Forwarding.proxy` decides inline."""
+    """A target of `pool` for a request (a proxied one, a WebSocket handshake, a gRPC
+    call): the target, or the Reply the gateway answers instead (circuit open, no
+    healthy target)."""
     breaker = pool.breaker
     if breaker is not None and not breaker.allow():
         return Reply.problem(503, "Service Unavailable", f"the circuit to {pool.name} is open",

@@ -1,20 +1,17 @@
 # C declarations for the compiled build of request.py (setup.py); the .py stays the source.
-# Request declares what an upstream connection feeds (pool.pxd cimports it, not a layer
-# above it): the layers' base classes are never part of a cimport cycle.
-from tollhouse.flow cimport WorkerCore
+from tollhouse.exchange.sink cimport ResponseSink
 from tollhouse.routing cimport RouteTarget
 from tollhouse.upstream.pool cimport TargetPool, UpstreamConnection
 
 cdef dict _SPECIAL_ATTR
 
 
-cdef class Request:
+cdef class Request(ResponseSink):
     cdef public list headers, response_headers, slots
-    cdef public WorkerCore worker
     cdef public RouteTarget route
     cdef public UpstreamConnection upstream
     cdef public TargetPool target
-    cdef public object conn, body_chunks, state, params, method, raw_target, path, query
+    cdef public object conn, codec, body_chunks, state, params, method, raw_target, path, query
     cdef public object version, host, request_id, content_length, te, connection_tokens, expect, xff, xfp, xfh
     cdef public object error, task, timer, vars, consumer, _client_ip, tier
     cdef public object local, authorization, tried, observer, body_waiter, body_filter
@@ -30,6 +27,3 @@ cdef class Request:
     cpdef remember(self, int slot, value)
     cpdef recall(self, int slot)
     cpdef finish(self)
-    cpdef upstream_head(self, conn, int status, headers, keep_alive)
-    cpdef upstream_body(self, chunk)
-    cpdef upstream_done(self, UpstreamConnection conn)

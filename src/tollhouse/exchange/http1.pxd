@@ -1,0 +1,19 @@
+# C declarations for the compiled build of http1.py (setup.py); the .py stays the source.
+from tollhouse.exchange.codec cimport Codec, UpstreamCodec
+from tollhouse.exchange.request cimport Request
+from tollhouse.routing cimport RouteTarget
+
+cdef dict _NORMAL_PATHS, _SANE_HOSTS
+
+cpdef bint _sane_host(host)
+cpdef _length_unknown(Request ex)
+cpdef _framing_error(Request ex, limits)
+cpdef _target_error(Request ex)
+
+
+cdef class Http1Codec(Codec):
+    cpdef finalise_head(self, Request ex, limits)
+
+
+cdef class Http1Upstream(UpstreamCodec):
+    pass
