@@ -12,10 +12,13 @@ from .server import tls
 
 KINDS = tuple(module.KIND for module in (auth, ratelimit, cache, ip, cors, request, compress, headers, aggregate,
                                           websocket, grpc))
+#: The order request hooks run in; a kind may add a phase of its own (PolicyKind.new_phase).
+#: `access` is the custom policies' default.
+PHASES = ("ip", "cors", "auth", "ratelimit", "validate", "cache", "access", "transform")
 SECTIONS = (tls.SECTION, tracing.SECTION, debug.SECTION)
 PROTOCOLS = (http1.PROTOCOL, grpc.PROTOCOL)
 
 
 def install() -> registry.Installed:
     """Hand the registry the built-ins (again: the same result)."""
-    return registry.install(KINDS, SECTIONS, PROTOCOLS)
+    return registry.install(KINDS, SECTIONS, PROTOCOLS, PHASES)

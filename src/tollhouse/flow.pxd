@@ -33,6 +33,7 @@ cdef class WorkerCore:
     cdef public bint draining, reading, busy_polling, polling
     cdef public int active_requests
     cdef public long long trace_skip
+    cdef public tuple trace_notes
 
     cpdef set_busy_polling(self, bint on)
     cpdef poll_again(self)

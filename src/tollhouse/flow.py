@@ -108,7 +108,8 @@ class WorkerCore:
     """
 
     __slots__ = ("loop", "stats", "state", "connections", "inflight", "ended", "draining", "date_line", "next_request_id",
-                 "outbox", "active_requests", "reading", "tracer_factory", "trace_skip", "busy_polling", "polling")
+                 "outbox", "active_requests", "reading", "tracer_factory", "trace_skip", "trace_notes", "busy_polling",
+                 "polling")
 
     def __init__(self, loop):
         self.loop = loop
@@ -123,6 +124,9 @@ class WorkerCore:
         # Requests the ratio sampler has already decided to pass over (tracing.TracingFactory):
         # counted down as they start, without calling the factory.
         self.trace_skip = 0
+        # Noted headers (exchange.noted) that make a request ask the factory whatever the skip
+        # says: a client's traceparent, a debug token.
+        self.trace_notes = ()
         self.busy_polling = False   # busy_polling: the loop always has a callback ready (poll_again)
         self.polling = False        # poll_again is scheduled
 

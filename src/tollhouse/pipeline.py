@@ -1,7 +1,7 @@
 """The per-route policy chain and the interface every policy implements.
 
 A route's chain is built once per config version. Request hooks run in
-phase order (PHASES); each either continues (returns None), answers locally
+phase order (the registry's, `registry.phases()`); each either continues (returns None), answers locally
 (returns a `Reply`), or needs to wait (returns an awaitable that resolves to
 None or a Reply). Only the last case costs a task, so a chain of synchronous
 policies keeps the proxy's hot path callback-driven. Response hooks run in
@@ -19,14 +19,14 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
+from .registry import phases
+
 # request.WAITING (no response begun), not imported: compiled, request's module imports this
 # one while it initialises (tests/unit/test_compiled.py checks the two agree).
 _WAITING = 0
 
 log = logging.getLogger("tollhouse.pipeline")
 
-#: Phase order of request hooks; built-in policies take their phase's name.
-PHASES = ("ip", "cors", "auth", "ratelimit", "validate", "cache", "access", "transform")
 
 
 class Reply:
@@ -136,7 +136,7 @@ class Deferred:
 class Policy:
     """Base class of built-in and custom policies.
 
-    Subclasses set `phase` (one of PHASES; custom policies default to
+    Subclasses set `phase` (one of `registry.phases()`; custom policies default to
     "access", which runs after rate limiting and before caching), may set
     `Config` to a `tollhouse.config.schema.Schema` subclass that validates
     their options, and implement `on_request` and/or `on_response`.
@@ -213,7 +213,11 @@ class Chain:
                  "outcome_metrics")
 
     def __init__(self, policies: list[Policy]):
-        ordered = sorted(policies, key=lambda p: PHASES.index(p.phase))
+        if policies:
+            order = phases()
+            ordered = sorted(policies, key=lambda p: order.index(p.phase))
+        else:
+            ordered = []
         self.policies = ordered
         for slot, policy in enumerate(ordered):
             policy.slot = slot
@@ -292,10 +296,6 @@ class Chain:
         else:
             proceed()
 
-    def respond(self, exchange) -> None:
-        for hook in self.response_hooks:
-            hook(exchange)
-
     def named_outcomes(self, slots) -> dict:
         """Outcome name -> label of the policies that noted one in an exchange's `slots`."""
         return {name: label for name, label in zip(self.outcome_names, self.labels(slots)) if label is not None}
@@ -339,6 +339,6 @@ def load_policy_class(spec: str) -> type:
         raise ValueError(f"{module_name} has no class {class_name}")
     if not issubclass(cls, Policy):
         raise ValueError(f"{spec} is not a tollhouse.pipeline.Policy subclass")
-    if cls.phase not in PHASES:
-        raise ValueError(f"{spec}.phase must be one of {', '.join(PHASES)}, got {cls.phase!r}")
+    if cls.phase not in phases():
+        raise ValueError(f"{spec}.phase must be one of {', '.join(phases())}, got {cls.phase!r}")
     return cls

@@ -26,16 +26,34 @@ from __future__ import annotations
 from typing import Any, Callable
 
 
+class NotedHeader:
+    """A request header a kind reads: the parser notes its value as it parses (no scan of
+    the header lines), at `index` of the exchange's `noted` values. `relayed`: False
+    when only the gateway may see it (the debug token); `singleton`: a second copy is
+    refused with 400 before routing (a service reading the other copy would see another
+    value than the gateway checked)."""
+
+    __slots__ = ("name", "relayed", "singleton", "index")
+
+    def __init__(self, name: str, relayed: bool = True, singleton: bool = False):
+        self.name = name.lower()
+        self.relayed = relayed
+        self.singleton = singleton
+        self.index = -1   # given by `install`
+
+
 class Section:
-    """A top-level config key: its schema `field`, and `check(config, errors)` for rules
-    between it and the rest of the config (optional). Errors are `ConfigError`s."""
+    """A top-level config key: its schema `field`, `check(config, errors)` for rules
+    between it and the rest of the config (optional; errors are `ConfigError`s), and the
+    request `headers` (NotedHeader) the feature it configures reads."""
 
-    __slots__ = ("key", "field", "check")
+    __slots__ = ("key", "field", "check", "headers")
 
-    def __init__(self, key: str, field: Any, check: Callable | None = None):
+    def __init__(self, key: str, field: Any, check: Callable | None = None, headers: tuple = ()):
         self.key = key
         self.field = field
         self.check = check
+        self.headers = tuple(headers)
 
 
 class UpstreamProtocol:
@@ -63,7 +81,7 @@ class PolicyKind:
     """What one kind of policy declares.
 
     - `name`: its registry name (a built-in's, or the key under top-level `policies`);
-    - `phase`: where its request hook runs (pipeline.PHASES);
+    - `phase`: where its request hook runs (one of `phases()`);
     - `key`: the route key it is configured under (built-ins), None for custom policies
       (named in the route's `policies` list);
     - `field`: the config schema `Field` of that route key (built-ins);
@@ -79,15 +97,20 @@ class PolicyKind:
       of the config (its upstream, its path parameters), called for every route;
     - `own_upstream`: False when a route with this key answers itself (aggregation) and
       so names no upstream of its own;
-    - `sections`: the top-level config `Section`s it declares (auth's `auth:`, `consumers:`).
+    - `sections`: the top-level config `Section`s it declares (auth's `auth:`, `consumers:`);
+    - `headers`: the request headers its policies read (`NotedHeader`s: auth's Authorization);
+    - `new_phase`: (name, after) when its `phase` is one it adds to the order, after `after`;
+    - `chooser(route config, context, services, pools) -> chooser | None`: optional; how the
+      route's upstream is chosen when its key is set (routing.FixedUpstream otherwise).
     """
 
     __slots__ = ("name", "phase", "key", "field", "build", "service", "endpoints", "outcome", "check",
-                 "own_upstream", "sections")
+                 "own_upstream", "sections", "headers", "new_phase", "chooser")
 
     def __init__(self, name: str, *, phase: str, build: Callable, key: str | None = None, field: Any = None,
                  service: Callable | None = None, endpoints: Callable | None = None, outcome: str | None = None,
-                 check: Callable | None = None, own_upstream: bool = True, sections: tuple = ()):
+                 check: Callable | None = None, own_upstream: bool = True, sections: tuple = (),
+                 headers: tuple = (), new_phase: tuple | None = None, chooser: Callable | None = None):
         self.name = name
         self.phase = phase
         self.key = key
@@ -99,6 +122,9 @@ class PolicyKind:
         self.check = check
         self.own_upstream = own_upstream
         self.sections = tuple(sections)
+        self.headers = tuple(headers)
+        self.new_phase = new_phase
+        self.chooser = chooser
 
 
 class Services:
@@ -135,25 +161,39 @@ class Services:
 class Installed:
     """What `install` was handed: the policy kinds in route-key order (the config
     reference lists them so), the top-level sections (the kinds' own, then the others),
-    and the upstream protocols."""
+    the upstream protocols, the phase order, and the noted request headers (by name)."""
 
-    __slots__ = ("kinds", "sections", "protocols")
+    __slots__ = ("kinds", "sections", "protocols", "phases", "headers")
 
-    def __init__(self, kinds: tuple, sections: tuple, protocols: tuple):
+    def __init__(self, kinds: tuple, sections: tuple, protocols: tuple, phases: tuple, headers: dict):
         self.kinds = kinds
         self.sections = sections
         self.protocols = protocols
+        self.phases = phases
+        self.headers = headers
 
 
 _installed: Installed | None = None
 
 
-def install(kinds, sections=(), protocols=()) -> Installed:
+def install(kinds, sections=(), protocols=(), phases=()) -> Installed:
     """Hand the registry what the gateway is made of (the top calls this once, before any
     config is loaded). `sections` are top-level sections declared outside a policy kind
-    (the listener's TLS, tracing). Installing the same things again changes nothing."""
+    (the listener's TLS, tracing); `phases` the order of request hooks, which a kind's
+    `new_phase` extends. Installing the same things again changes nothing."""
     global _installed
     kinds = tuple(kinds)
+    order = list(phases)
+    for kind in kinds:
+        if kind.new_phase is not None:
+            name, after = kind.new_phase
+            if name not in order:
+                if after not in order:
+                    raise ValueError(f"kind {kind.name!r} adds phase {name!r} after {after!r}, which is no phase")
+                order.insert(order.index(after) + 1, name)
+    for kind in kinds:
+        if kind.phase not in order:
+            raise ValueError(f"kind {kind.name!r} runs in phase {kind.phase!r}, which is no phase")
     names = [k.name for k in kinds]
     for name in names:
         if names.count(name) > 1:
@@ -163,7 +203,16 @@ def install(kinds, sections=(), protocols=()) -> Installed:
     for key in keys:
         if keys.count(key) > 1:
             raise ValueError(f"two sections declare the top-level key {key!r}")
-    _installed = Installed(kinds, all_sections, tuple(protocols))
+    headers: dict[str, NotedHeader] = {}
+    for declared in [h for k in kinds for h in k.headers] + [h for s in all_sections for h in s.headers]:
+        known = headers.get(declared.name)
+        if known is None:
+            headers[declared.name] = known = NotedHeader(declared.name, declared.relayed, declared.singleton)
+            known.index = len(headers) - 1
+        else:   # declared twice: hidden if either hides it, a singleton if either says so
+            known.relayed = known.relayed and declared.relayed
+            known.singleton = known.singleton or declared.singleton
+    _installed = Installed(kinds, all_sections, tuple(protocols), tuple(order), headers)
     return _installed
 
 
@@ -179,6 +228,17 @@ def protocol_of(url: str) -> UpstreamProtocol | None:
         if protocol.speaks(url):
             return protocol
     return None
+
+
+def noted_index(name: str) -> int:
+    """Where an exchange keeps the value of request header `name` (declared by an installed
+    kind or section): `exchange.noted_value(index)`."""
+    return installed().headers[name.lower()].index
+
+
+def phases() -> tuple[str, ...]:
+    """The order request hooks run in (pipeline.Chain sorts a route's policies by it)."""
+    return installed().phases
 
 
 def policy_kinds() -> tuple[PolicyKind, ...]:

@@ -22,11 +22,11 @@ class RouteTarget:
 
     __slots__ = ("name", "index", "host", "methods", "path", "prefix", "template", "strip_prefix", "rewrite", "rewrite_regex",
                  "timeout", "preserve_host", "upstream", "chain", "name_bytes", "specificity", "match_key", "stats", "local",
-                 "path_kept", "first_wait")
+                 "path_kept", "first_wait", "chooser")
 
     def __init__(self, name: str, index: int, *, host: str = "", methods=(), path: str = "", prefix: str = "",
                  strip_prefix: bool = False, rewrite: Any = "", timeout: float = 60.0, preserve_host: bool = False,
-                 upstream: Any = None, chain: Any = None, stats: Any = None, local: Any = None):
+                 upstream: Any = None, chain: Any = None, stats: Any = None, local: Any = None, chooser: Any = None):
         self.name = name
         self.name_bytes = name.encode()
         self.index = index
@@ -55,13 +55,21 @@ class RouteTarget:
         self.first_wait = min(timeout, upstream.settings.read_timeout) if upstream is not None else timeout
         self.timeout = timeout
         self.preserve_host = preserve_host
-        self.upstream = upstream
+        self.upstream = upstream   # the route's upstream pool (the chooser's default)
+        # How the upstream of each request is chosen, when not always `upstream`: an object
+        # with `choose(exchange) -> UpstreamPool` that a policy kind provides (a weighted split).
+        self.chooser = chooser
         self.chain = chain
         self.stats = stats
         self.local = local    # handler(exchange, body) for endpoints the gateway answers itself
         # Templates: more literal characters = more specific.
         self.specificity = len(_VAR.sub(b"", self.path))
         self.match_key = (self.path, self.prefix)
+
+    def choose_pool(self, exchange):
+        """The upstream pool this request goes to."""
+        chooser = self.chooser
+        return self.upstream if chooser is None else chooser.choose(exchange)
 
     def allows(self, method: bytes) -> bool:
         return not self.methods or method in self.methods

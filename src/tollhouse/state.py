@@ -111,12 +111,16 @@ def build_state(config, loop, stats, store, previous: GatewayState | None = None
         policies = [p for p in policies if p is not None]
         # A terminal policy (aggregation) answers the route in place of an upstream.
         terminal = next((p for p in policies if p.terminal), None)
+        # A kind may choose each request's upstream (a weighted split); else it is always `upstream`.
+        chooser = next((kind.chooser(getattr(r, kind.key), context, services, pools) for kind in kinds
+                        if kind.chooser is not None and getattr(r, kind.key) is not None), None)
         routes.append(RouteTarget(
             name, i, host=r.match.host, methods=r.match.methods or (terminal.default_methods if terminal else ()),
             path=r.match.path, prefix=r.match.prefix,
             strip_prefix=r.strip_prefix, rewrite=r.rewrite, timeout=r.timeout, preserve_host=r.preserve_host,
             upstream=pools[r.upstream] if r.upstream else None, chain=Chain(policies) if policies else EMPTY_CHAIN,
-            stats=stats.route(name, r.upstream or None), local=terminal.respond if terminal else None))
+            stats=stats.route(name, r.upstream or None), local=terminal.respond if terminal else None,
+            chooser=chooser))
     for kind in kinds:
         if kind.endpoints is None:
             continue

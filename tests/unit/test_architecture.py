@@ -137,5 +137,22 @@ def test_no_core_object_has_a_field_named_after_a_policy():
 
     names = {kind.name for kind in policy_kinds()} | {kind.key for kind in policy_kinds()} | {"capture", "cache_status"}
     names.discard("headers")   # the request's own header lines (HTTP's), not the headers policy's state
+    # What policies used to keep on the request: who called (now `identity`), headers only
+    # one kind reads (now noted by index), single-slot observers and body filters (now lists).
+    names |= {"consumer", "tier", "authorization", "conditional", "cookie", "debug_token", "traceparent",
+              "observer", "body_filter"}
     for cls in (Request, WorkerCore):
         assert not names & set(cls.__slots__), (cls.__name__, names & set(cls.__slots__))
+
+
+def test_the_parser_knows_only_http_headers_and_compiles_the_kinds_declarations():
+    """The auth, cache, trace and debug headers reach the parser's table from the kinds'
+    declarations (registry.NotedHeader), not from the server's source."""
+    from tollhouse.registry import installed
+    from tollhouse.server import protocol
+
+    policy_headers = {b"authorization", b"cookie", b"range", b"if-none-match", b"if-modified-since", b"traceparent",
+                      b"x-tollhouse-debug"}
+    assert policy_headers.isdisjoint(protocol._HTTP_HEADERS)
+    protocol.compile_header_table(installed())
+    assert {name for name, kind in protocol.header_table().items() if kind == protocol._NOTED} == policy_headers

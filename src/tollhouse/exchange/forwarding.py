@@ -29,7 +29,7 @@ class Forwarding(Relay):
     def proxy(self) -> None:
         if self.finished or self.response != WAITING:
             return   # over, or answered by a policy itself (a connection taken over after an upgrade)
-        pool = self.route.upstream
+        pool = self.pool = self.route.choose_pool(self)
         target = pool.single
         if target is None or not target.healthy or target.ejected_until > CLOCK.now or pool.breaker is not None:
             chosen = choose_target(pool, self)
@@ -164,7 +164,7 @@ class Forwarding(Relay):
         self.upstream_keepalive = keep_alive
         self.upstream_time = perf_counter() - self.upstream_clock
         route = self.route
-        route.upstream.attempt_ended(self.target, status < 500)
+        self.pool.attempt_ended(self.target, status < 500)
         if self.tracer is not None:
             self.tracer.attempt_ended(self, self.target, status, None)
         if status >= 500 and self.may_retry("status", status, False):
@@ -181,10 +181,10 @@ class Forwarding(Relay):
         if self.finished:
             conn.abort()
             return
-        if self.mode == CHUNKED or self.body_filter is not None:
+        if self.mode == CHUNKED or self.body_filters is not None:
             self.end_body()
-        if self.observer is not None:
-            self.observer.complete(self)
+        if self.observers is not None:
+            self.observed_complete()
         target = self.target
         if self.upstream_keepalive and self.body_done and not self.upstream_delimited:
             target.release(conn)
@@ -215,8 +215,8 @@ class Forwarding(Relay):
             return
         if self.upstream_delimited and exc is None:
             self.end_body()
-            if self.observer is not None:
-                self.observer.complete(self)
+            if self.observers is not None:
+                self.observed_complete()
             self.response = COMPLETE
             if not self.body_done:
                 self.keep_alive = False
@@ -254,7 +254,7 @@ class Forwarding(Relay):
                 return False
         elif not self.head_received:
             deadline = min(self.first_started + self.route.timeout, conn.last_read + read_timeout)
-            retries = self.route.upstream.retries
+            retries = self.pool.retries
             if retries is not None and retries.per_try_timeout:
                 deadline = min(deadline, self.upstream_started + retries.per_try_timeout)
             if now >= deadline:
@@ -274,7 +274,7 @@ class Forwarding(Relay):
     def failed_attempt(self, condition: str, status: int, reply: Reply, any_method: bool = False) -> None:
         """An attempt failed before any response reached the client: count it for
         the circuit breaker and outlier detection, then retry or answer."""
-        self.route.upstream.attempt_ended(self.target, False)
+        self.pool.attempt_ended(self.target, False)
         if self.tracer is not None:
             self.tracer.attempt_ended(self, self.target, status, condition)
         if self.may_retry(condition, status, any_method):
@@ -283,7 +283,7 @@ class Forwarding(Relay):
             self.answer(reply)
 
     def may_retry(self, condition: str, status: int, any_method: bool) -> bool:
-        pool = self.route.upstream
+        pool = self.pool
         cfg = pool.retries
         if cfg is None or self.finished or self.response != WAITING or self.attempt >= cfg.attempts:
             return False
@@ -300,7 +300,7 @@ class Forwarding(Relay):
         return pool.retry_allowed()
 
     def retry(self) -> None:
-        pool = self.route.upstream
+        pool = self.pool
         self.abort_upstream()
         pool.retry_started(self.tried is None)
         if self.tried is None:
@@ -323,7 +323,7 @@ class Forwarding(Relay):
         if self.finished:
             return
         if self.attempt:
-            pool = self.route.upstream
+            pool = self.pool
             pool.request_ended(self.tried is not None)   # the retry budget's accounting
         Relay.finish(self)
 

@@ -14,5 +14,6 @@ cdef class Exchange(Forwarding):
     @cython.locals(route=RouteTarget)
     cpdef start(self)
     cpdef feed_body(self, chunk)
+    cpdef refuse_body(self, Reply reply)
     cpdef body_complete(self)
     cpdef client_gone(self)

@@ -32,7 +32,7 @@ class Exchange(Forwarding):
         worker = self.worker
         worker.active_requests += 1
         if worker.tracer_factory is not None:
-            if worker.trace_skip > 0 and self.traceparent is None and self.debug_token is None:
+            if worker.trace_skip > 0 and not self.noted_any(worker.trace_notes):
                 worker.trace_skip -= 1   # a ratio decision made ahead: not sampled (TracingFactory.ratio_sampled)
             else:
                 self.tracer = worker.tracer_factory(self)
@@ -117,10 +117,10 @@ class Exchange(Forwarding):
         if self.finished or self.response == COMPLETE:
             return   # a policy answered instead (the cache's stale_if_error)
         self.upstream_body(body)
-        if self.mode == CHUNKED or self.body_filter is not None:
+        if self.mode == CHUNKED or self.body_filters is not None:
             self.end_body()
-        if self.observer is not None:
-            self.observer.complete(self)
+        if self.observers is not None:
+            self.observed_complete()
         self.response = COMPLETE
         self.finish()
 
@@ -133,15 +133,15 @@ class Exchange(Forwarding):
         if self.body_limit and (not max_body or self.body_limit < max_body):
             max_body = self.body_limit
         if max_body and self.body_received > max_body:
-            self.keep_alive = False
-            self.abort_upstream()
-            if self.response != WAITING:
-                self.conn.abort()
-            else:
-                self.answer(Reply.problem(413, "Content Too Large", f"the body exceeds {max_body} bytes"))
+            self.refuse_body(Reply.problem(413, "Content Too Large", f"the body exceeds {max_body} bytes"))
             return
         if self.response == COMPLETE:
             return
+        if self.body_readers is not None:
+            refusal = read_body(self.body_readers, self, chunk)
+            if refusal is not None:
+                self.refuse_body(refusal)
+                return
         if self.upstream is not None:
             self.forward_body(chunk)
         elif self.body_chunks is not None:
@@ -151,10 +151,25 @@ class Exchange(Forwarding):
             if self.body_buffered > _BODY_BUFFER_HIGH and self.body_waiter is None and self.local is None:
                 self.conn.flow.pause(BODY_WAITING)   # until an upstream connection takes it
 
+    def refuse_body(self, reply: Reply) -> None:
+        """The request body is refused part-way (too large, or by a body reader): answer
+        with `reply` if nothing was sent yet, else cut the connection."""
+        self.keep_alive = False
+        self.abort_upstream()
+        if self.response != WAITING:
+            self.conn.abort()
+        else:
+            self.answer(reply)
+
     def body_complete(self) -> None:
         self.body_done = True
         if self.finished:
             return
+        if self.body_readers is not None and self.response != COMPLETE:
+            refusal = body_read(self.body_readers, self)
+            if refusal is not None:
+                self.refuse_body(refusal)
+                return
         if self.local is not None and self.task is None and self.response != COMPLETE:
             self.run_local()
             return
@@ -195,6 +210,24 @@ def _bound(exchange, name: str):
     the wrong signature (Cython drops the method's skip-dispatch argument: GCC warns of
     incompatible pointer types, and newer GCCs refuse to compile it)."""
     return getattr(exchange, name)
+
+
+def read_body(readers, exchange, chunk: bytes):
+    """A piece of the request body through each reader: the first Reply one answers, or None."""
+    for reader in readers:
+        refusal = reader.feed(exchange, chunk)
+        if refusal is not None:
+            return refusal
+    return None
+
+
+def body_read(readers, exchange):
+    """The request body is complete: the first Reply a reader answers, or None."""
+    for reader in readers:
+        refusal = reader.end(exchange)
+        if refusal is not None:
+            return refusal
+    return None
 
 
 def _allow_list(methods) -> str:

@@ -17,5 +17,6 @@ cdef class Relay(Request):
     cpdef upstream_body(self, chunk)
     @cython.locals(codec=Codec)
     cpdef end_body(self)
+    cpdef observed_complete(self)
     cpdef answer(self, Reply reply)
     cpdef abort_upstream(self)

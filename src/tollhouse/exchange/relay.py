@@ -32,19 +32,20 @@ class Relay(Request):
             if content_length is None and not chunked:
                 self.upstream_delimited = True   # the upstream's body ends with its connection (RFC 9112 §6.3)
             codec.frame_relayed(self, content_length, chunked)
-        observer = self.observer
-        if observer is not None:
-            # The observer sees the upstream's own head, before any policy changes it.
-            substitute = observer.head(self, status, content_length)
-            if substitute is not None:   # stale_if_error: a stored response instead of this failure
-                self.abort_upstream()
-                self.answer(substitute)
-                return
+        observers = self.observers
+        if observers is not None:
+            # Observers see the upstream's own head, before any policy changes it.
+            for observer in observers:
+                substitute = observer.head(self, status, content_length)
+                if substitute is not None:   # stale_if_error: a stored response instead of this failure
+                    self.abort_upstream()
+                    self.answer(substitute)
+                    return
         hooks = self.route.chain.response_hooks
         if hooks:
             for hook in hooks:
                 hook(self)
-            if self.body_filter is not None and self.mode != NONE:
+            if self.body_filters is not None and self.mode != NONE:
                 codec.frame_unknown_length(self)   # the body changes length as it streams
         self.write_head()
 
@@ -68,10 +69,12 @@ class Relay(Request):
     def upstream_body(self, chunk: bytes) -> None:
         if self.finished:
             return
-        if self.observer is not None:
-            self.observer.body(chunk)
-        if self.body_filter is not None:
-            chunk = self.body_filter.feed(chunk)
+        observers = self.observers
+        if observers is not None:
+            for observer in observers:
+                observer.body(chunk)
+        if self.body_filters is not None:
+            chunk = filtered(self.body_filters, chunk)
             if not chunk:
                 return
         if self.mode != NONE:
@@ -82,13 +85,17 @@ class Relay(Request):
     def end_body(self) -> None:
         """The body ended: flush the body filter, end the framing."""
         codec = self.codec
-        f = self.body_filter
-        if f is not None and self.mode != NONE:
-            tail = f.finish()
+        if self.body_filters is not None and self.mode != NONE:
+            tail = filters_finished(self.body_filters)
             if tail:
                 codec.write_body(self, tail)
                 self.bytes_sent += len(tail)
         codec.end_body(self)
+
+    def observed_complete(self) -> None:
+        """The upstream's body is complete: the observers are told."""
+        for observer in self.observers:
+            observer.complete(self)
 
     # ------------------------------------------------------------- local answers
     def answer(self, reply: Reply) -> None:
@@ -100,9 +107,8 @@ class Relay(Request):
             return
         if self.upstream is not None:
             self.abort_upstream()
-        observer = self.observer
-        if observer is not None and reply.status >= 500:
-            reply = observer.substitute(self, time.time()) or reply   # the cache's stale_if_error
+        if self.observers is not None and reply.status >= 500:
+            reply = substitute(self.observers, self, reply)   # the cache's stale_if_error
         if reply.problem_fields is None:
             body, content_type = reply.body, None
         else:
@@ -126,9 +132,8 @@ class Relay(Request):
         if route is not None and route.chain.response_hooks:
             for hook in route.chain.response_hooks:
                 hook(self)
-            f = self.body_filter
-            if f is not None and body and not no_body:
-                body = f.feed(body) + f.finish()
+            if self.body_filters is not None and body and not no_body:
+                body = filtered(self.body_filters, body) + filters_finished(self.body_filters)
                 self.response_headers = without(self.response_headers, {b"content-length"})
                 self.response_headers.append(b"content-length: %d\r\n" % len(body))
         self.response_headers.append(self.worker.date_line)
@@ -142,3 +147,32 @@ class Relay(Request):
 
     def abort_upstream(self) -> None:
         """Drop the upstream side (forwarding overrides this; the relay alone has none)."""
+
+
+def filtered(filters, chunk: bytes) -> bytes:
+    """`chunk` through each body filter in turn (b"" once one holds it back)."""
+    for f in filters:
+        chunk = f.feed(chunk)
+        if not chunk:
+            return b""
+    return chunk
+
+
+def filters_finished(filters) -> bytes:
+    """The body filters' last bytes: what each holds back, through the filters after it."""
+    out = b""
+    for f in filters:
+        if out:
+            out = f.feed(out)
+        out += f.finish()
+    return out
+
+
+def substitute(observers, exchange, reply):
+    """An observer's stored response instead of a failure `reply` (stale_if_error), or `reply`."""
+    now = time.time()
+    for observer in observers:
+        stored = observer.substitute(exchange, now)
+        if stored is not None:
+            return stored
+    return reply

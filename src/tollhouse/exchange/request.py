@@ -32,24 +32,26 @@ class Request(ResponseSink):
 
     Public for policies: `method`, `path` (normalised), `query`, `params`
     (template variables), `route`, `request_id`, `client_ip`, `header(name)`,
+    `noted_value(index)` (a header a kind declared: registry.NotedHeader),
     `set_header(name, value)`, `remove_header(name)`, `vars` (a dict for
-    per-request state), `consumer`; on the response side `status` and
-    `response_header(name)`, `set_response_header(name, value)`,
-    `remove_response_header(name)`, `body_filter` (feed/finish, see
-    docs/policies.md), `outcome(name)`; per-request state of a policy in its slot:
+    per-request state), `identity` (who is calling, or None: tollhouse.identity)
+    and `consumer` (its id); `add_body_reader(reader)` (the request body as it
+    arrives); on the response side `status` and `response_header(name)`,
+    `set_response_header(name, value)`, `remove_response_header(name)`,
+    `add_body_filter(filter)`, `add_observer(observer)` (see docs/policies.md),
+    `outcome(name)`; per-request state of a policy in its slot:
     `remember(slot, value)`, `recall(slot)`.
     """
 
     __slots__ = ("conn", "codec", "headers", "body_chunks", "state", "route", "params", "method", "raw_target",
                  "path", "query", "version", "host", "host_count", "request_id", "keep_alive", "content_length",
                  "chunked", "te", "connection_tokens", "expect", "xff", "xfp", "xfh", "upgrade", "error",
-                 "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "target", "started",
-                 "upstream_started", "upstream_clock", "deadline", "status", "response_headers", "response",
-                 "head_received", "mode", "bytes_sent", "finished", "task", "timer", "vars", "consumer", "replayed",
-                 "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "tier", "slots", "local",
-                 "authorization", "attempt", "first_started", "tried", "observer", "conditional", "cookie",
-                 "body_limit", "body_waiter", "body_progress", "body_filter", "ended", "upstream_time", "duplicate",
-                 "tracer", "outcomes", "debug_token", "traceparent")
+                 "body_buffered", "body_received", "body_done", "continue_sent", "upstream", "pool", "target",
+                 "started", "upstream_started", "upstream_clock", "deadline", "status", "response_headers",
+                 "response", "head_received", "mode", "bytes_sent", "finished", "task", "timer", "vars", "replayed",
+                 "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "slots", "local", "attempt",
+                 "first_started", "tried", "body_limit", "body_waiter", "body_progress", "ended", "upstream_time",
+                 "duplicate", "tracer", "outcomes", "observers", "body_readers", "body_filters", "noted", "identity")
 
     def __init__(self, conn, state):
         self.conn = conn
@@ -84,32 +86,29 @@ class Request(ResponseSink):
         self.body_done = False
         self.continue_sent = False
         self.upstream = None
+        self.pool = None           # the upstream pool chosen for this request (RouteTarget.choose_pool)
         self.target = None
         self.started = 0.0
         self.upstream_started = 0.0
         self.upstream_clock = 0.0
-        self.tier = None
         self.slots = None          # the route's policies' per-request state, by their slot (remember/recall)
         self.local = None
-        self.authorization = None
         self.attempt = 0
         self.first_started = 0.0
         self.tried = None
-        self.observer = None       # watches the upstream's response as it is relayed (the cache's Fill): head,
-                                   # body, complete, finished, substitute (a Reply instead of a failure)
-        self.conditional = False   # Range, If-None-Match or If-Modified-Since was sent
-        self.cookie = False        # a Cookie header was sent (relayed; noted for the cache)
-        self.body_limit = 0        # a route's own request body limit (policies/request)
-        self.body_waiter = None    # called when the whole request body is buffered (policies/request)
+        self.observers = None      # watch the upstream's response as it is relayed (add_observer)
+        self.body_limit = 0        # the route's own request body limit, when a policy sets one
+        self.body_waiter = None    # called when the whole request body is buffered (a policy waiting for it)
+        self.body_readers = None   # read the request body as it arrives (add_body_reader)
         self.body_progress = 0.0   # when buffered body bytes last arrived (a stalled body gets 408)
-        self.body_filter = None    # transforms response body bytes (policies/compress): feed(), finish()
+        self.body_filters = None   # transform the response body, in the route's phase order (add_body_filter)
         self.ended = 0.0           # perf_counter at finish (metrics and the access log read it later)
         self.upstream_time = 0.0   # seconds from sending upstream to the response head
         self.duplicate = None      # the name of a singleton header sent twice (400)
         self.tracer = None         # hooks around each policy and upstream attempt (see pipeline.Tracer)
         self.outcomes = ()         # the policies' outcome labels, read once the exchange ended (Stats.fold)
-        self.debug_token = None    # X-Tollhouse-Debug as sent (never relayed; see observability/debug.py)
-        self.traceparent = None    # the W3C traceparent as sent (relayed too; see observability/tracing.py)
+        self.noted = None          # the values of the headers kinds declared, by index (noted_value), once one came
+        self.identity = None       # who is calling (tollhouse.identity.Identity), set by an auth provider
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None
@@ -121,7 +120,6 @@ class Request(ResponseSink):
         self.task = None
         self.timer = None
         self.vars = None
-        self.consumer = None
         self.replayed = False
         self.sent_body = False
         self.upstream_keepalive = False
@@ -145,6 +143,12 @@ class Request(ResponseSink):
             self._client_ip = ip
         return ip
 
+    @property
+    def consumer(self) -> str | None:
+        """The calling consumer's id (`identity.consumer`), or None when anonymous."""
+        identity = self.identity
+        return identity.consumer if identity is not None else None
+
     def header(self, name: str) -> str | None:
         """The first value of a request header (case-insensitive), or None."""
         key = name.lower().encode()
@@ -153,6 +157,59 @@ class Request(ResponseSink):
             value = getattr(self, special)
             return value.decode("latin-1") if value else None
         return find_header(self.headers, key)
+
+    def noted_value(self, index: int):
+        """The value (bytes) of the noted header at `index` (registry.noted_index), or None."""
+        noted = self.noted
+        return noted[index] if noted is not None else None
+
+    def noted_any(self, indexes: tuple) -> bool:
+        """Whether any of the noted headers at `indexes` was sent."""
+        noted = self.noted
+        if noted is None:
+            return False
+        for i in indexes:
+            if noted[i] is not None:
+                return True
+        return False
+
+    def add_observer(self, observer) -> None:
+        """Watch the upstream's response as it is relayed, before any policy changes it:
+        `observer.head(exchange, status, content_length)` (may return a Reply to send
+        instead), `body(chunk)`, `complete(exchange)`, `finished(exchange)`, and
+        `substitute(exchange, now)` (a Reply instead of a failure, or None). Observers
+        are called in the order they were added."""
+        if self.observers is None:
+            self.observers = [observer]
+        else:
+            self.observers.append(observer)
+
+    def add_body_filter(self, body_filter) -> None:
+        """Transform the response body as it streams: `feed(chunk) -> bytes`, `finish() -> bytes`.
+        Added from `on_response` (which runs in reverse phase order), a filter goes before
+        those added already, so the body passes the filters in the route's phase order:
+        a custom policy's filter (phase access) sees the plain body, compression
+        (phase transform) the result."""
+        if self.body_filters is None:
+            self.body_filters = [body_filter]
+        else:
+            self.body_filters.insert(0, body_filter)
+
+    def add_body_reader(self, reader):
+        """Read the request body as it arrives, before it goes upstream: `feed(exchange,
+        chunk)` and `end(exchange)`, each returning None or a Reply that answers the request
+        instead (the upstream attempt, if any, is dropped and the connection closes).
+        Readers are called in the order they were added. The body read so far is fed at
+        once: the Reply the reader answers for it is returned (for `on_request` to return)."""
+        if self.body_readers is None:
+            self.body_readers = [reader]
+        else:
+            self.body_readers.append(reader)
+        for chunk in self.body_chunks or ():
+            refusal = reader.feed(self, chunk)
+            if refusal is not None:
+                return refusal
+        return reader.end(self) if self.body_done else None
 
     def remember(self, slot: int, value) -> None:
         """Keep a policy's per-request state in its slot (`policy.slot`)."""
@@ -187,8 +244,10 @@ class Request(ResponseSink):
 
     def remove_header(self, name: str) -> None:
         key = name.lower().encode()
-        if key == b"authorization":
-            self.authorization = None
+        if self.noted is not None:
+            index = noted_index_of(name)
+            if index >= 0:
+                self.noted[index] = None
         self.headers = without(self.headers, {key})
 
     def response_header(self, name: str) -> str | None:
@@ -209,8 +268,9 @@ class Request(ResponseSink):
         self.finished = True
         if self.timer is not None:
             self._cancel_timer()
-        if self.observer is not None:
-            self.observer.finished(self)
+        if self.observers is not None:
+            for observer in self.observers:
+                observer.finished(self)
         if self.tracer is not None:
             self.tracer.finished(self)
         worker = self.worker
@@ -232,7 +292,15 @@ class Request(ResponseSink):
 
 _SPECIAL_ATTR = {b"host": "host", b"x-forwarded-for": "xff", b"x-forwarded-proto": "xfp",
                  b"x-forwarded-host": "xfh", b"x-request-id": "request_id", b"expect": "expect",
-                 b"transfer-encoding": "te", b"connection": "connection_tokens", b"authorization": "authorization"}
+                 b"transfer-encoding": "te", b"connection": "connection_tokens"}
+
+
+def noted_index_of(name: str) -> int:
+    """The index of a noted header (registry.NotedHeader), or -1 when no kind declared it."""
+    from ..registry import installed
+
+    noted = installed().headers.get(name.lower())
+    return noted.index if noted is not None else -1
 
 
 def _line_name(line: bytes) -> bytes:

@@ -152,7 +152,7 @@ def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, hea
     ex.body_done = True
     ex.started = perf_counter()
     if observe is not None:
-        ex.observer = observe(ex)
+        ex.add_observer(observe(ex))
     ex.proxy()
     return ex
 

@@ -108,7 +108,7 @@ def format_batch(batch: list, offset: float) -> bytes:
     get = memo.get
     last_second, stamp = -1, b""
     lines = []
-    last = context = None
+    last = context = last_consumer = None
     for ex in batch:
         t = ex.ended + offset
         second = int(t)
@@ -117,13 +117,16 @@ def format_batch(batch: list, offset: float) -> bytes:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
         # Consecutive lines mostly share their context: compared with the last line's
         # before a key is built and looked up.
-        if last is None or not (ex.route is last.route and ex.target is last.target and ex.consumer == last.consumer
+        identity = ex.identity
+        consumer = identity.consumer if identity is not None else None
+        if last is None or not (ex.route is last.route and ex.target is last.target and consumer == last_consumer
                                 and ex.outcomes == last.outcomes):
-            key = (ex.route, ex.target, ex.consumer, ex.outcomes)   # outcome labels, as Stats.fold read them
+            key = (ex.route, ex.target, consumer, ex.outcomes)   # outcome labels, as Stats.fold read them
             context = get(key)
             if context is None:
                 context = memo[key] = _context(*key)
             last = ex
+            last_consumer = consumer
         # Without X-Forwarded-For the client is the socket peer (no property call).
         ip = ex.conn.peer_ip if ex.xff is None else ex.client_ip
         path = ex.path

@@ -14,7 +14,9 @@ from time import perf_counter
 
 from ..config.schema import Field, Schema, Str
 from ..pipeline import Tracer
-from ..registry import Section
+from ..registry import NotedHeader, Section, noted_index
+
+HEADER = "x-tollhouse-debug"   # read by the gateway, never relayed
 
 
 class Debug(Schema):
@@ -27,9 +29,10 @@ def debug_tracer_factory(config):
     if config is None or not config.token:
         return None
     token = config.token.encode()
+    index = noted_index(HEADER)
 
     def factory(exchange):
-        sent = exchange.debug_token
+        sent = exchange.noted_value(index)
         if sent is not None and hmac.compare_digest(sent, token):
             return DebugTracer()
         return None
@@ -77,4 +80,5 @@ class DebugTracer(Tracer):
 
 #: The top-level `debug:` section (installed by tollhouse.builtins).
 SECTION = Section("debug", Field(Debug, None, "{token}: X-Tollhouse-Debug: <token> -> Server-Timing and "
-                                              "X-Tollhouse-Explain"))
+                                              "X-Tollhouse-Explain"),
+                  headers=(NotedHeader(HEADER, relayed=False),))

@@ -128,8 +128,9 @@ class Stats:
                 hist = stats.upstream
                 hist.counts[bisect_left(BUCKETS, upstream)] += 1
                 hist.sum += upstream
-            consumer = ex.consumer
-            if consumer is not None:
+            identity = ex.identity
+            if identity is not None:
+                consumer = identity.consumer
                 n = consumers.get(consumer, 0)
                 if n or len(consumers) < TOP_KEYS:
                     consumers[consumer] = n + 1

@@ -7,6 +7,7 @@ from tollhouse.pipeline cimport Tracer
 
 cdef class TracingFactory:
     cdef public object config, exporter, kind, ratio, log_unsampled, gaps
+    cdef public int traceparent
 
 
 cdef class SpanTracer(Tracer):

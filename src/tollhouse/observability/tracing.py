@@ -26,7 +26,7 @@ from random import getrandbits, random
 
 from ..config.schema import Field, Float, Schema, Str
 from ..pipeline import Tracer
-from ..registry import Section
+from ..registry import NotedHeader, Section, noted_index
 
 log = logging.getLogger("tollhouse.tracing")
 
@@ -35,6 +35,7 @@ MAX_QUEUED = 20000       # traced requests waiting beyond this are dropped (and 
 EXPORT_TIMEOUT = 2.0
 _TRACEPARENT = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE, _ZERO_SPAN = b"0" * 32, b"0" * 16
+HEADER = "traceparent"   # W3C trace context: noted for the sampler, relayed
 NEVER = 1 << 62   # a skip no worker reaches
 
 
@@ -284,10 +285,11 @@ class TracingFactory:
     calls when the count is out, or when a request carries a `traceparent` or
     a debug token, which need more than the ratio."""
 
-    __slots__ = ("config", "exporter", "kind", "ratio", "log_unsampled", "gaps")
+    __slots__ = ("config", "exporter", "kind", "ratio", "log_unsampled", "gaps", "traceparent")
 
     def __init__(self, config, loop):
         self.config = config
+        self.traceparent = noted_index(HEADER)   # where the exchange keeps the client's
         self.exporter = SpanExporter(config, loop)
         sampler = config.sampler
         self.kind = sampler.type
@@ -324,7 +326,7 @@ class TracingFactory:
         kind = self.kind
         if kind == "ratio":
             return SpanTracer(self.exporter, exchange, None) if self.ratio_sampled(exchange.worker) else None
-        parent = parse_traceparent(exchange.traceparent)
+        parent = parse_traceparent(exchange.noted_value(self.traceparent))
         if kind == "parent_based":
             sampled = parent[2] if parent is not None else self.ratio_sampled(exchange.worker)
         else:
@@ -475,6 +477,8 @@ def combine(*factories):
     return factory
 
 
-#: The top-level `tracing:` section (installed by tollhouse.builtins).
+#: The top-level `tracing:` section (installed by tollhouse.builtins); the client's traceparent
+#: is noted for the sampler (and relayed).
 SECTION = Section("tracing", Field(Tracing, None, "OpenTelemetry traces: {endpoint, service_name, sampler: "
-                                                  "{type, ratio}}; absent = no spans (traceparent still passed on)"))
+                                                  "{type, ratio}}; absent = no spans (traceparent still passed on)"),
+                  headers=(NotedHeader(HEADER),))

@@ -125,8 +125,8 @@ class CompressPolicy(Policy):
         coding = negotiate(exchange.header("accept-encoding"), self.codings)
         if coding is None:
             return
-        exchange.body_filter = (BrotliStream(self.config.brotli_quality) if coding == "br"
-                                else GzipStream(self.config.gzip_level))
+        exchange.add_body_filter(BrotliStream(self.config.brotli_quality) if coding == "br"
+                                 else GzipStream(self.config.gzip_level))
         exchange.response_headers.append(b"content-encoding: %s\r\n" % coding.encode())
         etag = exchange.response_header("etag")
         if etag and not etag.startswith("W/"):

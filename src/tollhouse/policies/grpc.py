@@ -161,7 +161,7 @@ class GrpcPolicy(Policy):
             message = self.request_message(exchange, body, json_format)
         except ValueError as e:
             return Reply.problem(400, "Bad Request", str(e))
-        pool = exchange.route.upstream
+        pool = exchange.route.choose_pool(exchange)
         target = choose_target(pool, exchange)
         if isinstance(target, Reply):
             return target

@@ -394,7 +394,7 @@ class WebSocketPolicy(Policy):
 
     async def handshake(self, exchange):
         route = exchange.route
-        pool = route.upstream
+        pool = route.choose_pool(exchange)
         target = choose_target(pool, exchange)
         if isinstance(target, Reply):
             return target

@@ -7,8 +7,10 @@ from tollhouse.exchange.lifecycle cimport Exchange
 from tollhouse.flow cimport FlowControl, Gathered, WorkerCore
 
 cdef Clock CLOCK
-cdef dict _SPECIAL
+cdef dict _SPECIAL, _NOTED_HEADERS
 cdef frozenset _SPECIAL_LENGTHS
+cdef Py_ssize_t _NOTED_COUNT
+cdef object _COMPILED_FOR
 
 cdef class ClientConnection:
     cdef public WorkerCore worker
@@ -25,6 +27,7 @@ cdef class ClientConnection:
     cpdef received(self, data)
     @cython.locals(codec=Http1Codec)
     cpdef on_headers_complete(self)
+    cpdef bint _note(self, Exchange ex, name, lower, value)
     cpdef _special_header(self, Exchange ex, kind, value)
     cpdef closing_after(self, Exchange ex)
     cpdef exchange_finished(self, Exchange ex)

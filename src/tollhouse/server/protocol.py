@@ -20,31 +20,52 @@ from ..exchange.lifecycle import Exchange
 from ..exchange.request import WAITING, find_header
 from ..flow import CLIENT_FULL, PIPELINE, FlowControl, Gathered
 from ..pipeline import Reply
+from ..registry import installed
 
 log = logging.getLogger("tollhouse.server")
 
-# Request header names with a job of their own; everything else is relayed.
-_HOST, _CL, _TE, _CONNECTION, _DROP, _EXPECT, _RID, _XFF, _XFP, _XFH, _UPGRADE, _AUTHZ, _CONDITIONAL, _COOKIE, \
-    _SINGLETON, _DEBUG, _TRACEPARENT = range(17)
-_SPECIAL = {
+# Request header names with a job of their own in HTTP itself (framing, forwarding, hop-by-hop);
+# everything else is relayed. `_NOTED`: a header an installed kind reads (registry.NotedHeader).
+_HOST, _CL, _TE, _CONNECTION, _DROP, _EXPECT, _RID, _XFF, _XFP, _XFH, _UPGRADE, _SINGLETON, _NOTED = range(13)
+_HTTP_HEADERS = {
     b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONNECTION,
     b"expect": _EXPECT, b"x-request-id": _RID, b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP,
-    b"x-forwarded-host": _XFH, b"upgrade": _UPGRADE, b"authorization": _AUTHZ,
-    # Noted so that the cache looks for them only when one was sent (and relayed).
-    b"range": _CONDITIONAL, b"if-none-match": _CONDITIONAL, b"if-modified-since": _CONDITIONAL,
-    b"cookie": _COOKIE,
-    b"traceparent": _TRACEPARENT,   # noted for tracing's sampler (no scan of the lines) and still relayed
+    b"x-forwarded-host": _XFH, b"upgrade": _UPGRADE,
     # A second copy is refused (400): a service that reads the first would see
-    # another value than the gateway's policies did (issue 16, defect 1).
+    # another value than the gateway did.
     b"content-type": _SINGLETON, b"proxy-authorization": _SINGLETON,
     # Hop-by-hop (RFC 9110 §7.6.1) and identity headers only the gateway may set (docs/contract.md §3).
     b"keep-alive": _DROP, b"proxy-connection": _DROP, b"te": _DROP, b"trailer": _DROP,
     b"x-consumer-id": _DROP, b"x-consumer-tier": _DROP, b"x-auth-scopes": _DROP,
-    # Read by the gateway (the debug token: docs/operations.md), never relayed.
-    b"x-tollhouse-debug": _DEBUG,
 }
-
+# The parser's table: HTTP's headers and the installed kinds' (compile_header_table).
+_SPECIAL = dict(_HTTP_HEADERS)
 _SPECIAL_LENGTHS = frozenset(len(n) for n in _SPECIAL)
+_NOTED_HEADERS: dict = {}   # lower-case name -> registry.NotedHeader
+_NOTED_COUNT = 0
+_COMPILED_FOR = None        # the registry.Installed the table was made from
+
+
+def compile_header_table(parts) -> None:
+    """Make the parser's header table from HTTP's own headers and those the installed
+    kinds and sections declared (`parts`: registry.Installed), once per installation."""
+    global _SPECIAL, _SPECIAL_LENGTHS, _NOTED_HEADERS, _NOTED_COUNT, _COMPILED_FOR
+    table = dict(_HTTP_HEADERS)
+    noted = {}
+    for name, header in parts.headers.items():
+        key = name.encode("latin-1")
+        if key in table:
+            raise ValueError(f"header {name!r} is HTTP's own: a kind cannot note it")
+        table[key] = _NOTED
+        noted[key] = header
+    _SPECIAL, _NOTED_HEADERS, _NOTED_COUNT = table, noted, len(noted)
+    _SPECIAL_LENGTHS = frozenset(len(n) for n in table)
+    _COMPILED_FOR = parts
+
+
+def header_table() -> dict:
+    """The parser's table as compiled (name -> kind), for tests and the curious."""
+    return dict(_SPECIAL)
 
 
 class _HeadTooLarge(Exception):
@@ -108,6 +129,9 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         self.forwarded = forwarded_prefix(self.peer_ip_bytes, self.scheme)
         self.peer_trusted = worker.state.is_trusted(self.peer_ip)
         self.parser = httptools.HttpRequestParser(self)
+        parts = installed()
+        if parts is not _COMPILED_FOR:
+            compile_header_table(parts)
         self.last_active = CLOCK.now
         worker.connections.add(self)
         worker.stats.active_connections += 1
@@ -226,30 +250,36 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         # Only names as long as a special one can be special: most headers
         # skip the lower() and the lookup (and sizes are checked per read).
         if len(name) in _SPECIAL_LENGTHS:
-            kind = _SPECIAL.get(name.lower())
+            lower = name.lower()
+            kind = _SPECIAL.get(lower)
             if kind is not None:
                 if kind == _HOST:
                     ex.host = value
                     ex.host_count += 1
                     return
-                if kind == _AUTHZ:
-                    # Noted for auth policies (no scan of the lines) and still relayed.
-                    if ex.authorization is not None:
-                        ex.duplicate = b"Authorization"
-                    ex.authorization = value
+                if kind == _NOTED:
+                    # Noted for the kind that reads it (no scan of the lines), and relayed unless hidden.
+                    if not self._note(ex, name, lower, value):
+                        return
                 elif kind == _SINGLETON:
-                    if find_header(ex.headers, name.lower()) is not None:
+                    if find_header(ex.headers, lower) is not None:
                         ex.duplicate = name
-                elif kind == _CONDITIONAL:
-                    ex.conditional = True
-                elif kind == _COOKIE:
-                    ex.cookie = True
-                elif kind == _TRACEPARENT:
-                    ex.traceparent = value
                 else:
                     self._special_header(ex, kind, value)
                     return
         ex.headers.append(name + b": " + value + b"\r\n")
+
+    def _note(self, ex, name, lower, value) -> bool:
+        """Keep a declared header's value on the exchange; whether it is relayed."""
+        header = _NOTED_HEADERS[lower]
+        noted = ex.noted
+        if noted is None:
+            noted = ex.noted = [None] * _NOTED_COUNT
+        index = header.index
+        if header.singleton and noted[index] is not None:
+            ex.duplicate = name
+        noted[index] = value
+        return header.relayed
 
     def _special_header(self, ex, kind, value):
         if kind == _CL:
@@ -270,8 +300,6 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
             ex.xfh = value
         elif kind == _UPGRADE:
             ex.upgrade = True
-        elif kind == _DEBUG:
-            ex.debug_token = value
 
     def on_headers_complete(self):
         ex = self.incoming

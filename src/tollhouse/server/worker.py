@@ -20,10 +20,10 @@ from ..clock import CLOCK
 from ..config import load_file, load_text
 from ..flow import WorkerCore
 from ..observability.access_log import AccessLog, request_id_factory
-from ..observability.debug import debug_tracer_factory
-from ..observability.tracing import TracingFactory, combine
+from ..observability.debug import HEADER as DEBUG_HEADER, debug_tracer_factory
+from ..observability.tracing import HEADER as TRACE_HEADER, TracingFactory, combine
 from ..observability.metrics import Stats
-from ..registry import worker_services
+from ..registry import noted_index, worker_services
 from ..state import GatewayState, build_state, retire
 from ..store import open_store
 from .protocol import ClientConnection
@@ -110,6 +110,7 @@ class Worker(WorkerCore):
         self.tracing = TracingFactory(config.tracing, self.loop) if config.tracing is not None else None
         self.tracer_factory = combine(self.tracing, debug_tracer_factory(config.debug))
         self.trace_skip = self.tracing.first_skip() if self.tracing is not None else 0
+        self.trace_notes = tuple(noted_index(h) for h in (TRACE_HEADER, DEBUG_HEADER))
 
     def _start_services(self) -> None:
         for service in self.services.values():

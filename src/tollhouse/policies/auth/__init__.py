@@ -17,10 +17,11 @@ from hashlib import sha256
 from ...config.schema import Field
 from ...pipeline import Reply
 from ...config.schema import ListOf
-from ...registry import PolicyKind, Section
+from ...registry import NotedHeader, PolicyKind, Section, noted_index
 from .admitted import AdmittedTokens, identify
 from .issuer import TokenIssuer
-from .providers import ApiKeyProvider, AuthFailure, Identity, IntrospectionProvider, JwtProvider
+from ...identity import Identity
+from .providers import ApiKeyProvider, AuthFailure, IntrospectionProvider, JwtProvider
 from .schema import Auth, Consumer, RouteAuth, check_consumers, check_route
 
 __all__ = ["Auth", "Consumer", "RouteAuth", "AuthService", "AuthPolicy", "AuthFailure", "Identity"]
@@ -112,9 +113,10 @@ class AuthPolicy(AdmittedTokens):
             context.stats.declare("auth_failures", (("reason", reason), ("route", route_name)))
         self.scope_param = " ".join(sorted(self.scopes))
         self.admitted: dict[bytes, tuple] = {}   # Authorization value -> (identity, until), this route's passes
+        self.authorization = noted_index("authorization")
 
     def check(self, exchange):
-        auth = exchange.authorization
+        auth = exchange.noted_value(self.authorization)
         if auth is not None and self.bearer:
             now = time.time()
             scheme = auth[:7]
@@ -255,6 +257,8 @@ def _endpoints(services):
 
 
 KIND = PolicyKind("auth", phase=AuthPolicy.phase, key="auth", build=_build, endpoints=_endpoints, check=check_route,
+                  # Noted for the policy (no scan of the lines) and relayed; two copies are 400 before routing.
+                  headers=(NotedHeader("authorization", singleton=True),),
                   field=Field(RouteAuth, None, "who may call: {providers, scopes, roles, optional}; see docs/auth.md"),
                   sections=(Section("auth", Field(Auth, None, "credential providers, claim names, the token endpoint; "
                                                               "see docs/auth.md")),

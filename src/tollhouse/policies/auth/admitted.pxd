@@ -6,6 +6,7 @@ from tollhouse.exchange.request cimport Request
 
 cdef class AdmittedTokens(Policy):
     cdef public object admitted, bearer
+    cdef public int authorization   # where the exchange keeps the Authorization header (registry.noted_index)
 
     cpdef on_request(self, Request exchange)
 

@@ -15,10 +15,11 @@ class AdmittedTokens(Policy):
     """`on_request` in C for tokens in `admitted` (Authorization value -> (identity, until));
     anything else goes to `check`."""
 
-    __slots__ = ("admitted", "bearer")
+    __slots__ = ("admitted", "bearer", "authorization")
 
     def on_request(self, exchange):
-        auth = exchange.authorization
+        noted = exchange.noted
+        auth = noted[self.authorization] if noted is not None else None
         if auth is not None and self.bearer:
             admitted = self.admitted.get(auth)
             if admitted is not None and admitted[1] > time():
@@ -33,6 +34,5 @@ class AdmittedTokens(Policy):
 
 def identify(exchange, identity) -> None:
     """The caller is known: to the policies after this one and (as headers) to the upstream."""
-    exchange.consumer = identity.consumer
-    exchange.tier = identity.tier
+    exchange.identity = identity
     exchange.headers += identity.upstream_lines

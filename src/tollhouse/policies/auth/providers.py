@@ -21,6 +21,8 @@ import urllib.request
 
 import jwt
 from jwt import PyJWK
+
+from ...identity import Identity
 from jwt.exceptions import (DecodeError, InvalidAlgorithmError, InvalidAudienceError, InvalidIssuerError,
                             InvalidKeyError, InvalidSignatureError, InvalidTokenError, MissingRequiredClaimError,
                             PyJWKError)
@@ -41,25 +43,6 @@ class AuthFailure(Exception):
         self.detail = detail
 
 
-class Identity:
-    __slots__ = ("consumer", "tier", "scopes", "roles", "provider", "expires", "upstream_lines")
-
-    def __init__(self, consumer, tier, scopes, roles, provider, expires):
-        self.consumer = consumer
-        self.tier = tier
-        self.scopes = scopes
-        self.roles = roles
-        self.provider = provider
-        self.expires = expires
-        # What the upstream is told (X-Consumer-Id, -Tier, X-Auth-Scopes), built once per identity.
-        lines = [b"x-consumer-id: %s\r\n" % consumer.encode("latin-1", "replace")]
-        if tier:
-            lines.append(b"x-consumer-tier: %s\r\n" % tier.encode("latin-1", "replace"))
-        if scopes:
-            lines.append(b"x-auth-scopes: %s\r\n" % " ".join(sorted(scopes)).encode("latin-1", "replace"))
-        self.upstream_lines = tuple(lines)
-
-
 def _words(value) -> frozenset:
     if value is None:
         return frozenset()
@@ -70,7 +53,7 @@ def _words(value) -> frozenset:
     return frozenset()
 
 
-def identity_from_claims(claims: dict, names, consumers: dict, provider: str) -> Identity:
+def identity_from_claims(claims: dict, names, consumers: dict, provider: str, credential: str) -> Identity:
     consumer = claims.get(names.consumer)
     if not isinstance(consumer, str) or not consumer:
         raise AuthFailure("missing_claim", f"the token has no {names.consumer} claim")
@@ -84,8 +67,8 @@ def identity_from_claims(claims: dict, names, consumers: dict, provider: str) ->
     exp = claims.get("exp")
     if exp is not None and not _numeric_date(exp):
         raise AuthFailure("invalid_claim", "the token's exp claim is not a number")
-    return Identity(consumer, tier, scopes, _words(claims.get(names.roles)), provider,
-                    float(exp) if exp is not None else None)
+    return Identity(consumer, tier, scopes, _words(claims.get(names.roles)), provider=provider,
+                    credential=credential, claims=claims, expires=float(exp) if exp is not None else None)
 
 
 def _numeric_date(value) -> bool:
@@ -300,7 +283,7 @@ class JwtProvider:
         except InvalidTokenError as e:
             raise AuthFailure("invalid", f"invalid token: {e}") from None
         check_time_claims(claims, now, self.leeway)
-        identity = identity_from_claims(claims, self.claims, self.consumers, self.name)
+        identity = identity_from_claims(claims, self.claims, self.consumers, self.name, "jwt")
         self.cache.put(key, identity, identity.expires + self.leeway)
         return identity
 
@@ -326,7 +309,7 @@ class ApiKeyProvider:
         for hashed in consumer.api_keys:
             if hmac.compare_digest(bytes.fromhex(hashed[len("sha256:"):]), digest):
                 return Identity(consumer.id, consumer.tier or None, frozenset(consumer.scopes),
-                                frozenset(consumer.roles), self.name, None)
+                                frozenset(consumer.roles), provider=self.name, credential="api_key")
         raise AuthFailure("invalid_key", "the API key is not valid")
 
 
@@ -369,7 +352,7 @@ class IntrospectionProvider:
                 raise AuthFailure("wrong_audience", "the token's audience is not accepted")
         if "sub" not in answer and "username" in answer:
             answer = {**answer, "sub": answer["username"]}
-        identity = identity_from_claims(answer, self.claims, self.consumers, self.name)
+        identity = identity_from_claims(answer, self.claims, self.consumers, self.name, "introspection")
         until = now + cfg.cache_ttl
         if identity.expires is not None:
             until = min(until, identity.expires)

@@ -23,7 +23,7 @@ from time import time
 
 from ...config.schema import Field
 from ...pipeline import Deferred, Reply
-from ...registry import PolicyKind, Section
+from ...registry import NotedHeader, PolicyKind, Section
 from ...store.batch import TickBatcher, in_task
 from ...store.guard import STORE_ERRORS, StoreGuard
 from .policy import CachePolicy, Fill, Flight
@@ -262,5 +262,8 @@ KIND = PolicyKind("cache", phase=CachePolicy.phase, key="cache", build=_build, o
                   service=lambda config, store, stats, worker: ResponseCache(config.cache, store, stats, worker),
                   field=Field(RouteCache, None, "cache GET/HEAD responses: {ttl, vary, scope, "
                               "stale_while_revalidate, stale_if_error, statuses}; see docs/caching.md"),
+                  # Conditionals are answered by the cache itself; credentials and cookies decide what is shared.
+                  headers=tuple(NotedHeader(name) for name in ("range", "if-none-match", "if-modified-since",
+                                                                   "cookie", "authorization")),
                   sections=(Section("cache", Field(CacheSettings, CacheSettings(), "where routes' cached responses "
                                                    "live and how big they may be")),))

@@ -11,6 +11,7 @@ from time import time
 from typing import TYPE_CHECKING
 
 from ...pipeline import Policy, Reply
+from ...registry import noted_index
 from ...store.guard import STORE_ERRORS
 from .rules import NOT_MODIFIED_FIELDS, ResponseFacts, lifetime, not_modified
 from .schema import RouteCache
@@ -63,7 +64,7 @@ class Fill:
         # Conditionals are not forwarded: the upstream answers in full so that the
         # entry can be stored, and the gateway answers the condition itself.
         self.if_none_match = self.if_modified_since = None
-        if exchange.conditional:
+        if exchange.noted_any(policy.conditionals):
             self.if_none_match = exchange.header("if-none-match")
             self.if_modified_since = exchange.header("if-modified-since")
         if self.if_none_match is not None or self.if_modified_since is not None:
@@ -148,7 +149,8 @@ class Fill:
 
 
 class CachePolicy(Policy):
-    __slots__ = ("cache", "route_name", "vary_names", "consumer_scope", "route_bytes", "memory")
+    __slots__ = ("cache", "route_name", "vary_names", "consumer_scope", "route_bytes", "memory", "conditionals",
+                 "range", "cookie", "authorization")
 
     phase = "cache"
     Config = RouteCache
@@ -163,6 +165,11 @@ class CachePolicy(Policy):
         self.consumer_scope = config.scope == "consumer"
         self.route_bytes = self.route_name.encode()
         self.memory = cache.memory
+        # Where the exchange keeps the headers this policy reads (registry.noted_index).
+        self.conditionals = tuple(noted_index(n) for n in ("range", "if-none-match", "if-modified-since"))
+        self.range = noted_index("range")
+        self.cookie = noted_index("cookie")
+        self.authorization = noted_index("authorization")
         context.stats.declare_outcomes(self.route_name, self.outcome_metric, _RESULTS)   # at 0 from the start
 
     # --- keys -----------------------------------------------------------------------------
@@ -181,7 +188,8 @@ class CachePolicy(Policy):
         for name in self.vary_names:
             parts.append((exchange.header(name) or "").encode("latin-1"))
         if self.consumer_scope:
-            parts.append((exchange.consumer or "").encode())
+            identity = exchange.identity
+            parts.append(identity.consumer.encode() if identity is not None else b"")
         raw = b"\n".join(parts)
         if self.memory:
             return _MEMORY_PREFIX + raw
@@ -200,12 +208,14 @@ class CachePolicy(Policy):
 
     def on_request(self, exchange):
         method = exchange.method
-        if (method != b"GET" and method != b"HEAD") or (exchange.conditional and exchange.header("range") is not None):
+        if (method != b"GET" and method != b"HEAD") or exchange.noted_value(self.range) is not None:
             return self.bypass(exchange)
         shared_only = False
-        if (exchange.authorization is not None or exchange.cookie) and not (
-                self.consumer_scope and exchange.consumer is not None):   # else the consumer is in the key
-            if self.consumer_scope and exchange.authorization is not None:
+        noted = exchange.noted
+        credentials = noted is not None and noted[self.authorization] is not None
+        if (credentials or (noted is not None and noted[self.cookie] is not None)) and not (
+                self.consumer_scope and exchange.identity is not None):   # else the consumer is in the key
+            if self.consumer_scope and credentials:
                 return self.bypass(exchange)   # credentials that identified no consumer: never shared
             # RFC 9111 §3.5: only responses marked public or s-maxage serve requests with
             # credentials; cookies are treated alike (Varnish's default): they often carry a session.
@@ -253,7 +263,7 @@ class CachePolicy(Policy):
         if shared_only or exchange.method == b"HEAD":
             # Not shared with others: a HEAD fetch has no body to store, and a
             # request with credentials may be personal.
-            exchange.observer = Fill(self, exchange, primary, key, None, fallback, shared_only, None)
+            exchange.add_observer(Fill(self, exchange, primary, key, None, fallback, shared_only, None))
             return None
         cache = self.cache
         flight = cache.flights.get(key)
@@ -261,7 +271,7 @@ class CachePolicy(Policy):
             return self._wait(exchange, flight, fallback)
         flight = cache.flights[key] = Flight()
         if cache.memory or cache.guard.open:
-            exchange.observer = Fill(self, exchange, primary, key, flight, fallback, False, None)
+            exchange.add_observer(Fill(self, exchange, primary, key, flight, fallback, False, None))
             return None
         return self._fill_fleet(exchange, primary, key, flight, fallback)
 
@@ -311,7 +321,7 @@ class CachePolicy(Policy):
                     break
                 if entry is not None:
                     return self._hit_instead(exchange, entry, time())
-        exchange.observer = Fill(self, exchange, primary, key, flight, fallback, False, lock)
+        exchange.add_observer(Fill(self, exchange, primary, key, flight, fallback, False, lock))
         return None
 
     async def _fresh(self, primary, exchange, key, flight):
@@ -331,7 +341,7 @@ class CachePolicy(Policy):
         exchange.remember(self.slot, label)
         seconds = int(now - entry.stored_at + entry.age)
         age = _AGE_LINES[seconds] if 0 <= seconds < 3600 else b"age: %d\r\n" % max(0, seconds)
-        if exchange.conditional and entry.status == 200 and not_modified(
+        if exchange.noted_any(self.conditionals) and entry.status == 200 and not_modified(
                 exchange.header("if-none-match"), exchange.header("if-modified-since"), entry.etag, entry.last_modified):
             reply = Reply(304)
             reply.lines = _not_modified_lines(entry.lines)

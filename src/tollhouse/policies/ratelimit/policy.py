@@ -72,7 +72,8 @@ def _key(lim: _Limit, exchange) -> str:
     if kind == "ip":
         return "ip:" + exchange.client_ip
     if kind == "consumer":
-        return "c:" + exchange.consumer if exchange.consumer else "ip:" + exchange.client_ip
+        identity = exchange.identity
+        return "c:" + identity.consumer if identity is not None else "ip:" + exchange.client_ip
     if kind == "route" or kind == "global":
         return kind
     value = exchange.header(lim.header)
@@ -125,7 +126,8 @@ class RateLimitPolicy(Policy):
     def _limits(self, exchange):
         if not self.tiered:
             return self.fixed
-        tier = exchange.tier or "default"
+        identity = exchange.identity
+        tier = (identity.tier if identity is not None else None) or "default"
         return self.fixed + self.tiers.get(tier, [])
 
     def on_request(self, exchange):
@@ -135,7 +137,7 @@ class RateLimitPolicy(Policy):
             # (an ip key, or a consumer key of an anonymous caller).
             kind = lim.key_kind
             key = ("ip:" + exchange.conn.peer_ip if exchange.xff is None and (
-                       kind == "ip" or (kind == "consumer" and not exchange.consumer))
+                       kind == "ip" or (kind == "consumer" and exchange.identity is None))
                    else _key(lim, exchange))
             if not self.memory:
                 store_key, keys = lim.for_store(key)
