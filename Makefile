@@ -90,7 +90,7 @@ $(DEPLOY_STAMP):
 
 # A pinned ruff with a small ruleset (pyproject.toml [tool.ruff]); `make test` runs it first.
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench examples
 
 # The whole suite runs twice: on the compiled build, then on the plain-Python
 # source (the fallback without a compiler), which must behave the same.
