@@ -226,38 +226,19 @@ def aggregate(instances: dict[str, list[dict]], window: int, now: int) -> dict:
                 if r["latency"]:
                     _add(row["latency"], r["latency"])
         if last is not None:
-            for up_name, up in last["upstreams"].items():
-                cur = upstreams.setdefault(up_name, {"upstream": up_name, "circuit": 0, "targets": {}})
-                if _CIRCUIT_RANK.get(up["circuit"], 0) > _CIRCUIT_RANK.get(cur["circuit"], 0):
-                    cur["circuit"] = up["circuit"]
-                for target, healthy in up["targets"].items():
-                    # Healthy only when every instance sees it healthy.
-                    cur["targets"][target] = cur["targets"].get(target, True) and healthy
+            _merge_upstreams(upstreams, last["upstreams"])
         rows.append({"instance": name, "last_report": last["t"] if last else None,
                      "rps": round(inst_requests / window, 2), "requests": inst_requests,
                      "error_ratio": round(inst_errors / inst_requests, 4) if inst_requests else 0.0,
                      "p99_ms": _ms(quantile(0.99, inst_latency)),
                      "connections": last["connections"] if last else 0})
-    total = sum(status.values())
     recent = [p["requests"] for p in series.values()][-RECENT:]
-    lookups = sum(cache.values())
-    hits = cache.get("HIT", 0) + cache.get("STALE", 0)
     return {
         "now": now,
         "window_seconds": window,
         "instances": rows,
-        "fleet": {
-            "requests": total,
-            "rps": round(total / window, 2),
-            "rps_now": round(sum(recent) / len(recent), 2),
-            "status": status,
-            "error_ratio": round(status.get("5xx", 0) / total, 4) if total else 0.0,
-            "p50_ms": _ms(quantile(0.5, latency)),
-            "p99_ms": _ms(quantile(0.99, latency)),
-            "cache": {**cache, "hit_ratio": round(hits / lookups, 4) if lookups else None},
-            "rate_limited": limited,
-            "auth_failures": auth_failures,
-        },
+        "fleet": {**_fleet(status, latency, cache, window, recent), "rate_limited": limited,
+                  "auth_failures": auth_failures},
         "series": [{"t": p["t"], "requests": p["requests"], "errors": p["errors"],
                     "p50_ms": _ms(quantile(0.5, p["latency"])), "p99_ms": _ms(quantile(0.99, p["latency"]))}
                    for p in series.values()],
@@ -270,6 +251,34 @@ def aggregate(instances: dict[str, list[dict]], window: int, now: int) -> dict:
         "upstreams": [{"upstream": u["upstream"], "circuit": _CIRCUITS.get(u["circuit"], "closed"),
                        "targets": [{"url": t, "healthy": h} for t, h in sorted(u["targets"].items())]}
                       for _, u in sorted(upstreams.items())],
+    }
+
+
+def _merge_upstreams(into: dict, reported: dict) -> None:
+    """One instance's view of the upstreams into the fleet's: the worst circuit state, and a
+    target healthy only when every instance sees it healthy."""
+    for name, up in reported.items():
+        cur = into.setdefault(name, {"upstream": name, "circuit": 0, "targets": {}})
+        if _CIRCUIT_RANK.get(up["circuit"], 0) > _CIRCUIT_RANK.get(cur["circuit"], 0):
+            cur["circuit"] = up["circuit"]
+        for target, healthy in up["targets"].items():
+            cur["targets"][target] = cur["targets"].get(target, True) and healthy
+
+
+def _fleet(status: dict, latency: list, cache: dict, window: int, recent: list) -> dict:
+    """The fleet's request figures over the window."""
+    total = sum(status.values())
+    lookups = sum(cache.values())
+    hits = cache.get("HIT", 0) + cache.get("STALE", 0)
+    return {
+        "requests": total,
+        "rps": round(total / window, 2),
+        "rps_now": round(sum(recent) / len(recent), 2),
+        "status": status,
+        "error_ratio": round(status.get("5xx", 0) / total, 4) if total else 0.0,
+        "p50_ms": _ms(quantile(0.5, latency)),
+        "p99_ms": _ms(quantile(0.99, latency)),
+        "cache": {**cache, "hit_ratio": round(hits / lookups, 4) if lookups else None},
     }
 
 

@@ -164,7 +164,8 @@ class Stats:
 
     def declare(self, name: str, labels: tuple = ()) -> None:
         """Export counter `tollhouse_<name>` at 0 until it counts something: a series
-        that appears already non-zero loses its first increase() (issue 16, defect 11)."""
+        that appears already non-zero loses its first increase(), and an alert cannot tell
+        "none" from "missing"."""
         self.counters.setdefault((name, labels), 0)
 
     def declare_gauge(self, name: str, labels: tuple = (), value: float = 0) -> None:

@@ -114,7 +114,67 @@ def _export(url: str, batch: list, service_name: str) -> None:
         r.read()
 
 
-def span_records(finished: list) -> list[tuple]:
+class RequestFacts:
+    """What a request's SERVER span is made of, kept from the exchange when it ends (not the
+    exchange itself: kept until the batch leaves, its buffers would weigh on memory)."""
+
+    __slots__ = ("method", "route", "path", "status", "client_ip", "host", "scheme", "consumer", "slots", "request_id")
+
+    def __init__(self, method, route, path, status, client_ip, host, scheme, consumer, slots, request_id):
+        self.method = method
+        self.route = route
+        self.path = path
+        self.status = status
+        self.client_ip = client_ip
+        self.host = host
+        self.scheme = scheme
+        self.consumer = consumer
+        self.slots = slots
+        self.request_id = request_id
+
+
+class AttemptFacts:
+    """One upstream attempt (a CLIENT span): its span id, target, number (1 = the first try),
+    start and end (ns), status or failure, and what the request was."""
+
+    __slots__ = ("span_id", "target", "number", "start", "end", "status", "failure", "method", "route", "path",
+                 "params", "backend")
+
+    def __init__(self, span_id, target, number, start, end, status, failure, method, route, path, params, backend):
+        self.span_id = span_id
+        self.target = target
+        self.number = number
+        self.start = start
+        self.end = end
+        self.status = status
+        self.failure = failure
+        self.method = method
+        self.route = route
+        self.path = path
+        self.params = params
+        self.backend = backend   # an aggregation backend's name, for a subrequest's attempt
+
+
+class SpanRecord:
+    """A span as `encode` takes it: ids (hex bytes), name, kind, start and end (ns), attributes,
+    events ((time, name, attributes)) and whether it is an error."""
+
+    __slots__ = ("trace_id", "span_id", "parent_id", "name", "kind", "start", "end", "attributes", "events", "failed")
+
+    def __init__(self, trace_id, span_id, parent_id, name, kind, start, end, attributes, events, failed):
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.name = name
+        self.kind = kind
+        self.start = start
+        self.end = end
+        self.attributes = attributes
+        self.events = events
+        self.failed = failed
+
+
+def span_records(finished: list) -> list:
     """The spans of finished requests (SpanTracer.finished) as plain data for
     `encode`: each request's SERVER span and its CLIENT spans, named and with
     their attributes. Runs on the loop, once per batch."""
@@ -125,18 +185,17 @@ def span_records(finished: list) -> list[tuple]:
         events = [(when, policy.phase, {"tollhouse.policy": type(policy).__name__,
                                         "tollhouse.decision": Tracer.decision(result)})
                   for when, policy, result in tracer.events]
-        spans.append((trace_id, server_id, tracer.parent_id, name, SERVER, tracer.start, tracer.end, attributes,
-                      events, failed))
+        spans.append(SpanRecord(trace_id, server_id, tracer.parent_id, name, SERVER, tracer.start, tracer.end,
+                                attributes, events, failed))
         for attempt in tracer.attempts:
             name, attributes, failed = client_span(attempt)
-            spans.append((trace_id, attempt[0], server_id, name, CLIENT, attempt[3], attempt[4], attributes, [],
-                          failed))
+            spans.append(SpanRecord(trace_id, attempt.span_id, server_id, name, CLIENT, attempt.start, attempt.end,
+                                    attributes, [], failed))
     return spans
 
 
-def encode(spans: list[tuple], service_name: str) -> bytes:
-    """An OTLP ExportTraceServiceRequest (protobuf) for span records:
-    (trace id, span id, parent id, name, kind, start ns, end ns, attributes, events, error)."""
+def encode(spans: list, service_name: str) -> bytes:
+    """An OTLP ExportTraceServiceRequest (protobuf) for `SpanRecord`s."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
@@ -147,16 +206,17 @@ def encode(spans: list[tuple], service_name: str) -> bytes:
     scope.scope.name = "tollhouse"
     add = scope.spans.add
     error = Status.STATUS_CODE_ERROR
-    for trace_id, span_id, parent_id, name, kind, start, end, attributes, events, failed in spans:
-        span = add(trace_id=bytes.fromhex(trace_id.decode()), span_id=bytes.fromhex(span_id.decode()),
-                   name=name, kind=kind, start_time_unix_nano=start, end_time_unix_nano=end)
-        if parent_id:
-            span.parent_span_id = bytes.fromhex(parent_id.decode())
-        _set_attributes(span, attributes)
-        for when, event_name, event_attributes in events:
+    for record in spans:
+        span = add(trace_id=bytes.fromhex(record.trace_id.decode()), span_id=bytes.fromhex(record.span_id.decode()),
+                   name=record.name, kind=record.kind, start_time_unix_nano=record.start,
+                   end_time_unix_nano=record.end)
+        if record.parent_id:
+            span.parent_span_id = bytes.fromhex(record.parent_id.decode())
+        _set_attributes(span, record.attributes)
+        for when, event_name, event_attributes in record.events:
             event = span.events.add(time_unix_nano=when, name=event_name)
             event.attributes.extend([_key_value(k, v) for k, v in event_attributes.items()])
-        if failed:
+        if record.failed:
             span.status.code = error
     return request.SerializeToString()
 
@@ -191,36 +251,38 @@ def _set_attributes(span, attributes: dict) -> None:
     span.MergeFromString(b"".join(pieces))
 
 
-def server_span(request: tuple) -> tuple[str, dict, bool]:
+def server_span(request: RequestFacts) -> tuple[str, dict, bool]:
     """A request's SERVER span, from what SpanTracer.finished kept: its name,
     attributes and whether it is an error."""
-    method, route, path, status, client_ip, host, scheme, consumer, slots, request_id = request
+    route, status = request.route, request.status
     template = None
     labels = {}
     if route is not None:
         template = route.path.decode() if route.path else (route.prefix.decode() or "") + "/*"
-        labels = route.chain.named_outcomes(slots)
-    method = method.decode("latin-1")
-    host = host.decode("latin-1")
+        labels = route.chain.named_outcomes(request.slots)
+    method = request.method.decode("latin-1")
+    host = request.host.decode("latin-1")
     server, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
     attributes = {
-        "http.request.method": method, "http.route": template, "url.path": path.decode("latin-1"),
-        "http.response.status_code": status, "client.address": client_ip,
+        "http.request.method": method, "http.route": template, "url.path": request.path.decode("latin-1"),
+        "http.response.status_code": status, "client.address": request.client_ip,
         "server.address": server or None, "server.port": int(port) if port.isdigit() else None,
-        "url.scheme": scheme.decode(), "tollhouse.route": route.name if route is not None else None,
-        "tollhouse.consumer": consumer, "tollhouse.cache.status": labels.get("cache"),
+        "url.scheme": request.scheme.decode(), "tollhouse.route": route.name if route is not None else None,
+        "tollhouse.consumer": request.consumer, "tollhouse.cache.status": labels.get("cache"),
         "tollhouse.ratelimit.decision": labels.get("ratelimit"),
-        "tollhouse.request_id": request_id.decode("latin-1"),
+        "tollhouse.request_id": request.request_id.decode("latin-1"),
     }
     return (f"{method} {template}" if template else method), attributes, status >= 500
 
 
-def client_span(attempt: tuple) -> tuple[str, dict, bool]:
+def client_span(attempt: AttemptFacts) -> tuple[str, dict, bool]:
     """An upstream attempt's CLIENT span: its name, attributes and whether it is an error."""
-    _, target, number, _, _, status, failure, method, route, path, params, backend = attempt
-    method = method.decode("latin-1")
+    target, number, status, failure, backend = attempt.target, attempt.number, attempt.status, attempt.failure, \
+        attempt.backend
+    method = attempt.method.decode("latin-1")
+    route, path = attempt.route, attempt.path
     if not route.path_kept:
-        path = route.upstream_path(path, params)
+        path = route.upstream_path(path, attempt.params)
     attributes = {"http.request.method": method, "server.address": target.host, "server.port": target.port,
                   "url.full": f"{target.url}{path.decode('latin-1')}",
                   "http.response.status_code": status if failure is None else None, "error.type": failure}
@@ -381,8 +443,8 @@ class SpanTracer(Tracer):
         self.current = None
         span_id, target, attempt, start = current
         # Not the exchange itself: it refers to this tracer, and a cycle would wait for the collector.
-        self.attempts.append((span_id, target, attempt, start, _now_ns(), status, failure, exchange.method,
-                              exchange.route, exchange.path, exchange.params, self.backend))
+        self.attempts.append(AttemptFacts(span_id, target, attempt, start, _now_ns(), status, failure, exchange.method,
+                                          exchange.route, exchange.path, exchange.params, self.backend))
 
     def subrequest(self, name: str) -> Tracer:
         return SubrequestTracer(self, name)
@@ -393,9 +455,9 @@ class SpanTracer(Tracer):
         self.end = _now_ns()
         # What the SERVER span is made of, not the exchange: kept until the batch
         # leaves, a whole exchange (buffers, header lines) would weigh on memory.
-        self.exporter.add(self, (exchange.method, exchange.route, exchange.path, exchange.status, exchange.client_ip,
-                                 exchange.host, exchange.conn.scheme, exchange.consumer, exchange.slots,
-                                 exchange.request_id))
+        self.exporter.add(self, RequestFacts(exchange.method, exchange.route, exchange.path, exchange.status,
+                                             exchange.client_ip, exchange.host, exchange.conn.scheme, exchange.consumer,
+                                             exchange.slots, exchange.request_id))
 
 
 class SubrequestTracer(SpanTracer):

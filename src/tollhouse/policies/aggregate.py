@@ -191,20 +191,8 @@ class AggregatePolicy(Policy):
 
     async def respond(self, exchange, body: bytes):
         """Call every backend at once; answer the merged JSON, or the failure (§5)."""
-        worker = exchange.worker
         started = perf_counter()
-        calls = []
-        for b in self.backends:
-            try:
-                calls.append(start_subrequest(worker, b.upstream, b"GET", b.target(exchange), headers=exchange.headers,
-                                              timeout=b.timeout, parent=exchange, span=b.name))
-            except KeyError:   # its upstream left in a reload while this request waited
-                calls.append(None)
-        answers = await subrequests([c for c in calls if c is not None])
-        if None in calls:
-            found = iter(answers)
-            answers = [next(found) if c is not None else LookupError(f"no upstream {b.upstream!r}")
-                       for c, b in zip(calls, self.backends)]
+        answers = await self._call_backends(exchange)
         stats = self.context.stats
         merged: dict = {}
         errors: dict = {}
@@ -251,6 +239,23 @@ class AggregatePolicy(Policy):
             lines.append(b"cache-control: no-store\r\n")   # a partial answer is never cached
         exchange.respond(200, lines, payload)
         return None
+
+    async def _call_backends(self, exchange) -> list:
+        """Every backend's answer (a SubResponse), or the exception in its place, in order."""
+        worker = exchange.worker
+        calls = []
+        for b in self.backends:
+            try:
+                calls.append(start_subrequest(worker, b.upstream, b"GET", b.target(exchange), headers=exchange.headers,
+                                              timeout=b.timeout, parent=exchange, span=b.name))
+            except KeyError:   # its upstream left in a reload while this request waited
+                calls.append(None)
+        answers = await subrequests([c for c in calls if c is not None])
+        if None in calls:
+            found = iter(answers)
+            answers = [next(found) if c is not None else LookupError(f"no upstream {b.upstream!r}")
+                       for c, b in zip(calls, self.backends)]
+        return answers
 
 
 def _judge(answer) -> tuple[str, object, dict | None]:

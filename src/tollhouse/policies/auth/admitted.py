@@ -1,8 +1,8 @@
 """The auth policy's common case, compiled (admitted.pxd): a bearer token this
 route admitted before is one dictionary lookup away, with no hashing, decoding,
-signature or scope check. `AuthPolicy` (policies/auth/__init__.py, which a
-package cannot compile) derives from `AdmittedTokens` and does the rest in
-`check`; interpreted, the shortcut itself cost more than the lookup it makes.
+signature or scope check. `AuthPolicy` (policies/auth/policy.py, plain Python)
+derives from `AdmittedTokens` and does the rest in `check`; interpreted, the
+shortcut itself cost more than the lookup it makes.
 """
 from __future__ import annotations
 

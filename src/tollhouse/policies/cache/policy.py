@@ -297,8 +297,8 @@ class CachePolicy(Policy):
         lock = await cache.try_lock(key)
         if lock is not None:
             # Looked up before the lock was taken: another instance may have stored the
-            # entry and released its lock in between (issue 16, defect 4). Its store
-            # precedes its unlock, so a second look under the lock settles it.
+            # entry and released its lock in between. Its store precedes its unlock, so
+            # a second look under the lock settles it (and the upstream is not asked twice).
             try:
                 entry = await self._fresh(primary, exchange, key, flight)
             except STORE_ERRORS as e:
