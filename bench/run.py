@@ -381,6 +381,16 @@ CHAIN_ROUTE = """  - name: chain
 """
 
 
+def _chain_setup(workdir: str):
+    auth, headers = _jwt_setup(workdir)
+    return auth + "store: redis://127.0.0.1:{redis_port}/0\n", headers
+
+
+scenario("chain", "the full chain (RS256 JWT, a Redis limit per consumer) vs the plain route (bench/ab.py's "
+         "measure of the chain; the run against nginx is run_chain)", route_extra=CHAIN_ROUTE, path="/chain",
+         needs_redis=True, setup=_chain_setup)
+
+
 def run_chain(workdir: str, upstream_port: int) -> dict:
     """The full chain (RS256 JWT, a Redis rate limit per consumer, metrics, the access log)
     vs nginx proxying the same requests, alternating rounds; the plain route is shown beside."""
