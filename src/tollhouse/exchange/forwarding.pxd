@@ -22,7 +22,7 @@ cdef class Forwarding(Relay):
     @cython.locals(up=UpstreamConnection, codec=UpstreamCodec)
     cpdef forward_body_end(self)
     cpdef upstream_writable(self, bint writable)
-    @cython.locals(route=RouteTarget)
+    @cython.locals(route=RouteTarget, up=UpstreamConnection)
     cpdef upstream_head(self, conn, int status, headers, keep_alive)
     @cython.locals(target=TargetPool)
     cpdef upstream_done(self, conn)

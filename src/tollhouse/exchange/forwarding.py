@@ -172,9 +172,10 @@ class Forwarding(Relay):
             self.upstream_time = 0.0
             self.retry()   # this answer is dropped with its connection
             return
-        if not conn.dated:
+        up = conn   # typed (forwarding.pxd): its fields are read as C fields in the compiled build
+        if not up.dated:
             headers.append(self.worker.date_line)   # a proxy adds the Date an origin left out (RFC 9110 §6.6.1)
-        self.relay_head(status, headers, conn.connection_tokens, conn.content_length, conn.chunked)
+        self.relay_head(status, headers, up.connection_tokens, up.content_length, up.chunked)
 
     def upstream_done(self, conn) -> None:
         self.upstream = None

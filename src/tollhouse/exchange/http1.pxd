@@ -1,7 +1,10 @@
 # C declarations for the compiled build of http1.py (setup.py); the .py stays the source.
+cimport cython
+
 from tollhouse.exchange.codec cimport Codec, UpstreamCodec
 from tollhouse.exchange.request cimport Request
 from tollhouse.routing cimport RouteTarget
+from tollhouse.upstream.pool cimport TargetPool
 
 cdef dict _NORMAL_PATHS, _SANE_HOSTS
 
@@ -16,4 +19,5 @@ cdef class Http1Codec(Codec):
 
 
 cdef class Http1Upstream(UpstreamCodec):
-    pass
+    @cython.locals(route=RouteTarget, pool=TargetPool, parts=list)
+    cpdef list request_head(self, Request ex, target, method, path)

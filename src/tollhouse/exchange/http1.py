@@ -110,8 +110,9 @@ class Http1Upstream(UpstreamCodec):
         line: the client's lines, X-Forwarded-* (the client's own kept only from a trusted
         proxy) and the request id."""
         route = ex.route
+        pool = target
         parts = [method, b" ", path, ex.query, b" HTTP/1.1\r\nhost: ",
-                 ex.host if route.preserve_host else target.host_header, b"\r\n"]
+                 ex.host if route.preserve_host else pool.host_header, b"\r\n"]
         parts += ex.headers
         client = ex.conn
         if client.peer_trusted:

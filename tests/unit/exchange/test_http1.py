@@ -55,14 +55,17 @@ def test_a_length_that_changes_is_chunked_for_http11_and_close_delimited_for_htt
 
 
 def test_the_upstream_request_head_carries_forwarding_headers_and_framing(ex):
-    class Target:
-        host_header = b"backend:8080"
+    from tollhouse.upstream.pool import TargetPool
+
+    class Settings:
+        max_connections = 1
 
     ex.route = RouteTarget("r", 0, path="/x")
     ex.method, ex.query, ex.host = b"POST", b"?q=1", b"example.com"
     ex.headers = [b"accept: */*\r\n"]
     ex.content_length = 3
-    parts = HTTP1_UPSTREAM.request_head(ex, Target(), b"POST", b"/x")
+    target = TargetPool("http://backend:8080", 1, Settings(), None, HTTP1_UPSTREAM)
+    parts = HTTP1_UPSTREAM.request_head(ex, target, b"POST", b"/x")
     HTTP1_UPSTREAM.frame_body(ex, parts, [b"abc"])
     assert b"".join(parts) == (b"POST /x?q=1 HTTP/1.1\r\nhost: backend:8080\r\naccept: */*\r\n"
                                b"x-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\n"
