@@ -315,6 +315,17 @@ def find_header(lines, key: bytes) -> str | None:
     return None
 
 
+def cookie_value(exchange, name: str) -> str | None:
+    """The value of cookie `name` in the request's Cookie header(s), or None."""
+    for line in exchange.headers:
+        if _line_name(line) == b"cookie":
+            for part in line[line.find(b":") + 1:].decode("latin-1").split(";"):
+                key, _, value = part.strip().partition("=")
+                if key == name:
+                    return value
+    return None
+
+
 def without(lines, names: set) -> list:
     """Header lines whose (lower-case) name is not in `names`."""
     return [line for line in lines if _line_name(line) not in names]

@@ -22,6 +22,8 @@ cdef class Stats:
     cdef public RouteStats unrouted
     cdef public long long active_connections, active_requests
 
+    cpdef Histogram upstream_histogram(self, upstream)
+
     @cython.locals(ex=Exchange, route=RouteTarget, stats=RouteStats, hist=Histogram, duration=cython.double,
                    upstream=cython.double, counts=dict, consumers=dict, denied=dict, status=cython.int, n=object,
                    slots=list, chain=Chain, labels=tuple, metrics=tuple, i=cython.Py_ssize_t)

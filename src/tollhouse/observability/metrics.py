@@ -67,7 +67,8 @@ class RouteStats:
             self.counts.setdefault((method, 200), 0)
 
     def observe_upstream(self, duration: float) -> None:
-        self.upstream.observe(duration)
+        if self.upstream is not None:   # None for a route whose upstream is chosen per request (split)
+            self.upstream.observe(duration)
 
 
 class Stats:
@@ -96,11 +97,15 @@ class Stats:
         if stats is None:
             stats = self.routes[name] = RouteStats(name, None)
         if upstream is not None:
-            h = self.upstream_duration.get(upstream)
-            if h is None:
-                h = self.upstream_duration[upstream] = Histogram()
-            stats.upstream = h
+            stats.upstream = self.upstream_histogram(upstream)
         return stats
+
+    def upstream_histogram(self, upstream: str) -> Histogram:
+        """`tollhouse_upstream_duration_seconds{upstream}`'s histogram."""
+        h = self.upstream_duration.get(upstream)
+        if h is None:
+            h = self.upstream_duration[upstream] = Histogram()
+        return h
 
     def fold(self, exchanges: list) -> None:
         """Count a batch of ended exchanges (`route`, `method`, `status`,
@@ -126,6 +131,8 @@ class Stats:
             upstream = ex.upstream_time
             if upstream:
                 hist = stats.upstream
+                if hist is None:   # the route chooses its upstream per request (split): the pool's own
+                    hist = self.upstream_histogram(ex.pool.name)
                 hist.counts[bisect_left(BUCKETS, upstream)] += 1
                 hist.sum += upstream
             identity = ex.identity

@@ -112,13 +112,9 @@ def _key_function(hash_key: str):
     if kind == "header":
         return lambda ex: (ex.header(name) or "").encode("latin-1")
     if kind == "cookie":
-        def cookie(ex):
-            for part in (ex.header("cookie") or "").split(";"):
-                k, _, v = part.strip().partition("=")
-                if k == name:
-                    return v.encode("latin-1")
-            return b""
-        return cookie
+        from ..exchange.request import cookie_value   # here: the pool imports this module as it initialises
+
+        return lambda ex: (cookie_value(ex, name) or "").encode("latin-1")
     raise ValueError(f"unknown hash_key {hash_key!r}")
 
 

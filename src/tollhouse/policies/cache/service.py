@@ -210,7 +210,7 @@ class ResponseCache:
 
         route = exchange.route
         path = exchange.path if route.path_kept else route.upstream_path(exchange.path, exchange.params)
-        start_subrequest(self.worker, route.upstream.name, b"GET", path + exchange.query, headers=exchange.headers,
+        start_subrequest(self.worker, route.choose_pool(exchange).name, b"GET", path + exchange.query, headers=exchange.headers,
                          timeout=route.timeout, parent=exchange, host=exchange.host if route.preserve_host else None,
                          observe=lambda ex: Fill(policy, ex, primary, key, None, None, False, lock, self.refreshing))
 
