@@ -101,16 +101,20 @@ class PolicyKind:
     - `headers`: the request headers its policies read (`NotedHeader`s: auth's Authorization);
     - `new_phase`: (name, after) when its `phase` is one it adds to the order, after `after`;
     - `chooser(route config, context, services, pools) -> chooser | None`: optional; how the
-      route's upstream is chosen when its key is set (routing.FixedUpstream otherwise).
+      route's upstream is chosen when its key is set (the route's `upstream` otherwise);
+    - `admin`: ((methods, path pattern), ...) the admin listener hands to the kind's
+      per-worker service: `service.admin(method, path, body) -> (status, JSON-able)`,
+      or an awaitable of it (the split's live weights).
     """
 
     __slots__ = ("name", "phase", "key", "field", "build", "service", "endpoints", "outcome", "check",
-                 "own_upstream", "sections", "headers", "new_phase", "chooser")
+                 "own_upstream", "sections", "headers", "new_phase", "chooser", "admin")
 
     def __init__(self, name: str, *, phase: str, build: Callable, key: str | None = None, field: Any = None,
                  service: Callable | None = None, endpoints: Callable | None = None, outcome: str | None = None,
                  check: Callable | None = None, own_upstream: bool = True, sections: tuple = (),
-                 headers: tuple = (), new_phase: tuple | None = None, chooser: Callable | None = None):
+                 headers: tuple = (), new_phase: tuple | None = None, chooser: Callable | None = None,
+                 admin: tuple = ()):
         self.name = name
         self.phase = phase
         self.key = key
@@ -125,6 +129,7 @@ class PolicyKind:
         self.headers = tuple(headers)
         self.new_phase = new_phase
         self.chooser = chooser
+        self.admin = tuple(admin)
 
 
 class Services:

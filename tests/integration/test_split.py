@@ -114,3 +114,109 @@ def test_a_side_with_no_healthy_target_gets_no_traffic(gateway_factory, sides):
     wait_for(lambda: '"healthy": false' in g.get_admin("/status")[1].decode().replace('":false', '": false'),
              timeout=5)
     assert [get(g).status for _ in range(30)] == [200] * 30
+
+
+SPLIT_ROUTE = """  - name: shop
+    match: {prefix: /shop}
+    split: [{upstream: blue, weight: 100}, {upstream: green, weight: 0}]
+"""
+
+
+def admin(g, method: str, body: bytes | None = None):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{g.admin_port}/routes/shop/split", data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_weights_change_live_and_a_flip_loses_no_request(gateway_factory, sides):
+    """Blue-green: 100/0 to 0/100 through the admin API while a client keeps requesting
+    on keep-alive connections: every request answered, none lost, none refused."""
+    import threading
+
+    blue, green = sides
+    g = gateway_factory(config(blue, green, SPLIT_ROUTE))
+    status, shown = admin(g, "GET")
+    assert status == 200 and shown["source"] == "file"
+    assert shown["sides"] == [{"upstream": "blue", "weight": 100}, {"upstream": "green", "weight": 0}]
+    results, stop = [], threading.Event()
+
+    def client():
+        c = RawClient(g.port)
+        try:
+            while not stop.is_set():
+                c.send(b"GET /shop/x HTTP/1.1\r\nHost: a\r\n\r\n")
+                results.append(side_of(c.response(), blue))
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(results) > 100, timeout=10)
+    status, shown = admin(g, "PUT", b'{"weights": {"blue": 0, "green": 100}}')
+    assert status == 200 and shown["source"] == "operator"
+    flipped_at = len(results)
+    wait_for(lambda: len(results) > flipped_at + 200, timeout=10)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    assert set(results[:100]) == {"blue"}
+    assert set(results[flipped_at + 8:]) == {"green"}   # a request in flight at the flip may still end on blue
+    status, shown = admin(g, "GET")
+    assert [s["weight"] for s in shown["sides"]] == [0, 100] and shown["set_at"] > 0
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"weights": {"blue": "lots"}}', "weights.blue: expected a whole number"),
+    (b'{"weights": {"blue": 1.5}}', "weights.blue: expected a whole number"),
+    (b'{"weights": {"teal": 5}}', "weights.teal: not a side of this route"),
+    (b'{"weights": {"blue": 0, "green": 0}}', "weights: no side would have weight"),
+    (b'{"weights": [0, 100]}', "weights: expected"),
+    (b'not json', "the body is not JSON"),
+])
+def test_a_bad_put_is_400_naming_the_field_and_changes_nothing(gateway_factory, sides, body, message):
+    blue, green = sides
+    g = gateway_factory(config(blue, green, SPLIT_ROUTE))
+    before = admin(g, "GET")[1]
+    status, answer = admin(g, "PUT", body)
+    assert status == 400 and answer["error"].startswith(message), answer
+    assert admin(g, "GET")[1] == before
+    assert {side_of(get(g), blue) for _ in range(10)} == {"blue"}
+
+
+def test_a_reload_keeps_live_weights_unless_the_files_split_changed(gateway_factory, sides):
+    import signal
+
+    blue, green = sides
+    g = gateway_factory(config(blue, green, SPLIT_ROUTE))
+    assert admin(g, "PUT", b'{"weights": {"blue": 0, "green": 100}}')[0] == 200
+    g.write_config(config(blue, green, SPLIT_ROUTE + "  - {name: other, match: {prefix: /other}, upstream: blue}\n"))
+    g.signal(signal.SIGHUP)
+    wait_for(lambda: get(g, "/other/x").status == 200, timeout=5)
+    assert admin(g, "GET")[1]["source"] == "operator"
+    assert {side_of(get(g), blue) for _ in range(10)} == {"green"}
+    g.write_config(config(blue, green, SPLIT_ROUTE.replace("weight: 100}, {upstream: green, weight: 0}",
+                                                           "weight: 90}, {upstream: green, weight: 10}")))
+    g.signal(signal.SIGHUP)
+    wait_for(lambda: admin(g, "GET")[1]["source"] == "file", timeout=5)
+    assert [s["weight"] for s in admin(g, "GET")[1]["sides"]] == [90, 10]
+
+
+def test_with_redis_every_instance_follows_a_flip_within_a_second(gateway_factory, sides, redis):
+    import time
+
+    blue, green = sides
+    cfg = f"store: {redis.url}\n" + config(blue, green, SPLIT_ROUTE)
+    a, b = gateway_factory(cfg), gateway_factory(cfg)
+    assert {side_of(get(b), blue) for _ in range(5)} == {"blue"}
+    assert admin(a, "PUT", b'{"weights": {"blue": 0, "green": 100}}')[0] == 200
+    told = time.monotonic()
+    wait_for(lambda: admin(b, "GET")[1]["source"] == "operator", timeout=3)
+    assert time.monotonic() - told < 1.0
+    assert {side_of(get(b), blue) for _ in range(10)} == {"green"}

@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 import socket
 import time
 
@@ -21,6 +22,7 @@ import orjson
 from .. import __version__
 from ..observability.dashboard import Dashboard, parse_window
 from ..observability.metrics import render
+from ..registry import installed
 
 log = logging.getLogger("tollhouse.admin")
 
@@ -145,6 +147,16 @@ class AdminServer:
         if path in ("/healthz", "/readyz", "/metrics", "/status", "/reload", "/cache", "/dashboard",
                     "/dashboard/data"):
             return 405, "application/json", orjson.dumps({"error": "method not allowed"})
+        for kind in installed().kinds:
+            for methods, pattern in kind.admin:
+                if re.fullmatch(pattern, path):
+                    if method not in methods:
+                        return 405, "application/json", orjson.dumps({"error": "method not allowed"})
+                    answer = await c.admin(kind.name, method, path, req.body.decode("utf-8", "replace"))
+                    if answer is None:
+                        return 503, "application/json", orjson.dumps({"error": "no worker answered"})
+                    status, payload = answer
+                    return status, "application/json", orjson.dumps(payload)
         return 404, "application/json", orjson.dumps({"error": "not found"})
 
     async def purge(self, query: str):
@@ -200,4 +212,4 @@ class AdminServer:
 
 _CIRCUIT_RANK = {"closed": 1, "half_open": 2, "open": 3}
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+            409: "Conflict", 500: "Internal Server Error", 503: "Service Unavailable"}

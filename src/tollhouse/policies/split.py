@@ -10,11 +10,19 @@ routing.RouteTarget.choose_pool), so every other policy of the route works uncha
   (`tollhouse-split-<route>`, naming the side).
 - A side whose targets are all unhealthy gets no traffic while another side is healthy.
 - `tollhouse_split_requests_total{route,upstream}` counts each side's requests.
+- Weights change live through the admin listener (`GET`/`PUT /routes/{name}/split`,
+  `SplitWeights`): with a Redis store every instance follows within a second; a reload
+  keeps them unless the file's `split` for the route changed.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
+import time
 from random import random
+
+import orjson
 
 from ..config.loader import ConfigError
 from ..config.schema import Field, Int, ListOf, Schema, Str, error_at
@@ -22,7 +30,11 @@ from ..exchange.request import cookie_value
 from ..pipeline import Policy
 from ..registry import PolicyKind
 
+log = logging.getLogger("tollhouse.split")
+
 COOKIE_PREFIX = "tollhouse-split-"
+STORE_KEY = "tollhouse:split:v1:"   # + route name: the fleet's live weights (JSON)
+FOLLOW_INTERVAL = 0.25              # seconds between looks at the store's weights
 
 
 class Force(Schema):
@@ -70,11 +82,14 @@ def check_route(route, where: str, config, errors: list) -> None:
 class SplitChooser:
     """Chooses each request's upstream pool among a route's sides (see the module doc)."""
 
-    __slots__ = ("pools", "weights", "forced", "sticky", "cookie", "counters", "keys")
+    __slots__ = ("pools", "weights", "forced", "sticky", "cookie", "counters", "keys", "file", "source", "set_at")
 
     def __init__(self, sides, pools: dict, sticky: str, route_name: str, stats):
         self.pools = [pools[s.upstream] for s in sides]
         self.weights = [s.weight for s in sides]
+        self.file = [[s.upstream, s.weight] for s in sides]   # the config file's sides, as JSON has them
+        self.source = "file"   # who set the weights in force: file, operator
+        self.set_at = time.time()
         # (index, is a cookie, name, value) of the sides a request can be sent to by what it carries.
         self.forced = [(i, bool(s.force.cookie), s.force.cookie or s.force.header, s.force.value)
                        for i, s in enumerate(sides) if s.force is not None]
@@ -84,6 +99,15 @@ class SplitChooser:
         self.keys = [("split_requests", (("route", route_name), ("upstream", s.upstream))) for s in sides]
         for key in self.keys:
             stats.declare(*key)
+
+    def set_weights(self, weights: dict, source: str, set_at: float) -> None:
+        """Weights by upstream name (sides not named keep theirs); one list swapped in whole."""
+        self.weights = [weights.get(pool.name, w) for pool, w in zip(self.pools, self.weights)]
+        self.source, self.set_at = source, set_at
+
+    def describe(self, route: str) -> dict:
+        return {"route": route, "sides": [{"upstream": p.name, "weight": w} for p, w in zip(self.pools, self.weights)],
+                "source": self.source, "set_at": self.set_at}
 
     def choose(self, exchange):
         i = self._side(exchange)
@@ -145,9 +169,115 @@ class StickyCookie(Policy):
                 b"set-cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n" % (self.cookie.encode(), pool.name.encode()))
 
 
+class SplitWeights:
+    """A worker's live split weights, kept across reloads: the admin's `GET`/`PUT
+    /routes/{name}/split`, and, with a Redis store, the fleet's weights followed from it."""
+
+    def __init__(self, store, worker):
+        self.store = store
+        self.shared = store.kind != "memory"
+        self.loop = worker.loop
+        self.choosers: dict[str, SplitChooser] = {}   # route name -> the current version's chooser
+        self.live: dict[str, dict] = {}   # route name -> {"weights", "source", "set_at", "file"} set at run time
+        self.task = None
+
+    def reconfigure(self, config) -> "SplitWeights":
+        return self
+
+    def attach(self, route: str, chooser: SplitChooser) -> None:
+        """A config version's chooser for `route`: live weights carry over unless the file's sides changed."""
+        self.choosers[route] = chooser
+        record = self.live.get(route)
+        if record is not None:
+            if record["file"] == chooser.file:
+                chooser.set_weights(record["weights"], record["source"], record["set_at"])
+            else:
+                del self.live[route]
+
+    def start(self, config) -> None:
+        routes = {r.name or f"route-{i}" for i, r in enumerate(config.routes) if r.split is not None}
+        self.choosers = {name: c for name, c in self.choosers.items() if name in routes}
+        if self.shared and self.task is None and self.choosers:
+            self.task = self.loop.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        """The fleet's weights, looked at every FOLLOW_INTERVAL, off the request path."""
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL)
+            for route, chooser in list(self.choosers.items()):
+                try:
+                    raw = await self.store.get(STORE_KEY + route)
+                except Exception as e:  # noqa: BLE001 - the store is down: keep the weights in force
+                    log.debug("split weights of %s not read: %s", route, e)
+                    continue
+                if raw is None:
+                    continue
+                record = orjson.loads(raw)
+                known = self.live.get(route)
+                if record.get("file") == chooser.file and (known is None or known["set_at"] != record["set_at"]):
+                    self._apply(route, chooser, record)
+
+    def _apply(self, route: str, chooser: SplitChooser, record: dict) -> None:
+        self.live[route] = record
+        chooser.set_weights(record["weights"], record["source"], record["set_at"])
+        log.info("route %s: split weights %s (%s)", route, record["weights"], record["source"])
+
+    async def admin(self, method: str, path: str, body: str):
+        route = path.split("/")[2]
+        chooser = self.choosers.get(route)
+        if chooser is None:
+            return 404, {"error": f"no route named {route!r} with a split"}
+        if method == "GET":
+            return 200, chooser.describe(route)
+        weights, error = _weights_of(body, chooser)
+        if error is not None:
+            return 400, {"error": error}
+        record = {"weights": weights, "source": "operator", "set_at": time.time(), "file": chooser.file}
+        if self.shared:
+            try:
+                await self.store.set(STORE_KEY + route, orjson.dumps(record))
+            except Exception as e:  # noqa: BLE001 - the fleet could not be told: change nothing
+                return 503, {"error": f"the store failed: {type(e).__name__}; the weights are unchanged"}
+        self._apply(route, chooser, record)
+        return 200, chooser.describe(route)
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+
+def _weights_of(body: str, chooser: SplitChooser):
+    """(weights by upstream, None) from a PUT body `{"weights": {upstream: weight}}`, or (None, why not)."""
+    try:
+        document = orjson.loads(body or b"null")
+    except orjson.JSONDecodeError as e:
+        return None, f"the body is not JSON: {e}"
+    if not isinstance(document, dict) or not isinstance(document.get("weights"), dict):
+        return None, 'weights: expected {"weights": {"<upstream>": <weight>, ...}}'
+    sides = {pool.name for pool in chooser.pools}
+    weights = {}
+    for upstream, weight in document["weights"].items():
+        if upstream not in sides:
+            return None, f"weights.{upstream}: not a side of this route (sides: {', '.join(sorted(sides))})"
+        if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 10000:
+            return None, f"weights.{upstream}: expected a whole number from 0 to 10000, got {weight!r}"
+        weights[upstream] = weight
+    unknown = set(document) - {"weights"}
+    if unknown:
+        return None, f"{sorted(unknown)[0]}: unknown key"
+    if not any(weights.get(pool.name, w) for pool, w in zip(chooser.pools, chooser.weights)):
+        return None, "weights: no side would have weight"
+    return weights, None
+
+
 def _chooser(sides, context, services, pools):
     route = context.route
-    return SplitChooser(sides, pools, route.sticky, context.route_name, context.stats)
+    chooser = SplitChooser(sides, pools, route.sticky, context.route_name, context.stats)
+    weights = services.worker("split")
+    if weights is not None:
+        weights.attach(context.route_name, chooser)
+    return chooser
 
 
 def _build(sides, context, services):
@@ -157,7 +287,8 @@ def _build(sides, context, services):
 
 
 KIND = PolicyKind("split", phase="transform", key="split", build=_build, chooser=_chooser, check=check_route,
-                  own_upstream=False,
+                  own_upstream=False, service=lambda config, store, stats, worker: SplitWeights(store, worker),
+                  admin=((("GET", "PUT"), r"/routes/[A-Za-z0-9_.-]+/split"),),
                   field=Field(ListOf(Side), None, "instead of `upstream`: [{upstream, weight, force: {header | "
                                                   "cookie, value}}]: requests shared by weight; see docs/releases.md"))
 

@@ -65,6 +65,9 @@ class LocalController:
     async def purge(self, route, prefix, tag):
         return await self.worker.purge_cache(route, prefix, tag)
 
+    async def admin(self, kind, method, path, body):
+        return await self.worker.admin(kind, method, path, body)
+
     async def ready(self):
         return await _store_ready(self.worker.store, self.worker.state.config)
 
@@ -221,6 +224,12 @@ class Supervisor:
             raise RuntimeError("a worker did not purge")
         return sum(answers)
 
+    async def admin(self, kind, method, path, body):
+        """A kind's admin call, made in every worker (each holds its own state); the first answer."""
+        answers = await asyncio.gather(*(h.ask("admin", kind=kind, method=method, path=path, body=body)
+                                         for h in self.handles))
+        return next((a for a in answers if a is not None), None)
+
     async def stop(self):
         self.stopping = True
         for h in self.handles:
@@ -315,6 +324,8 @@ async def _serve_control(worker: Worker, reader, writer):
             except Exception:  # noqa: BLE001 - reported to the admin as a failed purge
                 log.exception("cache purge failed")
                 result = None
+        elif op == "admin":
+            result = await worker.admin(msg["kind"], msg["method"], msg["path"], msg["body"])
         elif op == "health":
             worker.set_health(msg["upstream"], msg["url"], msg["healthy"])
             result = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import gc
+import inspect
 import logging
 import os
 import signal
@@ -233,6 +234,16 @@ class Worker(WorkerCore):
         snapshot = self.snapshot()
         consumers, denied = self.stats.take_tops()
         return {"snapshot": snapshot, "consumers": consumers, "denied": denied}
+
+    async def admin(self, kind: str, method: str, path: str, body: str):
+        """An admin call for a kind's per-worker service (registry.PolicyKind.admin): (status, payload)."""
+        service = self.services.get(kind)
+        if service is None:
+            return 404, {"error": "not found"}
+        answer = service.admin(method, path, body)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        return answer
 
     async def purge_cache(self, route: str | None, prefix: str | None, tag: str | None) -> int:
         cache = self.services.get("cache")
