@@ -220,3 +220,39 @@ def test_with_redis_every_instance_follows_a_flip_within_a_second(gateway_factor
     wait_for(lambda: admin(b, "GET")[1]["source"] == "operator", timeout=3)
     assert time.monotonic() - told < 1.0
     assert {side_of(get(b), blue) for _ in range(10)} == {"green"}
+
+
+def test_the_curl_lines_of_docs_releases_work(gateway_factory):
+    """The commands docs/releases.md shows, run as written (the admin port substituted)."""
+    import os
+    import re
+    import subprocess
+
+    from tests.support.processes import ROOT
+
+    blue, green = Upstream().start(), Upstream().start()
+    try:
+        g = gateway_factory(f"""
+admin: {{listen: '127.0.0.1:{{admin_port}}', token: docs-token}}
+upstreams:
+  checkout-blue: {{targets: ["{blue.url}"]}}
+  checkout-green: {{targets: ["{green.url}"]}}
+routes:
+  - name: checkout
+    match: {{prefix: /checkout}}
+    split: [{{upstream: checkout-blue, weight: 90}}, {{upstream: checkout-green, weight: 10}}]
+""")
+        text = open(os.path.join(ROOT, "docs", "releases.md"), encoding="utf-8").read()
+        block = re.search(r"## Live weights.*?```sh\n(.*?)```", text, re.S).group(1)
+        commands = [c for c in re.sub(r"\\\n\s*", "", block).splitlines() if c.startswith("curl")]
+        assert len(commands) == 2
+        env = {**os.environ, "ADMIN_TOKEN": "docs-token"}
+        outputs = [subprocess.run(c.split("#")[0].replace("9901", str(g.admin_port)), shell=True, env=env,
+                                  capture_output=True, text=True, timeout=10).stdout for c in commands]
+        shown, flipped = (json.loads(o) for o in outputs)
+        assert shown["route"] == "checkout" and shown["source"] == "file"
+        assert [s["weight"] for s in flipped["sides"]] == [0, 100] and flipped["source"] == "operator"
+        assert {side_of(get(g, "/checkout/x"), blue) for _ in range(10)} == {"green"}
+    finally:
+        blue.stop()
+        green.stop()
