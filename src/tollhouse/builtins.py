@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from . import registry
 from .observability import debug, tracing
-from .policies import aggregate, auth, cache, compress, cors, grpc, headers, ip, ratelimit, request, split, websocket
+from .policies import (aggregate, auth, cache, compress, cors, grpc, headers, ip, mirror, ratelimit, request, split,
+                       websocket)
 from .exchange import http1
 from .server import tls
 
 KINDS = tuple(module.KIND for module in (auth, ratelimit, cache, ip, cors, request, compress, headers, aggregate,
-                                          websocket, grpc, split)) + (split.STICKY,)
+                                          websocket, grpc, split)) + (split.STICKY, mirror.KIND)
 #: The order request hooks run in; a kind may add a phase of its own (PolicyKind.new_phase).
 #: `access` is the custom policies' default.
 PHASES = ("ip", "cors", "auth", "ratelimit", "validate", "cache", "access", "transform")
