@@ -142,6 +142,9 @@ upstreams:
   bench:
     targets: ["http://127.0.0.1:{upstream_port}"]
     max_connections: 1024
+  bench-canary:   # the same upstream under a second name: the split scenarios' other side
+    targets: ["http://127.0.0.1:{upstream_port}"]
+    max_connections: 1024
 {upstreams_extra}
 routes:
   - name: plain
@@ -379,6 +382,16 @@ CHAIN_ROUTE = """  - name: chain
     auth: {providers: [corp], scopes: [bench:read]}
     rate_limits: [{limit: 100000000, window: 1m, key: consumer}]
 """
+
+
+SPLIT_ROUTE = """  - name: split
+    match: {prefix: /split}
+    split: [{upstream: bench, weight: 90}, {upstream: bench-canary, weight: 10}]
+    sticky: consumer
+"""
+scenario("split", "a 90/10 split, sticky by consumer (aim: >= 0.95x)", route_extra=SPLIT_ROUTE, path="/split")
+scenario("split-mirror", "the same split with a 5 % mirror to the upstream (aim: >= 0.85x)",
+         route_extra=SPLIT_ROUTE + "    mirror: {upstream: bench-canary, percent: 5}\n", path="/split")
 
 
 def _chain_setup(workdir: str):

@@ -12,7 +12,7 @@ from .exchange import http1
 from .server import tls
 
 KINDS = tuple(module.KIND for module in (auth, ratelimit, cache, ip, cors, request, compress, headers, aggregate,
-                                          websocket, grpc, split)) + (split.STICKY, mirror.KIND)
+                                          websocket, grpc, split)) + (split.STICKY, split.ROLLBACK, mirror.KIND)
 #: The order request hooks run in; a kind may add a phase of its own (PolicyKind.new_phase).
 #: `access` is the custom policies' default.
 PHASES = ("ip", "cors", "auth", "ratelimit", "validate", "cache", "access", "transform")

@@ -256,3 +256,51 @@ routes:
     finally:
         blue.stop()
         green.stop()
+
+
+def test_a_failing_canary_is_rolled_back_within_the_window_and_a_second(gateway_factory, sides):
+    import threading
+    import time
+
+    blue, _ = sides
+    canary = Upstream(fail_with=500).start()
+    try:
+        g = gateway_factory(config(blue, canary, """  - name: shop
+    match: {prefix: /shop}
+    split: [{upstream: blue, weight: 50}, {upstream: green, weight: 50}]
+    rollback: {error_ratio: 20%, min_requests: 20, window: 2s, to: blue}
+"""))
+        text = g.get_admin("/metrics")[1].decode()
+        assert 'tollhouse_split_rollbacks_total{route="shop",upstream="green"} 0.0' in text
+        statuses, stop = [], threading.Event()
+
+        def client():
+            c = RawClient(g.port)
+            try:
+                while not stop.is_set():
+                    c.send(b"GET /shop/x HTTP/1.1\r\nHost: a\r\n\r\n")
+                    statuses.append(c.response().status)
+                    time.sleep(0.005)
+            finally:
+                c.close()
+
+        t = threading.Thread(target=client)
+        started = time.monotonic()
+        t.start()
+        try:
+            wait_for(lambda: admin(g, "GET")[1]["source"] == "rollback", timeout=10)
+            took = time.monotonic() - started
+            assert took < 2 + 1 + 1, took   # the window, the judging second, and this test's polling
+            shown = admin(g, "GET")[1]
+            assert [s["weight"] for s in shown["sides"]] == [50, 0]
+            after = len(statuses)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            t.join(timeout=10)
+        assert set(statuses[after + 2:]) == {200}   # the canary gets nothing once rolled back
+        text = g.get_admin("/metrics")[1].decode()
+        assert 'tollhouse_split_rollbacks_total{route="shop",upstream="green"} 1.0' in text
+        assert "rolled back to blue" in g.stderr()
+    finally:
+        canary.stop()

@@ -20,13 +20,15 @@ import asyncio
 import hashlib
 import logging
 import time
+from bisect import bisect_left
 from random import random
 
 import orjson
 
 from ..config.loader import ConfigError
-from ..config.schema import Field, Int, ListOf, Schema, Str, error_at
+from ..config.schema import Duration, Field, Int, ListOf, Ratio, Schema, Str, error_at
 from ..exchange.request import cookie_value
+from ..observability.metrics import BUCKETS
 from ..pipeline import Policy
 from ..registry import PolicyKind
 
@@ -53,13 +55,29 @@ class Side(Schema):
     force = Field(Force, None, "{header | cookie, value}: requests that carry it go to this side")
 
 
+class Rollback(Schema):
+    error_ratio = Field(Ratio(), None, "a side whose share of 5xx answers (upstream failures included) passes "
+                                       "this is rolled back: 5% or 0.05")
+    p99 = Field(Duration(min=0.001), None, "a side whose p99 time to the response head passes this is rolled back")
+    min_requests = Field(Int(min=1), 100, "a side is judged only with at least this many requests in the window")
+    window = Field(Duration(min=1.0, max=3600.0), 60.0, "how far back requests count")
+    to = Field(Str(), doc="the side that keeps the traffic (never rolled back itself)")
+
+    def check(self, path, lines, line, errors):
+        if self.error_ratio is None and self.p99 is None:
+            error_at(errors, path, "error_ratio", lines, line, "give error_ratio, p99 or both")
+
+
 def check_route(route, where: str, config, errors: list) -> None:
     """`split` replaces `upstream`; its sides name upstreams, and one has weight; `sticky`
-    needs `split`."""
+    and `rollback` need `split`; rollback's `to` is one of the sides."""
     if route.split is None:
-        if route.sticky:
-            errors.append(ConfigError(f"{where}.sticky", None, "needs split"))
+        for key in ("sticky", "rollback"):
+            if getattr(route, key):
+                errors.append(ConfigError(f"{where}.{key}", None, "needs split"))
         return
+    if route.rollback is not None and route.rollback.to not in {side.upstream for side in route.split}:
+        errors.append(ConfigError(f"{where}.rollback.to", None, f"{route.rollback.to!r} is not a side of split"))
     if route.upstream:
         errors.append(ConfigError(f"{where}.upstream", None, "a route with split names its upstreams in split"))
     if not route.split:
@@ -179,7 +197,9 @@ class SplitWeights:
         self.loop = worker.loop
         self.choosers: dict[str, SplitChooser] = {}   # route name -> the current version's chooser
         self.live: dict[str, dict] = {}   # route name -> {"weights", "source", "set_at", "file"} set at run time
+        self.watches: dict[str, RollbackWatch] = {}   # route name -> its rollback watch
         self.task = None
+        self.judge = None
 
     def reconfigure(self, config) -> "SplitWeights":
         return self
@@ -194,11 +214,41 @@ class SplitWeights:
             else:
                 del self.live[route]
 
+    def watch(self, route: str, watch: "RollbackWatch") -> None:
+        self.watches[route] = watch
+
     def start(self, config) -> None:
         routes = {r.name or f"route-{i}" for i, r in enumerate(config.routes) if r.split is not None}
         self.choosers = {name: c for name, c in self.choosers.items() if name in routes}
+        watched = {r.name or f"route-{i}" for i, r in enumerate(config.routes) if r.rollback is not None}
+        self.watches = {name: w for name, w in self.watches.items() if name in watched}
         if self.shared and self.task is None and self.choosers:
             self.task = self.loop.create_task(self._follow())
+        if self.judge is None and self.watches:
+            self.judge = self.loop.create_task(self._judge())
+
+    async def _judge(self) -> None:
+        """Rollback: each watched route's sides judged once a second, off the request path."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            for route, watch in list(self.watches.items()):
+                chooser = self.choosers.get(route)
+                if chooser is None:
+                    continue
+                for side, figures in watch.failing(chooser, now):
+                    await self._roll_back(route, chooser, watch, side, figures)
+
+    async def _roll_back(self, route: str, chooser: "SplitChooser", watch: "RollbackWatch", side: str,
+                         figures: dict) -> None:
+        weights = {side: 0}
+        current = {p.name: w for p, w in zip(chooser.pools, chooser.weights)}
+        if not any(w for name, w in current.items() if name != side):
+            weights[watch.config.to] = 100   # the traffic needs somewhere to go
+        record = {"weights": weights, "source": "rollback", "set_at": time.time(), "file": chooser.file}
+        log.warning("route %s: side %s rolled back to %s: %s", route, side, watch.config.to, figures)
+        watch.rolled_back(side)
+        await self._publish(route, chooser, record)
 
     async def _follow(self) -> None:
         """The fleet's weights, looked at every FOLLOW_INTERVAL, off the request path."""
@@ -233,18 +283,26 @@ class SplitWeights:
         if error is not None:
             return 400, {"error": error}
         record = {"weights": weights, "source": "operator", "set_at": time.time(), "file": chooser.file}
+        error = await self._publish(route, chooser, record)
+        if error is not None:
+            return 503, {"error": f"the store failed: {error}; the weights are unchanged"}
+        return 200, chooser.describe(route)
+
+    async def _publish(self, route: str, chooser: "SplitChooser", record: dict) -> str | None:
+        """Weights in force here and, with Redis, fleet-wide; why not, when the store failed."""
         if self.shared:
             try:
                 await self.store.set(STORE_KEY + route, orjson.dumps(record))
             except Exception as e:  # noqa: BLE001 - the fleet could not be told: change nothing
-                return 503, {"error": f"the store failed: {type(e).__name__}; the weights are unchanged"}
+                return type(e).__name__
         self._apply(route, chooser, record)
-        return 200, chooser.describe(route)
+        return None
 
     def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            self.task = None
+        for task in (self.task, self.judge):
+            if task is not None:
+                task.cancel()
+        self.task = self.judge = None
 
 
 def _weights_of(body: str, chooser: SplitChooser):
@@ -271,6 +329,98 @@ def _weights_of(body: str, chooser: SplitChooser):
     return weights, None
 
 
+class RollbackWatch(Policy):
+    """Counts a split route's answers per side in one-second buckets (from `on_response`,
+    which sees upstream answers and the gateway's own 502/503/504 alike); the split's
+    service judges them once a second (`failing`)."""
+
+    phase = "transform"
+
+    def __init__(self, config: Rollback, context):
+        super().__init__(config, context)
+        self.buckets: dict[int, dict] = {}   # second -> side -> [requests, errors, latency bucket counts]
+        self.keys = {}
+        self.stats = context.stats
+        self.route_name = context.route_name
+        for side in context.route.split:
+            key = ("split_rollbacks", (("route", context.route_name), ("upstream", side.upstream)))
+            self.keys[side.upstream] = key
+            context.stats.declare(*key)
+
+    def on_response(self, exchange):
+        pool = exchange.pool
+        if pool is None:
+            return
+        second = int(time.time())
+        bucket = self.buckets.get(second)
+        if bucket is None:
+            bucket = self.buckets[second] = {}
+            horizon = second - int(self.config.window) - 1
+            for old in [s for s in self.buckets if s < horizon]:
+                del self.buckets[old]
+        figures = bucket.get(pool.name)
+        if figures is None:
+            figures = bucket[pool.name] = [0, 0, [0] * (len(BUCKETS) + 1)]
+        figures[0] += 1
+        if exchange.status >= 500:
+            figures[1] += 1
+        figures[2][bisect_left(BUCKETS, time.perf_counter() - exchange.started)] += 1
+
+    def failing(self, chooser, now: float) -> list:
+        """(side, figures) of the sides with weight, other than `to`, past a threshold with at
+        least min_requests in the window."""
+        config = self.config
+        first = int(now - config.window) + 1
+        totals: dict[str, list] = {}
+        for second, bucket in self.buckets.items():
+            if second < first:
+                continue
+            for side, (requests, errors, latency) in bucket.items():
+                total = totals.setdefault(side, [0, 0, [0] * (len(BUCKETS) + 1)])
+                total[0] += requests
+                total[1] += errors
+                total[2] = [a + b for a, b in zip(total[2], latency)]
+        found = []
+        for pool, weight in zip(chooser.pools, chooser.weights):
+            requests, errors, latency = totals.get(pool.name, (0, 0, None))
+            if pool.name == config.to or not weight or requests < config.min_requests:
+                continue
+            ratio = errors / requests
+            p99 = _quantile(0.99, latency)
+            if (config.error_ratio is not None and ratio > config.error_ratio) or (
+                    config.p99 is not None and p99 > config.p99):
+                found.append((pool.name, {"requests": requests, "error_ratio": round(ratio, 4),
+                                          "p99_seconds": p99, "window_seconds": config.window}))
+        return found
+
+    def rolled_back(self, side: str) -> None:
+        key = self.keys[side]
+        self.stats.counters[key] = self.stats.counters.get(key, 0) + 1
+        for bucket in self.buckets.values():   # judged afresh if an operator sends it traffic again
+            bucket.pop(side, None)
+
+
+def _quantile(q: float, counts: list) -> float:
+    """The upper bound of the latency bucket holding quantile `q` (+Inf's: the last bound, doubled)."""
+    total = sum(counts)
+    running = 0
+    for i, n in enumerate(counts):
+        running += n
+        if running >= q * total:
+            return BUCKETS[i] if i < len(BUCKETS) else BUCKETS[-1] * 2
+    return 0.0
+
+
+def _watch(config, context, services):
+    if config is None or context.route is None or context.route.split is None:
+        return None
+    watch = RollbackWatch(config, context)
+    weights = services.worker("split")
+    if weights is not None:
+        weights.watch(context.route_name, watch)
+    return watch
+
+
 def _chooser(sides, context, services, pools):
     route = context.route
     chooser = SplitChooser(sides, pools, route.sticky, context.route_name, context.stats)
@@ -291,6 +441,10 @@ KIND = PolicyKind("split", phase="transform", key="split", build=_build, chooser
                   admin=((("GET", "PUT"), r"/routes/[A-Za-z0-9_.-]+/split"),),
                   field=Field(ListOf(Side), None, "instead of `upstream`: [{upstream, weight, force: {header | "
                                                   "cookie, value}}]: requests shared by weight; see docs/releases.md"))
+
+ROLLBACK = PolicyKind("rollback", phase="transform", key="rollback", build=_watch,
+                      field=Field(Rollback, None, "with split: {error_ratio, p99, min_requests, window, to}: a failing "
+                                                  "side's weight goes to 0 fleet-wide; see docs/releases.md"))
 
 STICKY = PolicyKind("sticky", phase="transform", key="sticky", build=lambda config, context, services: None,
                     field=Field(Str(choices=("consumer", "ip", "cookie")), "",

@@ -36,6 +36,14 @@ def test_a_split_route_names_its_upstreams_in_split():
     ("{match: {prefix: /}, upstream: blue, sticky: ip}", "routes[0].sticky", "needs split"),
     ("{match: {prefix: /}, split: [{upstream: blue, weight: 1, force: {value: x}}]}",
      "routes[0].split[0].force.header", "give one of header or cookie"),
+    ("{match: {prefix: /}, upstream: blue, rollback: {error_ratio: 5%, to: blue}}", "routes[0].rollback",
+     "needs split"),
+    ("{match: {prefix: /}, split: [{upstream: blue, weight: 1}], rollback: {error_ratio: 5%, to: green}}",
+     "routes[0].rollback.to", "'green' is not a side of split"),
+    ("{match: {prefix: /}, split: [{upstream: blue, weight: 1}], rollback: {to: blue}}",
+     "routes[0].rollback.error_ratio", "give error_ratio, p99 or both"),
+    ("{match: {prefix: /}, upstream: blue, mirror: {upstream: teal, percent: 5}}", "routes[0].mirror.upstream",
+     "no upstream named 'teal' in upstreams"),
 ])
 def test_a_bad_split_is_refused_with_its_key(route, path, message):
     assert (path, message) in errors(f"  - {route}\n")
