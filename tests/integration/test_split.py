@@ -304,3 +304,20 @@ def test_a_failing_canary_is_rolled_back_within_the_window_and_a_second(gateway_
         assert "rolled back to blue" in g.stderr()
     finally:
         canary.stop()
+
+
+def test_the_access_log_names_the_side_that_served(gateway_factory, sides):
+    import time
+
+    blue, green = sides
+    g = gateway_factory(config(blue, green, """  - name: shop
+    match: {prefix: /shop}
+    split: [{upstream: blue, weight: 0}, {upstream: green, weight: 1}]
+"""))
+    assert get(g, "/shop/x", "X-Request-ID: side-1\r\n").status == 200
+    deadline = time.time() + 3
+    lines = []
+    while not lines and time.time() < deadline:
+        time.sleep(0.05)
+        lines = [json.loads(line) for line in g.stdout().splitlines() if "side-1" in line]
+    assert lines and lines[-1]["split"] == "green" and lines[-1]["route"] == "shop"

@@ -270,6 +270,7 @@ def server_span(request: RequestFacts) -> tuple[str, dict, bool]:
         "url.scheme": request.scheme.decode(), "tollhouse.route": route.name if route is not None else None,
         "tollhouse.consumer": request.consumer, "tollhouse.cache.status": labels.get("cache"),
         "tollhouse.ratelimit.decision": labels.get("ratelimit"),
+        "tollhouse.split.upstream": labels.get("split"),
         "tollhouse.request_id": request.request_id.decode("latin-1"),
     }
     return (f"{method} {template}" if template else method), attributes, status >= 500

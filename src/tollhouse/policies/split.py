@@ -170,19 +170,24 @@ def _healthy(pool) -> bool:
     return any(t.healthy for t in pool.targets)
 
 
-class StickyCookie(Policy):
-    """Sets the sticky cookie on a split route's responses when the request came without
-    one naming the side that served it."""
+class SplitSide(Policy):
+    """Notes the side that served each request of a split route (the `split` outcome: the
+    access log's `split` field, the span's `tollhouse.split.upstream`) and, with
+    `sticky: cookie`, sets the cookie when the request came without one naming that side."""
 
     phase = "transform"
+    outcome = "split"
 
-    def __init__(self, config, context, *, cookie: str):
+    def __init__(self, config, context, *, cookie: str | None):
         super().__init__(config, context)
         self.cookie = cookie
 
     def on_response(self, exchange):
         pool = exchange.pool
-        if pool is not None and cookie_value(exchange, self.cookie) != pool.name:
+        if pool is None:
+            return
+        exchange.remember(self.slot, pool.name)
+        if self.cookie is not None and cookie_value(exchange, self.cookie) != pool.name:
             exchange.response_headers.append(
                 b"set-cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n" % (self.cookie.encode(), pool.name.encode()))
 
@@ -431,12 +436,14 @@ def _chooser(sides, context, services, pools):
 
 
 def _build(sides, context, services):
-    if sides is None or context.route is None or context.route.sticky != "cookie":
+    if sides is None or context.route is None:
         return None
-    return StickyCookie(None, context, cookie=COOKIE_PREFIX + context.route_name)
+    cookie = COOKIE_PREFIX + context.route_name if context.route.sticky == "cookie" else None
+    return SplitSide(None, context, cookie=cookie)
 
 
 KIND = PolicyKind("split", phase="transform", key="split", build=_build, chooser=_chooser, check=check_route,
+                  outcome=SplitSide.outcome,
                   own_upstream=False, service=lambda config, store, stats, worker: SplitWeights(store, worker),
                   admin=((("GET", "PUT"), r"/routes/[A-Za-z0-9_.-]+/split"),),
                   field=Field(ListOf(Side), None, "instead of `upstream`: [{upstream, weight, force: {header | "
