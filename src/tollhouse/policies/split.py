@@ -17,14 +17,15 @@ routing.RouteTarget.choose_pool), so every other policy of the route works uncha
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
-from bisect import bisect_left
+import zlib
+from bisect import bisect_left, bisect_right
 from random import random
 
 import orjson
 
+from ..clock import CLOCK
 from ..config.loader import ConfigError
 from ..config.schema import Duration, Field, Int, ListOf, Ratio, Schema, Str, error_at
 from ..exchange.request import cookie_value
@@ -37,6 +38,8 @@ log = logging.getLogger("tollhouse.split")
 COOKIE_PREFIX = "tollhouse-split-"
 STORE_KEY = "tollhouse:split:v1:"   # + route name: the fleet's live weights (JSON)
 FOLLOW_INTERVAL = 0.25              # seconds between looks at the store's weights
+HEALTH_INTERVAL = 0.1               # seconds a choice of the sides with healthy targets is kept
+STICKY_KEPT = 10000                 # callers whose side is remembered (forgotten all at once past it)
 
 
 class Force(Schema):
@@ -100,14 +103,22 @@ def check_route(route, where: str, config, errors: list) -> None:
 class SplitChooser:
     """Chooses each request's upstream pool among a route's sides (see the module doc)."""
 
-    __slots__ = ("pools", "weights", "forced", "sticky", "cookie", "counters", "keys", "file", "source", "set_at")
+    __slots__ = ("pools", "weights", "forced", "sticky", "cookie", "counters", "keys", "file", "source", "set_at",
+                 "bounds", "total", "checked_at", "sides_of", "outcome")
 
     def __init__(self, sides, pools: dict, sticky: str, route_name: str, stats):
         self.pools = [pools[s.upstream] for s in sides]
         self.weights = [s.weight for s in sides]
         self.file = [[s.upstream, s.weight] for s in sides]   # the config file's sides, as JSON has them
-        self.source = "file"   # who set the weights in force: file, operator
+        self.source = "file"   # who set the weights in force: file, operator, rollback
         self.set_at = time.time()
+        # Worked out when the weights or the sides' health change, not per request: the
+        # cumulative weights of the usable sides, their total, and sticky callers' sides.
+        self.bounds: list = []
+        self.total = 0
+        self.checked_at = -1.0
+        self.sides_of: dict = {}
+        self.outcome = None   # the route's SplitSide policy: the side served is its outcome
         # (index, is a cookie, name, value) of the sides a request can be sent to by what it carries.
         self.forced = [(i, bool(s.force.cookie), s.force.cookie or s.force.header, s.force.value)
                        for i, s in enumerate(sides) if s.force is not None]
@@ -122,48 +133,81 @@ class SplitChooser:
         """Weights by upstream name (sides not named keep theirs); one list swapped in whole."""
         self.weights = [weights.get(pool.name, w) for pool, w in zip(self.pools, self.weights)]
         self.source, self.set_at = source, set_at
+        self.checked_at = -1.0   # worked out again at the next request
 
     def describe(self, route: str) -> dict:
         return {"route": route, "sides": [{"upstream": p.name, "weight": w} for p, w in zip(self.pools, self.weights)],
                 "source": self.source, "set_at": self.set_at}
 
     def choose(self, exchange):
-        i = self._side(exchange)
+        i = self._forced(exchange) if self.forced else -1
+        if i < 0:
+            if CLOCK.now - self.checked_at > HEALTH_INTERVAL:
+                self._work_out()
+            sticky = self.sticky
+            if not sticky:
+                i = bisect_right(self.bounds, random() * self.total)
+            elif sticky == "cookie":
+                i = self._by_cookie(exchange)
+            else:
+                identity = exchange.identity if sticky == "consumer" else None
+                if identity is not None:
+                    caller = identity.consumer
+                else:   # without X-Forwarded-For the client is the socket peer (no property call)
+                    caller = exchange.conn.peer_ip if exchange.xff is None else exchange.client_ip
+                i = self.sides_of.get(caller, -1)
+                if i < 0:
+                    i = self._place(caller)
         key = self.keys[i]
-        self.counters[key] = self.counters.get(key, 0) + 1
-        return self.pools[i]
+        counters = self.counters
+        counters[key] = counters.get(key, 0) + 1
+        pool = self.pools[i]
+        if self.outcome is not None:
+            exchange.remember(self.outcome.slot, pool.name)
+        return pool
 
-    def _side(self, exchange) -> int:
+    def _forced(self, exchange) -> int:
         for i, is_cookie, name, value in self.forced:
             sent = cookie_value(exchange, name) if is_cookie else exchange.header(name)
             if sent == value:
                 return i
-        weights = self._usable_weights()
-        sticky = self.sticky
-        if sticky == "cookie":
-            named = cookie_value(exchange, self.cookie)
-            if named is not None:
-                for i, pool in enumerate(self.pools):
-                    if pool.name == named and weights[i]:
-                        return i
-        total = sum(weights)
-        if sticky == "consumer" or sticky == "ip":
-            caller = exchange.consumer if sticky == "consumer" else None
-            key = (caller or exchange.client_ip).encode()
-            point = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % total
-        else:
-            point = random() * total
-        for i, weight in enumerate(weights):
-            if point < weight:
-                return i
-            point -= weight
-        return len(weights) - 1
+        return -1
 
-    def _usable_weights(self) -> list:
-        """The weights, with the sides that have no healthy target left out (while another has one)."""
+    def _by_cookie(self, exchange) -> int:
+        named = cookie_value(exchange, self.cookie)
+        if named is not None:
+            for i, pool in enumerate(self.pools):
+                if pool.name == named and self._usable(i):
+                    return i
+        return bisect_right(self.bounds, random() * self.total)
+
+    def _place(self, caller: str) -> int:
+        """A sticky caller's side: a stable hash (the same side on every worker and instance)
+        into the weights, remembered until they change."""
+        side = bisect_right(self.bounds, zlib.crc32(caller.encode()) % self.total)
+        if len(self.sides_of) >= STICKY_KEPT:
+            self.sides_of.clear()
+        self.sides_of[caller] = side
+        return side
+
+    def _usable(self, i: int) -> bool:
+        bounds = self.bounds
+        return bounds[i] > (bounds[i - 1] if i else 0)
+
+    def _work_out(self) -> None:
+        """The cumulative weights of the usable sides: those with weight, less those with no
+        healthy target while another side has one."""
         weights = self.weights
-        healthy = [w if w and _healthy(pool) else 0 for w, pool in zip(weights, self.pools)]
-        return healthy if any(healthy) else weights
+        usable = [w if w and _healthy(pool) else 0 for w, pool in zip(weights, self.pools)]
+        if not any(usable):
+            usable = weights
+        bounds, total = [], 0
+        for w in usable:
+            total += w
+            bounds.append(total)
+        if bounds != self.bounds:
+            self.sides_of = {}   # sticky callers are placed again by the new weights
+        self.bounds, self.total, self.checked_at = bounds, total, CLOCK.now
 
 
 def _healthy(pool) -> bool:
@@ -171,23 +215,25 @@ def _healthy(pool) -> bool:
 
 
 class SplitSide(Policy):
-    """Notes the side that served each request of a split route (the `split` outcome: the
-    access log's `split` field, the span's `tollhouse.split.upstream`) and, with
-    `sticky: cookie`, sets the cookie when the request came without one naming that side."""
+    """The side that served each request of a split route is this policy's outcome (the
+    access log's `split` field, the span's `tollhouse.split.upstream`): the chooser notes it
+    in this policy's slot as it chooses. No hook of its own: nothing to call per request."""
 
     phase = "transform"
     outcome = "split"
 
-    def __init__(self, config, context, *, cookie: str | None):
+
+class StickyCookie(SplitSide):
+    """With `sticky: cookie`: sets the cookie when the request came without one naming the
+    side that served it."""
+
+    def __init__(self, config, context, *, cookie: str):
         super().__init__(config, context)
         self.cookie = cookie
 
     def on_response(self, exchange):
         pool = exchange.pool
-        if pool is None:
-            return
-        exchange.remember(self.slot, pool.name)
-        if self.cookie is not None and cookie_value(exchange, self.cookie) != pool.name:
+        if pool is not None and cookie_value(exchange, self.cookie) != pool.name:
             exchange.response_headers.append(
                 b"set-cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n" % (self.cookie.encode(), pool.name.encode()))
 
@@ -429,6 +475,7 @@ def _watch(config, context, services):
 def _chooser(sides, context, services, pools):
     route = context.route
     chooser = SplitChooser(sides, pools, route.sticky, context.route_name, context.stats)
+    chooser.outcome = services.shared.get(_OUTCOME + context.route_name)
     weights = services.worker("split")
     if weights is not None:
         weights.attach(context.route_name, chooser)
@@ -438,8 +485,15 @@ def _chooser(sides, context, services, pools):
 def _build(sides, context, services):
     if sides is None or context.route is None:
         return None
-    cookie = COOKIE_PREFIX + context.route_name if context.route.sticky == "cookie" else None
-    return SplitSide(None, context, cookie=cookie)
+    if context.route.sticky == "cookie":
+        policy = StickyCookie(None, context, cookie=COOKIE_PREFIX + context.route_name)
+    else:
+        policy = SplitSide(None, context)
+    services.shared[_OUTCOME + context.route_name] = policy   # for the route's chooser (_chooser)
+    return policy
+
+
+_OUTCOME = "split-outcome:"
 
 
 KIND = PolicyKind("split", phase="transform", key="split", build=_build, chooser=_chooser, check=check_route,
