@@ -31,11 +31,15 @@ ROUTES = """  - name: keyed
     match: {prefix: /limited}
     upstream: app
     rate_limits: [{limit: 2, window: 1m, key: ip}]
+  - name: shop
+    match: {prefix: /shop}
+    split: [{upstream: app, weight: 3}, {upstream: canary, weight: 1}]
 """
 
 
 def _config(store: str = "memory") -> str:
-    return basic_config("{upstream}", extra_routes=ROUTES, extra=EXTRA + f"store: {store}\n")
+    return basic_config("{upstream}", extra_routes=ROUTES, extra=EXTRA + f"store: {store}\n",
+                        upstream_extra='  canary: {targets: ["{upstream}"]}')
 
 
 def _get(g, path: str, headers: dict | None = None) -> int:
@@ -78,7 +82,7 @@ def test_dashboard_data_sums_the_last_seconds_of_traffic(gateway_factory, upstre
     assert routes["api"]["requests"] == 12 and routes["keyed"]["requests"] == 5 and routes["limited"]["requests"] == 4
     assert data["top_consumers"] == [{"consumer": "alice", "requests": 3}, {"consumer": "bob", "requests": 1}]
     assert data["top_denied"] == [{"client_ip": "127.0.0.1", "refusals": 3}]
-    assert [u["upstream"] for u in data["upstreams"]] == ["app"]
+    assert [u["upstream"] for u in data["upstreams"]] == ["app", "canary"]
     assert data["upstreams"][0]["circuit"] == "closed" and data["upstreams"][0]["targets"][0]["healthy"] is True
     assert sum(p["requests"] for p in data["series"]) == 21 and len(data["series"]) == 60
     assert [i["instance"] for i in data["instances"]] == [data["instance"]] and not data["fleet_wide"]
@@ -181,6 +185,10 @@ def test_dashboard_page_in_a_real_browser(gateway_factory, upstream):
         threading.Thread(target=steady, args=("/keyed/a", {"X-API-Key": "alice-key-123"}), daemon=True).start()
         wait.until(lambda b: "keyed" in route_rows() and int(route_rows()["api"]) > first)
         wait.until(lambda b: "alice" in b.find_element(By.ID, "consumers").text)
+        # A split route: its sides' shares.
+        threading.Thread(target=steady, args=("/shop/x",), daemon=True).start()
+        wait.until(lambda b: "canary" in b.find_element(By.ID, "splits").text)
+        assert "shop" in browser.find_element(By.ID, "splits").text
         assert "app" in browser.find_element(By.ID, "upstreams").text
         assert browser.find_element(By.ID, "p99").text.endswith("ms")
         os.makedirs(ARTIFACTS, exist_ok=True)
@@ -190,3 +198,17 @@ def test_dashboard_page_in_a_real_browser(gateway_factory, upstream):
     finally:
         stop.set()
         browser.quit()
+
+
+def test_dashboard_shows_each_split_routes_shares(gateway_factory, upstream):
+    g = gateway_factory(_config().replace("{upstream}", upstream.url))
+    for _ in range(40):
+        assert _get(g, "/shop/x") == 200
+    data = wait_for(lambda: (d := _data(g)) and d["splits"] and sum(s["requests"] for s in d["splits"][0]["sides"])
+                    >= 40 and d, timeout=6)
+    (row,) = data["splits"]
+    sides = {s["upstream"]: s for s in row["sides"]}
+    assert row["route"] == "shop" and set(sides) == {"app", "canary"}
+    assert sides["app"]["requests"] + sides["canary"]["requests"] == 40
+    assert abs(sides["app"]["share"] + sides["canary"]["share"] - 1) < 0.001
+    assert sides["canary"]["rollbacks"] == 0

@@ -142,6 +142,7 @@ class Summariser:
                 row["latency"] = delta
             _add(latency, delta)
         cache: dict[str, int] = {}
+        splits: dict[str, dict] = {}   # route -> side -> [requests, rollbacks]
         limited = auth_failures = 0
         for (name, labels), v in merged["counters"].items():
             delta = v - before["counters"].get((name, labels), 0)
@@ -154,6 +155,10 @@ class Summariser:
                 limited += int(delta)
             elif name == "auth_failures":
                 auth_failures += int(delta)
+            elif name == "split_requests" or name == "split_rollbacks":
+                pairs = dict(labels)
+                side = splits.setdefault(pairs["route"], {}).setdefault(pairs["upstream"], [0, 0])
+                side[0 if name == "split_requests" else 1] += int(delta)
         upstreams: dict[str, dict] = {}
         for (name, labels), v in merged["gauges"].items():
             pairs = dict(labels)
@@ -163,7 +168,7 @@ class Summariser:
                 up = upstreams.setdefault(pairs["upstream"], {"circuit": 0, "targets": {}})
                 up["targets"][pairs["target"]] = bool(v)
         return {"t": second, "requests": total, "status": status, "latency": latency, "routes": routes,
-                "cache": cache, "limited": limited, "auth_failures": auth_failures,
+                "cache": cache, "limited": limited, "auth_failures": auth_failures, "splits": splits,
                 "consumers": _top(consumers, TOP * 5), "denied": _top(denied, TOP * 5),
                 "upstreams": upstreams, "connections": merged["active_connections"]}
 
@@ -197,6 +202,7 @@ def aggregate(instances: dict[str, list[dict]], window: int, now: int) -> dict:
     consumers: dict[str, int] = {}
     denied: dict[str, int] = {}
     upstreams: dict[str, dict] = {}
+    splits: dict[str, dict] = {}
     limited = auth_failures = 0
     rows = []
     for name, summaries in sorted(instances.items()):
@@ -217,6 +223,11 @@ def aggregate(instances: dict[str, list[dict]], window: int, now: int) -> dict:
             _sum_into(denied, s["denied"])
             limited += s["limited"]
             auth_failures += s["auth_failures"]
+            for route, sides in s.get("splits", {}).items():
+                for side, (requests, rollbacks) in sides.items():
+                    total = splits.setdefault(route, {}).setdefault(side, [0, 0])
+                    total[0] += requests
+                    total[1] += rollbacks
             inst_requests += s["requests"]
             inst_errors += s["status"].get("5xx", 0)
             for route, r in s["routes"].items():
@@ -246,12 +257,24 @@ def aggregate(instances: dict[str, list[dict]], window: int, now: int) -> dict:
                     "error_ratio": round(r["errors"] / r["requests"], 4) if r["requests"] else 0.0,
                     "p50_ms": _ms(quantile(0.5, r["latency"])), "p99_ms": _ms(quantile(0.99, r["latency"]))}
                    for r in sorted(routes.values(), key=lambda r: (-r["requests"], r["route"]))],
+        "splits": _split_rows(splits),
         "top_consumers": [{"consumer": k, "requests": v} for k, v in _top(consumers, TOP).items()],
         "top_denied": [{"client_ip": k, "refusals": v} for k, v in _top(denied, TOP).items()],
         "upstreams": [{"upstream": u["upstream"], "circuit": _CIRCUITS.get(u["circuit"], "closed"),
                        "targets": [{"url": t, "healthy": h} for t, h in sorted(u["targets"].items())]}
                       for _, u in sorted(upstreams.items())],
     }
+
+
+def _split_rows(splits: dict) -> list:
+    """Each split route's sides: their requests over the window, their share, their rollbacks."""
+    rows = []
+    for route, sides in sorted(splits.items()):
+        total = sum(requests for requests, _ in sides.values())
+        rows.append({"route": route, "sides": [
+            {"upstream": side, "requests": requests, "share": round(requests / total, 4) if total else 0.0,
+             "rollbacks": rollbacks} for side, (requests, rollbacks) in sorted(sides.items())]})
+    return rows
 
 
 def _merge_upstreams(into: dict, reported: dict) -> None:
