@@ -134,6 +134,20 @@ def admin(g, method: str, body: bytes | None = None):
         return e.code, json.loads(e.read())
 
 
+def _keep_requesting(g, record, stop, pause: float = 0.0) -> None:
+    """One keep-alive client asking /shop/x until `stop` is set; `record(response)` for each answer."""
+    import time
+
+    c = RawClient(g.port)
+    try:
+        while not stop.is_set():
+            c.send(b"GET /shop/x HTTP/1.1\r\nHost: a\r\n\r\n")
+            record(c.response())
+            time.sleep(pause)
+    finally:
+        c.close()
+
+
 def test_weights_change_live_and_a_flip_loses_no_request(gateway_factory, sides):
     """Blue-green: 100/0 to 0/100 through the admin API while a client keeps requesting
     on keep-alive connections: every request answered, none lost, none refused."""
@@ -145,17 +159,8 @@ def test_weights_change_live_and_a_flip_loses_no_request(gateway_factory, sides)
     assert status == 200 and shown["source"] == "file"
     assert shown["sides"] == [{"upstream": "blue", "weight": 100}, {"upstream": "green", "weight": 0}]
     results, stop = [], threading.Event()
-
-    def client():
-        c = RawClient(g.port)
-        try:
-            while not stop.is_set():
-                c.send(b"GET /shop/x HTTP/1.1\r\nHost: a\r\n\r\n")
-                results.append(side_of(c.response(), blue))
-        finally:
-            c.close()
-
-    threads = [threading.Thread(target=client) for _ in range(4)]
+    threads = [threading.Thread(target=_keep_requesting, args=(g, lambda r: results.append(side_of(r, blue)), stop))
+               for _ in range(4)]
     for t in threads:
         t.start()
     wait_for(lambda: len(results) > 100, timeout=10)
@@ -273,18 +278,7 @@ def test_a_failing_canary_is_rolled_back_within_the_window_and_a_second(gateway_
         text = g.get_admin("/metrics")[1].decode()
         assert 'tollhouse_split_rollbacks_total{route="shop",upstream="green"} 0.0' in text
         statuses, stop = [], threading.Event()
-
-        def client():
-            c = RawClient(g.port)
-            try:
-                while not stop.is_set():
-                    c.send(b"GET /shop/x HTTP/1.1\r\nHost: a\r\n\r\n")
-                    statuses.append(c.response().status)
-                    time.sleep(0.005)
-            finally:
-                c.close()
-
-        t = threading.Thread(target=client)
+        t = threading.Thread(target=_keep_requesting, args=(g, lambda r: statuses.append(r.status), stop, 0.005))
         started = time.monotonic()
         t.start()
         try:

@@ -1,30 +1,17 @@
 """The HTTP/1.1 codecs: response framing towards the client, the request head towards an upstream."""
 import pytest
 
-from tollhouse.exchange.http1 import HTTP1, HTTP1_UPSTREAM, forwarded_prefix
+from tests.unit.exchange.stand_ins import Connection
+
+from tollhouse.exchange.http1 import HTTP1, HTTP1_UPSTREAM
 from tollhouse.exchange.lifecycle import Exchange
 from tollhouse.exchange.request import CHUNKED, NONE, RAW
 from tollhouse.routing import RouteTarget
 
 
-class _Connection:
-    worker = None
-    codec = HTTP1
-    peer_ip_bytes = b"10.1.2.3"
-    scheme = b"http"
-    peer_trusted = False
-    forwarded = forwarded_prefix(b"10.1.2.3", b"http")
-
-    def __init__(self):
-        self.written = []
-
-    def write(self, data):
-        self.written.append(data)
-
-
 @pytest.fixture
 def ex():
-    e = Exchange(_Connection(), None)
+    e = Exchange(Connection(), None)
     e.status, e.request_id, e.version = 200, b"rid-1", "1.1"
     e.response_headers = [b"content-type: text/plain\r\n", b"content-length: 5\r\n"]
     return e
@@ -48,7 +35,7 @@ def test_a_length_that_changes_is_chunked_for_http11_and_close_delimited_for_htt
     HTTP1.end_body(ex)
     out = b"".join(ex.conn.written)
     assert b"transfer-encoding: chunked\r\n" in out and out.endswith(b"5\r\nhello\r\n0\r\n\r\n")
-    ex10 = Exchange(_Connection(), None)
+    ex10 = Exchange(Connection(), None)
     ex10.version, ex10.response_headers = "1.0", []
     HTTP1.frame_unknown_length(ex10)
     assert ex10.mode == RAW and not ex10.keep_alive

@@ -1,28 +1,16 @@
 """The request's policy API on a real Exchange over a stand-in connection (no sockets)."""
 import pytest
 
-from tollhouse.exchange.http1 import HTTP1
+from tests.unit.exchange.stand_ins import Connection
+
 from tollhouse.exchange.lifecycle import Exchange
 from tollhouse.identity import Identity
 from tollhouse.registry import noted_index
 
 
-class _Connection:
-    worker = None
-    codec = HTTP1
-    peer_ip = "10.1.2.3"
-    peer_trusted = False
-
-    def __init__(self):
-        self.written = []
-
-    def write(self, data):
-        self.written.append(data)
-
-
 @pytest.fixture
 def ex():
-    e = Exchange(_Connection(), None)
+    e = Exchange(Connection(), None)
     e.headers = [b"Accept: text/plain\r\n", b"X-Two: 1\r\n", b"x-two: 2\r\n", b"Authorization: Bearer t\r\n"]
     return e
 
