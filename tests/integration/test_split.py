@@ -163,11 +163,11 @@ def test_weights_change_live_and_a_flip_loses_no_request(gateway_factory, sides)
                for _ in range(4)]
     for t in threads:
         t.start()
-    wait_for(lambda: len(results) > 100, timeout=10)
+    wait_for(lambda: len(results) > 100, timeout=30)
     status, shown = admin(g, "PUT", b'{"weights": {"blue": 0, "green": 100}}')
     assert status == 200 and shown["source"] == "operator"
     flipped_at = len(results)
-    wait_for(lambda: len(results) > flipped_at + 200, timeout=10)
+    wait_for(lambda: len(results) > flipped_at + 200, timeout=30)
     stop.set()
     for t in threads:
         t.join(timeout=10)
