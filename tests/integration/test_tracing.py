@@ -166,3 +166,16 @@ def test_each_aggregation_backend_is_a_client_span_of_the_request(gateway_factor
     for s, name in zip(clients, ("one", "two")):
         assert body[name]["headers"]["traceparent"] == f"00-{server.trace_id.hex()}-{s.span_id.hex()}-01"
     assert attrs(clients[0])["url.full"].endswith("/one")
+
+
+def test_a_split_routes_server_span_names_the_side_that_served(gateway_factory, upstream, collector):
+    cfg = config(upstream.url, collector.url, f"http://127.0.0.1:{refused_port()}") + """
+  - name: shop
+    match: {prefix: /shop}
+    split: [{upstream: gone, weight: 0}, {upstream: app, weight: 1}]
+"""
+    g = gateway_factory(cfg)
+    assert get(g, "/shop/x").status == 200
+    wait_for(lambda: any(s.kind == 2 for s in collector.spans), timeout=10)
+    (server,) = [s for s in collector.spans if s.kind == 2]
+    assert attrs(server)["tollhouse.split.upstream"] == "app" and attrs(server)["tollhouse.route"] == "shop"
