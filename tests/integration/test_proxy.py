@@ -106,6 +106,14 @@ def test_an_upstreams_own_date_is_relayed_unchanged(gw):
     assert r.headers.get_all("date") == [stamp]
 
 
+def test_an_upstreams_transfer_encoding_is_never_relayed_the_gateway_frames_anew(gw):
+    """The upstream's chunked framing is undone and redone: the client sees one Transfer-Encoding,
+    the gateway's."""
+    r = get(gw, "/chunked?n=3")
+    assert r.headers.get_all("transfer-encoding") == ["chunked"], r.headers
+    assert r.body == b"chunk-0;chunk-1;chunk-2;"
+
+
 def test_hop_by_hop_response_headers_are_removed(gw):
     r = get(gw, "/hop")
     assert r.getheader("x-secret") is None and r.getheader("keep-alive") is None

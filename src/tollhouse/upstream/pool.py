@@ -137,24 +137,25 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
         if len(name) in _SPECIAL_LENGTHS:
             kind = _RESPONSE_SPECIAL.get(name.lower())
             if kind is not None:
-                if kind == CONTENT_LENGTH or kind == DATE:
-                    if kind == DATE:
-                        self.dated = True
-                    else:
-                        self.content_length = value
-                    self.headers.append(name + b": " + value + b"\r\n")
+                if kind == CONTENT_LENGTH:
+                    self.content_length = value   # noted and relayed
+                elif kind == DATE:
+                    self.dated = True             # noted and relayed
                 elif kind == TRANSFER_ENCODING:
                     # Anything but one "chunked" is a coding the client could not be told
                     # about once the header is dropped (RFC 9112 §6.1, §6.3): 502, never relayed.
                     if self.chunked or value.strip().lower() != b"chunked":
                         self.bad_coding = True
                     self.chunked = True
+                    return
                 elif kind == CONNECTION:
                     tokens = value.lower()
                     if tokens != b"keep-alive" and tokens != b"close":
                         self.connection_tokens = (tokens if self.connection_tokens is None
                                                   else self.connection_tokens + b"," + tokens)
-                return
+                    return
+                else:
+                    return   # dropped
         self.headers.append(name + b": " + value + b"\r\n")
 
     def on_headers_complete(self):
