@@ -137,7 +137,7 @@ class _UpstreamCore(Schema):
         if not self.targets:
             error_at(errors, path, "targets", lines, line, "needs at least one target")
             return
-        spoken = {p.name: p for t in self.targets for p in installed().protocols if p.speaks(t.url)}
+        spoken = {p.name for p in map(protocol_of, (t.url for t in self.targets)) if p is not None}
         if len(spoken) > 1:
             error_at(errors, path, "targets", lines, line,
                      f"targets of {' and '.join(sorted(spoken))} cannot share an upstream")

@@ -338,13 +338,13 @@ def choose_target(pool, exchange):
         return Reply.problem(503, "Service Unavailable", f"the circuit to {pool.name} is open",
                              headers=[("retry-after", str(breaker.retry_after()))])
     target = pool.choose(exchange)
-    if not target.healthy and not _any_healthy(pool.targets):
+    if not target.healthy and not any_healthy(pool.targets):
         return Reply.problem(503, "Service Unavailable", f"no healthy target in {pool.name}",
                              headers=[("retry-after", "1")])
     return target
 
 
-def _any_healthy(targets) -> bool:
+def any_healthy(targets) -> bool:
     # Outside the class: the compiled build allows no closure (this generator) in its methods.
     return any(t.healthy for t in targets)
 

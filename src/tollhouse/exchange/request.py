@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from time import perf_counter
 
+from ..registry import installed
 from .sink import ResponseSink
 
 # Response modes towards the client (server.http1).
@@ -297,8 +298,6 @@ _SPECIAL_ATTR = {b"host": "host", b"x-forwarded-for": "xff", b"x-forwarded-proto
 
 def noted_index_of(name: str) -> int:
     """The index of a noted header (registry.NotedHeader), or -1 when no kind declared it."""
-    from ..registry import installed
-
     noted = installed().headers.get(name.lower())
     return noted.index if noted is not None else -1
 

@@ -28,6 +28,7 @@ import orjson
 from ..clock import CLOCK
 from ..config.loader import ConfigError
 from ..config.schema import Duration, Field, Int, ListOf, Ratio, Schema, Str, error_at
+from ..exchange.forwarding import any_healthy
 from ..exchange.request import cookie_value
 from ..observability.metrics import BUCKETS
 from ..pipeline import Policy
@@ -198,7 +199,7 @@ class SplitChooser:
         """The cumulative weights of the usable sides: those with weight, less those with no
         healthy target while another side has one."""
         weights = self.weights
-        usable = [w if w and _healthy(pool) else 0 for w, pool in zip(weights, self.pools)]
+        usable = [w if w and any_healthy(pool.targets) else 0 for w, pool in zip(weights, self.pools)]
         if not any(usable):
             usable = weights
         bounds, total = [], 0
@@ -208,10 +209,6 @@ class SplitChooser:
         if bounds != self.bounds:
             self.sides_of = {}   # sticky callers are placed again by the new weights
         self.bounds, self.total, self.checked_at = bounds, total, CLOCK.now
-
-
-def _healthy(pool) -> bool:
-    return any(t.healthy for t in pool.targets)
 
 
 class SplitSide(Policy):
