@@ -18,6 +18,12 @@ class ParallelBuildExt(build_ext):
             self.parallel = os.cpu_count() or 1
 
 
+def has_nghttp2() -> bool:
+    """libnghttp2's headers are installed (Debian: libnghttp2-dev)."""
+    return any(os.path.exists(os.path.join(d, "nghttp2", "nghttp2.h"))
+               for d in ("/usr/include", "/usr/local/include", os.environ.get("NGHTTP2_INCLUDE", "/nonexistent")))
+
+
 def extensions():
     if os.environ.get("TOLLHOUSE_PURE_PYTHON"):
         return []
@@ -28,6 +34,10 @@ def extensions():
     # A module with a .pxd beside it is compiled (tollhouse.compiled_modules() says the same).
     sources = sorted(glob.glob("src/tollhouse/**/*.pxd", recursive=True))
     modules = [Extension(pxd[4:-4].replace("/", "."), [pxd[:-4] + ".py"], optional=True) for pxd in sources]
+    if has_nghttp2():
+        # HTTP/2 (docs/http2.md): the binding to the C library, built where its headers are.
+        modules.append(Extension("tollhouse.exchange.nghttp2", ["src/tollhouse/exchange/nghttp2.pyx"],
+                                 libraries=["nghttp2"], optional=True))
     return cythonize(modules, nthreads=os.cpu_count() or 1, quiet=True,
                      compiler_directives={"language_level": 3, "annotation_typing": False})
 

@@ -9,14 +9,14 @@ from .observability import debug, tracing
 from .policies import (aggregate, auth, cache, compress, cors, grpc, headers, ip, mirror, ratelimit, request, split,
                        websocket)
 from .exchange import http1
-from .server import tls
+from .server import http2, tls
 
 KINDS = tuple(module.KIND for module in (auth, ratelimit, cache, ip, cors, request, compress, headers, aggregate,
                                           websocket, grpc, split)) + (split.STICKY, split.ROLLBACK, mirror.KIND)
 #: The order request hooks run in; a kind may add a phase of its own (PolicyKind.new_phase).
 #: `access` is the custom policies' default.
 PHASES = ("ip", "cors", "auth", "ratelimit", "validate", "cache", "access", "transform")
-SECTIONS = (tls.SECTION, tracing.SECTION, debug.SECTION)
+SECTIONS = (tls.SECTION, http2.SECTION, tracing.SECTION, debug.SECTION)
 PROTOCOLS = (http1.PROTOCOL, grpc.PROTOCOL)
 
 

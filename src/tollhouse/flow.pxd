@@ -27,7 +27,7 @@ cdef class Gathered:
 
 
 cdef class WorkerCore:
-    cdef public object loop, stats, state, date_line, next_request_id, tracer_factory
+    cdef public object loop, stats, state, date_line, next_request_id, tracer_factory, http2
     cdef public set connections, inflight
     cdef public list ended, outbox
     cdef public bint draining, reading, busy_polling, polling

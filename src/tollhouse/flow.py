@@ -109,7 +109,7 @@ class WorkerCore:
 
     __slots__ = ("loop", "stats", "state", "connections", "inflight", "ended", "draining", "date_line", "next_request_id",
                  "outbox", "active_requests", "reading", "tracer_factory", "trace_skip", "trace_notes", "busy_polling",
-                 "polling")
+                 "polling", "http2")
 
     def __init__(self, loop):
         self.loop = loop
@@ -129,6 +129,7 @@ class WorkerCore:
         self.trace_notes = ()
         self.busy_polling = False   # busy_polling: the loop always has a callback ready (poll_again)
         self.polling = False        # poll_again is scheduled
+        self.http2 = None           # makes the protocol of a connection that speaks HTTP/2 (server/http2.py), or None
 
     def set_busy_polling(self, on: bool) -> None:
         """`busy_polling`: keep one callback always ready, so the event loop polls for

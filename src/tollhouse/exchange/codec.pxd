@@ -8,6 +8,8 @@ cdef class Codec:
     cpdef write_head(self, Request exchange, body)
     cpdef write_body(self, Request exchange, chunk)
     cpdef end_body(self, Request exchange)
+    cpdef write_continue(self, Request exchange)
+    cpdef write_answer(self, Request exchange, body)
 
 
 cdef class UpstreamCodec:

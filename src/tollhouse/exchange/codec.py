@@ -38,6 +38,16 @@ class Codec:
         """The body is complete."""
         raise NotImplementedError
 
+    def write_continue(self, exchange) -> None:
+        """An interim 100 (Continue): the client may send the body it held back."""
+        raise NotImplementedError
+
+    def write_answer(self, exchange, body: bytes) -> None:
+        """Write the gateway's own answer (a refusal, an error, a local endpoint's reply),
+        head and body at once: a codec may translate it (HTTP/2 answers a gRPC call's
+        refusal in gRPC's terms)."""
+        self.write_head(exchange, body)
+
 
 class UpstreamCodec:
     """The framing of requests towards an upstream (HTTP/1.1 is `http1.HTTP1_UPSTREAM`),

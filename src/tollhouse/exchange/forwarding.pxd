@@ -2,7 +2,7 @@
 cimport cython
 
 from tollhouse.clock cimport Clock
-from tollhouse.exchange.codec cimport UpstreamCodec
+from tollhouse.exchange.codec cimport Codec, UpstreamCodec
 from tollhouse.exchange.relay cimport Relay
 from tollhouse.routing cimport RouteTarget
 from tollhouse.upstream.pool cimport TargetPool, UpstreamConnection, UpstreamPool
@@ -15,7 +15,7 @@ cdef class Forwarding(Relay):
     @cython.locals(pool=UpstreamPool, target=TargetPool)
     cpdef proxy(self)
     cpdef use_target(self, TargetPool target)
-    @cython.locals(route=RouteTarget, codec=UpstreamCodec, parts=list)
+    @cython.locals(route=RouteTarget, codec=UpstreamCodec, client_codec=Codec, parts=list)
     cpdef send_upstream(self, UpstreamConnection conn)
     @cython.locals(up=UpstreamConnection, codec=UpstreamCodec)
     cpdef forward_body(self, chunk)

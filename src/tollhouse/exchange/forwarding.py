@@ -18,7 +18,6 @@ from .relay import Relay
 from .request import CHUNKED, COMPLETE, WAITING
 
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Forwarding(Relay):
@@ -126,7 +125,8 @@ class Forwarding(Relay):
         conn.send(self, b"".join(parts), self.method == b"HEAD")
         if self.expect and not self.body_done and not self.continue_sent and not self.body_received:
             self.continue_sent = True
-            self.conn.write(_CONTINUE)
+            client_codec = self.codec
+            client_codec.write_continue(self)
         # Timeouts are checked by the worker's deadline sweep, not a timer
         # per request (a uvloop timer costs more than the rest of this method).
         self.deadline = self.upstream_started + route.first_wait

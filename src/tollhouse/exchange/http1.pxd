@@ -11,7 +11,8 @@ cdef dict _NORMAL_PATHS, _SANE_HOSTS
 cpdef bint _sane_host(host)
 cpdef _length_unknown(Request ex)
 cpdef _framing_error(Request ex, limits)
-cpdef _target_error(Request ex)
+cpdef target_error(Request ex)
+cpdef keep_request_id(Request ex)
 
 
 cdef class Http1Codec(Codec):

@@ -30,6 +30,7 @@ _SANE_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|\[v[0-9A-Fa-f]+\.[A-Za-z0-9._~!
 _SANE_HOSTS: dict[bytes, bool] = {}
 _NORMAL_PATHS: dict[bytes, bytes] = {}
 LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Http1Codec(Codec):
@@ -40,12 +41,10 @@ class Http1Codec(Codec):
     def finalise_head(self, ex, limits) -> None:
         """Validate what only the whole head can tell (RFC 9112 §3.2, §6). A refused
         request keeps its id and its path as sent: the answer and the log line carry both."""
-        rid = ex.request_id
-        if not rid or not _SANE_ID.fullmatch(rid):
-            ex.request_id = ex.worker.next_request_id()
+        keep_request_id(ex)
         error = _framing_error(ex, limits)
         if error is None:
-            error = _target_error(ex)
+            error = target_error(ex)
         if error is not None:
             ex.error = error
             ex.keep_alive = False
@@ -93,6 +92,9 @@ class Http1Codec(Codec):
     def end_body(self, ex) -> None:
         if ex.mode == CHUNKED:
             ex.conn.write(LAST_CHUNK)
+
+    def write_continue(self, ex) -> None:
+        ex.conn.write(CONTINUE)
 
 
 #: The codec of every HTTP/1.x client connection.
@@ -200,7 +202,14 @@ def _framing_error(ex, limits):
     return None
 
 
-def _target_error(ex):
+def keep_request_id(ex) -> None:
+    """The client's X-Request-ID when it is sane, else a new one."""
+    rid = ex.request_id
+    if not rid or not _SANE_ID.fullmatch(rid):
+        ex.request_id = ex.worker.next_request_id()
+
+
+def target_error(ex):
     """Split the request target into the normalised path and the query (the authority of
     an absolute-form target replaces Host); why it cannot be served, or None."""
     target = ex.raw_target

@@ -18,5 +18,6 @@ cdef class Relay(Request):
     @cython.locals(codec=Codec)
     cpdef end_body(self)
     cpdef observed_complete(self)
+    @cython.locals(codec=Codec)
     cpdef answer(self, Reply reply)
     cpdef abort_upstream(self)

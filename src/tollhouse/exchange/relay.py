@@ -140,7 +140,11 @@ class Relay(Request):
         if no_body or self.method == b"HEAD":
             body = b""
         self.mode = NONE   # the body, if any, goes with the head
-        self.write_head(body)   # one write: head and body
+        if self.tracer is not None:
+            self.tracer.responding(self)
+        self.response = HEAD_SENT
+        codec = self.codec
+        codec.write_answer(self, body)   # one write: head and body
         self.bytes_sent = len(body)
         self.response = COMPLETE
         self.finish()

@@ -14,14 +14,14 @@ cdef class Request(ResponseSink):
     cdef public UpstreamPool pool
     cdef public object conn, codec, body_chunks, state, params, method, raw_target, path, query
     cdef public object version, host, request_id, content_length, te, connection_tokens, expect, xff, xfp, xfh
-    cdef public object error, task, timer, vars, _client_ip, identity
+    cdef public object error, task, timer, vars, _client_ip, identity, trailers
     cdef public object local, tried, body_waiter
     cdef public list observers, body_filters, body_readers, noted
     cdef public object duplicate, tracer
     cdef public tuple outcomes
     cdef public bint keep_alive, chunked, upgrade, body_done, continue_sent, head_received, finished
     cdef public bint replayed, sent_body, upstream_keepalive, upstream_delimited
-    cdef public int host_count, mode, attempt, status, response
+    cdef public int host_count, mode, attempt, status, response, grpc_status
     cdef public long long body_buffered, body_received, bytes_sent, body_limit
     cdef public double started, upstream_started, upstream_clock, deadline, first_started, body_progress, ended
     cdef public double upstream_time

@@ -52,7 +52,7 @@ class Request(ResponseSink):
                  "response", "head_received", "mode", "bytes_sent", "finished", "task", "timer", "vars", "replayed",
                  "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "slots", "local", "attempt",
                  "first_started", "tried", "body_limit", "body_waiter", "body_progress", "ended", "upstream_time",
-                 "duplicate", "tracer", "outcomes", "observers", "body_readers", "body_filters", "noted", "identity")
+                 "duplicate", "tracer", "outcomes", "observers", "body_readers", "body_filters", "noted", "identity", "trailers", "grpc_status")
 
     def __init__(self, conn, state):
         self.conn = conn
@@ -110,6 +110,8 @@ class Request(ResponseSink):
         self.outcomes = ()         # the policies' outcome labels, read once the exchange ended (Stats.fold)
         self.noted = None          # the values of the headers kinds declared, by index (noted_value), once one came
         self.identity = None       # who is calling (tollhouse.identity.Identity), set by an auth provider
+        self.trailers = None       # the response's trailer lines (HTTP/2 and gRPC), relayed after the body
+        self.grpc_status = -1      # a gRPC call's status (its trailers' grpc-status, or the refusal's), -1 if none
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None

@@ -24,7 +24,8 @@ from time import perf_counter
 
 import orjson
 
-FIELDS = ("time", "request_id", "client_ip", "method", "path", "route", "status", "bytes", "duration_ms",
+FIELDS = ("time", "request_id", "client_ip", "method", "path", "protocol", "route", "status", "grpc_status", "bytes",
+          "duration_ms",
           "upstream", "consumer", "cache", "ratelimit")
 MAX_PENDING = 100_000
 
@@ -67,8 +68,9 @@ class AccessLog:
             self._pending -= count
 
 
-_LINE = (b'{"time":"%s.%03dZ","request_id":"%s","client_ip":%s,"method":"%s","path":%s,"status":%d,"bytes":%d,'
-         b'"duration_ms":%.3f,%s}')
+_LINE = (b'{"time":"%s.%03dZ","request_id":"%s","client_ip":%s,"method":"%s","path":%s,"protocol":"%s","status":%d,'
+         b'"grpc_status":%s,"bytes":%d,"duration_ms":%.3f,%s}')
+_PROTOCOLS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0", "2": b"HTTP/2"}
 
 
 def _context(route, target, consumer, labels) -> bytes:
@@ -132,7 +134,8 @@ def format_batch(batch: list, offset: float) -> bytes:
         path = ex.path
         lines.append(_LINE % (
             stamp, int((t - second) * 1000), ex.request_id, get(ip) or memo.setdefault(ip, dumps(ip)), ex.method,
-            get(path) or memo.setdefault(path, dumps(path.decode("latin-1"))), ex.status, ex.bytes_sent,
+            get(path) or memo.setdefault(path, dumps(path.decode("latin-1"))), _PROTOCOLS.get(ex.version, b"HTTP/1.1"),
+            ex.status, b"null" if ex.grpc_status < 0 else b"%d" % ex.grpc_status, ex.bytes_sent,
             (ex.ended - ex.started) * 1000, context))
     lines.append(b"")
     return b"\n".join(lines)

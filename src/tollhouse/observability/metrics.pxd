@@ -5,6 +5,8 @@ from tollhouse.exchange.lifecycle cimport Exchange
 from tollhouse.pipeline cimport Chain
 from tollhouse.routing cimport RouteTarget
 
+cdef tuple _HTTP2_KEY, _GRPC_CODES
+
 
 cdef class Histogram:
     cdef public list counts
@@ -26,5 +28,5 @@ cdef class Stats:
 
     @cython.locals(ex=Exchange, route=RouteTarget, stats=RouteStats, hist=Histogram, duration=cython.double,
                    upstream=cython.double, counts=dict, consumers=dict, denied=dict, status=cython.int, n=object,
-                   slots=list, chain=Chain, labels=tuple, metrics=tuple, i=cython.Py_ssize_t)
+                   slots=list, chain=Chain, counters=dict, labels=tuple, metrics=tuple, i=cython.Py_ssize_t)
     cpdef fold(self, list exchanges)

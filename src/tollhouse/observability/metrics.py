@@ -71,6 +71,10 @@ class RouteStats:
             self.upstream.observe(duration)
 
 
+_HTTP2_KEY = ("http2_requests", ())
+_GRPC_CODES = tuple(str(i) for i in range(32))
+
+
 class Stats:
     """One worker's counters. Keys are plain tuples; values plain numbers."""
 
@@ -116,6 +120,7 @@ class Stats:
         unrouted = self.unrouted
         consumers = self.consumers
         denied = self.denied
+        counters = self.counters
         for ex in exchanges:
             route = ex.route
             stats = route.stats if route is not None else unrouted
@@ -135,6 +140,11 @@ class Stats:
                     hist = self.upstream_histogram(ex.pool.name)
                 hist.counts[bisect_left(BUCKETS, upstream)] += 1
                 hist.sum += upstream
+            if ex.version == "2":   # HTTP/1.x is the rest: tollhouse_requests_total less these
+                counters[_HTTP2_KEY] = counters.get(_HTTP2_KEY, 0) + 1
+            if ex.grpc_status >= 0:
+                grpc = ("grpc_responses", (("route", stats.name), ("grpc_status", _GRPC_CODES[ex.grpc_status & 31])))
+                counters[grpc] = counters.get(grpc, 0) + 1
             identity = ex.identity
             if identity is not None:
                 consumer = identity.consumer

@@ -11,14 +11,18 @@ cdef dict _SPECIAL, _NOTED_HEADERS
 cdef frozenset _SPECIAL_LENGTHS
 cdef Py_ssize_t _NOTED_COUNT
 cdef object _COMPILED_FOR
+cdef bytes PREFACE
+
+cpdef take_header(Exchange ex, name, value)
+cpdef bint take_special(Exchange ex, int kind, name, lower, value)
 
 cdef class ClientConnection:
     cdef public WorkerCore worker
     cdef public object transport, parser, peer_ip, peer_ip_bytes, scheme, pending, fatal, limits
     cdef public Gathered outgoing
-    cdef public object forwarded, successor
+    cdef public object forwarded, successor, early
     cdef public Exchange active, incoming
-    cdef public bint peer_trusted, closing, in_head, write_paused
+    cdef public bint peer_trusted, closing, in_head, write_paused, fresh
     cdef public FlowControl flow
     cdef public double head_started, last_active
     cdef public long long head_bytes, read_size
@@ -27,8 +31,6 @@ cdef class ClientConnection:
     cpdef received(self, data)
     @cython.locals(codec=Http1Codec)
     cpdef on_headers_complete(self)
-    cpdef bint _note(self, Exchange ex, name, lower, value)
-    cpdef _special_header(self, Exchange ex, kind, value)
     cpdef closing_after(self, Exchange ex)
     cpdef exchange_finished(self, Exchange ex)
     cpdef close(self)

@@ -68,6 +68,60 @@ def header_table() -> dict:
     return dict(_SPECIAL)
 
 
+def take_header(ex, name: bytes, value: bytes) -> None:
+    """A request header whose name is lower case already (HTTP/2's are), onto `ex`."""
+    kind = _SPECIAL.get(name)
+    if kind is not None and not take_special(ex, kind, name, name, value):
+        return
+    ex.headers.append(name + b": " + value + b"\r\n")
+
+
+def take_special(ex, kind: int, name: bytes, lower: bytes, value: bytes) -> bool:
+    """A header of HTTP's own or one a kind declared, onto `ex`: whether it is also relayed."""
+    if kind == _HOST:
+        ex.host = value
+        ex.host_count += 1
+        return False
+    if kind == _NOTED:
+        # Noted for the kind that reads it (no scan of the lines), and relayed unless hidden.
+        header = _NOTED_HEADERS[lower]
+        noted = ex.noted
+        if noted is None:
+            noted = ex.noted = [None] * _NOTED_COUNT
+        index = header.index
+        if header.singleton and noted[index] is not None:
+            ex.duplicate = name
+        noted[index] = value
+        return header.relayed
+    if kind == _SINGLETON:
+        if find_header(ex.headers, lower) is not None:
+            ex.duplicate = name
+        return True
+    if kind == _CL:
+        ex.content_length = int(value)   # llhttp (nghttp2) has checked it is digits and unique
+    elif kind == _TE:
+        ex.te = value if ex.te is None else ex.te + b", " + value
+    elif kind == _CONNECTION:
+        ex.connection_tokens = value if ex.connection_tokens is None else ex.connection_tokens + b"," + value
+    elif kind == _EXPECT:
+        ex.expect = value
+    elif kind == _RID:
+        ex.request_id = value
+    elif kind == _XFF:
+        ex.xff = value if ex.xff is None else ex.xff + b", " + value
+    elif kind == _XFP:
+        ex.xfp = value
+    elif kind == _XFH:
+        ex.xfh = value
+    elif kind == _UPGRADE:
+        ex.upgrade = True
+    return False
+
+
+#: The client connection preface (RFC 9113 §3.4).
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
 class _HeadTooLarge(Exception):
     pass
 
@@ -87,7 +141,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
     __slots__ = ("worker", "transport", "parser", "peer_ip", "peer_ip_bytes", "peer_trusted", "scheme", "active",
                  "pending", "incoming", "flow", "closing", "in_head", "head_started", "last_active",
                  "write_paused", "fatal", "limits", "outgoing", "head_bytes", "read_size", "forwarded",
-                 "successor")
+                 "successor", "fresh", "early")
 
     background = False   # a client: counted and logged (see tollhouse.exchange.subrequest)
     codec = HTTP1        # how its responses are framed (exchange/codec.py)
@@ -116,6 +170,8 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         self.read_size = 0
         self.forwarded = b""
         self.successor = None   # the protocol that took the connection over after an upgrade
+        self.fresh = True       # nothing read yet: the first bytes may be HTTP/2's preface
+        self.early = b""        # the first bytes while they may still be a preface
 
     # asyncio.Protocol --------------------------------------------------------
     def connection_made(self, transport):
@@ -137,6 +193,11 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         worker.stats.active_connections += 1
         if len(worker.connections) > worker.state.limits.max_connections or worker.draining:
             self.abort()
+        elif worker.http2 is not None and self.scheme == b"https":
+            tls = transport.get_extra_info("ssl_object")
+            if tls is not None and tls.selected_alpn_protocol() == "h2":
+                self.fresh = False
+                self.take_over(worker.http2(worker, self))   # ALPN chose HTTP/2
 
     def connection_lost(self, exc):
         worker = self.worker
@@ -163,6 +224,12 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
             worker.flush_if_alone()
 
     def received(self, data):
+        if self.fresh:
+            if (self.worker.http2 is not None and data[:1] == b"P") or self.early:
+                data = self.http2_preface(data)
+                if data is None:
+                    return
+            self.fresh = False
         self.read_size = len(data)
         if self.in_head:
             self.head_bytes += self.read_size
@@ -203,6 +270,24 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
             limits = self.limits
             if self.head_bytes > limits.max_header_bytes + limits.max_uri_bytes:
                 self._fail(_too_large(limits))
+
+    def http2_preface(self, data: bytes):
+        """The first bytes of a cleartext connection: HTTP/2's preface (prior knowledge,
+        RFC 9113 §3.3) hands the socket over and returns None; the start of one is kept
+        until it is whole; anything else is returned to be parsed as HTTP/1.1."""
+        start = self.early + data
+        if start[:len(PREFACE)] == PREFACE[:len(start)]:
+            if len(start) < len(PREFACE):
+                self.early = start
+                return None
+            self.fresh = False
+            self.early = b""
+            successor = self.worker.http2(self.worker, self)
+            self.take_over(successor)
+            successor.data_received(start)
+            return None
+        self.early = b""
+        return start
 
     def eof_received(self):
         # A half-closed client still gets its in-flight answer (then we close).
@@ -252,54 +337,9 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
         if len(name) in _SPECIAL_LENGTHS:
             lower = name.lower()
             kind = _SPECIAL.get(lower)
-            if kind is not None:
-                if kind == _HOST:
-                    ex.host = value
-                    ex.host_count += 1
-                    return
-                if kind == _NOTED:
-                    # Noted for the kind that reads it (no scan of the lines), and relayed unless hidden.
-                    if not self._note(ex, name, lower, value):
-                        return
-                elif kind == _SINGLETON:
-                    if find_header(ex.headers, lower) is not None:
-                        ex.duplicate = name
-                else:
-                    self._special_header(ex, kind, value)
-                    return
+            if kind is not None and not take_special(ex, kind, name, lower, value):
+                return
         ex.headers.append(name + b": " + value + b"\r\n")
-
-    def _note(self, ex, name, lower, value) -> bool:
-        """Keep a declared header's value on the exchange; whether it is relayed."""
-        header = _NOTED_HEADERS[lower]
-        noted = ex.noted
-        if noted is None:
-            noted = ex.noted = [None] * _NOTED_COUNT
-        index = header.index
-        if header.singleton and noted[index] is not None:
-            ex.duplicate = name
-        noted[index] = value
-        return header.relayed
-
-    def _special_header(self, ex, kind, value):
-        if kind == _CL:
-            ex.content_length = int(value)   # llhttp has checked it is digits and unique
-        elif kind == _TE:
-            ex.te = value if ex.te is None else ex.te + b", " + value
-        elif kind == _CONNECTION:
-            ex.connection_tokens = value if ex.connection_tokens is None else ex.connection_tokens + b"," + value
-        elif kind == _EXPECT:
-            ex.expect = value
-        elif kind == _RID:
-            ex.request_id = value
-        elif kind == _XFF:
-            ex.xff = value if ex.xff is None else ex.xff + b", " + value
-        elif kind == _XFP:
-            ex.xfp = value
-        elif kind == _XFH:
-            ex.xfh = value
-        elif kind == _UPGRADE:
-            ex.upgrade = True
 
     def on_headers_complete(self):
         ex = self.incoming

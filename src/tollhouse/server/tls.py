@@ -33,9 +33,10 @@ VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _SSL_CTRL_SET_GROUPS_LIST = 92   # OpenSSL's SSL_CTX_set1_groups_list() is this SSL_CTX_ctrl()
 
 
-def server_context(tls, load_cert: bool = True) -> ssl.SSLContext | None:
+def server_context(tls, load_cert: bool = True, http2: bool = False) -> ssl.SSLContext | None:
     """The listener's context for `tls`, or None without it; raises ValueError
-    ("tls.KEY: what is wrong") on settings OpenSSL refuses."""
+    ("tls.KEY: what is wrong") on settings OpenSSL refuses. ALPN offers `tls.alpn`,
+    without h2 unless `http2` is served."""
     if tls is None:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -49,7 +50,7 @@ def server_context(tls, load_cert: bool = True) -> ssl.SSLContext | None:
     set_groups(ctx, tuple(tls.curves) or PROFILE_CURVES)
     if load_cert:
         ctx.load_cert_chain(tls.cert, tls.key)
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols([p for p in tls.alpn if p != "h2" or http2] or ["http/1.1"])
     return ctx
 
 
@@ -103,6 +104,8 @@ class Tls(Schema):
                     "Mozilla's server profile: intermediate (TLS 1.2 AEAD suites and TLS 1.3) or modern (TLS 1.3 only)")
     min_version = Field(Str(choices=("1.2", "1.3")), "", "lowest TLS version accepted (default: the profile's)")
     ciphers = Field(Str(), "", "OpenSSL cipher list for TLS 1.2 (default: the profile's)")
+    alpn = Field(ListOf(Str(choices=("h2", "http/1.1"))), ("h2", "http/1.1"), "protocols offered by ALPN, "
+                 "in order of preference (h2 only where HTTP/2 is served: docs/http2.md)")
     curves = Field(ListOf(Str()), (), "key-exchange groups, e.g. [X25519, prime256v1] "
                    "(default: X25519, prime256v1, secp384r1)")
 
@@ -115,4 +118,4 @@ class Tls(Schema):
 
 #: The listener's `tls:` section (installed by tollhouse.builtins).
 SECTION = Section("tls", Field(OneOf((lambda v: v is None, Kind()), (is_map, Tls)), None,
-                               "TLS termination: {cert, key, profile, min_version, ciphers, curves}"))
+                               "TLS termination: {cert, key, profile, min_version, ciphers, curves, alpn}"))

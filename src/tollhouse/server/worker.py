@@ -27,6 +27,7 @@ from ..observability.metrics import Stats
 from ..registry import noted_index, worker_services
 from ..state import GatewayState, build_state, retire
 from ..store import open_store
+from .http2 import Http2Connection, settings_of as http2_settings
 from .protocol import ClientConnection
 from .tls import server_context
 
@@ -74,6 +75,7 @@ class Worker(WorkerCore):
             self.circuits.attach(self.state.pools)
         self.servers: list[asyncio.AbstractServer] = []
         self._sockets = sockets
+        self.http2 = Http2Connection if http2_settings(config) is not None else None
         self._sweeper = None
         self._stopped = asyncio.Event()
         self._update_date()
@@ -81,7 +83,7 @@ class Worker(WorkerCore):
     # listeners -----------------------------------------------------------------
     async def start(self, reuse_port: bool) -> None:
         config = self.state.config
-        ctx = server_context(config.tls)
+        ctx = server_context(config.tls, http2=self.http2 is not None)
         scheme = b"https" if ctx else b"http"
         sockets = self._sockets or [make_listen_socket(h, p, reuse_port) for h, p in config.listen]
         for sock in sockets:
@@ -170,6 +172,7 @@ class Worker(WorkerCore):
                                  workers=services)
         self._trace(config)
         self.set_busy_polling(config.busy_polling)
+        self.http2 = Http2Connection if http2_settings(config) is not None else None
         for name, old in self.services.items():
             if services.get(name) is not old:
                 old.close()   # replaced (e.g. the cache's storage changed)
