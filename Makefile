@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 COMPILED := $(wildcard src/tollhouse/*.pxd src/tollhouse/*/*.pxd src/tollhouse/*/*/*.pxd)
 BUILT    := $(VENV)/.built
 
-.PHONY: demo test lint bench redis-server monitoring-tools browser deploy-tools bench-tools clean
+.PHONY: demo test lint bench redis-server http2-tools monitoring-tools browser deploy-tools bench-tools clean
 
 $(STAMP): pyproject.toml
 	@if [ -f $(VENV)/pyvenv.cfg ] && ! grep -qx 'home = $(PYHOME)' $(VENV)/pyvenv.cfg; then \
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-$(BUILT): $(STAMP) setup.py $(COMPILED) $(COMPILED:.pxd=.py)
+$(BUILT): $(STAMP) setup.py $(COMPILED) $(COMPILED:.pxd=.py) src/tollhouse/exchange/nghttp2.pyx
 	$(BIN)/python setup.py -q build_ext --inplace
 	touch $(BUILT)
 
@@ -41,6 +41,19 @@ redis-server:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else \
 	    echo "redis-server is missing. Install it first: 'sudo apt-get install redis-server' (Debian/Ubuntu), 'sudo dnf install redis' (Fedora) or 'brew install redis' (macOS)."; \
+	    exit 1; \
+	  fi; }
+
+# HTTP/2 is nghttp2 (the C library, bound at build time: libnghttp2-dev); its tests use
+# nghttp2-client's nghttp and h2load as real clients. Without the headers the build serves
+# HTTP/1.1 only (docs/http2.md).
+http2-tools:
+	@{ [ -f /usr/include/nghttp2/nghttp2.h ] && command -v h2load >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing libnghttp2-dev and nghttp2-client with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libnghttp2-dev nghttp2-client >/dev/null; \
+	  else \
+	    echo "libnghttp2-dev and nghttp2-client are missing. Install them first: 'sudo apt-get install libnghttp2-dev nghttp2-client' (Debian/Ubuntu)."; \
 	    exit 1; \
 	  fi; }
 
@@ -94,7 +107,7 @@ lint: $(STAMP)
 
 # The whole suite runs twice: on the compiled build, then on the plain-Python
 # source (the fallback without a compiler), which must behave the same.
-test: lint $(BUILT) redis-server monitoring-tools browser deploy-tools
+test: http2-tools lint $(BUILT) redis-server monitoring-tools browser deploy-tools
 	$(BIN)/python -m pytest tests
 	TOLLHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest tests
 
@@ -104,7 +117,7 @@ bench-tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null; \
 	  else echo "$$tool is missing: 'sudo apt-get install nginx wrk'"; exit 1; fi; }; done
 
-bench: $(BUILT) bench-tools
+bench: http2-tools $(BUILT) bench-tools
 	$(BIN)/python bench/run.py
 
 clean:

@@ -28,6 +28,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcpy
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cdef extern from "nghttp2/nghttp2.h":
     ctypedef struct nghttp2_session
@@ -87,6 +88,7 @@ cdef extern from "nghttp2/nghttp2.h":
                                                          size_t, void *)
     ctypedef int (*nghttp2_on_stream_close_callback)(nghttp2_session *, int32_t, uint32_t, void *)
     ctypedef int (*nghttp2_on_begin_headers_callback)(nghttp2_session *, const nghttp2_frame *, void *)
+    ctypedef int (*nghttp2_on_frame_send_callback)(nghttp2_session *, const nghttp2_frame *, void *)
     ctypedef int (*nghttp2_on_header_callback)(nghttp2_session *, const nghttp2_frame *, const uint8_t *, size_t,
                                                const uint8_t *, size_t, uint8_t, void *)
 
@@ -129,6 +131,8 @@ cdef extern from "nghttp2/nghttp2.h":
     void nghttp2_session_callbacks_set_on_begin_headers_callback(nghttp2_session_callbacks *,
                                                                  nghttp2_on_begin_headers_callback)
     void nghttp2_session_callbacks_set_on_header_callback(nghttp2_session_callbacks *, nghttp2_on_header_callback)
+    void nghttp2_session_callbacks_set_on_frame_send_callback(nghttp2_session_callbacks *,
+                                                              nghttp2_on_frame_send_callback)
 
     int nghttp2_option_new(nghttp2_option **)
     void nghttp2_option_del(nghttp2_option *)
@@ -156,6 +160,7 @@ cdef extern from "nghttp2/nghttp2.h":
     int32_t nghttp2_session_get_last_proc_stream_id(nghttp2_session *)
     uint32_t nghttp2_session_get_remote_settings(nghttp2_session *, int)
     int nghttp2_session_get_stream_remote_close(nghttp2_session *, int32_t)
+    int nghttp2_session_get_stream_local_close(nghttp2_session *, int32_t)
     int nghttp2_session_check_request_allowed(nghttp2_session *)
     int nghttp2_submit_settings(nghttp2_session *, uint8_t, const nghttp2_settings_entry *, size_t)
     int nghttp2_submit_response(nghttp2_session *, int32_t, const nghttp2_nv *, size_t, const nghttp2_data_provider *)
@@ -278,6 +283,17 @@ cdef int _on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, vo
         return 0
     if kind == NGHTTP2_RST_STREAM:
         self.resets_received += 1
+        if self.max_resets_per_second:
+            # Rapid reset (CVE-2023-44487): counted here, as each frame is parsed, so a burst
+            # in one read is cut off at the limit and not after the whole read.
+            now = _monotonic()
+            if now - self.reset_window >= 1.0:
+                self.reset_window = now
+                self.resets_in_window = 0
+            self.resets_in_window += 1
+            if self.resets_in_window > self.max_resets_per_second and not self.calmed:
+                self.calmed = True
+                nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM)
         return 0
     if kind == NGHTTP2_GOAWAY:
         return self._call(self.on_goaway, (frame.goaway.last_stream_id, frame.goaway.error_code))
@@ -295,10 +311,26 @@ cdef int _on_data(nghttp2_session *session, uint8_t flags, int32_t stream_id, co
     return self._call(self.on_data, (stream_id, PyBytes_FromStringAndSize(<char *>data, length)))
 
 
+cdef int _on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) noexcept:
+    cdef Session self = <Session>user_data
+    if (frame.hd.flags & NGHTTP2_FLAG_END_STREAM) and self.reset_after_end \
+            and frame.hd.stream_id in self.reset_after_end:
+        self.reset_after_end.discard(frame.hd.stream_id)
+        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame.hd.stream_id, NGHTTP2_NO_ERROR)
+    return 0
+
+
+cdef double _monotonic() noexcept:
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec + now.tv_nsec * 1e-9
+
+
 cdef int _on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
                           void *user_data) noexcept:
     cdef Session self = <Session>user_data
     self.outgoing.pop(stream_id, None)
+    self.reset_after_end.discard(stream_id)
     return self._call(self.on_closed, (stream_id, error_code))
 
 
@@ -314,6 +346,7 @@ cdef nghttp2_session_callbacks *_callbacks():
         nghttp2_session_callbacks_set_on_stream_close_callback(_CALLBACKS, _on_stream_close)
         nghttp2_session_callbacks_set_on_begin_headers_callback(_CALLBACKS, _on_begin_headers)
         nghttp2_session_callbacks_set_on_header_callback(_CALLBACKS, _on_header)
+        nghttp2_session_callbacks_set_on_frame_send_callback(_CALLBACKS, _on_frame_send)
     return _CALLBACKS
 
 
@@ -333,6 +366,10 @@ cdef class Session:
     cdef bint block_oversize
     cdef public size_t max_header_list_size
     cdef public long long resets_received
+    cdef readonly bint calmed
+    cdef long long max_resets_per_second, resets_in_window
+    cdef double reset_window
+    cdef set reset_after_end
     cdef object on_headers, on_data, on_end, on_closed, on_drained, on_goaway, on_settings
     cdef object failure
 
@@ -345,6 +382,7 @@ cdef class Session:
         cdef int rc
         self.server = server
         self.outgoing = {}
+        self.reset_after_end = set()
         self.on_headers = owner.h2_headers
         self.on_data = owner.h2_data
         self.on_end = owner.h2_end
@@ -360,9 +398,10 @@ cdef class Session:
         nghttp2_option_set_max_settings(option, 32)
         resets = settings.get("max_resets_per_second")
         if resets:
-            # The owner sends ENHANCE_YOUR_CALM first (its own per-second count); this is
-            # the library's backstop, a token bucket twice as deep.
-            nghttp2_option_set_stream_reset_rate_limit(option, 2 * resets, resets)
+            # GOAWAY ENHANCE_YOUR_CALM past `resets` in a second (_on_frame_recv); the
+            # library's own limit (GOAWAY INTERNAL_ERROR) stays behind it as a backstop.
+            self.max_resets_per_second = resets
+            nghttp2_option_set_stream_reset_rate_limit(option, 4 * resets + 1000, 2 * resets)
         if server:
             rc = nghttp2_session_server_new2(&self.session, _callbacks(), <void *>self, option)
         else:
@@ -595,6 +634,16 @@ cdef class Session:
         """Bytes of a stream's body still waiting for the peer's window."""
         cdef Outgoing out = self.outgoing.get(stream_id)
         return out.size if out is not None else 0
+
+    def reset_when_ended(self, int32_t stream_id):
+        """RST_STREAM NO_ERROR once the response has ended (END_STREAM sent): the peer
+        stops sending a request body nobody reads (RFC 9113 §8.1)."""
+        if self.session == NULL:
+            return
+        if nghttp2_session_get_stream_local_close(self.session, stream_id) == 1:
+            nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_NO_ERROR)
+        else:
+            self.reset_after_end.add(stream_id)
 
     def reset(self, int32_t stream_id, uint32_t code):
         """RST_STREAM: the stream ends now, for both sides."""

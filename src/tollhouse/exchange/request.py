@@ -52,7 +52,8 @@ class Request(ResponseSink):
                  "response", "head_received", "mode", "bytes_sent", "finished", "task", "timer", "vars", "replayed",
                  "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "slots", "local", "attempt",
                  "first_started", "tried", "body_limit", "body_waiter", "body_progress", "ended", "upstream_time",
-                 "duplicate", "tracer", "outcomes", "observers", "body_readers", "body_filters", "noted", "identity", "trailers", "grpc_status")
+                 "duplicate", "tracer", "outcomes", "observers", "body_readers", "body_filters", "noted", "identity",
+                 "trailers", "grpc_status")
 
     def __init__(self, conn, state):
         self.conn = conn

@@ -171,7 +171,8 @@ class Http2Stream:
             self.abort()
         elif not ex.body_done and not self.session.remote_closed(self.stream_id):
             # Answered before the request body ended: stop it (RFC 9113 §8.1, NO_ERROR).
-            self.connection.reset(self, nghttp2.NO_ERROR)
+            self.session.reset_when_ended(self.stream_id)
+            self.connection.schedule()
         self.connection.stream_finished(self)
 
     def consume_held(self) -> None:
@@ -222,8 +223,6 @@ class Http2Connection:   # an asyncio protocol by its methods
         self.write_paused = False
         self.last_active = CLOCK.now
         self.stalled_since = 0.0     # when queued response bytes last stopped leaving (a slow reader)
-        self.reset_window = 0.0      # the second RST_STREAMs are counted in
-        self.resets_seen = 0         # the session's count at that second's start
 
     # asyncio.Protocol --------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -266,20 +265,12 @@ class Http2Connection:   # an asyncio protocol by its methods
             worker.flush_if_alone()
 
     def count_resets(self) -> None:
-        """Rapid reset (CVE-2023-44487): past max_resets_per_second, GOAWAY ENHANCE_YOUR_CALM."""
-        received = self.session.resets_received
-        if received == self.resets_seen:
-            return
-        now = CLOCK.now
-        if now - self.reset_window >= 1.0:
-            self.reset_window = now
-            self.resets_seen = received - 1 if received > self.resets_seen else received
-            return
-        if received - self.resets_seen > self.settings.max_resets_per_second:
+        """Rapid reset (CVE-2023-44487): the session sent GOAWAY ENHANCE_YOUR_CALM past
+        max_resets_per_second (counted as frames are parsed, exchange/nghttp2.pyx)."""
+        if self.session.calmed:
             log.warning("HTTP/2 client %s reset more than %d streams in a second: GOAWAY ENHANCE_YOUR_CALM",
                         self.peer_ip, self.settings.max_resets_per_second)
             self.worker.stats.inc("http2_calm_goaways")
-            self.session.goaway(nghttp2.ENHANCE_YOUR_CALM, graceful=False)
             self.end_connection()
 
     def eof_received(self):
