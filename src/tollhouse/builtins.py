@@ -10,6 +10,7 @@ from .policies import (aggregate, auth, cache, compress, cors, grpc, headers, ip
                        websocket)
 from .exchange import http1
 from .server import http2, tls
+from .upstream import http2 as upstream_http2
 
 KINDS = tuple(module.KIND for module in (auth, ratelimit, cache, ip, cors, request, compress, headers, aggregate,
                                           websocket, grpc, split)) + (split.STICKY, split.ROLLBACK, mirror.KIND)
@@ -17,7 +18,7 @@ KINDS = tuple(module.KIND for module in (auth, ratelimit, cache, ip, cors, reque
 #: `access` is the custom policies' default.
 PHASES = ("ip", "cors", "auth", "ratelimit", "validate", "cache", "access", "transform")
 SECTIONS = (tls.SECTION, http2.SECTION, tracing.SECTION, debug.SECTION)
-PROTOCOLS = (http1.PROTOCOL, grpc.PROTOCOL)
+PROTOCOLS = (http1.PROTOCOL, upstream_http2.H2C, upstream_http2.HTTP2, grpc.PROTOCOL)
 
 
 def install() -> registry.Installed:

@@ -60,18 +60,22 @@ class UpstreamProtocol:
     """How an upstream's targets are spoken to: the URL `schemes` of its targets, the keys
     it adds to an upstream's schema (`fields`: name -> Field), `check(upstream, used,
     path, lines, line, errors)` for every upstream (`used`: its targets speak this
-    protocol; optional), and the `codec` its pools frame requests with
-    (exchange.codec.UpstreamCodec; None for a protocol whose policy has its own client)."""
+    protocol; optional), the `codec` its pools frame requests with
+    (exchange.codec.UpstreamCodec; None for a protocol whose policy has its own client),
+    and `target_pool(url, weight, settings, loop, codec)`, the pool of one target's
+    connections (None: upstream.pool.TargetPool, one request per connection). A protocol
+    with no `schemes` is spoken only where an upstream names it (`protocol:`)."""
 
-    __slots__ = ("name", "schemes", "fields", "check", "codec")
+    __slots__ = ("name", "schemes", "fields", "check", "codec", "target_pool")
 
     def __init__(self, name: str, schemes: tuple, fields: dict | None = None, check: Callable | None = None,
-                 codec: Any = None):
+                 codec: Any = None, target_pool: Callable | None = None):
         self.name = name
         self.schemes = tuple(schemes)
         self.fields = dict(fields or {})
         self.check = check
         self.codec = codec
+        self.target_pool = target_pool
 
     def speaks(self, url: str) -> bool:
         return url.split("://", 1)[0] in self.schemes
@@ -231,6 +235,14 @@ def protocol_of(url: str) -> UpstreamProtocol | None:
     """The installed protocol that speaks `url`, or None."""
     for protocol in installed().protocols:
         if protocol.speaks(url):
+            return protocol
+    return None
+
+
+def protocol_named(name: str) -> UpstreamProtocol | None:
+    """The installed protocol called `name`, or None."""
+    for protocol in installed().protocols:
+        if protocol.name == name:
             return protocol
     return None
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 from .config.loader import ConfigError
 from .config.model import policy_name
 from .pipeline import EMPTY_CHAIN, Chain, PolicyContext, load_policy_class
-from .registry import Services, custom_kind, policy_kinds, protocol_of
+from .registry import Services, custom_kind, policy_kinds, protocol_named
 from .routing import RouteTable, RouteTarget
 from .upstream.pool import UpstreamPool
 
@@ -97,8 +97,9 @@ def build_state(config, loop, stats, store, previous: GatewayState | None = None
         if old is not None and old.signature == repr(settings):
             pools[name] = old
         else:
-            protocol = protocol_of(settings.targets[0].url)
-            pools[name] = UpstreamPool(name, settings, loop, protocol.codec if protocol is not None else None)
+            protocol = protocol_named(settings.protocol)
+            pools[name] = UpstreamPool(name, settings, loop, protocol.codec if protocol is not None else None,
+                                       protocol.target_pool if protocol is not None else None)
     services = Services(config, store, stats, workers or {})
     kinds = policy_kinds()
     routes = []

@@ -109,7 +109,7 @@ def test_head_and_no_content_carry_no_body(setup):
 
 def test_many_concurrent_streams_on_few_connections(setup):
     g, u = setup
-    r = subprocess.run(["h2load", "-n", "2000", "-c", "4", "-m", "32", g.url("/api/ok")], capture_output=True,
+    r = subprocess.run(["h2load", "-n", "2000", "-c", "4", "-m", "16", g.url("/api/ok")], capture_output=True,
                        timeout=60, text=True)
     assert "2000 succeeded" in r.stdout, r.stdout
     assert "2000 2xx" in r.stdout, r.stdout

@@ -6,7 +6,10 @@ grpcio-tools at test time; the server's message classes come from it too
   "missing"          NOT_FOUND
   "status-<CODE>"    that gRPC status (e.g. status-PERMISSION_DENIED)
   "slow"             waits 2 s (past a short deadline)
-  anything else      the item, with the call's metadata under `metadata`
+  anything else      the item, with the call's metadata under `metadata`, and a
+                     trailing metadata entry x-served-by: grpc-test
+`ListItems` streams `count:N` items (one otherwise); `SumItems` (client streaming)
+answers the quantities' sum; `EchoItems` (bidirectional) answers each item as it comes.
 """
 from __future__ import annotations
 
@@ -64,6 +67,7 @@ class GrpcServer:
                 await context.abort(code, f"told to answer {code.name}")
             if request.id == "slow":
                 await asyncio.sleep(2)
+            context.set_trailing_metadata((("x-served-by", "grpc-test"),))
             return m["Item"](id=request.id, name=f"item {request.id}", quantity=request.quantity,
                              tags=list(request.tags), metadata=meta, price=9.5, in_stock=True)
 
@@ -71,7 +75,20 @@ class GrpcServer:
             return request
 
         async def list_items(request, context):
-            yield m["Item"](id="a")
+            count = int(request.prefix[6:]) if request.prefix.startswith("count:") else 1
+            for i in range(count):
+                yield m["Item"](id=f"item-{i}", quantity=i)
+
+        async def sum_items(requests, context):
+            total = n = 0
+            async for item in requests:
+                total += item.quantity
+                n += 1
+            return m["Item"](id=f"sum of {n}", quantity=total)
+
+        async def echo_items(requests, context):
+            async for item in requests:
+                yield m["Item"](id=f"echo {item.id}", quantity=item.quantity)
 
         handler = grpc.method_handlers_generic_handler("shop.Inventory", {
             "GetItem": grpc.unary_unary_rpc_method_handler(get_item, m["GetItemRequest"].FromString,
@@ -80,6 +97,10 @@ class GrpcServer:
                                                            m["Item"].SerializeToString),
             "ListItems": grpc.unary_stream_rpc_method_handler(list_items, m["ListRequest"].FromString,
                                                               m["Item"].SerializeToString),
+            "SumItems": grpc.stream_unary_rpc_method_handler(sum_items, m["Item"].FromString,
+                                                             m["Item"].SerializeToString),
+            "EchoItems": grpc.stream_stream_rpc_method_handler(echo_items, m["Item"].FromString,
+                                                               m["Item"].SerializeToString),
         })
         self.server = grpc.aio.server()
         self.server.add_generic_rpc_handlers((handler,))

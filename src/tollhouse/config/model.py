@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from .loader import ConfigError
 from .schema import (MISSING, Address, Bool, Duration, Field, Float, Int, Kind, ListOf, MapOf, Network, OneOf, Ratio,
                      Schema, Size, Str, error_at, is_map)
-from ..registry import installed, protocol_of
+from ..registry import installed, protocol_named, protocol_of
 
 NAME = r"[A-Za-z0-9_.-]+"
 _TEMPLATE_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -127,17 +127,25 @@ class _UpstreamCore(Schema):
     outlier = Field(OutlierSettings, None, "eject targets after consecutive failures (per gateway process)")
     circuit_breaker = Field(CircuitBreakerSettings, None, "open the circuit to a failing upstream (per gateway process)")
 
-    @property
-    def protocol(self) -> str:
-        """The name of the upstream protocol its targets speak (registry.UpstreamProtocol)."""
-        protocol = protocol_of(self.targets[0].url) if self.targets else None
-        return protocol.name if protocol is not None else ""
+    def __init__(self, **values):
+        super().__init__(**values)
+        if not self.protocol:
+            # Unnamed: the protocol its targets' scheme says (http:// and https:// are HTTP/1.1).
+            spoken = protocol_of(self.targets[0].url) if self.targets else None
+            object.__setattr__(self, "protocol", spoken.name if spoken is not None else "")
 
     def check(self, path, lines, line, errors):
         if not self.targets:
             error_at(errors, path, "targets", lines, line, "needs at least one target")
             return
         spoken = {p.name for p in map(protocol_of, (t.url for t in self.targets)) if p is not None}
+        named = protocol_named(self.protocol)
+        if named is not None and not named.schemes:
+            spoken = {self.protocol}   # a protocol spoken only by name (h2c, http2): its check says which schemes
+        elif named is not None and spoken and spoken != {self.protocol}:
+            error_at(errors, path, "protocol", lines, line, f"{self.protocol} targets are "
+                     f"{' or '.join(s + '://' for s in named.schemes)} URLs")
+            return
         if len(spoken) > 1:
             error_at(errors, path, "targets", lines, line,
                      f"targets of {' and '.join(sorted(spoken))} cannot share an upstream")
@@ -298,8 +306,11 @@ def gateway_schema() -> type[Schema]:
     parts = installed()
     schema = _ASSEMBLED.get(id(parts))
     if schema is None:
-        upstream = type(_UpstreamCore)("Upstream", (_UpstreamCore,),
-                                       {k: f for p in parts.protocols for k, f in p.fields.items()})
+        names = tuple(p.name for p in parts.protocols)
+        upstream = type(_UpstreamCore)("Upstream", (_UpstreamCore,), {
+            "protocol": Field(Str(choices=("",) + names), "", f"how the gateway talks to the targets: {' | '.join(names)} "
+                              "(default: the targets' scheme's; docs/http2.md)"),
+            **{k: f for p in parts.protocols for k, f in p.fields.items()}})
         route = type(_RouteCore)("Route", (_RouteCore,), {k.key: k.field for k in parts.kinds})
         fields = {"upstreams": Field(MapOf(upstream, key_pattern=NAME), {}, "named upstream services"),
                   "routes": Field(ListOf(route), (), "routes, chosen by host then the most specific path")}

@@ -122,7 +122,7 @@ class Forwarding(Relay):
             self.conn.flow.resume(BODY_WAITING)
         self.upstream_started = CLOCK.now
         self.upstream_clock = perf_counter()
-        conn.send(self, b"".join(parts), self.method == b"HEAD")
+        conn.send(self, parts, self.method == b"HEAD")
         if self.expect and not self.body_done and not self.continue_sent and not self.body_received:
             self.continue_sent = True
             client_codec = self.codec
@@ -130,6 +130,8 @@ class Forwarding(Relay):
         # Timeouts are checked by the worker's deadline sweep, not a timer
         # per request (a uvloop timer costs more than the rest of this method).
         self.deadline = self.upstream_started + route.first_wait
+        if self.time_limit:
+            self.deadline = min(self.deadline, self.first_started + self.time_limit)
         self.worker.inflight.add(self)
 
     def forward_body(self, chunk: bytes) -> None:
@@ -254,7 +256,10 @@ class Forwarding(Relay):
                 self.answer(Reply.problem(408, "Request Timeout", "the request body stalled"))
                 return False
         elif not self.head_received:
-            deadline = min(self.first_started + self.route.timeout, conn.last_read + read_timeout)
+            limit = self.route.timeout
+            if self.time_limit and self.time_limit < limit:
+                limit = self.time_limit   # the client's deadline (grpc-timeout)
+            deadline = min(self.first_started + limit, conn.last_read + read_timeout)
             retries = self.pool.retries
             if retries is not None and retries.per_try_timeout:
                 deadline = min(deadline, self.upstream_started + retries.per_try_timeout)

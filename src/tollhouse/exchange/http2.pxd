@@ -1,5 +1,5 @@
 # C declarations for the compiled build of http2.py (setup.py); the .py stays the source.
-from tollhouse.exchange.codec cimport Codec
+from tollhouse.exchange.codec cimport Codec, UpstreamCodec
 from tollhouse.exchange.request cimport Request
 
 cdef dict GRPC_STATUS
@@ -9,4 +9,8 @@ cpdef _refused(Request ex, reply)
 
 
 cdef class Http2Codec(Codec):
+    pass
+
+
+cdef class Http2Upstream(UpstreamCodec):
     pass

@@ -8,7 +8,7 @@ codec chooses `CHUNKED` ("ended when it ends") for every relayed body.
 from __future__ import annotations
 
 from ..pipeline import Reply
-from .codec import Codec
+from .codec import Codec, UpstreamCodec
 from .http1 import keep_request_id, target_error
 from .request import CHUNKED, NONE, find_header, without
 
@@ -63,6 +63,10 @@ class Http2Codec(Codec):
     __slots__ = ()
 
     def frame_relayed(self, ex, content_length, chunked: bool) -> None:
+        up = ex.upstream
+        if up is not None and up.head_only:
+            ex.mode = NONE   # the upstream's head ended its stream (gRPC's trailers-only): so does ours
+            return
         if content_length is not None and chunked:
             ex.response_headers = without(ex.response_headers, {b"content-length"})
         ex.mode = CHUNKED
@@ -118,3 +122,47 @@ def _detail(body: bytes) -> str:
 def _percent(text: str) -> str:
     """grpc-message is percent-encoded (gRPC over HTTP/2: Percent-Encoded)."""
     return "".join(c if " " <= c <= "~" and c != "%" else "".join(f"%{b:02X}" for b in c.encode()) for c in text)
+
+
+class Http2Upstream(UpstreamCodec):
+    """HTTP/2 towards an upstream (h2c, h2 over TLS, gRPC): the request as a header list
+    for nghttp2 (upstream/http2.py submits it) instead of bytes. `request_head` makes
+    the first part, (pseudo-header pairs, header lines); the body read so far follows."""
+
+    __slots__ = ()
+
+    def request_head(self, ex, target, method: bytes, path: bytes) -> list:
+        route = ex.route
+        pool = target
+        pairs = [(b":method", method), (b":scheme", pool.scheme), (b":path", path + ex.query),
+                 (b":authority", ex.host if route.preserve_host else pool.host_header)]
+        if ex.content_length is not None:
+            pairs.append((b"content-length", b"%d" % ex.content_length))
+        client = ex.conn
+        lines = list(ex.headers)
+        if client.peer_trusted:
+            peer = client.peer_ip_bytes
+            lines += (b"x-forwarded-for: ", ex.xff + b", " + peer if ex.xff else peer,
+                      b"\r\nx-forwarded-proto: ", ex.xfp or client.scheme,
+                      b"\r\nx-forwarded-host: ", ex.xfh or ex.host, b"\r\n")
+        else:
+            lines += (client.forwarded, ex.host, b"\r\n")
+        if pool.grpc or ex.te is not None:
+            pairs.append((b"te", b"trailers"))   # gRPC asks for trailers (the client's te was hop-by-hop)
+        pairs.append((b"x-request-id", ex.request_id))
+        # The forwarded lines were written as parts of lines: one header line per item again.
+        return [(pairs, b"".join(lines).split(b"\r\n")[:-1])]
+
+    def frame_body(self, ex, parts: list, chunks) -> None:
+        if chunks:
+            parts += chunks
+
+    def write_body(self, ex, outgoing, chunk: bytes) -> None:
+        outgoing.write(chunk)
+
+    def end_body(self, ex, outgoing) -> None:
+        outgoing.end()
+
+
+#: The codec of every HTTP/2 upstream connection (h2c, http2, grpc).
+HTTP2_UPSTREAM = Http2Upstream()

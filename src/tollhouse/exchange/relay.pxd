@@ -17,6 +17,7 @@ cdef class Relay(Request):
     cpdef upstream_body(self, chunk)
     @cython.locals(codec=Codec)
     cpdef end_body(self)
+    cpdef upstream_trailers(self, list lines, bint relayed=*)
     cpdef observed_complete(self)
     @cython.locals(codec=Codec)
     cpdef answer(self, Reply reply)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from ..pipeline import Reply
-from .request import COMPLETE, HEAD_SENT, NONE, WAITING, Request, tokens, without
+from .request import COMPLETE, HEAD_SENT, NONE, WAITING, Request, find_header, tokens, without
 
 _NO_BODY_STATUS = frozenset((204, 304))
 
@@ -48,6 +48,16 @@ class Relay(Request):
             if self.body_filters is not None and self.mode != NONE:
                 codec.frame_unknown_length(self)   # the body changes length as it streams
         self.write_head()
+
+    def upstream_trailers(self, lines: list, relayed: bool = True) -> None:
+        """An HTTP/2 upstream's trailers: relayed after the body to an HTTP/2 client (dropped
+        towards HTTP/1.1); a gRPC status among them is noted (`relayed` False: the lines
+        are a trailers-only head's, relayed as the head)."""
+        if relayed:
+            self.trailers = lines
+        status = find_header(lines, b"grpc-status")
+        if status is not None and status.isdigit():
+            self.grpc_status = int(status)
 
     def not_modified(self, lines: list[bytes]) -> None:
         """Answer 304 with `lines` instead of the upstream's response, whose body still

@@ -7,6 +7,7 @@ cdef class ResponseSink:
 
     cpdef upstream_head(self, conn, int status, headers, keep_alive)
     cpdef upstream_body(self, chunk)
+    cpdef upstream_trailers(self, list lines, bint relayed=*)
     cpdef upstream_done(self, conn)
     cpdef upstream_closed(self, conn, exc)
     cpdef upstream_failed(self, kind, detail)

@@ -19,6 +19,11 @@ class ResponseSink:
         """A piece of the upstream's response body."""
         raise NotImplementedError
 
+    def upstream_trailers(self, lines: list, relayed: bool = True) -> None:
+        """The upstream's trailer fields (HTTP/2), as header lines, before upstream_done
+        (`relayed` False: a trailers-only head's fields, which the head carries)."""
+        raise NotImplementedError
+
     def upstream_done(self, conn) -> None:
         """The upstream's response is complete; `conn` may go back to its pool."""
         raise NotImplementedError

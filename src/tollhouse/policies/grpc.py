@@ -23,6 +23,8 @@ from ..config.schema import Field, ListOf, Schema, Str, error_at
 from ..pipeline import Policy, Reply
 from ..registry import PolicyKind, UpstreamProtocol
 from ..exchange.forwarding import choose_target
+from ..exchange.http2 import HTTP2_UPSTREAM
+from ..upstream.http2 import Http2TargetPool
 
 log = logging.getLogger("tollhouse.grpc")
 
@@ -75,16 +77,12 @@ def find_method(pool, method: str):
 
 
 def check_route(route, where: str, config, errors: list) -> None:
-    """Rules between a route's `grpc` and its upstream (the kind's `check`): a gRPC upstream
-    is reached through `grpc` routes only (or relayed WebSockets)."""
+    """Rules between a route's `grpc` and its upstream (the kind's `check`): a route to a
+    gRPC upstream without `grpc` passes calls through unchanged (docs/http2.md); with it,
+    it transcodes JSON to one unary method."""
     up = config.upstreams.get(route.upstream)
-    if up is None:
-        return   # no upstream, or an unknown one: reported with the route's upstream
-    if route.grpc is None:
-        if up.protocol == "grpc" and route.websocket is None:
-            errors.append(ConfigError(f"{where}.grpc", None, f"upstream {route.upstream!r} speaks gRPC: "
-                                                             "the route needs grpc: {method: package.Service/Method}"))
-        return
+    if up is None or route.grpc is None:
+        return   # no upstream, or an unknown one (reported with the route's upstream); or passthrough
     if up.protocol != "grpc":
         errors.append(ConfigError(f"{where}.upstream", None, f"upstream {route.upstream!r} has no grpc:// targets"))
         return
@@ -250,7 +248,9 @@ def check_upstream(upstream, used: bool, path, lines, line, errors) -> None:
             error_at(errors, path, "descriptors", lines, line, str(e))
 
 
-#: Upstreams of grpc:// and grpcs:// targets, called by `grpc` routes (installed by tollhouse.builtins).
-PROTOCOL = UpstreamProtocol("grpc", ("grpc", "grpcs"), check=check_upstream, fields={
+#: Upstreams of grpc:// and grpcs:// targets: `grpc` routes call them with grpcio, other routes
+#: pass calls through over HTTP/2 (installed by tollhouse.builtins).
+PROTOCOL = UpstreamProtocol("grpc", ("grpc", "grpcs"), check=check_upstream, codec=HTTP2_UPSTREAM,
+                            target_pool=Http2TargetPool, fields={
     "descriptors": Field(Str(), "", "grpc:// targets: a FileDescriptorSet file (protoc --descriptor_set_out "
                                     "--include_imports) describing their services")})

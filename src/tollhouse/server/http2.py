@@ -68,6 +68,18 @@ def settings_of(config) -> Http2Settings | None:
     return settings if settings.enabled and AVAILABLE else None
 
 
+_GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def grpc_timeout(value: bytes) -> float:
+    """grpc-timeout (gRPC over HTTP/2: at most 8 digits and a unit) in seconds; 0 if malformed."""
+    unit = _GRPC_UNITS.get(value[-1:])
+    digits = value[:-1]
+    if unit is None or not digits.isdigit() or len(digits) > 8:
+        return 0.0
+    return max(int(digits) * unit, 1e-3)
+
+
 class StreamFlow:
     """A stream's reading, paused for named reasons (flow.FlowControl's bits): while
     paused, the bytes it received are not given back to the client's window, so the
@@ -371,6 +383,8 @@ class Http2Connection:   # an asyncio protocol by its methods
                 # RFC 9113 §8.2.3: crumbs are joined for an HTTP/1.1 hop.
                 cookies = value if cookies is None else cookies + b"; " + value
             else:
+                if name == b"grpc-timeout":
+                    ex.time_limit = grpc_timeout(value)   # the call's deadline (relayed too)
                 take_header(ex, name, value)
         if cookies is not None:
             ex.headers.append(b"cookie: " + cookies + b"\r\n")

@@ -23,7 +23,7 @@ cdef class UpstreamConnection:
     cdef public double idle_since, last_read
 
     cpdef finish_message(self)
-    cpdef send(self, ResponseSink exchange, data, bint head_only)
+    cpdef send(self, ResponseSink exchange, list parts, bint head_only)
     cpdef unbind(self)
     cpdef abort(self)
 

@@ -190,8 +190,9 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
             ex.upstream_done(self)
 
     # pool side -------------------------------------------------------------
-    def send(self, exchange, data: bytes, head_only: bool):
-        """Bind `exchange` and send its request head (and any body already read)."""
+    def send(self, exchange, parts: list, head_only: bool):
+        """Bind `exchange` and send its request head and any body already read (`parts`,
+        as its protocol's codec made them: exchange/codec.py UpstreamCodec)."""
         self.exchange = exchange
         self.target.in_flight += 1
         self.got_bytes = False
@@ -200,7 +201,7 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
         self.flow.resume(CLIENT_FULL)   # a slow client of the exchange before does not pause this one
         if self.outgoing is None:
             self.outgoing = Gathered(self.transport, exchange.worker)
-        self.outgoing.write(data)
+        self.outgoing.write(b"".join(parts))
 
     def unbind(self):
         """The exchange is done with this connection (which counts no more as in flight); returns it."""
@@ -343,10 +344,11 @@ class UpstreamPool:
     __slots__ = ("name", "settings", "targets", "balancer", "single", "breaker", "outlier", "retries",
                  "active_requests", "retries_in_flight", "ejection_count", "retry_count", "_next", "signature")
 
-    def __init__(self, name: str, settings, loop, codec=None):
+    def __init__(self, name: str, settings, loop, codec=None, target_pool=None):
         self.name = name
         self.settings = settings
-        self.targets = [TargetPool(t.url, t.weight, settings, loop, codec) for t in settings.targets]
+        make = target_pool or TargetPool   # the protocol's (registry.UpstreamProtocol.target_pool)
+        self.targets = [make(t.url, t.weight, settings, loop, codec) for t in settings.targets]
         self.balancer = make_balancer(settings.balancer, self.targets, settings.hash_key)
         self.single = self.targets[0] if len(self.targets) == 1 else None
         self.breaker = CircuitBreaker(settings.circuit_breaker) if settings.circuit_breaker is not None else None
