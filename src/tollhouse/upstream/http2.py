@@ -93,6 +93,7 @@ class Http2StreamConnection(UpstreamConnection):
         self.head_seen = False
         self.reused = session.used
         self.refused = False   # the peer never processed it: safe to retry
+        self.pending = True    # handed out, not yet sent: holds one of the session's stream slots
 
     # what the exchange calls -------------------------------------------------
     def send(self, exchange, parts: list, head_only: bool):
@@ -104,6 +105,7 @@ class Http2StreamConnection(UpstreamConnection):
         self.got_bytes = False
         self.last_read = CLOCK.now
         session = self.session
+        self.unreserve()
         if session.worker is None:
             session.worker = exchange.worker   # its writes join the worker's outbox
         ended = exchange.body_done
@@ -121,6 +123,11 @@ class Http2StreamConnection(UpstreamConnection):
             session.session.end_data(stream_id)
         session.schedule()
 
+    def unreserve(self) -> None:
+        if self.pending:
+            self.pending = False
+            self.session.reserved -= 1
+
     def send_body(self, chunk: bytes) -> None:
         if self.stream_id <= 0:
             return
@@ -135,6 +142,9 @@ class Http2StreamConnection(UpstreamConnection):
 
     def abort(self):
         """The exchange is done with this stream before it ended: RST_STREAM CANCEL."""
+        if self.pending:
+            self.unreserve()
+            self.session.stream_done()
         self.unbind()
         if not self.closed:
             self.closed = True
@@ -254,18 +264,21 @@ class Http2Session:   # an asyncio protocol by its methods
         self.idle_since = CLOCK.now
         self.write_paused = False
         self.goaway_last = None   # the last stream id a GOAWAY said the peer will process
+        self.reserved = 0         # streams handed out (stream()) and not yet sent
+        self.settings_seen = target.loop.create_future()   # the peer's first SETTINGS (its stream limit)
 
     # capacity ---------------------------------------------------------------
     def capacity(self) -> int:
-        """Streams that may still be opened on it now."""
+        """Streams that may still be opened on it now (those handed out but not yet sent count)."""
         if self.closed or self.goaway_last is not None or not self.session.request_allowed():
             return 0
         limit = self.session.peer_max_concurrent_streams
-        if limit >= 2 ** 31 - 1 or limit <= 0:
-            limit = _ASSUMED_STREAMS if limit <= 0 else 1000
-        return limit - len(self.streams)
+        if limit <= 0 or limit >= 2 ** 31 - 1:
+            limit = _ASSUMED_STREAMS   # the peer set none: RFC 9113 suggests at least 100
+        return limit - len(self.streams) - self.reserved
 
     def stream(self) -> Http2StreamConnection:
+        self.reserved += 1
         return Http2StreamConnection(self.target, self)
 
     # asyncio.Protocol ----------------------------------------------------------
@@ -403,6 +416,8 @@ class Http2Session:   # an asyncio protocol by its methods
         self.goaway_last = last_stream_id   # no new streams here; those above it were never processed
 
     def h2_settings(self) -> None:
+        if not self.settings_seen.done():
+            self.settings_seen.set_result(None)
         self.target.stream_freed(self)   # the peer may allow more streams than assumed
 
 
@@ -425,6 +440,7 @@ class Http2TargetPool(TargetPool):
             self.ssl = None
         self.sessions: list[Http2Session] = []
         self.connecting = None   # the future of a connection being opened: requests meanwhile wait for it
+        self.slot_waiters: list = []   # connect()s waiting for a free stream (futures)
 
     def _usable(self):
         best = None
@@ -438,26 +454,24 @@ class Http2TargetPool(TargetPool):
         return session.stream() if session is not None else None
 
     def reserve(self) -> bool:
-        if self.connecting is not None or self._usable() is not None:
-            return True   # join the connection being opened, or take a stream of one with room
-        if self.open < self.max_connections:
-            self.open += 1
-            self.connecting = self.loop.create_future()
-            self.loop.create_task(self._open(self.connecting))
-            return True
-        return False
+        """Whether `connect()` can find a stream: on a connection with room, on the one being
+        opened, or on a new one (max_connections allowing). False: wait (`wait`)."""
+        return self.connecting is not None or self.open < self.max_connections or self._usable() is not None
 
     async def _open(self, done) -> None:
         try:
-            _, session = await asyncio.wait_for(
-                self.loop.create_connection(lambda: Http2Session(self), self.host, self.port, ssl=self.ssl,
-                                            server_hostname=self.host if self.ssl else None),
-                self.settings.connect_timeout)
-            if self.ssl is not None:
-                tls = session.transport.get_extra_info("ssl_object")
-                if tls is None or tls.selected_alpn_protocol() != "h2":
-                    session.abort()
-                    raise ConnectionError("the target did not agree to HTTP/2 (ALPN)")
+            async with asyncio.timeout(self.settings.connect_timeout):
+                _, session = await self.loop.create_connection(
+                    lambda: Http2Session(self), self.host, self.port, ssl=self.ssl,
+                    server_hostname=self.host if self.ssl else None)
+                if self.ssl is not None:
+                    tls = session.transport.get_extra_info("ssl_object")
+                    if tls is None or tls.selected_alpn_protocol() != "h2":
+                        session.abort()
+                        raise ConnectionError("the target did not agree to HTTP/2 (ALPN)")
+                session.send_pending()   # the preface and our SETTINGS
+                # Its SETTINGS say how many streams it takes: none are opened before.
+                await asyncio.shield(session.settings_seen)
         except BaseException as e:  # noqa: BLE001 - handed to every waiter
             self.open -= 1
             self.connecting = None
@@ -469,38 +483,54 @@ class Http2TargetPool(TargetPool):
         self.sessions.append(session)
         self.connecting = None
         done.set_result(session)
-        session.send_pending()   # the preface and SETTINGS
 
     async def connect(self):
-        """A stream on the connection being opened (the caller reserved it), or on another
-        with room once it is full."""
-        done = self.connecting
-        if done is None:
+        """A stream on a connection with room: one being opened (the caller reserved), a new
+        one while max_connections allows, or the first to free a slot within connect_timeout."""
+        deadline = self.loop.time() + self.settings.connect_timeout
+        while True:
             session = self._usable()
-            if session is None:
-                raise ConnectionError("no HTTP/2 connection to the target")
-        else:
-            session = await asyncio.shield(done)
-            if session.capacity() <= 0:
-                other = self._usable()
-                session = other if other is not None else session
-        stream = session.stream()
-        stream.reused = False
-        return stream
+            if session is not None:
+                stream = session.stream()
+                stream.reused = False
+                return stream
+            done = self.connecting
+            if done is None and self.open < self.max_connections:
+                self.open += 1
+                done = self.connecting = self.loop.create_future()
+                self.loop.create_task(self._open(done))
+            if done is None:
+                done = self.loop.create_future()
+                self.slot_waiters.append(done)
+            left = deadline - self.loop.time()
+            if left <= 0:
+                raise TimeoutError("no HTTP/2 stream free on the target in time")
+            try:
+                await asyncio.wait_for(asyncio.shield(done), left)
+            except TimeoutError:
+                raise TimeoutError("no HTTP/2 stream free on the target in time") from None
 
     def release(self, conn) -> None:
-        """A stream ended: nothing to keep (the connection stays in `sessions`)."""
+        """A stream ended or was never used: the connection stays in `sessions`."""
+        if getattr(conn, "pending", False):
+            conn.unreserve()
+            conn.session.stream_done()
 
     def lost(self, conn) -> None:
         pass
 
     def stream_freed(self, session) -> None:
         """A stream slot opened on `session`: hand it to a waiter."""
+        while self.slot_waiters and session.capacity() > 0:
+            waiter = self.slot_waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(session)
+                return   # it takes the slot when it runs; the next one is woken by its stream's end
         while self.waiters and session.capacity() > 0:
             waiter = self.waiters.popleft()
             stream = session.stream()
-            if waiter.accept_connection(self, stream):
-                continue
+            if not waiter.accept_connection(self, stream):
+                stream.abort()
 
     def session_lost(self, session) -> None:
         if session in self.sessions:
@@ -510,12 +540,7 @@ class Http2TargetPool(TargetPool):
 
     def wake_waiter(self) -> None:
         while self.waiters and (self.connecting is not None or self.open < self.max_connections):
-            waiter = self.waiters.popleft()
-            if self.connecting is None:
-                self.open += 1
-                self.connecting = self.loop.create_future()
-                self.loop.create_task(self._open(self.connecting))
-            if waiter.accept_slot(self):
+            if self.waiters.popleft().accept_slot(self):
                 return
 
     def reap(self, now: float) -> None:
