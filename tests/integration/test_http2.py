@@ -408,3 +408,65 @@ def test_the_gateway_without_http2_treats_the_preface_as_http1(gateway_factory, 
     r = curl("-o", "/dev/null", "-w", "%{http_code} %{http_version}", g.url("/api/ok"))
     assert r.stdout == b"200 1.1"
 
+
+
+POLICY_ROUTES = """
+  - name: guarded
+    match: {prefix: /guarded}
+    upstream: app
+    auth: {providers: [keys]}
+  - name: limited
+    match: {prefix: /limited}
+    upstream: app
+    rate_limits: [{limit: 2, window: 1m, key: "header:X-Who"}]
+  - name: cached
+    match: {prefix: /cached}
+    upstream: app
+    rewrite: /resource
+    cache: {ttl: 30s}
+  - name: cors
+    match: {prefix: /cors}
+    upstream: app
+    cors: {origins: [https://app.example], methods: [GET, PUT], headers: [X-Trace]}
+  - name: packed
+    match: {prefix: /packed}
+    upstream: app
+    rewrite: /big
+    compress: {min_bytes: 1}
+  - name: blocked
+    match: {prefix: /blocked}
+    upstream: app
+    ip: {deny: [127.0.0.1/32]}
+"""
+
+
+def _answer(url: str, version: str, *args) -> tuple:
+    out = curl(version, "-sS", "-i", *args, url).stdout
+    head, _, body = out.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    names = {line.split(":", 1)[0].lower() for line in lines[1:]}
+    # Framing and per-response fields differ by version or by request; the rest must not.
+    names -= {"date", "x-request-id", "content-length", "transfer-encoding", "connection", "age"}
+    return int(lines[0].split()[1]), names, body
+
+
+@pytest.mark.parametrize("path,args", [
+    ("/guarded/x", ()), ("/guarded/x", ("-H", "X-API-Key: alice-key")),
+    ("/limited/x", ("-H", "X-Who: {who}")), ("/cached/x?cc=max-age%3D60", ()),
+    ("/cors/x", ("-X", "OPTIONS", "-H", "Origin: https://app.example", "-H", "Access-Control-Request-Method: PUT")),
+    ("/packed/x?bytes=5000&ctype=text/plain", ("-H", "Accept-Encoding: gzip")), ("/blocked/x", ()),
+])
+def test_every_policy_answers_http2_as_http11(gateway_factory, upstream, path, args):
+    from tests.integration.conftest import ALICE_API_KEY
+
+    g = gateway_factory(basic_config(upstream.url, extra=ALICE_API_KEY, extra_routes=POLICY_ROUTES))
+    answers = {}
+    for version in ("--http1.1", "--http2-prior-knowledge"):
+        filled = tuple(a.replace("{who}", version) for a in args)
+        answers[version] = [_answer(g.url(path), version, *filled) for _ in range(3)]
+    one, two = answers["--http1.1"], answers["--http2-prior-knowledge"]
+    assert [(s, n) for s, n, _ in one] == [(s, n) for s, n, _ in two]
+    if path.startswith("/packed"):
+        import gzip
+
+        assert {gzip.decompress(b) for _, _, b in one + two} == {b"x" * 5000}

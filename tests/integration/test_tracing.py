@@ -179,3 +179,16 @@ def test_a_split_routes_server_span_names_the_side_that_served(gateway_factory, 
     wait_for(lambda: any(s.kind == 2 for s in collector.spans), timeout=10)
     (server,) = [s for s in collector.spans if s.kind == 2]
     assert attrs(server)["tollhouse.split.upstream"] == "app" and attrs(server)["tollhouse.route"] == "shop"
+
+
+def test_the_server_span_names_the_protocol_version(gateway_factory, upstream, collector):
+    import subprocess
+
+    g = gateway_factory(config(upstream.url, collector.url, f"http://127.0.0.1:{refused_port()}"))
+    assert get(g, "/users/1").status == 200
+    out = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version}",
+                          f"http://127.0.0.1:{g.port}/users/2"], capture_output=True, timeout=10)
+    assert out.stdout == b"2"
+    wait_for(lambda: len([s for s in collector.spans if s.kind == 2]) >= 2, timeout=10)
+    versions = {attrs(s)["url.path"]: attrs(s)["network.protocol.version"] for s in collector.spans if s.kind == 2}
+    assert versions == {"/users/1": "1.1", "/users/2": "2"}

@@ -539,15 +539,26 @@ cdef class Session:
 
     cdef int _submit_lines(self, int32_t stream_id, bytes status, list lines, list pairs,
                            nghttp2_data_provider *provider, int how):
-        """how: 0 a response, 1 an interim head, 2 a request (returns its stream id), 3 trailers."""
-        cdef Py_ssize_t count = len(lines) + len(pairs) + 1
-        cdef nghttp2_nv *nva = <nghttp2_nv *>malloc(count * sizeof(nghttp2_nv))
-        cdef Py_ssize_t n = 0, i, namelen, start, end
+        """how: 0 a response, 1 an interim head, 2 a request (returns its stream id), 3 trailers.
+        An item of `lines` may hold several header lines (a policy's, joined)."""
+        cdef Py_ssize_t count = len(pairs) + 1, n = 0, size, start, end, at, colon
         cdef const char *text
-        cdef const char *colon
+        cdef const char *found
         cdef bytes line, name, value
         cdef list keep = []
+        cdef nghttp2_nv *nva
         cdef int rc
+        for line in lines:
+            text = PyBytes_AS_STRING(line)
+            size = PyBytes_GET_SIZE(line)
+            at = 0
+            while at < size:
+                found = <const char *>memchr(text + at, b'\n', size - at)
+                count += 1
+                if found == NULL:
+                    break
+                at = found - text + 1
+        nva = <nghttp2_nv *>malloc(count * sizeof(nghttp2_nv))
         if nva == NULL:
             raise MemoryError()
         try:
@@ -567,27 +578,34 @@ cdef class Session:
                 n += 1
             for line in lines:
                 text = PyBytes_AS_STRING(line)
-                end = PyBytes_GET_SIZE(line)
-                colon = <const char *>memchr(text, b':', end)
-                if colon == NULL:
-                    continue
-                namelen = colon - text
-                name = text[:namelen].lower()
-                if name in _CONNECTION_SPECIFIC:
-                    continue
-                start = namelen + 1
-                while start < end and (text[start] == b' ' or text[start] == b'\t'):
-                    start += 1
-                while end > start and (text[end - 1] == b'\r' or text[end - 1] == b'\n' or text[end - 1] == b' '
-                                       or text[end - 1] == b'\t'):
-                    end -= 1
-                keep.append(name)
-                nva[n].name = <uint8_t *>PyBytes_AS_STRING(name)
-                nva[n].namelen = namelen
-                nva[n].value = <uint8_t *>(text + start)
-                nva[n].valuelen = end - start
-                nva[n].flags = NGHTTP2_NV_FLAG_NONE
-                n += 1
+                size = PyBytes_GET_SIZE(line)
+                at = 0
+                while at < size and n < count:
+                    found = <const char *>memchr(text + at, b'\n', size - at)
+                    end = size if found == NULL else found - text
+                    start = at
+                    at = end + 1
+                    found = <const char *>memchr(text + start, b':', end - start)
+                    if found == NULL:
+                        continue
+                    colon = found - text
+                    if colon == start:
+                        continue
+                    name = text[start:colon].lower()
+                    if name in _CONNECTION_SPECIFIC:
+                        continue
+                    colon += 1
+                    while colon < end and (text[colon] == b' ' or text[colon] == b'\t'):
+                        colon += 1
+                    while end > colon and (text[end - 1] == b'\r' or text[end - 1] == b' ' or text[end - 1] == b'\t'):
+                        end -= 1
+                    keep.append(name)
+                    nva[n].name = <uint8_t *>PyBytes_AS_STRING(name)
+                    nva[n].namelen = PyBytes_GET_SIZE(name)
+                    nva[n].value = <uint8_t *>(text + colon)
+                    nva[n].valuelen = end - colon
+                    nva[n].flags = NGHTTP2_NV_FLAG_NONE
+                    n += 1
             if how == 0:
                 rc = nghttp2_submit_response(self.session, stream_id, nva, n, provider)
             elif how == 1:

@@ -118,9 +118,11 @@ class RequestFacts:
     """What a request's SERVER span is made of, kept from the exchange when it ends (not the
     exchange itself: kept until the batch leaves, its buffers would weigh on memory)."""
 
-    __slots__ = ("method", "route", "path", "status", "client_ip", "host", "scheme", "consumer", "slots", "request_id")
+    __slots__ = ("method", "route", "path", "status", "client_ip", "host", "scheme", "consumer", "slots", "request_id",
+                 "version", "grpc_status")
 
-    def __init__(self, method, route, path, status, client_ip, host, scheme, consumer, slots, request_id):
+    def __init__(self, method, route, path, status, client_ip, host, scheme, consumer, slots, request_id,
+                 version="1.1", grpc_status=-1):
         self.method = method
         self.route = route
         self.path = path
@@ -131,6 +133,8 @@ class RequestFacts:
         self.consumer = consumer
         self.slots = slots
         self.request_id = request_id
+        self.version = version            # "1.1", "1.0" or "2"
+        self.grpc_status = grpc_status    # -1: not a gRPC call
 
 
 class AttemptFacts:
@@ -272,7 +276,11 @@ def server_span(request: RequestFacts) -> tuple[str, dict, bool]:
         "tollhouse.ratelimit.decision": labels.get("ratelimit"),
         "tollhouse.split.upstream": labels.get("split"),
         "tollhouse.request_id": request.request_id.decode("latin-1"),
+        "network.protocol.version": request.version,
     }
+    if request.grpc_status >= 0:
+        attributes["rpc.system"] = "grpc"
+        attributes["rpc.grpc.status_code"] = request.grpc_status
     return (f"{method} {template}" if template else method), attributes, status >= 500
 
 
@@ -458,7 +466,8 @@ class SpanTracer(Tracer):
         # leaves, a whole exchange (buffers, header lines) would weigh on memory.
         self.exporter.add(self, RequestFacts(exchange.method, exchange.route, exchange.path, exchange.status,
                                              exchange.client_ip, exchange.host, exchange.conn.scheme, exchange.consumer,
-                                             exchange.slots, exchange.request_id))
+                                             exchange.slots, exchange.request_id, exchange.version,
+                                             exchange.grpc_status))
 
 
 class SubrequestTracer(SpanTracer):
