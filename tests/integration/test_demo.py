@@ -88,6 +88,9 @@ def test_demo_serves_what_it_prints(demo):
     assert status(f"http://127.0.0.1:{ports['PORT']}/api/v1/users/1") == 200
     assert status(f"http://127.0.0.1:{ports['PORT']}/api/orders?owner=1") == 200
     assert status(f"http://127.0.0.1:{ports['PORT']}/nowhere") == 404
+    h2 = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+                         f"http://127.0.0.1:{ports['PORT']}/api/users/"], capture_output=True, text=True, timeout=10)
+    assert "--http2-prior-knowledge" in text and h2.stdout == "2 200"
     limited = [status(f"http://127.0.0.1:{ports['PORT']}/api/limited/") for _ in range(8)]
     assert limited[0] == 200 and 429 in limited
     assert status(f"http://127.0.0.1:{ports['ADMIN_PORT']}/metrics") == 200

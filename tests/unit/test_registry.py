@@ -21,9 +21,9 @@ def _kind(name, **declared):
 def test_the_builtins_install_their_kinds_sections_protocols_and_phases():
     parts = builtins.install()
     assert [k.name for k in parts.kinds][:3] == ["auth", "ratelimit", "cache"]
-    assert {"auth", "consumers", "tiers", "regions", "cache", "ip", "tls", "tracing", "debug"} <= {
+    assert {"auth", "consumers", "tiers", "regions", "cache", "ip", "tls", "http2", "tracing", "debug"} <= {
         s.key for s in parts.sections}
-    assert [p.name for p in parts.protocols] == ["http1", "grpc"]
+    assert [p.name for p in parts.protocols] == ["http1", "h2c", "http2", "grpc"]
     assert registry.phases() == builtins.PHASES
     assert registry.installed() is parts
 

@@ -11,6 +11,12 @@ from .services import start_services
 CONFIG = os.path.join(os.path.dirname(__file__), "config.yaml")
 
 
+def http2_available() -> bool:
+    from ..server.http2 import AVAILABLE
+
+    return AVAILABLE
+
+
 def curl_lines(port: int, admin_port: int, token: str) -> str:
     base = f"http://127.0.0.1:{port}"
     return "\n".join([
@@ -21,6 +27,8 @@ def curl_lines(port: int, admin_port: int, token: str) -> str:
         f"  curl -i {base}/api/%75sers/2         # normalised to /api/users/2",
         f"  curl -i -X POST {base}/api/users/    # 405 with Allow",
         f"  curl -i {base}/nowhere               # 404 problem+json",
+        *([f"  curl -si --http2-prior-knowledge {base}/api/users/ | head -1   # HTTP/2 on the same port"]
+          if http2_available() else []),
         f"  for i in $(seq 8); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/api/limited/; done; echo"
         "   # 5 per 10 s and bursts of 3 per IP: 200s, then 429",
         f"  curl -si {base}/api/limited/ | grep -i -E '^(HTTP|ratelimit|retry-after)'"
