@@ -443,7 +443,7 @@ class Http2Connection:   # an asyncio protocol by its methods
             self.schedule()
 
     def open_exchanges(self) -> int:
-        return sum(1 for s in self.streams.values() if s.exchange is not None and not s.exchange.finished)
+        return _open_exchanges(self.streams)
 
     def check_timeouts(self, now: float, limits) -> None:
         """Called by the worker's sweeper: idle connections, slow readers, stalled bodies."""
@@ -454,7 +454,7 @@ class Http2Connection:   # an asyncio protocol by its methods
                 self.session.goaway(nghttp2.NO_ERROR, graceful=False)
                 self.end_connection()
             return
-        if self.write_paused or any(self.session.queued(s) for s in self.streams):
+        if self.write_paused or _any_queued(self.session, self.streams):
             # Response bytes wait on the client: a reader that takes none for idle_timeout is cut.
             if not self.stalled_since:
                 self.stalled_since = now
@@ -476,3 +476,12 @@ class Http2Connection:   # an asyncio protocol by its methods
         self.schedule()
         if not self.open_exchanges():
             self.end_connection()
+
+
+# Outside the classes: the compiled build allows no closure (a generator) in their methods.
+def _open_exchanges(streams: dict) -> int:
+    return sum(1 for s in streams.values() if s.exchange is not None and not s.exchange.finished)
+
+
+def _any_queued(session, streams: dict) -> bool:
+    return any(session.queued(s) for s in streams)

@@ -1,0 +1,72 @@
+# C declarations for the compiled build of http2.py (setup.py); the .py stays the source.
+cimport cython
+
+from tollhouse.clock cimport Clock
+from tollhouse.exchange.lifecycle cimport Exchange
+from tollhouse.flow cimport Gathered, WorkerCore
+
+cdef Clock CLOCK
+cdef dict _GRPC_UNITS
+
+cdef class Http2Stream
+cdef class Http2Connection
+
+
+cdef class StreamFlow:
+    cdef public Http2Stream stream
+    cdef public int reasons
+    cdef public bint closed
+
+    cpdef pause(self, int reason)
+    cpdef resume(self, int reason)
+
+
+cdef class Http2Stream:
+    cdef public Http2Connection connection
+    cdef public object session, peer_ip, peer_ip_bytes, scheme, forwarded
+    cdef public int stream_id
+    cdef public WorkerCore worker
+    cdef public Exchange exchange
+    cdef public StreamFlow flow
+    cdef public bint peer_trusted, source_paused
+    cdef public long long held
+
+    cpdef respond(self, int status, list lines, request_id, body, bint has_body)
+    cpdef interim(self, status)
+    cpdef send(self, chunk)
+    cpdef end(self, trailers)
+    cpdef drained(self)
+    cpdef abort(self)
+    cpdef closing_after(self, ex)
+    cpdef exchange_finished(self, Exchange ex)
+    cpdef consume_held(self)
+
+
+cdef class SessionOutput(Gathered):
+    cdef public Http2Connection connection
+
+
+cdef class Http2Connection:
+    cdef public WorkerCore worker
+    cdef public object scheme, peer_ip, peer_ip_bytes, forwarded, settings, transport, session
+    cdef public SessionOutput output
+    cdef public dict streams
+    cdef public bint peer_trusted, scheduled, closing, write_paused
+    cdef public double last_active, stalled_since
+
+    cpdef count_resets(self)
+    cpdef schedule(self)
+    cpdef send_pending(self)
+    cpdef reset(self, Http2Stream stream, int code)
+    cpdef end_connection(self)
+    cpdef close(self)
+    cpdef abort(self)
+    @cython.locals(stream=Http2Stream, ex=Exchange)
+    cpdef begin_stream(self, int stream_id, list headers, bint end_stream, bint oversize)
+    @cython.locals(stream=Http2Stream, ex=Exchange)
+    cpdef h2_data(self, int stream_id, data)
+    @cython.locals(stream=Http2Stream, ex=Exchange)
+    cpdef h2_end(self, int stream_id)
+    @cython.locals(stream=Http2Stream, ex=Exchange)
+    cpdef h2_closed(self, int stream_id, int code)
+    cpdef stream_finished(self, Http2Stream stream)
