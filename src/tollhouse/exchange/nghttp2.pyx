@@ -27,7 +27,7 @@ the library does itself: no frame, no HPACK, no window arithmetic.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cdef extern from "nghttp2/nghttp2.h":
@@ -350,10 +350,18 @@ cdef nghttp2_session_callbacks *_callbacks():
     return _CALLBACKS
 
 
-# Connection-specific fields (RFC 9113 §8.2.2): never sent in HTTP/2, whatever a
-# response from an HTTP/1.1 upstream carried.
-cdef set _CONNECTION_SPECIFIC = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                                 b"upgrade"}
+cdef bint _connection_specific(const char *name, Py_ssize_t length) noexcept:
+    """Connection-specific fields (RFC 9113 §8.2.2, `name` lower case): never sent in HTTP/2,
+    whatever a response from an HTTP/1.1 upstream carried."""
+    if length == 10:
+        return memcmp(name, b"connection", 10) == 0 or memcmp(name, b"keep-alive", 10) == 0
+    if length == 7:
+        return memcmp(name, b"upgrade", 7) == 0
+    if length == 16:
+        return memcmp(name, b"proxy-connection", 16) == 0
+    if length == 17:
+        return memcmp(name, b"transfer-encoding", 17) == 0
+    return False
 
 
 cdef class Session:
@@ -541,16 +549,19 @@ cdef class Session:
                            nghttp2_data_provider *provider, int how):
         """how: 0 a response, 1 an interim head, 2 a request (returns its stream id), 3 trailers.
         An item of `lines` may hold several header lines (a policy's, joined)."""
-        cdef Py_ssize_t count = len(pairs) + 1, n = 0, size, start, end, at, colon
+        cdef Py_ssize_t count = len(pairs) + 1, n = 0, size, start, end, at, colon, names = 0, i
         cdef const char *text
         cdef const char *found
+        cdef char *lower
+        cdef char *lowered = NULL
+        cdef char c
         cdef bytes line, name, value
-        cdef list keep = []
         cdef nghttp2_nv *nva
         cdef int rc
         for line in lines:
-            text = PyBytes_AS_STRING(line)
             size = PyBytes_GET_SIZE(line)
+            names += size
+            text = PyBytes_AS_STRING(line)
             at = 0
             while at < size:
                 found = <const char *>memchr(text + at, b'\n', size - at)
@@ -559,8 +570,13 @@ cdef class Session:
                     break
                 at = found - text + 1
         nva = <nghttp2_nv *>malloc(count * sizeof(nghttp2_nv))
-        if nva == NULL:
+        # The lower-cased names, side by side in one buffer (nghttp2 copies them on submit).
+        lowered = <char *>malloc(names + 1)
+        if nva == NULL or lowered == NULL:
+            free(nva)
+            free(lowered)
             raise MemoryError()
+        lower = lowered
         try:
             if status is not None:
                 nva[n].name = <uint8_t *>b":status"
@@ -591,17 +607,19 @@ cdef class Session:
                     colon = found - text
                     if colon == start:
                         continue
-                    name = text[start:colon].lower()
-                    if name in _CONNECTION_SPECIFIC:
+                    for i in range(colon - start):
+                        c = text[start + i]
+                        lower[i] = c + 32 if b'A' <= c <= b'Z' else c
+                    if _connection_specific(lower, colon - start):
                         continue
+                    nva[n].name = <uint8_t *>lower
+                    nva[n].namelen = colon - start
+                    lower += colon - start
                     colon += 1
                     while colon < end and (text[colon] == b' ' or text[colon] == b'\t'):
                         colon += 1
                     while end > colon and (text[end - 1] == b'\r' or text[end - 1] == b' ' or text[end - 1] == b'\t'):
                         end -= 1
-                    keep.append(name)
-                    nva[n].name = <uint8_t *>PyBytes_AS_STRING(name)
-                    nva[n].namelen = PyBytes_GET_SIZE(name)
                     nva[n].value = <uint8_t *>(text + colon)
                     nva[n].valuelen = end - colon
                     nva[n].flags = NGHTTP2_NV_FLAG_NONE
@@ -616,6 +634,7 @@ cdef class Session:
                 rc = nghttp2_submit_trailer(self.session, stream_id, nva, n)
         finally:
             free(nva)
+            free(lowered)
         return rc
 
     cdef _submit_trailer(self, int32_t stream_id, list lines):

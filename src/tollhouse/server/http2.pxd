@@ -12,25 +12,18 @@ cdef class Http2Stream
 cdef class Http2Connection
 
 
-cdef class StreamFlow:
-    cdef public Http2Stream stream
-    cdef public int reasons
-    cdef public bint closed
-
-    cpdef pause(self, int reason)
-    cpdef resume(self, int reason)
-
-
 cdef class Http2Stream:
     cdef public Http2Connection connection
     cdef public object session, peer_ip, peer_ip_bytes, scheme, forwarded
     cdef public int stream_id
     cdef public WorkerCore worker
     cdef public Exchange exchange
-    cdef public StreamFlow flow
-    cdef public bint peer_trusted, source_paused
+    cdef public int reasons
+    cdef public bint peer_trusted, source_paused, closed
     cdef public long long held
 
+    cpdef pause(self, int reason)
+    cpdef resume(self, int reason)
     cpdef respond(self, int status, list lines, request_id, body, bint has_body)
     cpdef interim(self, status)
     cpdef send(self, chunk)

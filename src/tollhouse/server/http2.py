@@ -80,35 +80,15 @@ def grpc_timeout(value: bytes) -> float:
     return max(int(digits) * unit, 1e-3)
 
 
-class StreamFlow:
-    """A stream's reading, paused for named reasons (flow.FlowControl's bits): while
-    paused, the bytes it received are not given back to the client's window, so the
-    client sends at most one window more."""
-
-    __slots__ = ("stream", "reasons", "closed")
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.reasons = 0
-        self.closed = False
-
-    def pause(self, reason: int) -> None:
-        self.reasons |= reason
-
-    def resume(self, reason: int) -> None:
-        if self.reasons & reason:
-            self.reasons &= ~reason
-            if not self.reasons:
-                self.stream.consume_held()
-
-
 class Http2Stream:
     """Stands in for the client connection of one stream's exchange: what the exchange
     asks of its connection (peer, scheme, flow, abort, exchange_finished) answered for
-    this stream alone."""
+    this stream alone. It is its own `flow` (flow.FlowControl's pause and resume by named
+    reasons): while paused, the body bytes it received are not given back to the client's
+    window, so the client sends at most one window more."""
 
-    __slots__ = ("connection", "session", "stream_id", "worker", "exchange", "flow", "peer_ip", "peer_ip_bytes",
-                 "peer_trusted", "scheme", "forwarded", "held", "source_paused")
+    __slots__ = ("connection", "session", "stream_id", "worker", "exchange", "peer_ip", "peer_ip_bytes",
+                 "peer_trusted", "scheme", "forwarded", "held", "source_paused", "reasons", "closed")
 
     background = False
     codec = HTTP2
@@ -119,7 +99,8 @@ class Http2Stream:
         self.stream_id = stream_id
         self.worker = connection.worker
         self.exchange = None
-        self.flow = StreamFlow(self)
+        self.reasons = 0
+        self.closed = False
         self.peer_ip = connection.peer_ip
         self.peer_ip_bytes = connection.peer_ip_bytes
         self.peer_trusted = connection.peer_trusted
@@ -127,6 +108,20 @@ class Http2Stream:
         self.forwarded = connection.forwarded
         self.held = 0               # body bytes received while paused, not yet given back to the window
         self.source_paused = False  # the response body's source (an upstream) is paused: the queue is full
+
+    # flow ------------------------------------------------------------------------
+    @property
+    def flow(self):
+        return self   # a property, not a field: a stream referring to itself would be a cycle for the collector
+
+    def pause(self, reason: int) -> None:
+        self.reasons |= reason
+
+    def resume(self, reason: int) -> None:
+        if self.reasons & reason:
+            self.reasons &= ~reason
+            if not self.reasons:
+                self.consume_held()
 
     # what the codec calls ------------------------------------------------------
     def respond(self, status: int, lines: list, request_id: bytes, body: bytes, has_body: bool) -> None:
@@ -169,7 +164,7 @@ class Http2Stream:
 
     def abort(self) -> None:
         """The response cannot be completed: this stream ends (RST_STREAM), not its neighbours."""
-        self.flow.closed = True
+        self.closed = True
         self.connection.reset(self, nghttp2.INTERNAL_ERROR)
 
     def closing_after(self, ex) -> None:
@@ -296,7 +291,7 @@ class Http2Connection:   # an asyncio protocol by its methods
         self.closing = True
         streams, self.streams = self.streams, {}
         for stream in streams.values():
-            stream.flow.closed = True
+            stream.closed = True
             if stream.exchange is not None:
                 stream.exchange.client_gone()
         if self.session is not None:
@@ -402,7 +397,7 @@ class Http2Connection:   # an asyncio protocol by its methods
         ex = stream.exchange
         if ex is not None and not ex.finished:
             ex.feed_body(data)
-        if stream.flow.reasons:
+        if stream.reasons:
             stream.held += len(data)
         else:
             self.session.consume(stream_id, len(data))
@@ -419,7 +414,7 @@ class Http2Connection:   # an asyncio protocol by its methods
         stream = self.streams.pop(stream_id, None)
         if stream is None:
             return
-        stream.flow.closed = True
+        stream.closed = True
         ex = stream.exchange
         if ex is not None and not ex.finished:
             ex.client_gone()   # the client reset the stream (or the connection ended)
