@@ -101,6 +101,7 @@ cdef extern from "nghttp2/nghttp2.h":
         NGHTTP2_FLAG_NONE
         NGHTTP2_FLAG_END_STREAM
         NGHTTP2_NV_FLAG_NONE
+        NGHTTP2_NV_FLAG_NO_INDEX
         NGHTTP2_DATA
         NGHTTP2_HEADERS
         NGHTTP2_RST_STREAM
@@ -590,7 +591,9 @@ cdef class Session:
                 nva[n].namelen = PyBytes_GET_SIZE(name)
                 nva[n].value = <uint8_t *>PyBytes_AS_STRING(value)
                 nva[n].valuelen = PyBytes_GET_SIZE(value)
-                nva[n].flags = NGHTTP2_NV_FLAG_NONE
+                # A request id is new on every message: kept out of the HPACK table, where it
+                # would only push out the fields that repeat (and lengthen every lookup).
+                nva[n].flags = NGHTTP2_NV_FLAG_NO_INDEX if name == b"x-request-id" else NGHTTP2_NV_FLAG_NONE
                 n += 1
             for line in lines:
                 text = PyBytes_AS_STRING(line)
