@@ -115,6 +115,7 @@ cdef extern from "nghttp2/nghttp2.h":
         NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE
         NGHTTP2_SETTINGS_ENABLE_PUSH
         NGHTTP2_SETTINGS_MAX_FRAME_SIZE
+        NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES
         NGHTTP2_NO_ERROR
         NGHTTP2_PROTOCOL_ERROR
         NGHTTP2_INTERNAL_ERROR
@@ -143,6 +144,7 @@ cdef extern from "nghttp2/nghttp2.h":
     void nghttp2_option_set_stream_reset_rate_limit(nghttp2_option *, uint64_t, uint64_t)
     void nghttp2_option_set_max_continuations(nghttp2_option *, size_t)
     void nghttp2_option_set_max_settings(nghttp2_option *, size_t)
+    void nghttp2_option_set_no_closed_streams(nghttp2_option *, int)
 
     int nghttp2_session_server_new2(nghttp2_session **, const nghttp2_session_callbacks *, void *,
                                     const nghttp2_option *)
@@ -386,7 +388,7 @@ cdef class Session:
         """`settings`: max_concurrent_streams, initial_window_size, max_header_list_size,
         max_resets_per_second (a server's), all optional."""
         cdef nghttp2_option *option
-        cdef nghttp2_settings_entry entries[4]
+        cdef nghttp2_settings_entry entries[5]
         cdef int count = 0
         cdef int rc
         self.server = server
@@ -405,6 +407,8 @@ cdef class Session:
         # CONTINUATION floods (CVE-2024-28182): a header block in at most this many frames.
         nghttp2_option_set_max_continuations(option, 8)
         nghttp2_option_set_max_settings(option, 32)
+        # RFC 9113 deprecates RFC 7540's priorities: no tree to keep, no closed streams kept for it.
+        nghttp2_option_set_no_closed_streams(option, 1)
         resets = settings.get("max_resets_per_second")
         if resets:
             # GOAWAY ENHANCE_YOUR_CALM past `resets` in a second (_on_frame_recv); the
@@ -430,6 +434,9 @@ cdef class Session:
             entries[count].settings_id = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE
             entries[count].value = settings["max_header_list_size"]
             count += 1
+        entries[count].settings_id = NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES
+        entries[count].value = 1
+        count += 1
         if not server:
             entries[count].settings_id = NGHTTP2_SETTINGS_ENABLE_PUSH
             entries[count].value = 0
