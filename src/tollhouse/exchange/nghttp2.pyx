@@ -144,7 +144,6 @@ cdef extern from "nghttp2/nghttp2.h":
     void nghttp2_option_set_stream_reset_rate_limit(nghttp2_option *, uint64_t, uint64_t)
     void nghttp2_option_set_max_continuations(nghttp2_option *, size_t)
     void nghttp2_option_set_max_settings(nghttp2_option *, size_t)
-    void nghttp2_option_set_no_closed_streams(nghttp2_option *, int)
 
     int nghttp2_session_server_new2(nghttp2_session **, const nghttp2_session_callbacks *, void *,
                                     const nghttp2_option *)
@@ -407,8 +406,6 @@ cdef class Session:
         # CONTINUATION floods (CVE-2024-28182): a header block in at most this many frames.
         nghttp2_option_set_max_continuations(option, 8)
         nghttp2_option_set_max_settings(option, 32)
-        # RFC 9113 deprecates RFC 7540's priorities: no tree to keep, no closed streams kept for it.
-        nghttp2_option_set_no_closed_streams(option, 1)
         resets = settings.get("max_resets_per_second")
         if resets:
             # GOAWAY ENHANCE_YOUR_CALM past `resets` in a second (_on_frame_recv); the
@@ -434,6 +431,8 @@ cdef class Session:
             entries[count].settings_id = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE
             entries[count].value = settings["max_header_list_size"]
             count += 1
+        # RFC 9113 deprecates RFC 7540's priorities: none to keep. (Closed streams are still
+        # remembered: a frame on one is a STREAM_CLOSED error, RFC 9113 §5.1.)
         entries[count].settings_id = NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES
         entries[count].value = 1
         count += 1
