@@ -115,7 +115,6 @@ cdef extern from "nghttp2/nghttp2.h":
         NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE
         NGHTTP2_SETTINGS_ENABLE_PUSH
         NGHTTP2_SETTINGS_MAX_FRAME_SIZE
-        NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES
         NGHTTP2_NO_ERROR
         NGHTTP2_PROTOCOL_ERROR
         NGHTTP2_INTERNAL_ERROR
@@ -387,7 +386,7 @@ cdef class Session:
         """`settings`: max_concurrent_streams, initial_window_size, max_header_list_size,
         max_resets_per_second (a server's), all optional."""
         cdef nghttp2_option *option
-        cdef nghttp2_settings_entry entries[5]
+        cdef nghttp2_settings_entry entries[4]
         cdef int count = 0
         cdef int rc
         self.server = server
@@ -431,11 +430,6 @@ cdef class Session:
             entries[count].settings_id = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE
             entries[count].value = settings["max_header_list_size"]
             count += 1
-        # RFC 9113 deprecates RFC 7540's priorities: none to keep. (Closed streams are still
-        # remembered: a frame on one is a STREAM_CLOSED error, RFC 9113 §5.1.)
-        entries[count].settings_id = NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES
-        entries[count].value = 1
-        count += 1
         if not server:
             entries[count].settings_id = NGHTTP2_SETTINGS_ENABLE_PUSH
             entries[count].value = 0
