@@ -212,3 +212,19 @@ def test_dashboard_shows_each_split_routes_shares(gateway_factory, upstream):
     assert sides["app"]["requests"] + sides["canary"]["requests"] == 40
     assert abs(sides["app"]["share"] + sides["canary"]["share"] - 1) < 0.001
     assert sides["canary"]["rollbacks"] == 0
+
+
+def test_dashboard_shows_the_http2_share(gateway_factory, upstream):
+    import subprocess
+
+    g = gateway_factory(_config().replace("{upstream}", upstream.url))
+    for _ in range(3):
+        assert _get(g, "/api/x") == 200
+    for _ in range(2):
+        out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version}",
+                              g.url("/api/x")], capture_output=True, text=True, timeout=10)
+        assert out.stdout == "2"
+    data = wait_for(lambda: (d := _data(g)) and d["fleet"]["requests"] >= 5 and d, timeout=6)
+    assert data["fleet"]["http2_requests"] == 2 and data["fleet"]["http2_share"] == 0.4
+    status, page = g.get_admin("/dashboard")
+    assert b'id="http2-share"' in page

@@ -126,3 +126,19 @@ def test_an_http1_only_target_fails_cleanly(gateway_factory, origin):
     r = get(g, "/x")
     assert r.status in (502, 504)
     assert get(g, "/y").status in (502, 504)   # and the gateway goes on
+
+
+def test_health_checks_probe_h2c_targets_over_http2(gateway_factory, h2_server):
+    dead = f"http://127.0.0.1:{refused_port()}"
+    g = gateway_factory(front_config(h2_server.url("/"), "h2c").replace(
+        f'targets: ["{h2_server.url("/")}"]', f'targets: ["{h2_server.url("/")}", "{dead}"]\n'
+        "    health_check: {path: /health, interval: 200ms, unhealthy: 1, healthy: 1, timeout: 500ms}"))
+
+    def healthy() -> dict:
+        status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{g.admin_port}/status", timeout=5).read())
+        return {t["url"]: t["healthy"] for t in status["upstreams"]["h2"]["targets"]}
+
+    from tests.support.processes import wait_for
+
+    wait_for(lambda: healthy() == {h2_server.url("/"): True, dead: False}, timeout=10)
+    assert {get(g, "/x").status for _ in range(6)} == {200}   # never the dead target

@@ -143,12 +143,14 @@ class Summariser:
             _add(latency, delta)
         cache: dict[str, int] = {}
         splits: dict[str, dict] = {}   # route -> side -> [requests, rollbacks]
-        limited = auth_failures = 0
+        limited = auth_failures = http2 = 0
         for (name, labels), v in merged["counters"].items():
             delta = v - before["counters"].get((name, labels), 0)
             if delta <= 0:
                 continue
-            if name == "cache_results":
+            if name == "http2_requests":
+                http2 += int(delta)
+            elif name == "cache_results":
                 result = dict(labels).get("result", "")
                 cache[result] = cache.get(result, 0) + int(delta)
             elif name == "ratelimit_rejections":
@@ -168,7 +170,7 @@ class Summariser:
                 up = upstreams.setdefault(pairs["upstream"], {"circuit": 0, "targets": {}})
                 up["targets"][pairs["target"]] = bool(v)
         return {"t": second, "requests": total, "status": status, "latency": latency, "routes": routes,
-                "cache": cache, "limited": limited, "auth_failures": auth_failures, "splits": splits,
+                "cache": cache, "limited": limited, "auth_failures": auth_failures, "http2": http2, "splits": splits,
                 "consumers": _top(consumers, TOP * 5), "denied": _top(denied, TOP * 5),
                 "upstreams": upstreams, "connections": merged["active_connections"]}
 
@@ -203,7 +205,7 @@ def aggregate(instances: dict[str, list[dict]], window: int, now: int) -> dict:
     denied: dict[str, int] = {}
     upstreams: dict[str, dict] = {}
     splits: dict[str, dict] = {}
-    limited = auth_failures = 0
+    limited = auth_failures = http2 = 0
     rows = []
     for name, summaries in sorted(instances.items()):
         mine = [s for s in summaries if first <= s["t"] <= now]
@@ -223,6 +225,7 @@ def aggregate(instances: dict[str, list[dict]], window: int, now: int) -> dict:
             _sum_into(denied, s["denied"])
             limited += s["limited"]
             auth_failures += s["auth_failures"]
+            http2 += s.get("http2", 0)
             for route, sides in s.get("splits", {}).items():
                 for side, (requests, rollbacks) in sides.items():
                     total = splits.setdefault(route, {}).setdefault(side, [0, 0])
@@ -249,7 +252,8 @@ def aggregate(instances: dict[str, list[dict]], window: int, now: int) -> dict:
         "window_seconds": window,
         "instances": rows,
         "fleet": {**_fleet(status, latency, cache, window, recent), "rate_limited": limited,
-                  "auth_failures": auth_failures},
+                  "auth_failures": auth_failures, "http2_requests": http2,
+                  "http2_share": round(http2 / sum(status.values()), 4) if sum(status.values()) else None},
         "series": [{"t": p["t"], "requests": p["requests"], "errors": p["errors"],
                     "p50_ms": _ms(quantile(0.5, p["latency"])), "p99_ms": _ms(quantile(0.99, p["latency"]))}
                    for p in series.values()],

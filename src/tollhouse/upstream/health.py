@@ -3,8 +3,8 @@
 One checker per gateway: the single worker runs it itself; with several
 workers the supervisor runs it and tells every worker of each change, so a
 target is checked once per interval for the whole gateway, not once per
-worker. A check is `GET path` on a fresh connection; 2xx and 3xx answers
-pass. `unhealthy` failures in a row take a target out of rotation,
+worker. A check is `GET path` on a fresh connection (over HTTP/2 for h2c and
+http2 upstreams); 2xx and 3xx answers pass. `unhealthy` failures in a row take a target out of rotation,
 `healthy` passes in a row bring it back.
 """
 from __future__ import annotations
@@ -18,6 +18,9 @@ import httptools
 
 log = logging.getLogger("tollhouse.health")
 
+#: Upstream protocols whose targets are probed over HTTP/2 (upstream/http2.py).
+HTTP2_PROTOCOLS = ("h2c", "http2")
+
 
 class _Status:
     def __init__(self):
@@ -28,7 +31,80 @@ class _Status:
         self.done = True
 
 
-async def probe(url: str, path: str, timeout: float, verify: bool = True) -> bool:
+class _Http2Answer:
+    """The owner of a probe's nghttp2 session (exchange/nghttp2.pyx): keeps the final status."""
+
+    def __init__(self):
+        self.status = 0
+        self.over = False
+
+    def h2_headers(self, stream_id, category, headers, end_stream, oversize):
+        for name, value in headers:
+            if name == b":status" and int(value) >= 200:
+                self.status = int(value)
+
+    def h2_closed(self, stream_id, code):
+        self.over = True
+
+    def h2_goaway(self, last_stream_id, code):
+        self.over = True
+
+    def h2_data(self, stream_id, data):
+        pass
+
+    def h2_end(self, stream_id):
+        pass
+
+    def h2_drained(self, stream_id):
+        pass
+
+    def h2_settings(self):
+        pass
+
+
+async def probe_http2(url: str, path: str, timeout: float, verify: bool = True) -> bool:
+    """`GET path` over HTTP/2 (an h2c or http2 upstream's targets): prior knowledge on
+    http://, ALPN h2 on https://."""
+    from ..exchange import nghttp2
+
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    ctx = None
+    if secure:
+        ctx = ssl_module.create_default_context()
+        ctx.set_alpn_protocols(["h2"])
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl_module.CERT_NONE
+    answer = _Http2Answer()
+    session = nghttp2.Session(answer, False, {})
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port or (443 if secure else 80),
+                                                           ssl=ctx)
+            try:
+                session.request([(b":method", b"GET"), (b":scheme", parts.scheme.encode()), (b":path", path.encode()),
+                                 (b":authority", parts.netloc.encode()), (b"user-agent", b"tollhouse-health")], [],
+                                False)
+                writer.write(session.pending())
+                while not answer.status and not answer.over:
+                    data = await reader.read(65536)
+                    if not data:
+                        return False
+                    session.receive(data)
+                    writer.write(session.pending())
+                return 200 <= answer.status < 400
+            finally:
+                writer.close()
+    except (OSError, asyncio.TimeoutError, ssl_module.SSLError, nghttp2.Http2Error):
+        return False
+    finally:
+        session.close()
+
+
+async def probe(url: str, path: str, timeout: float, verify: bool = True, http2: bool = False) -> bool:
+    if http2:
+        return await probe_http2(url, path, timeout, verify)
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     ctx = None
@@ -78,7 +154,7 @@ class HealthChecker:
         cfg = up.health_check
         passes = fails = 0
         while True:
-            ok = await probe(url, cfg.path, cfg.timeout, up.tls_verify)
+            ok = await probe(url, cfg.path, cfg.timeout, up.tls_verify, up.protocol in HTTP2_PROTOCOLS)
             if ok:
                 passes, fails = passes + 1, 0
             else:
