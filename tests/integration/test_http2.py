@@ -470,3 +470,32 @@ def test_every_policy_answers_http2_as_http11(gateway_factory, upstream, path, a
         import gzip
 
         assert {gzip.decompress(b) for _, _, b in one + two} == {b"x" * 5000}
+
+
+def test_the_commands_of_docs_http2_work(gateway_factory, upstream):
+    """The commands docs/http2.md shows under "Checking it", run as written (the port substituted)."""
+    import os
+    import re
+
+    from tests.support.processes import ROOT
+
+    g = gateway_factory(f"""
+upstreams:
+  app: {{targets: ["{upstream.url}"]}}
+routes:
+  - {{name: all, match: {{prefix: /}}, upstream: app}}
+""")
+    text = open(os.path.join(ROOT, "docs", "http2.md"), encoding="utf-8").read()
+    block = re.search(r"## Checking it.*?```sh\n(.*?)```", text, re.S).group(1)
+    commands = [c for c in block.splitlines() if c.strip()]
+    assert len(commands) == 4
+    outputs = []
+    for command in commands:
+        out = subprocess.run(["bash", "-o", "pipefail", "-c", command.replace("8080", str(g.port))],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, (command, out.stdout, out.stderr)
+        outputs.append(out.stdout)
+    assert outputs[0].startswith("HTTP/2 200")
+    assert outputs[1].strip() == "1.1"
+    assert "1000 succeeded" in outputs[2] and "1000 2xx" in outputs[2]
+    assert outputs[3].strip()
