@@ -193,6 +193,8 @@ class SessionOutput(Gathered):
     """The connection's place in the worker's outbox: when the loop's batch of callbacks
     is done, what nghttp2 has to send leaves in one write."""
 
+    __slots__ = ("connection",)
+
     def __init__(self, connection):
         super().__init__(connection.transport, connection.worker)
         self.connection = connection
@@ -209,6 +211,9 @@ class SessionOutput(Gathered):
 
 class Http2Connection:   # an asyncio protocol by its methods
     """One HTTP/2 client connection (see the module's doc)."""
+
+    __slots__ = ("worker", "scheme", "peer_ip", "peer_ip_bytes", "peer_trusted", "forwarded", "settings", "transport",
+                 "session", "output", "streams", "scheduled", "closing", "write_paused", "last_active", "stalled_since")
 
     background = False
 
