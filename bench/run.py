@@ -15,7 +15,8 @@ none; needs more cores), BENCH_NO_WRITE=1 to leave the docs alone,
 BENCH_SKIP_CORE=1 to run only the scenarios (printed, not written),
 BENCH_SKIP_CACHE_LATENCY=1 to skip the 20 ms-upstream cache latency run,
 BENCH_SKIP_CHAIN=1 to skip the full chain (JWT + Redis limit) vs nginx run,
-BENCH_SKIP_PROTOCOLS=1 to skip the WebSocket and gRPC runs.
+BENCH_SKIP_PROTOCOLS=1 to skip the WebSocket and gRPC runs, BENCH_SKIP_HTTP2=1 to skip
+the HTTP/2 runs (bench/http2.py).
 """
 from __future__ import annotations
 
@@ -528,7 +529,8 @@ def run_scaling(workdir: str, upstream_port: int, counts: list[int]) -> list[tup
 
 
 def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: str, latency: dict | None = None,
-           fanout: dict | None = None, protocols: dict | None = None, chain: dict | None = None) -> str:
+           fanout: dict | None = None, protocols: dict | None = None, chain: dict | None = None,
+           http2: list | None = None) -> str:
     ng = core["nginx"]
     direct = core["direct"]
     lines = [f"Measured {time.strftime('%Y-%m-%d')} with `make bench` ({env}).", "",
@@ -577,6 +579,8 @@ def render(core: dict, scenario_rows: list[tuple], scaling: list[tuple], env: st
                   f"{spread(ws['ratios'])} |",
                   f"| gRPC GetItem: transcoded req/s (wrk) vs a grpcio client's calls/s | {g['through']:.0f} | "
                   f"{g['direct']:.0f} | {spread(g['ratios'])} |"]
+    if http2:
+        lines += http2
     if scaling:
         base = scaling[0][1] / scaling[0][0]
         lines += ["", "Workers (load generator on its own cores):", "", "| workers | req/s | per-worker efficiency |",
@@ -600,7 +604,7 @@ def write_docs(table: str) -> None:
 
 
 def main() -> int:
-    for tool in ("nginx", "wrk", "taskset"):
+    for tool in ("nginx", "wrk", "h2load", "taskset"):
         if not shutil.which(tool):
             print(f"{tool} is missing (make bench installs nginx and wrk when run as root)", file=sys.stderr)
             return 1
@@ -628,6 +632,15 @@ def main() -> int:
             protocols = {"websocket": protocol_bench.run_websocket(workdir), "grpc": protocol_bench.run_grpc(workdir)}
             print(f"  websocket {spread(protocols['websocket']['ratios'])}x, grpc {spread(protocols['grpc']['ratios'])}x",
                   flush=True)
+        http2 = None
+        if not os.environ.get("BENCH_SKIP_HTTP2"):
+            import http2 as http2_bench
+
+            print(f"HTTP/2: h2load against nginx and tollhouse, {ROUNDS} rounds x {DURATION}s", flush=True)
+            h2 = http2_bench.run_http2(workdir, upstream_port)
+            grpc = http2_bench.run_grpc_passthrough(workdir) if not os.environ.get("BENCH_SKIP_PROTOCOLS") else None
+            http2 = http2_bench.render(h2, grpc)
+            print("\n".join(http2), flush=True)
         counts = [int(n) for n in os.environ.get("BENCH_WORKERS", "").split(",") if n]
         scaling = run_scaling(workdir, upstream_port, counts) if counts else []
     finally:
@@ -638,7 +651,7 @@ def main() -> int:
         for row in rows:
             print(row)
         return 0
-    table = render(core, rows, scaling, env, latency, fanout, protocols, chain)
+    table = render(core, rows, scaling, env, latency, fanout, protocols, chain, http2)
     print(table)
     if not os.environ.get("BENCH_NO_WRITE"):
         write_docs(table)

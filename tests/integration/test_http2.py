@@ -499,3 +499,38 @@ routes:
     assert outputs[1].strip() == "1.1"
     assert "1000 succeeded" in outputs[2] and "1000 2xx" in outputs[2]
     assert outputs[3].strip()
+
+
+def test_request_trailers_reach_the_upstream(setup):
+    g, u = setup
+    c = RawH2(g.port).start()
+    c.request(1, "/api/echo", "POST", end_stream=False)
+    c.send(DataFrame(1, b"part one;"), DataFrame(1, b"part two"),
+           c.headers_frame(1, [("x-checksum", "abc123")]))
+    r = c.response(1)
+    assert r.status == 200
+    echoed = json.loads(r.body)
+    assert echoed["body_len"] == len(b"part one;part two")
+    assert echoed["headers"]["x-checksum"] == "abc123"   # a chunked trailer towards HTTP/1.1
+    c.close()
+
+
+def test_a_reader_that_stops_reading_is_cut_off(gateway_factory, upstream):
+    """Response bytes queued for a client that takes none for idle_timeout: the connection
+    is dropped (the upstream's read_timeout, longer here, would otherwise end the stream)."""
+    g = gateway_factory(basic_config(upstream.url, extra="limits: {idle_timeout: 2s}\n").replace(
+        "read_timeout: 2s", "read_timeout: 30s"))
+    c = RawH2(g.port)
+    c.start({SettingsFrame.INITIAL_WINDOW_SIZE: 65535})
+    c.request(1, f"/api/big?bytes={64 * 1024 * 1024}")
+    time.sleep(4)   # no byte taken past the first window
+    got = 0
+    while True:
+        frame = c.next_frame(2)
+        if frame is None:
+            break
+        if isinstance(frame, DataFrame):
+            got += len(frame.data)
+            c.responses[1].body = b""
+    assert c.closed and got < 16 * 1024 * 1024   # cut off, not served to the end
+    still_serving(g)

@@ -13,6 +13,7 @@ cpdef _length_unknown(Request ex)
 cpdef _framing_error(Request ex, limits)
 cpdef target_error(Request ex)
 cpdef keep_request_id(Request ex)
+cpdef bytes last_chunk(Request ex)
 
 
 cdef class Http1Codec(Codec):

@@ -142,7 +142,7 @@ class Http1Upstream(UpstreamCodec):
             else:
                 parts += chunks
         if ex.chunked and ex.body_done:
-            parts.append(LAST_CHUNK)
+            parts.append(last_chunk(ex))
 
     def write_body(self, ex, outgoing, chunk: bytes) -> None:
         if ex.chunked:
@@ -154,7 +154,15 @@ class Http1Upstream(UpstreamCodec):
 
     def end_body(self, ex, outgoing) -> None:
         if ex.chunked:
-            outgoing.write(LAST_CHUNK)
+            outgoing.write(last_chunk(ex))
+
+
+def last_chunk(ex) -> bytes:
+    """The chunked body's end, with the trailer fields an HTTP/2 client sent (RFC 9112 §7.1.2)."""
+    trailers = ex.request_trailers
+    if trailers is None:
+        return LAST_CHUNK
+    return b"0\r\n" + b"".join(trailers) + b"\r\n"
 
 
 #: The codec of every HTTP/1.1 upstream connection.

@@ -161,7 +161,7 @@ class Http2Upstream(UpstreamCodec):
         outgoing.write(chunk)
 
     def end_body(self, ex, outgoing) -> None:
-        outgoing.end()
+        outgoing.end(ex.request_trailers)
 
 
 #: The codec of every HTTP/2 upstream connection (h2c, http2, grpc).

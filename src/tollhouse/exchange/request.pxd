@@ -14,7 +14,7 @@ cdef class Request(ResponseSink):
     cdef public UpstreamPool pool
     cdef public object conn, codec, body_chunks, state, params, method, raw_target, path, query
     cdef public object version, host, request_id, content_length, te, connection_tokens, expect, xff, xfp, xfh
-    cdef public object error, task, timer, vars, _client_ip, identity, trailers
+    cdef public object error, task, timer, vars, _client_ip, identity, trailers, request_trailers
     cdef public object local, tried, body_waiter
     cdef public list observers, body_filters, body_readers, noted
     cdef public object duplicate, tracer

@@ -356,7 +356,8 @@ class Http2Connection:   # an asyncio protocol by its methods
         stream = self.streams.get(stream_id)
         if stream is None or stream.exchange is None:
             return
-        # Request trailers: not relayed to an HTTP/1.1 upstream (docs/http2.md); the stream ends.
+        # Request trailers: sent upstream after the body (a chunked trailer to HTTP/1.1).
+        stream.exchange.request_trailers = _trailer_lines(headers)
         if end_stream:
             self.h2_end(stream_id)
 
@@ -459,8 +460,9 @@ class Http2Connection:   # an asyncio protocol by its methods
             if not self.stalled_since:
                 self.stalled_since = now
             elif now - self.stalled_since > limits.idle_timeout:
-                self.session.goaway(nghttp2.NO_ERROR, graceful=False)
-                self.end_connection()
+                log.info("HTTP/2 client %s took no response bytes for %.0fs: connection dropped", self.peer_ip,
+                         limits.idle_timeout)
+                self.abort()   # a reader that stopped: what is queued for it would never leave
                 return
         for stream in list(self.streams.values()):
             ex = stream.exchange
@@ -476,6 +478,16 @@ class Http2Connection:   # an asyncio protocol by its methods
         self.schedule()
         if not self.open_exchanges():
             self.end_connection()
+
+
+# Fields a trailer may not carry (RFC 9110 §6.5.1: framing, routing, the gateway's own).
+_NOT_TRAILERS = frozenset((b"content-length", b"transfer-encoding", b"host", b"te", b"trailer", b"x-request-id",
+                           b"content-type", b"authorization", b"cookie", b"set-cookie"))
+
+
+def _trailer_lines(headers: list) -> list:
+    return [name + b": " + value + b"\r\n" for name, value in headers
+            if name[:1] != b":" and name not in _NOT_TRAILERS]
 
 
 # Outside the classes: the compiled build allows no closure (a generator) in their methods.

@@ -69,8 +69,8 @@ class StreamOutput(Gathered):
     def write(self, chunk: bytes) -> None:
         self.stream.send_body(chunk)
 
-    def end(self) -> None:
-        self.stream.end_body()
+    def end(self, trailers=None) -> None:
+        self.stream.end_body(trailers)
 
     def flush(self) -> None:
         pass
@@ -135,9 +135,9 @@ class Http2StreamConnection(UpstreamConnection):
             self.exchange.upstream_writable(False)   # the upstream's window is shut: read no more from the client
         self.session.schedule()
 
-    def end_body(self) -> None:
+    def end_body(self, trailers=None) -> None:
         if self.stream_id > 0:
-            self.session.session.end_data(self.stream_id)
+            self.session.session.end_data(self.stream_id, trailers)
             self.session.schedule()
 
     def abort(self):
