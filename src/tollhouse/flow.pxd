@@ -26,6 +26,10 @@ cdef class Gathered:
     cpdef drop(self)
 
 
+cdef class PulledOutput(Gathered):
+    cdef public object owner
+
+
 cdef class WorkerCore:
     cdef public object loop, stats, state, date_line, next_request_id, tracer_factory, http2
     cdef public set connections, inflight

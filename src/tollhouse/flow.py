@@ -88,6 +88,27 @@ class Gathered:
         self.writes = None
 
 
+class PulledOutput(Gathered):
+    """The outbox entry of a connection whose bytes are made when they leave (an HTTP/2
+    session's frames, which nghttp2 writes as windows allow): `flush()` asks its owner to
+    send what it has pending (`owner.send_pending()`), once per loop iteration."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner, transport, worker):
+        Gathered.__init__(self, transport, worker)
+        self.owner = owner
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("this connection's bytes come from its owner")
+
+    def flush(self) -> None:
+        self.owner.send_pending()
+
+    def drop(self) -> None:
+        pass
+
+
 class WorkerCore:
     """What the request path reads of its worker on every request; `server.worker.Worker`
     (and any stand-in for it) extends this. Compiled, these are C fields and typed

@@ -3,7 +3,7 @@ cimport cython
 
 from tollhouse.clock cimport Clock
 from tollhouse.exchange.lifecycle cimport Exchange
-from tollhouse.flow cimport Gathered, WorkerCore
+from tollhouse.flow cimport PulledOutput, WorkerCore
 
 cdef Clock CLOCK
 cdef dict _GRPC_UNITS
@@ -35,14 +35,10 @@ cdef class Http2Stream:
     cpdef consume_held(self)
 
 
-cdef class SessionOutput(Gathered):
-    cdef public Http2Connection connection
-
-
 cdef class Http2Connection:
     cdef public WorkerCore worker
     cdef public object scheme, peer_ip, peer_ip_bytes, forwarded, settings, transport, session
-    cdef public SessionOutput output
+    cdef public PulledOutput output
     cdef public dict streams
     cdef public bint peer_trusted, scheduled, closing, write_paused
     cdef public double last_active, stalled_since

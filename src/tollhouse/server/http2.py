@@ -20,7 +20,7 @@ from ..exchange.http1 import forwarded_prefix
 from ..exchange.http2 import HTTP2, finalise_head
 from ..exchange.lifecycle import Exchange
 from ..exchange.request import COMPLETE
-from ..flow import CLIENT_FULL, Gathered
+from ..flow import CLIENT_FULL, PulledOutput
 from ..pipeline import Reply
 from ..registry import Section
 from .protocol import take_header
@@ -189,26 +189,6 @@ class Http2Stream:
             self.connection.schedule()
 
 
-class SessionOutput(Gathered):
-    """The connection's place in the worker's outbox: when the loop's batch of callbacks
-    is done, what nghttp2 has to send leaves in one write."""
-
-    __slots__ = ("connection",)
-
-    def __init__(self, connection):
-        super().__init__(connection.transport, connection.worker)
-        self.connection = connection
-
-    def write(self, data: bytes) -> None:
-        raise RuntimeError("HTTP/2 bytes come from the session")
-
-    def flush(self) -> None:
-        self.connection.send_pending()
-
-    def drop(self) -> None:
-        pass
-
-
 class Http2Connection:   # an asyncio protocol by its methods
     """One HTTP/2 client connection (see the module's doc)."""
 
@@ -248,7 +228,7 @@ class Http2Connection:   # an asyncio protocol by its methods
             "max_header_list_size": settings.max_header_list_size or limits.max_header_bytes,
             "max_resets_per_second": settings.max_resets_per_second,
         })
-        self.output = SessionOutput(self)
+        self.output = PulledOutput(self, transport, worker)   # our frames leave once per loop iteration
         worker.connections.add(self)
         worker.stats.active_connections += 1
         worker.stats.inc("http2_connections")

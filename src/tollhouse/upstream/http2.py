@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from ..clock import CLOCK
 from ..config.schema import error_at
 from ..exchange.http2 import HTTP2_UPSTREAM
-from ..flow import FlowControl, Gathered
+from ..flow import FlowControl, Gathered, PulledOutput
 from ..registry import UpstreamProtocol
 from .pool import TargetPool, UpstreamConnection, _client_ssl
 
@@ -230,23 +230,6 @@ class Http2StreamConnection(UpstreamConnection):
         ex.upstream_closed(self, None if code is None else ConnectionResetError(f"HTTP/2 stream reset ({code})"))
 
 
-class SessionOutput(Gathered):
-    """The session's place in the worker's outbox (as server.http2's is)."""
-
-    def __init__(self, session, worker):
-        super().__init__(session.transport, worker)
-        self.session = session
-
-    def write(self, data: bytes) -> None:
-        raise RuntimeError("HTTP/2 bytes come from the session")
-
-    def flush(self) -> None:
-        self.session.send_pending()
-
-    def drop(self) -> None:
-        pass
-
-
 class Http2Session:   # an asyncio protocol by its methods
     """One multiplexed connection to a target."""
 
@@ -333,7 +316,7 @@ class Http2Session:   # an asyncio protocol by its methods
             self.scheduled = True
             return
         if self.output is None:
-            self.output = SessionOutput(self, worker)
+            self.output = PulledOutput(self, self.transport, worker)
         self.scheduled = True
         worker.defer(self.output)
 
