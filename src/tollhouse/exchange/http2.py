@@ -102,7 +102,7 @@ class Http2Codec(Codec):
             ex.conn.end(ex.trailers)
 
     def write_continue(self, ex) -> None:
-        ex.conn.interim(b"100")
+        ex.conn.interim(100)
 
 
 #: The codec of every HTTP/2 stream towards a client.

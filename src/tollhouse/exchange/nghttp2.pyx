@@ -7,11 +7,12 @@ RFC 9113 §8's rules on messages (pseudo-headers, connection-specific
 headers, `te`, lower-case names, content-length against DATA); what it
 finds it hands to an owner object by stream id:
 
-    owner.h2_headers(stream_id, category, headers, end_stream, oversize)
+    owner.h2_headers(stream_id, category, headers, end_stream, oversize, method, path, authority)
         a complete header block: a list of (name, value) bytes pairs;
         category is REQUEST / RESPONSE / HEADERS (trailers, 1xx finals);
         oversize: the block passed `max_header_list_size` (its fields are
-        not all kept)
+        not all kept); on a server, a request's :method, :path and
+        :authority come as the last three (None when absent), not in `headers`
     owner.h2_data(stream_id, data)     a piece of a stream's body
     owner.h2_end(stream_id)            the peer ended the stream (after DATA)
     owner.h2_closed(stream_id, code)   the stream is closed (code: RST or 0)
@@ -195,6 +196,17 @@ cdef Py_ssize_t HIGH = 256 * 1024
 cdef Py_ssize_t LOW = 64 * 1024
 
 
+cdef dict _STATUSES = {}
+
+
+cdef bytes _status(int status):
+    """`:status` as bytes, made once per code."""
+    cdef bytes text = _STATUSES.get(status)
+    if text is None:
+        text = _STATUSES[status] = str(status).encode()
+    return text
+
+
 class Http2Error(Exception):
     """The session cannot go on (a connection error); the owner closes the connection."""
 
@@ -251,6 +263,7 @@ cdef int _on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame,
     self.block = []
     self.block_size = 0
     self.block_oversize = False
+    self.pseudo_method = self.pseudo_path = self.pseudo_authority = None
     return 0
 
 
@@ -262,6 +275,18 @@ cdef int _on_header(nghttp2_session *session, const nghttp2_frame *frame, const 
     if self.block_size > self.max_header_list_size:
         self.block_oversize = True
         return 0
+    if self.server and namelen and name[0] == b':':
+        # A request's :method, :path and :authority go to the owner as arguments of their
+        # own (nghttp2 has checked there is one of each and nothing unknown).
+        if namelen == 7 and memcmp(name, b":method", 7) == 0:
+            self.pseudo_method = PyBytes_FromStringAndSize(<char *>value, valuelen)
+            return 0
+        if namelen == 5 and memcmp(name, b":path", 5) == 0:
+            self.pseudo_path = PyBytes_FromStringAndSize(<char *>value, valuelen)
+            return 0
+        if namelen == 10 and memcmp(name, b":authority", 10) == 0:
+            self.pseudo_authority = PyBytes_FromStringAndSize(<char *>value, valuelen)
+            return 0
     self.block.append((PyBytes_FromStringAndSize(<char *>name, namelen),
                        PyBytes_FromStringAndSize(<char *>value, valuelen)))
     return 0
@@ -277,7 +302,8 @@ cdef int _on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, vo
         if block is None:
             block = []
         return self._call(self.on_headers, (frame.hd.stream_id, frame.headers.cat, block, end_stream,
-                                             self.block_oversize))
+                                             self.block_oversize, self.pseudo_method, self.pseudo_path,
+                                             self.pseudo_authority))
     if kind == NGHTTP2_DATA:
         if end_stream:
             return self._call(self.on_end, (frame.hd.stream_id,))
@@ -371,6 +397,7 @@ cdef class Session:
     cdef readonly bint server
     cdef dict outgoing
     cdef list block
+    cdef object pseudo_method, pseudo_path, pseudo_authority
     cdef size_t block_size
     cdef bint block_oversize
     cdef public size_t max_header_list_size
@@ -510,25 +537,33 @@ cdef class Session:
             return False
         return nghttp2_session_want_read(self.session) or nghttp2_session_want_write(self.session)
 
-    def respond(self, int32_t stream_id, bytes status, list lines, list extra, bint has_body):
+    def respond(self, int32_t stream_id, int status, list lines, bytes request_id, bytes body, bint more):
         """Submit a response head: `lines` are HTTP/1-style header lines (b"Name: value\\r\\n"),
-        `extra` (name, value) pairs; with `has_body`, DATA follows from `send_data`."""
+        then X-Request-ID; `body` (may be empty) is queued at once, and with `more` the body
+        goes on (`send_data`, `end_data`), else the response ends with it. One call per
+        response: each call from Python costs a lookup and a dispatch."""
         cdef Outgoing out = None
         cdef nghttp2_data_provider provider
+        cdef bint has_body = more or PyBytes_GET_SIZE(body) > 0
         cdef int rc
         if has_body:
             out = Outgoing(stream_id)
             self.outgoing[stream_id] = out
             provider.source.ptr = <void *>out
             provider.read_callback = _read_body
-        rc = self._submit_lines(stream_id, status, lines, extra, &provider if has_body else NULL, 0)
+            if PyBytes_GET_SIZE(body):
+                out.chunks.append(body)
+                out.size = PyBytes_GET_SIZE(body)
+            out.ended = not more
+        rc = self._submit_lines(stream_id, _status(status), lines, [(b"x-request-id", request_id)],
+                                &provider if has_body else NULL, 0)
         if rc != 0:
             self.outgoing.pop(stream_id, None)
         return rc == 0
 
-    def interim(self, int32_t stream_id, bytes status):
+    def interim(self, int32_t stream_id, int status):
         """A 1xx head (100 Continue)."""
-        self._submit_lines(stream_id, status, [], [], NULL, 1)
+        self._submit_lines(stream_id, _status(status), [], [], NULL, 1)
 
     def request(self, list pairs, list lines, bint has_body):
         """Submit a request (client side): `pairs` the pseudo-headers and any (name, value),

@@ -51,7 +51,7 @@ cdef class Http2Connection:
     cpdef close(self)
     cpdef abort(self)
     @cython.locals(stream=Http2Stream, ex=Exchange)
-    cpdef begin_stream(self, int stream_id, list headers, bint end_stream, bint oversize)
+    cpdef begin_stream(self, int stream_id, list headers, bint end_stream, bint oversize, method, path, authority)
     @cython.locals(stream=Http2Stream, ex=Exchange)
     cpdef h2_data(self, int stream_id, data)
     @cython.locals(stream=Http2Stream, ex=Exchange)

@@ -125,16 +125,11 @@ class Http2Stream:
 
     # what the codec calls ------------------------------------------------------
     def respond(self, status: int, lines: list, request_id: bytes, body: bytes, has_body: bool) -> None:
-        """A response head; with `body` (a whole answer) or, `has_body`, a body to follow."""
-        session = self.session
-        session.respond(self.stream_id, b"%d" % status, lines, [(b"x-request-id", request_id)], has_body or bool(body))
-        if body:
-            session.send_data(self.stream_id, body)
-            if not has_body:
-                session.end_data(self.stream_id)
+        """A response head with `body` (a whole answer), or with a body to follow (`has_body`)."""
+        self.session.respond(self.stream_id, status, lines, request_id, body, has_body)
         self.connection.schedule()
 
-    def interim(self, status: bytes) -> None:
+    def interim(self, status: int) -> None:
         self.session.interim(self.stream_id, status)
         self.connection.schedule()
 
@@ -329,9 +324,10 @@ class Http2Connection:   # an asyncio protocol by its methods
         self.transport.abort()
 
     # nghttp2's callbacks (exchange/nghttp2.pyx) -----------------------------------
-    def h2_headers(self, stream_id: int, category: int, headers: list, end_stream: bool, oversize: bool) -> None:
+    def h2_headers(self, stream_id: int, category: int, headers: list, end_stream: bool, oversize: bool,
+                   method, path, authority) -> None:
         if category == nghttp2.REQUEST:
-            self.begin_stream(stream_id, headers, end_stream, oversize)
+            self.begin_stream(stream_id, headers, end_stream, oversize, method, path, authority)
             return
         stream = self.streams.get(stream_id)
         if stream is None or stream.exchange is None:
@@ -341,7 +337,8 @@ class Http2Connection:   # an asyncio protocol by its methods
         if end_stream:
             self.h2_end(stream_id)
 
-    def begin_stream(self, stream_id: int, headers: list, end_stream: bool, oversize: bool) -> None:
+    def begin_stream(self, stream_id: int, headers: list, end_stream: bool, oversize: bool, method, path,
+                     authority) -> None:
         worker = self.worker
         stream = Http2Stream(self, stream_id)
         self.streams[stream_id] = stream
@@ -350,17 +347,13 @@ class Http2Connection:   # an asyncio protocol by its methods
         ex.version = "2"
         ex.started = perf_counter()
         limits = worker.state.limits
-        authority = None
+        ex.method = method or b""
+        ex.raw_target = path or b""
         cookies = None
         for name, value in headers:
-            if name[0] == 58:   # b":" - nghttp2 has checked there is one of each and nothing unknown
-                if name == b":method":
-                    ex.method = value
-                elif name == b":path":
-                    ex.raw_target = value
-                elif name == b":authority":
-                    authority = value
-            elif name == b"cookie":
+            if name[0] == 58:   # b":" - :scheme (and :protocol): nothing to keep
+                continue
+            if name == b"cookie":
                 # RFC 9113 §8.2.3: crumbs are joined for an HTTP/1.1 hop.
                 cookies = value if cookies is None else cookies + b"; " + value
             else:

@@ -38,7 +38,7 @@ class _Http2Answer:
         self.status = 0
         self.over = False
 
-    def h2_headers(self, stream_id, category, headers, end_stream, oversize):
+    def h2_headers(self, stream_id, category, headers, end_stream, oversize, method=None, path=None, authority=None):
         for name, value in headers:
             if name == b":status" and int(value) >= 200:
                 self.status = int(value)

@@ -355,7 +355,8 @@ class Http2Session:   # an asyncio protocol by its methods
         self.target.stream_freed(self)
 
     # nghttp2's callbacks -------------------------------------------------------
-    def h2_headers(self, stream_id: int, category: int, headers: list, end_stream: bool, oversize: bool) -> None:
+    def h2_headers(self, stream_id: int, category: int, headers: list, end_stream: bool, oversize: bool,
+                   method=None, path=None, authority=None) -> None:
         stream = self.streams.get(stream_id)
         if stream is None:
             return
