@@ -301,12 +301,19 @@ cdef int _on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, vo
         self.block = None
         if block is None:
             block = []
-        return self._call(self.on_headers, (frame.hd.stream_id, frame.headers.cat, block, end_stream,
-                                             self.block_oversize, self.pseudo_method, self.pseudo_path,
-                                             self.pseudo_authority))
+        # Called directly, not through _call: no argument tuple on the path of every request.
+        try:
+            self.on_headers(frame.hd.stream_id, frame.headers.cat, block, end_stream, self.block_oversize,
+                            self.pseudo_method, self.pseudo_path, self.pseudo_authority)
+        except BaseException as e:  # noqa
+            return self._failed(e)
+        return 0
     if kind == NGHTTP2_DATA:
         if end_stream:
-            return self._call(self.on_end, (frame.hd.stream_id,))
+            try:
+                self.on_end(frame.hd.stream_id)
+            except BaseException as e:  # noqa
+                return self._failed(e)
         return 0
     if kind == NGHTTP2_RST_STREAM:
         self.resets_received += 1
@@ -335,7 +342,11 @@ cdef int _on_data(nghttp2_session *session, uint8_t flags, int32_t stream_id, co
     # The connection's window is given back at once; the stream's when the owner has
     # used the bytes (consume): a paused stream holds its own window, not its neighbours'.
     nghttp2_session_consume_connection(session, length)
-    return self._call(self.on_data, (stream_id, PyBytes_FromStringAndSize(<char *>data, length)))
+    try:
+        self.on_data(stream_id, PyBytes_FromStringAndSize(<char *>data, length))
+    except BaseException as e:  # noqa
+        return self._failed(e)
+    return 0
 
 
 cdef int _on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) noexcept:
@@ -358,7 +369,11 @@ cdef int _on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t 
     cdef Session self = <Session>user_data
     self.outgoing.pop(stream_id, None)
     self.reset_after_end.discard(stream_id)
-    return self._call(self.on_closed, (stream_id, error_code))
+    try:
+        self.on_closed(stream_id, error_code)
+    except BaseException as e:  # noqa
+        return self._failed(e)
+    return 0
 
 
 cdef nghttp2_session_callbacks *_CALLBACKS = NULL
@@ -467,6 +482,13 @@ cdef class Session:
         if self.session != NULL:
             nghttp2_session_del(self.session)
             self.session = NULL
+
+    cdef int _failed(self, e) noexcept:
+        # An owner's exception ends the session (kept, raised by receive()); it must
+        # not unwind through C.
+        if self.failure is None:
+            self.failure = e
+        return NGHTTP2_ERR_CALLBACK_FAILURE
 
     cdef int _call(self, method, tuple args) noexcept:
         # An owner's exception ends the session (kept, raised by receive()); it must
