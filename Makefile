@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 COMPILED := $(wildcard src/tollhouse/*.pxd src/tollhouse/*/*.pxd src/tollhouse/*/*/*.pxd)
 BUILT    := $(VENV)/.built
 
-.PHONY: demo test lint bench redis-server http2-tools monitoring-tools browser deploy-tools bench-tools clean
+.PHONY: demo test lint bench redis-server http2-tools waf-tools monitoring-tools browser deploy-tools bench-tools clean
 
 $(STAMP): pyproject.toml
 	@if [ -f $(VENV)/pyvenv.cfg ] && ! grep -qx 'home = $(PYHOME)' $(VENV)/pyvenv.cfg; then \
@@ -54,6 +54,18 @@ http2-tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libnghttp2-dev nghttp2-client >/dev/null; \
 	  else \
 	    echo "libnghttp2-dev and nghttp2-client are missing. Install them first: 'sudo apt-get install libnghttp2-dev nghttp2-client' (Debian/Ubuntu)."; \
+	    exit 1; \
+	  fi; }
+
+# The WAF runs the OWASP Core Rule Set as Debian ships it (modsecurity-crs) after ModSecurity's
+# recommended base configuration (libnginx-mod-http-modsecurity's, which the benchmark's nginx uses too).
+waf-tools:
+	@{ [ -d /usr/share/modsecurity-crs/rules ] && [ -f /etc/nginx/modsecurity.conf ]; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing modsecurity-crs and libnginx-mod-http-modsecurity with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends modsecurity-crs libnginx-mod-http-modsecurity >/dev/null; \
+	  else \
+	    echo "modsecurity-crs is missing. Install it first: 'sudo apt-get install modsecurity-crs libnginx-mod-http-modsecurity' (Debian/Ubuntu)."; \
 	    exit 1; \
 	  fi; }
 
@@ -107,7 +119,7 @@ lint: $(STAMP)
 
 # The whole suite runs twice: on the compiled build, then on the plain-Python
 # source (the fallback without a compiler), which must behave the same.
-test: http2-tools lint $(BUILT) redis-server monitoring-tools browser deploy-tools
+test: http2-tools waf-tools lint $(BUILT) redis-server monitoring-tools browser deploy-tools
 	$(BIN)/python -m pytest tests
 	TOLLHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest tests
 

@@ -7,16 +7,16 @@ from __future__ import annotations
 from . import registry
 from .observability import debug, tracing
 from .policies import (aggregate, auth, cache, compress, cors, grpc, headers, ip, mirror, ratelimit, request, split,
-                       websocket)
+                       waf, websocket)
 from .exchange import http1
 from .server import http2, tls
 from .upstream import http2 as upstream_http2
 
 KINDS = tuple(module.KIND for module in (auth, ratelimit, cache, ip, cors, request, compress, headers, aggregate,
-                                          websocket, grpc, split)) + (split.STICKY, split.ROLLBACK, mirror.KIND)
+                                          websocket, grpc, split)) + (split.STICKY, split.ROLLBACK, mirror.KIND, waf.KIND)
 #: The order request hooks run in; a kind may add a phase of its own (PolicyKind.new_phase).
 #: `access` is the custom policies' default.
-PHASES = ("ip", "cors", "auth", "ratelimit", "validate", "cache", "access", "transform")
+PHASES = ("ip", "inspect", "cors", "auth", "ratelimit", "validate", "cache", "access", "transform")
 SECTIONS = (tls.SECTION, http2.SECTION, tracing.SECTION, debug.SECTION)
 PROTOCOLS = (http1.PROTOCOL, upstream_http2.H2C, upstream_http2.HTTP2, grpc.PROTOCOL)
 

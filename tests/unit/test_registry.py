@@ -29,10 +29,10 @@ def test_the_builtins_install_their_kinds_sections_protocols_and_phases():
 
 
 def test_a_kind_adds_a_phase_after_another(reinstall):
-    inspect = _kind("inspect", phase="inspect", new_phase=("inspect", "auth"))
-    registry.install((*builtins.KINDS, inspect), builtins.SECTIONS, builtins.PROTOCOLS, builtins.PHASES)
+    audit = _kind("audit", phase="audit", new_phase=("audit", "auth"))
+    registry.install((*builtins.KINDS, audit), builtins.SECTIONS, builtins.PROTOCOLS, builtins.PHASES)
     order = registry.phases()
-    assert order.index("auth") + 1 == order.index("inspect") == order.index("ratelimit") - 1
+    assert order.index("auth") + 1 == order.index("audit") == order.index("ratelimit") - 1
 
 
 def test_a_phase_that_is_not_declared_is_refused(reinstall):
