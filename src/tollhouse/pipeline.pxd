@@ -32,7 +32,7 @@ cdef class Policy:
 
 
 cdef class Chain:
-    cdef public tuple request_hooks, response_hooks, observed, requesters, outcome_names, outcome_metrics
+    cdef public tuple request_hooks, response_hooks, observed, requesters, outcome_names, outcome_metrics, logged
     cdef public list policies
 
     cpdef run(self, Request exchange, proceed, answer, int start=*)
@@ -42,3 +42,4 @@ cdef class Chain:
     @cython.locals(policy=Policy, labels=list)
     cpdef tuple labels(self, slots)
     cpdef dict named_outcomes(self, slots)
+    cpdef dict logged_values(self, slots)

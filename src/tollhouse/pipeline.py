@@ -158,6 +158,9 @@ class Policy:
     Config = None
     outcome = None
     outcome_metric = None
+    #: Access log fields this policy fills per request (its kind declares them too:
+    #: registry.PolicyKind.log_fields), from what it remembered: `log_values(value)`.
+    log_fields: tuple = ()
     #: True for a policy that answers its route itself instead of an upstream
     #: (aggregation): once the other policies pass, `respond` is called.
     terminal = False
@@ -172,6 +175,10 @@ class Policy:
     def outcome_of(self, value) -> str | None:
         """The outcome label of what this policy remembered on an exchange."""
         return value if value.__class__ is str else None
+
+    def log_values(self, value) -> tuple:
+        """The values of `log_fields` (JSON-able) from what this policy remembered."""
+        return ()
 
     def on_request(self, exchange) -> None | Reply | Awaitable[None | Reply]:
         """Called before proxying. Return None to continue, a Reply to answer
@@ -210,7 +217,7 @@ class Chain:
     """A route's policies in phase order; `run` drives one exchange through them."""
 
     __slots__ = ("request_hooks", "response_hooks", "policies", "observed", "requesters", "outcome_names",
-                 "outcome_metrics")
+                 "outcome_metrics", "logged")
 
     def __init__(self, policies: list[Policy]):
         if policies:
@@ -224,6 +231,7 @@ class Chain:
         self.observed = tuple(p for p in ordered if p.outcome is not None)   # policies with outcomes
         self.outcome_names = tuple(p.outcome for p in self.observed)
         self.outcome_metrics = tuple(p.outcome_metric for p in self.observed)
+        self.logged = tuple(p for p in ordered if p.log_fields)   # policies with access log fields of their own
         self.requesters = tuple(p for p in ordered if _overrides(p, "on_request"))   # request_hooks' policies
         self.request_hooks = tuple(p.on_request for p in ordered if _overrides(p, "on_request"))
         self.response_hooks = tuple(p.on_response for p in reversed(ordered) if _overrides(p, "on_response"))
@@ -295,6 +303,16 @@ class Chain:
             answer(result)
         else:
             proceed()
+
+    def logged_values(self, slots) -> dict:
+        """Access log field -> value, of the policies that fill fields of their own (`logged`)."""
+        values = {}
+        if slots is not None:
+            for policy in self.logged:
+                value = slots[policy.slot]
+                if value is not None:
+                    values.update(zip(policy.log_fields, policy.log_values(value)))
+        return values
 
     def named_outcomes(self, slots) -> dict:
         """Outcome name -> label of the policies that noted one in an exchange's `slots`."""

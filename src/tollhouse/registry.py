@@ -95,6 +95,8 @@ class PolicyKind:
       kept across reloads (see `worker_services`);
     - `endpoints(services) -> [(route name, method, path, handler)]`: optional paths the gateway
       answers itself (the OAuth token endpoint); the global policies guard them;
+    - `log_fields`: more access log fields its policies fill per request
+      (`Policy.log_values`), null where a route has none of them;
     - `outcome`: the name of its policies' outcome (`Policy.outcome`), a field of
       every access log line (null where the route has no such policy);
     - `check(route, where, config, errors)`: optional rules between a route and the rest
@@ -112,14 +114,15 @@ class PolicyKind:
     """
 
     __slots__ = ("name", "phase", "key", "field", "build", "service", "endpoints", "outcome", "check",
-                 "own_upstream", "sections", "headers", "new_phase", "chooser", "admin")
+                 "own_upstream", "sections", "headers", "new_phase", "chooser", "admin", "log_fields")
 
     def __init__(self, name: str, *, phase: str, build: Callable, key: str | None = None, field: Any = None,
                  service: Callable | None = None, endpoints: Callable | None = None, outcome: str | None = None,
                  check: Callable | None = None, own_upstream: bool = True, sections: tuple = (),
                  headers: tuple = (), new_phase: tuple | None = None, chooser: Callable | None = None,
-                 admin: tuple = ()):
+                 admin: tuple = (), log_fields: tuple = ()):
         self.name = name
+        self.log_fields = tuple(log_fields)
         self.phase = phase
         self.key = key
         self.field = field
@@ -266,6 +269,11 @@ def policy_kinds() -> tuple[PolicyKind, ...]:
 def outcome_names() -> tuple[str, ...]:
     """The outcomes the installed kinds declare, in registry order (the access log's fields)."""
     return tuple(k.outcome for k in policy_kinds() if k.outcome)
+
+
+def log_field_names() -> tuple[str, ...]:
+    """The access log fields the installed kinds declare beyond their outcomes (`log_fields`)."""
+    return tuple(f for k in policy_kinds() for f in k.log_fields)
 
 
 def custom_kind(name: str, cls: type, options) -> PolicyKind:

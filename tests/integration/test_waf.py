@@ -145,6 +145,10 @@ def test_verdicts_are_logged_and_counted(gw):
     time.sleep(1.2)
     lines = [json.loads(x) for x in gw.stdout().splitlines() if x.startswith("{")]
     assert {line["waf"] for line in lines if line["route"] == "app"} >= {"blocked", "passed"}
+    blocked = [line for line in lines if line["waf"] == "blocked"][-1]
+    assert 941100 in blocked["waf_rules"] and 949110 in blocked["waf_rules"] and blocked["waf_score"] >= 5
+    passed = [line for line in lines if line["waf"] == "passed"][-1]
+    assert passed["waf_rules"] == [] and passed["waf_score"] == 0
     status, metrics = gw.get_admin("/metrics")
     text = metrics.decode()
     assert 'tollhouse_waf_requests_total{outcome="blocked",route="app"}' in text

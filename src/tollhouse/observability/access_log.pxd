@@ -8,3 +8,5 @@ cdef dict _PROTOCOLS
 
 @cython.locals(ex=Exchange, last=Exchange, t=cython.double, second=cython.longlong, last_second=cython.longlong)
 cpdef bytes format_batch(list batch, double offset)
+
+cpdef bytes _logged(route, slots)

@@ -69,7 +69,7 @@ class AccessLog:
 
 
 _LINE = (b'{"time":"%s.%03dZ","request_id":"%s","client_ip":%s,"method":"%s","path":%s,"protocol":"%s","status":%d,'
-         b'"grpc_status":%s,"bytes":%d,"duration_ms":%.3f,%s}')
+         b'"grpc_status":%s,"bytes":%d,"duration_ms":%.3f,%s%s}')
 _PROTOCOLS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0", "2": b"HTTP/2"}
 
 
@@ -88,10 +88,26 @@ _NAMES: list = []
 
 def _outcome_names() -> tuple:
     if not _NAMES:
-        from ..registry import outcome_names
+        from ..registry import log_field_names, outcome_names
 
         _NAMES.append(outcome_names())
+        fields = log_field_names()
+        _NAMES.append(fields)
+        _NAMES.append(b"".join(b',"%s":null' % name.encode() for name in fields))
     return _NAMES[0]
+
+
+def _logged(route, slots) -> bytes:
+    """The fields policies fill per request (registry.PolicyKind.log_fields), null where none."""
+    if not _NAMES:
+        _outcome_names()
+    if route is None or not route.chain.logged or slots is None:
+        return _NAMES[2]
+    values = route.chain.logged_values(slots)
+    parts = []
+    for name in _NAMES[1]:
+        parts.append(b',"%s":%s' % (name.encode(), orjson.dumps(values.get(name))))
+    return b"".join(parts)
 
 
 def format_batch(batch: list, offset: float) -> bytes:
@@ -136,7 +152,7 @@ def format_batch(batch: list, offset: float) -> bytes:
             stamp, int((t - second) * 1000), ex.request_id, get(ip) or memo.setdefault(ip, dumps(ip)), ex.method,
             get(path) or memo.setdefault(path, dumps(path.decode("latin-1"))), _PROTOCOLS.get(ex.version, b"HTTP/1.1"),
             ex.status, b"null" if ex.grpc_status < 0 else b"%d" % ex.grpc_status, ex.bytes_sent,
-            (ex.ended - ex.started) * 1000, context))
+            (ex.ended - ex.started) * 1000, context, _logged(ex.route, ex.slots)))
     lines.append(b"")
     return b"\n".join(lines)
 

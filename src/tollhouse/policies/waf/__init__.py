@@ -93,7 +93,7 @@ def _build(config, context, services):
 
 
 KIND = PolicyKind(
-    "waf", phase="inspect", key="waf", build=_build, outcome="waf",
+    "waf", phase="inspect", key="waf", build=_build, outcome="waf", log_fields=("waf_rules", "waf_score"),
     field=Field(OneOf((_off, _Off()), (lambda v: isinstance(v, dict), WafSettings)), None,
                 "the route's own WAF settings (replacing the top-level `waf`), or off; see docs/waf.md"),
     sections=(Section("waf", Field(WafSettings, None, "request inspection with ModSecurity and the OWASP CRS "

@@ -26,6 +26,7 @@ class WafPolicy(Policy):
 
     phase = "inspect"
     outcome = "waf"
+    log_fields = ("waf_rules", "waf_score")
 
     def __init__(self, config, context, engine):
         super().__init__(config, context)
@@ -119,3 +120,6 @@ class WafPolicy(Policy):
 
     def outcome_of(self, value):
         return value[0] if value is not None else None
+
+    def log_values(self, value) -> tuple:
+        return value[1], value[2]   # the matched rule ids, the anomaly score
