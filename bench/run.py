@@ -16,7 +16,7 @@ BENCH_SKIP_CORE=1 to run only the scenarios (printed, not written),
 BENCH_SKIP_CACHE_LATENCY=1 to skip the 20 ms-upstream cache latency run,
 BENCH_SKIP_CHAIN=1 to skip the full chain (JWT + Redis limit) vs nginx run,
 BENCH_SKIP_PROTOCOLS=1 to skip the WebSocket and gRPC runs, BENCH_SKIP_HTTP2=1 to skip
-the HTTP/2 runs (bench/http2.py).
+the HTTP/2 runs (bench/http2.py), BENCH_SKIP_WAF=1 to skip the WAF runs (bench/waf.py).
 """
 from __future__ import annotations
 
@@ -641,6 +641,13 @@ def main() -> int:
             grpc = http2_bench.run_grpc_passthrough(workdir) if not os.environ.get("BENCH_SKIP_PROTOCOLS") else None
             http2 = http2_bench.render(h2, grpc)
             print("\n".join(http2), flush=True)
+        if not os.environ.get("BENCH_SKIP_WAF"):
+            import waf as waf_bench
+
+            print(f"WAF: nginx + ModSecurity against tollhouse's, {ROUNDS} rounds x {DURATION}s", flush=True)
+            waf_lines = waf_bench.render(waf_bench.run(workdir, upstream_port))
+            print("\n".join(waf_lines), flush=True)
+            http2 = (http2 or []) + waf_lines
         counts = [int(n) for n in os.environ.get("BENCH_WORKERS", "").split(",") if n]
         scaling = run_scaling(workdir, upstream_port, counts) if counts else []
     finally:

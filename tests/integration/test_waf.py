@@ -215,3 +215,42 @@ def test_a_reload_swaps_the_rules_and_bad_rules_keep_the_old_set(gateway_factory
     time.sleep(1.5)
     assert query(g, "q", payload).status == 200   # the old (detect) set still serves
     assert "waf.rules" in g.stderr()
+
+
+def test_multipart_fields_are_inspected(gw, upstream):
+    boundary = "----tollhouse"
+    def multipart(value):
+        return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"comment\"\r\n\r\n{value}\r\n"
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n"
+                f"Content-Type: text/plain\r\n\r\nhello\r\n--{boundary}--\r\n").encode()
+    ctype = f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+    assert send(gw, "POST", "/upload", ctype, multipart("a fine comment")).status == 200
+    seen = len(upstream.requests)
+    r = send(gw, "POST", "/upload", ctype, multipart("<script>alert(1)</script>"))
+    assert r.status == 403 and 941100 in json.loads(r.body)["rules"]
+    assert len(upstream.requests) == seen
+
+
+def test_the_debug_header_explains_the_verdict(gateway_factory, upstream):
+    g = gateway_factory("debug: {token: waf-debug}\n" + CONFIG.format(mode="block", extra="", upstream=upstream.url))
+    r = send(g, "GET", "/search?q=" + urllib.parse.quote("<script>alert(1)</script>"), "X-Tollhouse-Debug: waf-debug\r\n")
+    assert r.status == 403
+    explain = r.getheader("x-tollhouse-explain")
+    assert "waf=blocked" in explain and "waf_rules=" in explain and "949110" in explain, explain
+
+
+def test_the_span_carries_the_verdict(gateway_factory, upstream):
+    from tests.integration.test_tracing import Collector, attrs
+
+    collector = Collector()
+    try:
+        g = gateway_factory(f"tracing: {{endpoint: {collector.url}, sampler: {{type: ratio, ratio: 1.0}}}}\n"
+                            + CONFIG.format(mode="block", extra="", upstream=upstream.url))
+        assert query(g, "q", "<script>alert(1)</script>").status == 403
+        wait_for(lambda: any(s.kind == 2 for s in collector.spans), timeout=10)
+        span = next(s for s in collector.spans if s.kind == 2)
+        a = attrs(span)
+        assert "949110" in a["tollhouse.waf_rules"].split(",") and a["tollhouse.waf_score"] >= 5
+        assert "inspect" in [e.name for e in span.events]   # the WAF's decision, as every policy's
+    finally:
+        collector.stop()

@@ -70,12 +70,19 @@ class DebugTracer(Tracer):
         explain = [f"route={route.name if route is not None else '-'}"]
         explain += self.decisions
         explain += [f"{name}={label}" for name, label in exchange.named_outcomes().items()]
+        if route is not None and route.chain.logged:
+            # The fields policies log per request (the WAF's matched rules and score).
+            explain += [f"{name}={_shown(value)}" for name, value in route.chain.logged_values(exchange.slots).items()]
         if self.attempts:
             explain.append("targets=" + ",".join(self.attempts))
         lines = exchange.response_headers
         if timings:
             lines.append(("server-timing: " + ", ".join(timings) + "\r\n").encode("latin-1"))
         lines.append(("x-tollhouse-explain: " + "; ".join(explain) + "\r\n").encode("latin-1", "replace"))
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 #: The top-level `debug:` section (installed by tollhouse.builtins).

@@ -278,6 +278,10 @@ def server_span(request: RequestFacts) -> tuple[str, dict, bool]:
         "tollhouse.request_id": request.request_id.decode("latin-1"),
         "network.protocol.version": request.version,
     }
+    if route is not None and route.chain.logged:
+        # The fields policies log per request, as tollhouse.* attributes (the WAF's rules and score).
+        for key, value in route.chain.logged_values(request.slots).items():
+            attributes["tollhouse." + key] = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
     if request.grpc_status >= 0:
         attributes["rpc.system"] = "grpc"
         attributes["rpc.grpc.status_code"] = request.grpc_status
