@@ -17,9 +17,11 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import run as bench  # noqa: E402
+from tests.support import modsecurity  # noqa: E402
 
 HEADERS = ["Host: shop.example", "User-Agent: Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0",
            "Accept: text/html,application/json;q=0.9,*/*;q=0.8", "Accept-Language: en-GB,en;q=0.5"]
@@ -27,45 +29,12 @@ GET_PATH = "/search?q=running+shoes&size=42&colour=blue&page=2&sort=price"
 BODY = json.dumps({"order": {"items": [{"sku": f"SKU-{i:04d}", "qty": i % 3 + 1, "note": "gift wrap, no receipt"}
                                        for i in range(12)], "address": {"street": "1 Long Road", "city": "London",
                                                                         "postcode": "N1 9GU"}}})
-MODULES = "/usr/lib/nginx/modules"
 
 
 def nginx_modsecurity(workdir: str, upstream_port: int) -> tuple[subprocess.Popen, int]:
     """nginx + ModSecurity with the same base configuration and CRS as Tollhouse."""
     port = bench.free_port()
-    base = open("/etc/nginx/modsecurity.conf").read()
-    base = base.replace("SecRuleEngine DetectionOnly", "SecRuleEngine On").replace(
-        "SecAuditEngine RelevantOnly", "SecAuditEngine Off").replace("SecStatusEngine On", "SecStatusEngine Off")
-    base = base.replace("SecUnicodeMapFile unicode.mapping", "SecUnicodeMapFile /etc/nginx/unicode.mapping")
-    rules = os.path.join(workdir, "modsec-main.conf")
-    with open(rules, "w") as f:
-        f.write(base + "\nInclude /etc/modsecurity/crs/crs-setup.conf\n"
-                'SecAction "id:900000,phase:1,nolog,pass,t:none,setvar:tx.paranoia_level=1"\n'
-                'SecAction "id:900110,phase:1,nolog,pass,t:none,setvar:tx.inbound_anomaly_score_threshold=5"\n'
-                "Include /etc/modsecurity/crs/REQUEST-900-EXCLUSION-RULES-BEFORE-CRS.conf\n"
-                "Include /usr/share/modsecurity-crs/rules/*.conf\n"
-                "Include /etc/modsecurity/crs/RESPONSE-999-EXCLUSION-RULES-AFTER-CRS.conf\n")
-    conf = os.path.join(workdir, "nginx-modsec.conf")
-    with open(conf, "w") as f:
-        f.write(f"""load_module {MODULES}/ndk_http_module.so;
-load_module {MODULES}/ngx_http_modsecurity_module.so;
-worker_processes 1;
-daemon off;
-pid {conf}.pid;
-error_log {workdir}/nginx-modsec-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}
-  server {{
-    listen 127.0.0.1:{port};
-    modsecurity on;
-    modsecurity_rules_file {rules};
-    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-  }}
-}}
-""")
+    conf = modsecurity.nginx_conf(workdir, port, upstream_port)
     proc = subprocess.Popen(["taskset", "-c", bench.PROXY_CPUS, "nginx", "-c", conf, "-p", workdir],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     bench.wait_port(port)

@@ -2,7 +2,6 @@
 with the same base configuration and CRS, request by request: blocked on both or passed on
 both. The corpus is test_waf's attacks in every place they apply, its benign requests, and a
 few more of each kind."""
-import os
 import shutil
 import socket
 import subprocess
@@ -11,50 +10,19 @@ import urllib.parse
 import pytest
 
 from tests.integration.test_waf import ATTACKS, BENIGN, BROWSER
+from tests.support import modsecurity
 from tests.support.processes import Gateway, free_port, wait_for
 from tests.support.upstream import Upstream
 
-MODULES = "/usr/lib/nginx/modules"
 pytestmark = pytest.mark.skipif(
-    not (shutil.which("nginx") and os.path.exists(f"{MODULES}/ngx_http_modsecurity_module.so")
-         and os.path.isdir("/usr/share/modsecurity-crs/rules")),
+    not (shutil.which("nginx") and modsecurity.available()),
     reason="needs nginx with libnginx-mod-http-modsecurity and modsecurity-crs (make test installs them)")
 
 
 def _nginx(workdir, upstream_port: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    base = open("/etc/nginx/modsecurity.conf").read()
-    base = base.replace("SecRuleEngine DetectionOnly", "SecRuleEngine On").replace(
-        "SecAuditEngine RelevantOnly", "SecAuditEngine Off").replace("SecStatusEngine On", "SecStatusEngine Off")
-    base = base.replace("SecUnicodeMapFile unicode.mapping", "SecUnicodeMapFile /etc/nginx/unicode.mapping")
-    rules = workdir / "modsec.conf"
-    rules.write_text(base + "\nInclude /etc/modsecurity/crs/crs-setup.conf\n"
-                     'SecAction "id:900000,phase:1,nolog,pass,t:none,setvar:tx.paranoia_level=1"\n'
-                     'SecAction "id:900110,phase:1,nolog,pass,t:none,setvar:tx.inbound_anomaly_score_threshold=5"\n'
-                     "Include /etc/modsecurity/crs/REQUEST-900-EXCLUSION-RULES-BEFORE-CRS.conf\n"
-                     "Include /usr/share/modsecurity-crs/rules/*.conf\n"
-                     "Include /etc/modsecurity/crs/RESPONSE-999-EXCLUSION-RULES-AFTER-CRS.conf\n")
-    conf = workdir / "nginx.conf"
-    conf.write_text(f"""load_module {MODULES}/ndk_http_module.so;
-load_module {MODULES}/ngx_http_modsecurity_module.so;
-worker_processes 1;
-daemon off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {workdir};
-  upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 16; }}
-  server {{
-    listen 127.0.0.1:{port};
-    modsecurity on;
-    modsecurity_rules_file {rules};
-    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-  }}
-}}
-""")
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir)], stdout=subprocess.DEVNULL,
+    conf = modsecurity.nginx_conf(str(workdir), port, upstream_port)
+    proc = subprocess.Popen(["nginx", "-c", conf, "-p", str(workdir)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, timeout=20)
     return proc, port
