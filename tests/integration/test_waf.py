@@ -2,6 +2,7 @@
 Debian ships it, real attacks of each family the CRS covers at paranoia 1 in the places
 they arrive, benign traffic that must pass, detect mode, exclusions, the body limit and a
 reload. A blocked request never reaches the upstream."""
+import hashlib
 import json
 import os
 import signal
@@ -229,6 +230,35 @@ def test_multipart_fields_are_inspected(gw, upstream):
     r = send(gw, "POST", "/upload", ctype, multipart("<script>alert(1)</script>"))
     assert r.status == 403 and 941100 in json.loads(r.body)["rules"]
     assert len(upstream.requests) == seen
+
+
+def test_a_body_arriving_in_pieces_is_judged_whole(gw, upstream):
+    """The body is streamed into the engine as it arrives: an attack split across pieces
+    that arrive apart (a chunked body, the length unknown up front) is still seen, and a
+    clean body sent the same way reaches the upstream whole."""
+    from tests.support.client import RawClient
+
+    def pieces(body: bytes):
+        c = RawClient(gw.port)
+        try:
+            c.send(f"POST /api HTTP/1.1\r\n{BROWSER}Content-Type: application/json\r\n"
+                   "Transfer-Encoding: chunked\r\n\r\n".encode())
+            for at in range(0, len(body), 7):
+                piece = body[at:at + 7]
+                c.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+                time.sleep(0.02)   # each piece its own read
+            c.send(b"0\r\n\r\n")
+            return c.response("POST")
+        finally:
+            c.close()
+
+    seen = len(upstream.requests)
+    r = pieces(json.dumps({"comment": "<script>alert(document.cookie)</script>"}).encode())
+    assert r.status == 403 and 941100 in json.loads(r.body)["rules"]
+    assert len(upstream.requests) == seen
+    clean = json.dumps({"comment": "a fine comment, sent slowly", "n": list(range(20))}).encode()
+    assert pieces(clean).status == 200
+    assert upstream.requests[-1]["sha256"] == hashlib.sha256(clean).hexdigest()
 
 
 def test_the_debug_header_explains_the_verdict(gateway_factory, upstream):

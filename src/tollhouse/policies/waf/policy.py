@@ -3,7 +3,8 @@
 The engine sees what the upstream would get after the gateway's own
 normalisation: the normalised path and the query as sent, the method, the
 headers as relayed (Host, Content-Length, Content-Type and the rest), and the
-whole body before any of it is forwarded. A request with a body waits for the
+whole body before any of it is forwarded. The body is streamed into the engine
+piece by piece as it arrives (a body reader), and the request waits for the
 verdict (a Deferred resolved when the body is complete), so a blocked request
 never reaches the upstream.
 """
@@ -69,17 +70,14 @@ class WafPolicy(Policy):
             return self.finish(exchange, tx, UNINSPECTED)   # on_body_limit: pass, uninspected
         if limit:
             exchange.body_limit = limit if not exchange.body_limit or limit < exchange.body_limit else exchange.body_limit
+        # The body read so far goes in now, the rest piece by piece as it arrives.
+        exchange.add_body_reader(_BodyFeed(tx))
         if exchange.body_done:
-            return self.body_verdict(exchange, tx)
+            return self.finish(exchange, tx, None)
         deferred = Deferred()
         exchange.body_progress = CLOCK.now
-        exchange.body_waiter = lambda: deferred.resolve(self.body_verdict(exchange, tx))
+        exchange.body_waiter = lambda: deferred.resolve(self.finish(exchange, tx, None))
         return deferred
-
-    def body_verdict(self, exchange, tx):
-        for chunk in exchange.body_chunks or ():
-            tx.append_request_body(chunk)
-        return self.finish(exchange, tx, None)
 
     def finish(self, exchange, tx, outcome):
         tx.process_request_body()   # phase 2, where the CRS adds up the score and decides
@@ -123,3 +121,20 @@ class WafPolicy(Policy):
 
     def log_values(self, value) -> tuple:
         return value[1], value[2]   # the matched rule ids, the anomaly score
+
+
+class _BodyFeed:
+    """Streams the request body into the transaction as it arrives (exchange.add_body_reader):
+    the engine copies each piece, so judging the whole body costs no join of it here."""
+
+    __slots__ = ("tx",)
+
+    def __init__(self, tx):
+        self.tx = tx
+
+    def feed(self, exchange, chunk: bytes):
+        self.tx.append_request_body(chunk)
+        return None
+
+    def end(self, exchange):
+        return None   # the verdict waits for phase 2 (the body waiter), after every reader
