@@ -17,11 +17,13 @@ class Identity:
     - `provider`: the name of the provider that recognised it;
     - `expires`: when the credential stops being valid (epoch seconds), or None;
     - `upstream_lines`: what the upstream is told (X-Consumer-Id, -Tier, X-Auth-Scopes),
-      built once per identity.
+      built once per identity;
+    - `rate_limits`: the consumer's own limits (RateLimit configs), which replace a
+      route's for it, or None; `limits_key` names that set (the rate limiter's cache).
     """
 
     __slots__ = ("consumer", "tier", "scopes", "roles", "claims", "credential", "provider", "expires",
-                 "upstream_lines")
+                 "upstream_lines", "rate_limits", "limits_key")
 
     def __init__(self, consumer: str, tier: str | None, scopes: frozenset, roles: frozenset, *, provider: str,
                  credential: str, claims: dict | None = None, expires: float | None = None):
@@ -39,6 +41,15 @@ class Identity:
         if scopes:
             lines.append(b"x-auth-scopes: %s\r\n" % " ".join(sorted(scopes)).encode("latin-1", "replace"))
         self.upstream_lines = tuple(lines)
+        self.rate_limits = None
+        self.limits_key = None
+
+    def set_rate_limits(self, limits: tuple) -> None:
+        """The consumer's own limits (empty: the route's apply)."""
+        if limits:
+            self.rate_limits = tuple(limits)
+            self.limits_key = self.consumer + "|" + "|".join(
+                f"{c.key}:{c.algorithm}:{c.limit}:{c.window:g}:{c.burst}:{c.scope}:{c.tiered}" for c in limits)
 
     def __repr__(self) -> str:
         return f"Identity({self.consumer!r}, tier={self.tier!r}, credential={self.credential!r})"

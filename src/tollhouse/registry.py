@@ -109,8 +109,10 @@ class PolicyKind:
     - `chooser(route config, context, services, pools) -> chooser | None`: optional; how the
       route's upstream is chosen when its key is set (the route's `upstream` otherwise);
     - `admin`: ((methods, path pattern), ...) the admin listener hands to the kind's
-      per-worker service: `service.admin(method, path, body) -> (status, JSON-able)`,
-      or an awaitable of it (the split's live weights).
+      per-worker service: `service.admin(method, path, body, request) -> (status, JSON-able)`,
+      or an awaitable of it (the split's live weights). `request` holds the query, a
+      `nonce` and `now` drawn once by the admin listener, and `writer`: False on the
+      workers that leave a shared store's change to the one that makes it.
     """
 
     __slots__ = ("name", "phase", "key", "field", "build", "service", "endpoints", "outcome", "check",

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import time
 
 from urllib.parse import parse_qs
@@ -37,6 +38,7 @@ class _Request:
         self.headers: dict[bytes, bytes] = {}
         self.body = b""
         self.done = False
+        self.peer = "?"
 
     def on_url(self, url):
         self.url += url
@@ -90,15 +92,22 @@ class AdminServer:
             url = httptools.parse_url(req.url)
             path = url.path.decode()
             query = url.query.decode() if url.query else ""
+            req.peer = (writer.get_extra_info("peername") or ("?",))[0]
             status, ctype, body = await self.route(method, path, query, req)
+            if method not in ("GET", "HEAD") and status < 400:
+                audit(req, method, path, status, bool(self.token))
         except (httptools.HttpParserError, asyncio.TimeoutError, ValueError):
             status, ctype, body = 400, "application/json", orjson.dumps({"error": "bad request"})
         except Exception:  # noqa: BLE001
             log.exception("admin request failed")
             status, ctype, body = 500, "application/json", orjson.dumps({"error": "internal error"})
         try:
-            head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\ncontent-type: {ctype}\r\n"
-                    f"content-length: {len(body)}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n")
+            if status == 204:
+                head = "HTTP/1.1 204 No Content\r\ncache-control: no-store\r\nconnection: close\r\n\r\n"
+                body = b""
+            else:
+                head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\ncontent-type: {ctype}\r\n"
+                        f"content-length: {len(body)}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n")
             writer.write(head.encode() + body)
             await writer.drain()
         except ConnectionError:
@@ -152,7 +161,10 @@ class AdminServer:
                 if re.fullmatch(pattern, path):
                     if method not in methods:
                         return 405, "application/json", orjson.dumps({"error": "method not allowed"})
-                    answer = await c.admin(kind.name, method, path, req.body.decode("utf-8", "replace"))
+                    # The randomness and the time of a change are drawn here, once: every worker
+                    # that applies it (each its own memory store) makes the same record.
+                    request = {"nonce": os.urandom(40).hex(), "now": time.time(), "query": query}
+                    answer = await c.admin(kind.name, method, path, req.body.decode("utf-8", "replace"), request)
                     if answer is None:
                         return 503, "application/json", orjson.dumps({"error": "no worker answered"})
                     status, payload = answer
@@ -211,5 +223,18 @@ class AdminServer:
 
 
 _CIRCUIT_RANK = {"closed": 1, "half_open": 2, "open": 3}
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+def audit(req: "_Request", method: str, path: str, status: int, token: bool) -> None:
+    """One JSON line on stdout per change made through the admin listener: who (the
+    caller's address, and whether it held the admin token), what (the method, the path,
+    the answer's status) and when. Never a body: it may carry a secret."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".%03dZ" % int(now % 1 * 1000)   # as access lines
+    line = orjson.dumps({"time": stamp, "audit": f"{method} {path}", "who": {"ip": req.peer, "admin_token": token},
+                         "method": method, "path": path, "status": status})
+    sys.stdout.buffer.write(line + b"\n")
+    sys.stdout.flush()
+
+
+_REASONS = {200: "OK", 201: "Created", 204: "No Content",
+            400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 500: "Internal Server Error", 503: "Service Unavailable"}

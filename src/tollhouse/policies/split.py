@@ -320,7 +320,7 @@ class SplitWeights:
         chooser.set_weights(record["weights"], record["source"], record["set_at"])
         log.info("route %s: split weights %s (%s)", route, record["weights"], record["source"])
 
-    async def admin(self, method: str, path: str, body: str):
+    async def admin(self, method: str, path: str, body: str, request: dict | None = None):
         route = path.split("/")[2]
         chooser = self.choosers.get(route)
         if chooser is None:

@@ -65,8 +65,8 @@ class LocalController:
     async def purge(self, route, prefix, tag):
         return await self.worker.purge_cache(route, prefix, tag)
 
-    async def admin(self, kind, method, path, body):
-        return await self.worker.admin(kind, method, path, body)
+    async def admin(self, kind, method, path, body, request=None):
+        return await self.worker.admin(kind, method, path, body, {**(request or {}), "writer": True})
 
     async def ready(self):
         return await _store_ready(self.worker.store, self.worker.state.config)
@@ -224,10 +224,14 @@ class Supervisor:
             raise RuntimeError("a worker did not purge")
         return sum(answers)
 
-    async def admin(self, kind, method, path, body):
-        """A kind's admin call, made in every worker (each holds its own state); the first answer."""
-        answers = await asyncio.gather(*(h.ask("admin", kind=kind, method=method, path=path, body=body)
-                                         for h in self.handles))
+    async def admin(self, kind, method, path, body, request=None):
+        """A kind's admin call, made in every worker (each holds its own state); the first
+        answer. With a shared store the first worker is the one that writes it (`writer`);
+        with memory every worker applies it to its own copy, from the same `request`."""
+        shared = self.store.kind != "memory"
+        answers = await asyncio.gather(*(h.ask("admin", kind=kind, method=method, path=path, body=body,
+                                                request={**(request or {}), "writer": i == 0 or not shared})
+                                         for i, h in enumerate(self.handles)))
         return next((a for a in answers if a is not None), None)
 
     async def stop(self):
@@ -325,7 +329,7 @@ async def _serve_control(worker: Worker, reader, writer):
                 log.exception("cache purge failed")
                 result = None
         elif op == "admin":
-            result = await worker.admin(msg["kind"], msg["method"], msg["path"], msg["body"])
+            result = await worker.admin(msg["kind"], msg["method"], msg["path"], msg["body"], msg.get("request"))
         elif op == "health":
             worker.set_health(msg["upstream"], msg["url"], msg["healthy"])
             result = True

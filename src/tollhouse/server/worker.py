@@ -238,12 +238,12 @@ class Worker(WorkerCore):
         consumers, denied = self.stats.take_tops()
         return {"snapshot": snapshot, "consumers": consumers, "denied": denied}
 
-    async def admin(self, kind: str, method: str, path: str, body: str):
+    async def admin(self, kind: str, method: str, path: str, body: str, request: dict | None = None):
         """An admin call for a kind's per-worker service (registry.PolicyKind.admin): (status, payload)."""
         service = self.services.get(kind)
         if service is None:
             return 404, {"error": "not found"}
-        answer = service.admin(method, path, body)
+        answer = service.admin(method, path, body, request or {})
         if inspect.isawaitable(answer):
             answer = await answer
         return answer

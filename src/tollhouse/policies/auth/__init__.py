@@ -13,6 +13,7 @@ from __future__ import annotations
 from ...config.schema import Field, ListOf
 from ...identity import Identity
 from ...registry import NotedHeader, PolicyKind, Section
+from .directory import ConsumerDirectory
 from .policy import AuthPolicy, AuthService
 from .providers import AuthFailure
 from .schema import Auth, Consumer, RouteAuth, check_consumers, check_route
@@ -24,7 +25,8 @@ def _service(services):
     config = services.config
     if config.auth is None and not config.consumers:
         return None
-    return services.once("auth", lambda: AuthService(config.auth, config.consumers, services.store))
+    return services.once("auth", lambda: AuthService(config.auth, config.consumers, services.store,
+                                                     services.worker("auth")))
 
 
 def _build(config, context, services):
@@ -41,7 +43,13 @@ def _endpoints(services):
             for method, path, handler in service.local_routes()]
 
 
+_CONSUMER = r"/consumers/[A-Za-z0-9_.-]+"
+
 KIND = PolicyKind("auth", phase=AuthPolicy.phase, key="auth", build=_build, endpoints=_endpoints, check=check_route,
+                  # Consumers and API keys made at run time (§14), per worker.
+                  service=lambda config, store, stats, worker: ConsumerDirectory(config, store, worker),
+                  admin=((("GET", "POST"), r"/consumers"), (("GET", "PATCH", "DELETE"), _CONSUMER),
+                         (("GET", "POST"), _CONSUMER + "/keys"), (("DELETE",), _CONSUMER + r"/keys/[0-9a-f]+")),
                   # Noted for the policy (no scan of the lines) and relayed; two copies are 400 before routing.
                   headers=(NotedHeader("authorization", singleton=True),),
                   field=Field(RouteAuth, None, "who may call: {providers, scopes, roles, optional}; see docs/auth.md"),

@@ -18,7 +18,8 @@ from .schema import Auth, RouteAuth
 class AuthService:
     """The providers of one config version (and the token issuer, if configured)."""
 
-    def __init__(self, auth_cfg, consumers, store):
+    def __init__(self, auth_cfg, consumers, store, directory=None):
+        """`directory`: the worker's consumers made at run time (policies/auth/directory.py)."""
         auth_cfg = auth_cfg or Auth()
         self.consumers = {c.id: c for c in consumers}
         self.providers: dict = {}
@@ -26,7 +27,7 @@ class AuthService:
             if cfg.type == "jwt":
                 self.providers[name] = JwtProvider(name, cfg, auth_cfg.claims, self.consumers)
             elif cfg.type == "api_key":
-                self.providers[name] = ApiKeyProvider(name, cfg, consumers)
+                self.providers[name] = ApiKeyProvider(name, cfg, consumers, directory)
             else:
                 self.providers[name] = IntrospectionProvider(name, cfg, auth_cfg.claims, self.consumers)
         self.issuer = None
@@ -139,14 +140,17 @@ class AuthPolicy(AdmittedTokens):
                 if isinstance(result, Identity):
                     return self._admit(exchange, result)
                 return self._await(exchange, result, self.bearer.index(provider), token, key)
-        for provider in self.api_keys:
+        for index, provider in enumerate(self.api_keys):
             try:
                 presented = self._api_key(exchange, provider)
                 if presented is None:
                     continue
-                return self._admit(exchange, provider.verify(presented))
+                result = provider.verify(presented)
+                if result.__class__ is not Identity:
+                    return self._await_key(exchange, result, index, failure)
+                return self._admit(exchange, result)
             except AuthFailure as e:
-                if e.reason == "duplicate_credential":
+                if e.reason == "duplicate_credential" or e.reason == "store_unavailable":
                     return self._deny(e)
                 failure = failure or e
         if failure is None and token is None and self.optional:
@@ -168,6 +172,30 @@ class AuthPolicy(AdmittedTokens):
                 return self._admit(exchange, result)
             except AuthFailure:
                 continue
+        return self._deny(failure)
+
+    async def _await_key(self, exchange, pending, index, failure):
+        """A runtime key the worker has not cached: the store is asked; later providers
+        still get their turn."""
+        try:
+            return self._admit(exchange, await pending)
+        except AuthFailure as e:
+            if e.reason == "store_unavailable":
+                return self._deny(e)
+            failure = failure or e
+        for provider in self.api_keys[index + 1:]:
+            try:
+                presented = self._api_key(exchange, provider)
+                if presented is None:
+                    continue
+                result = provider.verify(presented)
+                if result.__class__ is not Identity:
+                    result = await result
+                return self._admit(exchange, result)
+            except AuthFailure as e:
+                if e.reason == "duplicate_credential" or e.reason == "store_unavailable":
+                    return self._deny(e)
+                failure = failure or e
         return self._deny(failure)
 
     def _api_key(self, exchange, provider) -> str | None:
@@ -208,6 +236,9 @@ class AuthPolicy(AdmittedTokens):
         return None
 
     def _deny(self, failure: AuthFailure | None) -> Reply:
+        if failure is not None and failure.reason == "store_unavailable":
+            self._count(failure.reason)
+            return Reply.problem(503, "Service Unavailable", failure.detail, headers=[("retry-after", "1")])
         if failure is None:
             # No credential at all: a bare challenge (RFC 6750 §3.1).
             self._count("missing")

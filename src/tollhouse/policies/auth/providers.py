@@ -67,8 +67,11 @@ def identity_from_claims(claims: dict, names, consumers: dict, provider: str, cr
     exp = claims.get("exp")
     if exp is not None and not _numeric_date(exp):
         raise AuthFailure("invalid_claim", "the token's exp claim is not a number")
-    return Identity(consumer, tier, scopes, _words(claims.get(names.roles)), provider=provider,
-                    credential=credential, claims=claims, expires=float(exp) if exp is not None else None)
+    identity = Identity(consumer, tier, scopes, _words(claims.get(names.roles)), provider=provider,
+                        credential=credential, claims=claims, expires=float(exp) if exp is not None else None)
+    if known is not None:
+        identity.set_rate_limits(tuple(known.rate_limits))
+    return identity
 
 
 def _numeric_date(value) -> bool:
@@ -289,28 +292,44 @@ class JwtProvider:
 
 
 class ApiKeyProvider:
+    """Keys of the config file's consumers (by SHA-256), then the keys made at run time
+    (`directory`, policies/auth/directory.py): a verify answers an Identity, raises
+    AuthFailure, or returns an awaitable when the store must be asked."""
+
     kind = "api_key"
 
-    def __init__(self, name: str, cfg, consumers):
+    def __init__(self, name: str, cfg, consumers, directory=None):
         self.name = name
         self.header = (cfg.header or ("" if cfg.query else "X-API-Key")).lower()
         self.query = cfg.query
-        # sha256 digest -> consumer; the lookup is by hash, the final check constant-time.
+        self.directory = directory
+        # sha256 digest -> the config file's consumer; the lookup is by hash, the final check constant-time.
         self.by_hash: dict[bytes, object] = {}
+        self.identities: dict[str, Identity] = {}
         for c in consumers:
             for hashed in c.api_keys:
                 self.by_hash[bytes.fromhex(hashed[len("sha256:"):])] = c
 
-    def verify(self, presented: str) -> Identity:
+    def verify(self, presented: str):
         digest = hashlib.sha256(presented.encode()).digest()
         consumer = self.by_hash.get(digest)
         if consumer is None:
+            if self.directory is not None:
+                return self.directory.lookup(digest, self.name, time.time())
             raise AuthFailure("invalid_key", "the API key is not valid")
         for hashed in consumer.api_keys:
             if hmac.compare_digest(bytes.fromhex(hashed[len("sha256:"):]), digest):
-                return Identity(consumer.id, consumer.tier or None, frozenset(consumer.scopes),
-                                frozenset(consumer.roles), provider=self.name, credential="api_key")
+                return self._identity(consumer)
         raise AuthFailure("invalid_key", "the API key is not valid")
+
+    def _identity(self, consumer) -> Identity:
+        identity = self.identities.get(consumer.id)
+        if identity is None:
+            identity = Identity(consumer.id, consumer.tier or None, frozenset(consumer.scopes),
+                                frozenset(consumer.roles), provider=self.name, credential="api_key")
+            identity.set_rate_limits(tuple(consumer.rate_limits))
+            self.identities[consumer.id] = identity
+        return identity
 
 
 class IntrospectionProvider:

@@ -5,7 +5,8 @@ import hashlib
 import re
 
 from ...config.loader import ConfigError
-from ...config.schema import Bool, Duration, Field, Kind, ListOf, MapOf, Schema, Str, error_at
+from ...config.schema import Bool, Duration, Field, Int, Kind, ListOf, MapOf, Schema, Str, error_at
+from ..ratelimit.schema import RateLimit
 
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                   "ES256", "ES384", "EdDSA")
@@ -111,6 +112,62 @@ class Consumer(Schema):
     client_secret = Field(Secret(), "", "client secret for the token endpoint (sha256:<hex> or plain)")
     scopes = Field(ListOf(Str()), (), "scopes this consumer may hold")
     roles = Field(ListOf(Str()), (), "roles of this consumer")
+    rate_limits = Field(ListOf(RateLimit), (), "this consumer's own limits: they replace a limited route's for it")
+
+    def check(self, path, lines, line, errors):
+        check_own_limits(self.rate_limits, path, line, errors)
+
+
+def check_own_limits(limits, path: str, line, errors: list) -> None:
+    """A consumer's own limits count in this region, without tiers."""
+    for i, limit in enumerate(limits):
+        if limit.tiered:
+            error_at(errors, f"{path}.rate_limits[{i}]", "tiered", {}, line, "a consumer's own limits cannot be tiered")
+        if limit.scope != "region":
+            error_at(errors, f"{path}.rate_limits[{i}]", "scope", {}, line,
+                     "a consumer's own limits count per region (scope: region)")
+
+
+class JsonObject(Kind):
+    label = "mapping"
+
+    def convert(self, value):
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+        return value
+
+
+#: Consumers per page of GET /consumers (`?limit=` up to this).
+PAGE = 100
+
+
+class RuntimeConsumer(Schema):
+    """The body of the admin listener's POST /consumers (and a consumer after a PATCH)."""
+
+    id = Field(Str(pattern=NAME), doc="consumer id (sent upstream as X-Consumer-Id)")
+    tier = Field(Str(pattern=NAME), "", "tier name (see `tiers`)")
+    scopes = Field(ListOf(Str()), (), "scopes this consumer holds")
+    roles = Field(ListOf(Str()), (), "roles of this consumer")
+    rate_limits = Field(ListOf(RateLimit), (), "this consumer's own limits: they replace a limited route's for it")
+    metadata = Field(JsonObject(), {}, "free-form JSON object, returned as given")
+
+    def check(self, path, lines, line, errors):
+        check_own_limits(self.rate_limits, path, line, errors)
+
+
+class NewKey(Schema):
+    """The body of POST /consumers/{id}/keys."""
+
+    ttl = Field(Duration(min=1), 0.0, "the key expires this long after it is made (0: never)")
+    name = Field(Str(pattern=r"[^\x00-\x1f]{1,100}"), "", "a label for listings")
+
+
+class ListQuery(Schema):
+    """The query of GET /consumers."""
+
+    tier = Field(Str(pattern=NAME), "", "only consumers of this tier")
+    cursor = Field(Str(pattern=NAME), "", "the `next` of the previous page")
+    limit = Field(Int(min=1, max=PAGE), PAGE, "consumers per page")
 
 
 class RouteAuth(Schema):

@@ -25,6 +25,9 @@ cdef class RateLimitPolicy(Policy):
     cdef public object limiter, route, fixed, tiers, prefix, policy_header
     cdef public bint memory, tiered
     cdef public _Limit single
+    cdef public dict consumer_limits
+
+    cpdef list _own_limits(self, identity)
 
     cpdef _limits(self, exchange)
     @cython.locals(lim=_Limit, ok=bint, now=double, table=LimitTable, store_key=list, keys=list)

@@ -90,7 +90,8 @@ def _short(value: str) -> str:
 
 
 class RateLimitPolicy(Policy):
-    __slots__ = ("limiter", "route", "memory", "fixed", "tiered", "tiers", "prefix", "policy_header", "single")
+    __slots__ = ("limiter", "route", "memory", "fixed", "tiered", "tiers", "prefix", "policy_header", "single",
+                 "consumer_limits")
 
     phase = "ratelimit"
     outcome = "ratelimit"
@@ -122,17 +123,33 @@ class RateLimitPolicy(Policy):
         self.policy_header = None if self.tiered else _policy_items(self.fixed)
         # The common case, one limit, skips the lists of the general path.
         self.single = self.fixed[0] if not self.tiered and len(self.fixed) == 1 else None
+        self.consumer_limits = {}   # Identity.limits_key -> that consumer's own limits, compiled here
+
+    def _own_limits(self, identity):
+        """A consumer's own limits (they replace the route's for it), compiled once per set."""
+        limits = self.consumer_limits.get(identity.limits_key)
+        if limits is None:
+            if len(self.consumer_limits) >= _STORE_KEYS_KEPT:
+                self.consumer_limits.clear()
+            limits = [_Limit(c, f"{self.route}:c:{identity.consumer}:{c.key}:{c.algorithm}:{c.limit}:{c.window:g}:"
+                                f"{c.burst}", self.limiter) for c in identity.rate_limits]
+            for lim in limits:
+                lim.store_prefix = f"{self.prefix}{lim.spec_id}:"
+            self.consumer_limits[identity.limits_key] = limits
+        return limits
 
     def _limits(self, exchange):
+        identity = exchange.identity
+        if identity is not None and identity.rate_limits is not None:
+            return self._own_limits(identity)
         if not self.tiered:
             return self.fixed
-        identity = exchange.identity
         tier = (identity.tier if identity is not None else None) or "default"
         return self.fixed + self.tiers.get(tier, [])
 
     def on_request(self, exchange):
         lim = self.single
-        if lim is not None:
+        if lim is not None and (exchange.identity is None or exchange.identity.rate_limits is None):
             # The socket peer's key without the general lookup: the common case
             # (an ip key, or a consumer key of an anonymous caller).
             kind = lim.key_kind
@@ -193,14 +210,17 @@ class RateLimitPolicy(Policy):
             for i in range(1, len(decisions)):
                 if decisions[i][2] < decisions[best][2]:
                     best = i
-            self.admit(exchange, limits[best], decisions[best], result)
+            if limits is self.fixed:
+                self.admit(exchange, limits[best], decisions[best], result)
+            else:   # a tier's or a consumer's own: the policy header is made in on_response
+                exchange.remember(self.slot, (result, decisions[best], limits[best], None))
             return None
         best = -1
         for i, d in enumerate(decisions):
             if not d[0] and (best < 0 or d[4] > decisions[best][4]):
                 best = i
         d = decisions[best]
-        exchange.remember(self.slot, ("rejected", d, limits[best], self.policy_header))
+        exchange.remember(self.slot, ("rejected", d, limits[best], self.policy_header if limits is self.fixed else None))
         retry = max(1, math.ceil(d[4]))
         return Reply.problem(429, "Too Many Requests", f"rate limit {limits[best].name} exceeded; retry in {retry}s",
                              headers=[("retry-after", str(retry))])
