@@ -281,28 +281,16 @@ class Chain:
             self.run(exchange, proceed, answer, start)
 
     async def _resume(self, exchange, pending, start, proceed, answer):
-        tracer = exchange.tracer
-        result = await pending
-        if tracer is not None:
-            tracer.policy_ended(exchange, self.requesters[start - 1], result)
-        hooks = self.request_hooks
-        i = start
-        while result is None and i < len(hooks) and exchange.response == _WAITING:
-            if tracer is not None:
-                tracer.policy_started(exchange, self.requesters[i])
-            result = hooks[i](exchange)
-            if result is not None and not isinstance(result, Reply):
-                result = await result
-            if tracer is not None:
-                tracer.policy_ended(exchange, self.requesters[i], result)
-            i += 1
+        """A hook's awaitable: once it is decided, the chain goes on as `run` does, so a
+        later hook may again answer at once, wait in a Deferred or await."""
+        try:
+            result = await pending
+        except Exception as e:  # noqa: BLE001 - a policy's failure is a 500 for its request alone
+            exchange.task = None
+            self._after(exchange, None, e, start, proceed, answer)
+            return
         exchange.task = None
-        if exchange.finished or exchange.response != _WAITING:
-            return   # over, or answered by the policy itself (a WebSocket taken over)
-        if isinstance(result, Reply):
-            answer(result)
-        else:
-            proceed()
+        self._after(exchange, result, None, start, proceed, answer)
 
     def logged_values(self, slots) -> dict:
         """Access log field -> value, of the policies that fill fields of their own (`logged`)."""
