@@ -121,3 +121,21 @@ def test_demo_serves_what_it_prints(demo):
     with urllib.request.urlopen(req, timeout=5) as r:
         access = json.loads(r.read())["access_token"]
     assert status_with(private, {"Authorization": f"Bearer {access}"}) == 200
+
+
+def test_the_runtime_consumer_commands_of_docs_auth_work(demo):
+    """docs/auth.md's "Consumers at run time" commands, run as written against the demo
+    (its ports substituted), in one shell: a consumer, a key, its listing, a call with it."""
+    ports, _ = demo
+    text = open(os.path.join(ROOT, "docs", "auth.md"), encoding="utf-8").read()
+    block = re.search(r"## Consumers at run time.*?```sh\n(.*?)```", text, re.S).group(1)
+    script = block.replace("localhost:9901", f"127.0.0.1:{ports['ADMIN_PORT']}").replace(
+        "localhost:8080", f"127.0.0.1:{ports['PORT']}")
+    wait_for(lambda: status(f"http://127.0.0.1:{ports['PORT']}/api/users/") == 200)
+    out = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    decoder, rest = json.JSONDecoder(), out.stdout   # two JSON answers (no newline after them), then the code
+    created, at = decoder.raw_decode(rest)
+    listing, end = decoder.raw_decode(rest, at)
+    assert created["id"] == "acme" and listing["keys"][0]["name"] == "ci"
+    assert rest[end:].strip() == "200"
