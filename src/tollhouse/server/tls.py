@@ -49,7 +49,18 @@ def server_context(tls, load_cert: bool = True, http2: bool = False) -> ssl.SSLC
         raise ValueError(f"tls.ciphers: OpenSSL accepts none of {tls.ciphers!r}") from None
     set_groups(ctx, tuple(tls.curves) or PROFILE_CURVES)
     if load_cert:
-        ctx.load_cert_chain(tls.cert, tls.key)
+        try:
+            ctx.load_cert_chain(tls.cert, tls.key)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"tls.cert: cannot load {tls.cert} with {tls.key}: {e}") from None
+    if tls.client_ca:
+        # Client certificates are asked for, not required: a route decides (an `mtls`
+        # provider answers 401 without one). One that does not verify fails the handshake.
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        try:
+            ctx.load_verify_locations(tls.client_ca)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"tls.client_ca: cannot load {tls.client_ca}: {e}") from None
     ctx.set_alpn_protocols([p for p in tls.alpn if p != "h2" or http2] or ["http/1.1"])
     return ctx
 
@@ -108,9 +119,11 @@ class Tls(Schema):
                  "in order of preference (h2 only where HTTP/2 is served: docs/http2.md)")
     curves = Field(ListOf(Str()), (), "key-exchange groups, e.g. [X25519, prime256v1] "
                    "(default: X25519, prime256v1, secp384r1)")
+    client_ca = Field(Str(), "", "PEM file of the CAs whose client certificates are accepted: enables "
+                           "client certificates (asked for, verified; `mtls` auth providers use them)")
 
     def check(self, path, lines, line, errors):
-        try:   # ciphers and curves as OpenSSL takes them (the files are read when the listener starts)
+        try:   # ciphers, curves and the client CAs as OpenSSL takes them (cert and key: when the listener starts)
             server_context(self, load_cert=False)
         except ValueError as e:
             error_at(errors, path, str(e).split(":", 1)[0].split(".")[-1], lines, line, str(e).split(": ", 1)[1])
@@ -118,4 +131,20 @@ class Tls(Schema):
 
 #: The listener's `tls:` section (installed by tollhouse.builtins).
 SECTION = Section("tls", Field(OneOf((lambda v: v is None, Kind()), (is_map, Tls)), None,
-                               "TLS termination: {cert, key, profile, min_version, ciphers, curves, alpn}"))
+                               "TLS termination: {cert, key, profile, min_version, ciphers, curves, alpn, "
+                               "client_ca}"))
+
+
+def follow_reloads(listener: ssl.SSLContext, current) -> None:
+    """A reload's new context (its certificate, key and client CAs read again) serves new
+    connections without rebinding: the listener's context hands each handshake over to
+    `current()` as it starts (OpenSSL's servername callback runs for every ClientHello,
+    with or without SNI). What cannot change this way is whether client certificates
+    are asked for at all: that is set when the connection is made (docs/auth.md)."""
+
+    def hand_over(ssl_object, server_name, context):
+        now = current()
+        if now is not None and now is not context:
+            ssl_object.context = now
+
+    listener.sni_callback = hand_over

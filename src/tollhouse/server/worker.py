@@ -29,7 +29,7 @@ from ..state import GatewayState, build_state, retire
 from ..store import open_store
 from .http2 import Http2Connection, settings_of as http2_settings
 from .protocol import ClientConnection
-from .tls import server_context
+from .tls import follow_reloads, server_context
 
 log = logging.getLogger("tollhouse.worker")
 
@@ -74,6 +74,7 @@ class Worker(WorkerCore):
             self.circuits = SharedCircuits(self.store, lambda: self.state.pools)
             self.circuits.attach(self.state.pools)
         self.servers: list[asyncio.AbstractServer] = []
+        self.tls_context = None   # the TLS context new handshakes get (a reload makes a new one)
         self._sockets = sockets
         self.http2 = Http2Connection if http2_settings(config) is not None else None
         self._sweeper = None
@@ -83,7 +84,9 @@ class Worker(WorkerCore):
     # listeners -----------------------------------------------------------------
     async def start(self, reuse_port: bool) -> None:
         config = self.state.config
-        ctx = server_context(config.tls, http2=self.http2 is not None)
+        ctx = self.tls_context = server_context(config.tls, http2=self.http2 is not None)
+        if ctx is not None:
+            follow_reloads(ctx, lambda: self.tls_context)
         scheme = b"https" if ctx else b"http"
         sockets = self._sockets or [make_listen_socket(h, p, reuse_port) for h, p in config.listen]
         for sock in sockets:
@@ -165,6 +168,9 @@ class Worker(WorkerCore):
     def apply(self, config) -> None:
         """Swap in a validated config: new requests use it, in-flight ones finish on theirs."""
         previous = self.state
+        if self.tls_context is not None and config.tls is not None:
+            # Files read again before anything changes: one that fails refuses the reload.
+            self.tls_context = server_context(config.tls, http2=http2_settings(config) is not None)
         if config.access_log and self.access_log is None:
             self.access_log = AccessLog()
         services = worker_services(config, self.store, self.stats, self, previous=self.services)

@@ -48,6 +48,7 @@ _CONSUMER = r"/consumers/[A-Za-z0-9_.-]+"
 KIND = PolicyKind("auth", phase=AuthPolicy.phase, key="auth", build=_build, endpoints=_endpoints, check=check_route,
                   # Consumers and API keys made at run time (§14), per worker.
                   service=lambda config, store, stats, worker: ConsumerDirectory(config, store, worker),
+                  log_fields=("client_cert",),   # the fingerprint of a client certificate (mtls routes)
                   admin=((("GET", "POST"), r"/consumers"), (("GET", "PATCH", "DELETE"), _CONSUMER),
                          (("GET", "POST"), _CONSUMER + "/keys"), (("DELETE",), _CONSUMER + r"/keys/[0-9a-f]+")),
                   # Noted for the policy (no scan of the lines) and relayed; two copies are 400 before routing.

@@ -10,6 +10,7 @@ from ...identity import Identity
 from ...pipeline import Reply
 from ...registry import noted_index
 from .admitted import AdmittedTokens, identify
+from .certificates import MtlsProvider, client_certificate
 from .issuer import TokenIssuer
 from .providers import ApiKeyProvider, AuthFailure, IntrospectionProvider, JwtProvider
 from .schema import Auth, RouteAuth
@@ -28,6 +29,8 @@ class AuthService:
                 self.providers[name] = JwtProvider(name, cfg, auth_cfg.claims, self.consumers)
             elif cfg.type == "api_key":
                 self.providers[name] = ApiKeyProvider(name, cfg, consumers, directory)
+            elif cfg.type == "mtls":
+                self.providers[name] = MtlsProvider(name, cfg, self.consumers)
             else:
                 self.providers[name] = IntrospectionProvider(name, cfg, auth_cfg.claims, self.consumers)
         self.issuer = None
@@ -93,6 +96,9 @@ class AuthPolicy(AdmittedTokens):
         self.providers = [service.providers[name] for name in config.providers]
         self.bearer = [p for p in self.providers if p.kind in ("jwt", "introspection")]
         self.api_keys = [p for p in self.providers if p.kind == "api_key"]
+        self.certificates = [p for p in self.providers if p.kind == "mtls"]
+        # A route that takes client certificates logs the fingerprint of the one presented.
+        self.log_fields = ("client_cert",) if self.certificates else ()
         self.scopes = frozenset(config.scopes)
         self.roles = frozenset(config.roles)
         self.optional = config.optional
@@ -153,9 +159,21 @@ class AuthPolicy(AdmittedTokens):
                 if e.reason == "duplicate_credential" or e.reason == "store_unavailable":
                     return self._deny(e)
                 failure = failure or e
+        if self.certificates:
+            certificate = client_certificate(exchange.conn)
+            if certificate is not None:
+                exchange.remember(self.slot, certificate.fingerprint)
+                for provider in self.certificates:
+                    identity = provider.identify(certificate)
+                    if identity is not None:
+                        return self._admit(exchange, identity)
+                failure = failure or AuthFailure("certificate", f"the client certificate has no {provider.source}")
         if failure is None and token is None and self.optional:
             return None
         return self._deny(failure)
+
+    def log_values(self, value) -> tuple:
+        return (value,)   # the client certificate's fingerprint
 
     async def _await(self, exchange, pending, index, token, key):
         """A provider had to wait (JWKS refetch, introspection); later ones still get their turn."""

@@ -33,7 +33,7 @@ class Secret(Kind):
 
 
 class Provider(Schema):
-    type = Field(Str(choices=("jwt", "api_key", "introspection")), doc="jwt, api_key or introspection")
+    type = Field(Str(choices=("jwt", "api_key", "introspection", "mtls")), doc="jwt, api_key, introspection or mtls")
     # jwt
     algorithms = Field(ListOf(Str(choices=JWT_ALGORITHMS)), (), "jwt: accepted algorithms (never `none`)")
     secret = Field(Str(), "", "jwt: HMAC secret (HS*)")
@@ -53,6 +53,10 @@ class Provider(Schema):
     cache_ttl = Field(Duration(), 60.0, "introspection: active answers are cached this long (never past exp)")
     inactive_ttl = Field(Duration(), 10.0, "introspection: inactive answers are cached this long")
     timeout = Field(Duration(min=0.01), 2.0, "jwt (JWKS fetch) / introspection: HTTP timeout")
+    # mtls
+    consumer_from = Field(Str(choices=("subject_cn", "san_dns", "san_uri", "fingerprint")), "subject_cn",
+                          "mtls: the consumer id of a verified client certificate: its subject CN, first SAN DNS "
+                          "name, first SAN URI, or SHA-256 fingerprint (hex)")
 
     def check(self, path, lines, line, errors):
         if self.type == "jwt":
@@ -199,7 +203,8 @@ def check_consumers(config, errors: list) -> None:
 
 
 def check_route(route, where: str, config, errors: list) -> None:
-    """A route's `auth` names providers of the top-level `auth` (or `self`, the token endpoint)."""
+    """A route's `auth` names providers of the top-level `auth` (or `self`, the token endpoint);
+    an `mtls` provider needs the listener to ask for client certificates (`tls.client_ca`)."""
     if route.auth is None:
         return
     known = set(config.auth.providers) if config.auth is not None else set()
@@ -208,3 +213,7 @@ def check_route(route, where: str, config, errors: list) -> None:
     for j, name in enumerate(route.auth.providers):
         if name not in known:
             errors.append(ConfigError(f"{where}.auth.providers[{j}]", None, f"no auth provider named {name!r}"))
+        elif name != "self" and config.auth.providers[name].type == "mtls" and (
+                config.tls is None or not config.tls.client_ca):
+            errors.append(ConfigError(f"{where}.auth.providers[{j}]", None, f"{name!r} is an mtls provider: "
+                                      "set tls.client_ca so that the listener asks for client certificates"))
