@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 COMPILED := $(wildcard src/tollhouse/*.pxd src/tollhouse/*/*.pxd src/tollhouse/*/*/*.pxd)
 BUILT    := $(VENV)/.built
 
-.PHONY: demo test lint bench redis-server http2-tools waf-tools monitoring-tools browser deploy-tools bench-tools clean
+.PHONY: demo test lint bench redis-server http2-tools waf-tools monitoring-tools browser deploy-tools oidc-provider bench-tools clean
 
 $(STAMP): pyproject.toml
 	@if [ -f $(VENV)/pyvenv.cfg ] && ! grep -qx 'home = $(PYHOME)' $(VENV)/pyvenv.cfg; then \
@@ -92,6 +92,22 @@ browser:
 	    exit 1; \
 	  fi; }
 
+# Browser logins are tested against a real OpenID provider: the npm package oidc-provider
+# (OpenID Certified), installed from its lock file with the machine's Node.js.
+OIDC_DIR := tests/support/oidc
+oidc-provider: $(OIDC_DIR)/node_modules/.package-lock.json
+$(OIDC_DIR)/node_modules/.package-lock.json: $(OIDC_DIR)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing nodejs and npm with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; \
+	  else \
+	    echo "npm is missing. Install Node.js 20+ first: 'sudo apt-get install nodejs npm' (Debian/Ubuntu)."; \
+	    exit 1; \
+	  fi; }
+	npm ci --prefix $(OIDC_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
 # The deployment files are checked by real tools: kubectl (Debian's kubernetes-client) renders the
 # Kustomize base, kubernetes-validate and checkov (in a venv of their own: their dependencies
 # would clash with the gateway's pins) check what it renders.
@@ -119,7 +135,7 @@ lint: $(STAMP)
 
 # The whole suite runs twice: on the compiled build, then on the plain-Python
 # source (the fallback without a compiler), which must behave the same.
-test: http2-tools waf-tools lint $(BUILT) redis-server monitoring-tools browser deploy-tools
+test: http2-tools waf-tools lint $(BUILT) redis-server monitoring-tools browser deploy-tools oidc-provider
 	$(BIN)/python -m pytest tests
 	TOLLHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest tests
 

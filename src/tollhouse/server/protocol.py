@@ -36,7 +36,7 @@ _HTTP_HEADERS = {
     b"content-type": _SINGLETON, b"proxy-authorization": _SINGLETON,
     # Hop-by-hop (RFC 9110 §7.6.1) and identity headers only the gateway may set (docs/contract.md §3).
     b"keep-alive": _DROP, b"proxy-connection": _DROP, b"te": _DROP, b"trailer": _DROP,
-    b"x-consumer-id": _DROP, b"x-consumer-tier": _DROP, b"x-auth-scopes": _DROP,
+    b"x-consumer-id": _DROP, b"x-consumer-tier": _DROP, b"x-auth-scopes": _DROP, b"x-forwarded-access-token": _DROP,
 }
 # The parser's table: HTTP's headers and the installed kinds' (compile_header_table).
 _SPECIAL = dict(_HTTP_HEADERS)

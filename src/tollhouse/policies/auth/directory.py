@@ -40,6 +40,7 @@ TRUSTED_TTL = 30.0    # seconds an answer is kept while the change channel is fo
 SHORT_TTL = 1.0       # ... while it is not; and a negative answer, always
 USED_EVERY = 60.0     # a key's "last used" is written at most this often (per worker)
 FLUSH_EVERY = 5.0     # how often pending "last used" times are written, off the request path
+SESSIONS_KEPT = 100000   # sessions cached per worker (then the cache starts over)
 
 _INVALID = AuthFailure("invalid_key", "the API key is not valid")
 
@@ -101,6 +102,7 @@ class ConsumerDirectory:
         self.loop = worker.loop
         self.config_file = worker.config_path or "the embedded config"
         self.cache: dict[bytes, tuple] = {}   # SHA-256 digest -> (Identity | None, until, key id)
+        self.sessions: dict[str, list] = {}   # session id -> [record | None, until, what oidc.py made of it]
         self.fetching: dict[bytes, asyncio.Future] = {}
         self.generation = 0           # bumped by every change seen: an answer fetched across one is not kept
         self.following = False        # subscribed to the change channel (Redis)
@@ -183,12 +185,53 @@ class ConsumerDirectory:
                 self.used[key_id] = self.pending_used[key_id] = now
         return identity
 
+    # --- browser sessions (policies/auth/oidc.py) ----------------------------------------
+    def session(self, session_id: str, now: float):
+        """A session's cache entry, [record or None, until, made], or an awaitable of it."""
+        entry = self.sessions.get(session_id)
+        if entry is not None and entry[1] > now:
+            return entry
+        return self._fetch_session(session_id)
+
+    async def _fetch_session(self, session_id: str) -> list:
+        generation = self.generation
+        try:
+            raw = await self.store.get(records.session_key(session_id))
+        except Exception as e:  # noqa: BLE001 - the caller cannot be judged
+            raise StoreUnavailable(e) from None
+        record = orjson.loads(raw) if raw else None
+        trust = TRUSTED_TTL if record is not None and (self.following or not self.shared) else SHORT_TTL
+        entry = [record, time.time() + trust, None]
+        if generation == self.generation:
+            if len(self.sessions) >= SESSIONS_KEPT:
+                self.sessions.clear()
+            self.sessions[session_id] = entry
+        return entry
+
+    async def save_session(self, session_id: str, record: dict, ttl: float) -> None:
+        await self.store.run(records.SAVE_SESSION, [records.session_key(session_id),
+                                                    records.sessions_key(record["consumer"])],
+                             [session_id, orjson.dumps(record), max(1, int(ttl * 1000))])
+        await self._changed({"sessions": [session_id]})
+
+    async def replace_session(self, session_id: str, record: dict) -> bool:
+        kept = await self.store.run(records.REPLACE_SESSION, [records.session_key(session_id)], [orjson.dumps(record)])
+        await self._changed({"sessions": [session_id]})
+        return bool(kept)
+
+    async def end_session(self, session_id: str, consumer: str) -> None:
+        await self.store.run(records.END_SESSION, [records.session_key(session_id), records.sessions_key(consumer)],
+                             [session_id])
+        await self._changed({"sessions": [session_id]})
+
     # --- changes ------------------------------------------------------------------------
     def forget(self, change: dict) -> None:
         """Drop what a change touched: its keys (by SHA-256) and its consumer's answers."""
         self.generation += 1
         for sha in change.get("hashes", ()):
             self.cache.pop(bytes.fromhex(sha), None)
+        for session_id in change.get("sessions", ()):
+            self.sessions.pop(session_id, None)
         consumer = change.get("consumer")
         if consumer:
             for digest in [d for d, hit in self.cache.items() if hit[0] is not None and hit[0].consumer == consumer]:
@@ -197,6 +240,7 @@ class ConsumerDirectory:
     def forget_all(self) -> None:
         self.generation += 1
         self.cache.clear()
+        self.sessions.clear()
 
     async def _changed(self, change: dict) -> None:
         """A change made here: dropped here, and with Redis announced to the fleet."""
@@ -369,13 +413,14 @@ class ConsumerDirectory:
     async def remove_consumer(self, consumer_id: str):
         if consumer_id in self.seed:
             return self._read_only(consumer_id)
-        hashes = await self.store.run(records.DELETE_CONSUMER, [
-            records.consumer_key(consumer_id), records.ALL, records.keys_key(consumer_id), records.USED],
-            [consumer_id, records.PREFIX])
-        if hashes is None:
+        removed = await self.store.run(records.DELETE_CONSUMER, [
+            records.consumer_key(consumer_id), records.ALL, records.keys_key(consumer_id), records.USED,
+            records.sessions_key(consumer_id)], [consumer_id, records.PREFIX])
+        if removed is None:
             return 404, {"error": f"no consumer {consumer_id!r}"}
-        hashes = [_text(h) for h in hashes]
-        await self._changed({"consumer": consumer_id, "hashes": hashes})
+        hashes, sessions = removed
+        await self._changed({"consumer": consumer_id, "hashes": [_text(h) for h in hashes],
+                             "sessions": [_text(s) for s in sessions]})
         return 204, None
 
     async def list_consumers(self, query: str):

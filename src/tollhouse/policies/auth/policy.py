@@ -11,6 +11,7 @@ from ...pipeline import Reply
 from ...registry import noted_index
 from .admitted import AdmittedTokens, identify
 from .certificates import MtlsProvider, client_certificate
+from .oidc import OidcProvider, is_navigation
 from .issuer import TokenIssuer
 from .providers import ApiKeyProvider, AuthFailure, IntrospectionProvider, JwtProvider
 from .schema import Auth, RouteAuth
@@ -31,6 +32,8 @@ class AuthService:
                 self.providers[name] = ApiKeyProvider(name, cfg, consumers, directory)
             elif cfg.type == "mtls":
                 self.providers[name] = MtlsProvider(name, cfg, self.consumers)
+            elif cfg.type == "oidc":
+                self.providers[name] = OidcProvider(name, cfg, auth_cfg.claims, self.consumers, directory)
             else:
                 self.providers[name] = IntrospectionProvider(name, cfg, auth_cfg.claims, self.consumers)
         self.issuer = None
@@ -47,20 +50,21 @@ class AuthService:
         if not self.started:
             self.started = True
             for p in self.providers.values():
-                if isinstance(p, JwtProvider):
+                if isinstance(p, (JwtProvider, OidcProvider)):
                     p.start()
 
     def close(self) -> None:
         for p in self.providers.values():
-            if isinstance(p, JwtProvider):
+            if isinstance(p, (JwtProvider, OidcProvider)):
                 p.close()
 
     def local_routes(self):
         """(method, path, handler) the gateway answers itself."""
+        routes = [r for p in self.providers.values() if isinstance(p, OidcProvider) for r in p.local_routes()]
         if self.issuer is None:
-            return []
+            return routes
         te = self.issuer.cfg
-        return [("POST", te.path, self.issuer.token_endpoint), ("POST", te.revoke_path, self.issuer.revoke_endpoint),
+        return routes + [("POST", te.path, self.issuer.token_endpoint), ("POST", te.revoke_path, self.issuer.revoke_endpoint),
                 ("GET", te.jwks_path, self.issuer.jwks_endpoint)]
 
 
@@ -97,6 +101,7 @@ class AuthPolicy(AdmittedTokens):
         self.bearer = [p for p in self.providers if p.kind in ("jwt", "introspection")]
         self.api_keys = [p for p in self.providers if p.kind == "api_key"]
         self.certificates = [p for p in self.providers if p.kind == "mtls"]
+        self.browsers = [p for p in self.providers if p.kind == "oidc"]
         # A route that takes client certificates logs the fingerprint of the one presented.
         self.log_fields = ("client_cert",) if self.certificates else ()
         self.scopes = frozenset(config.scopes)
@@ -168,9 +173,48 @@ class AuthPolicy(AdmittedTokens):
                     if identity is not None:
                         return self._admit(exchange, identity)
                 failure = failure or AuthFailure("certificate", f"the client certificate has no {provider.source}")
-        if failure is None and token is None and self.optional:
-            return None
+        if self.browsers:
+            now = now or time.time()
+            for index, provider in enumerate(self.browsers):
+                try:
+                    result = provider.session(exchange, now)
+                except AuthFailure as e:
+                    return self._deny(e)
+                if result is None:
+                    continue
+                if result.__class__ is Identity:
+                    return self._admit(exchange, result)
+                return self._await_session(exchange, result, index, failure, token)
+        return self._unauthenticated(exchange, failure, token)
+
+    def _unauthenticated(self, exchange, failure, token):
+        """No provider recognised the caller: anonymous (optional), a login (a browser's
+        navigation on a route with an oidc provider), or 401."""
+        if failure is None and token is None:
+            if self.optional:
+                return None
+            if self.browsers and is_navigation(exchange):
+                return self.browsers[0].login(exchange)
         return self._deny(failure)
+
+    async def _await_session(self, exchange, pending, index, failure, token):
+        """A session the worker has not cached: the store is asked."""
+        try:
+            identity = await pending
+            for provider in self.browsers[index + 1:]:
+                if identity is not None:
+                    break
+                identity = provider.session(exchange, time.time())
+                if identity is not None and identity.__class__ is not Identity:
+                    identity = await identity
+        except AuthFailure as e:
+            return self._deny(e)
+        if identity is not None:
+            return self._admit(exchange, identity)
+        result = self._unauthenticated(exchange, failure, token)
+        if result is not None and result.__class__ is not Reply:
+            result = await result
+        return result
 
     def log_values(self, value) -> tuple:
         return (value,)   # the client certificate's fingerprint

@@ -9,7 +9,12 @@ slot (the `{ids}` tag), so each script sees every key it touches.
 - `th:id:{ids}:k:<id>`: its keys (a hash: key id -> JSON, with the key's SHA-256);
 - `th:id:{ids}:h:<sha256>`: a key's record (JSON: consumer, key id, expiry), expiring
   with the key: the lookup of the request path;
-- `th:id:{ids}:used`: key id -> when it was last used (a hash).
+- `th:id:{ids}:used`: key id -> when it was last used (a hash);
+- `th:id:{ids}:s:<session id>`: a browser session (JSON), expiring with it;
+- `th:id:{ids}:cs:<consumer id>`: the ids of a consumer's sessions (a set), so that
+  removing the consumer ends them;
+- `th:id:{ids}:st:<state>`: a login under way (JSON: nonce, PKCE verifier, where to
+  return), taken once by the callback.
 
 Only a key's SHA-256 is ever stored; the plaintext is shown once, by the admin call
 that made it.
@@ -39,6 +44,18 @@ def hash_key(sha_hex: str) -> str:
 
 # --- the Python twins (memory store: run synchronously, so atomically) -----------------
 
+def session_key(session_id: str) -> str:
+    return PREFIX + "s:" + session_id
+
+
+def sessions_key(consumer_id: str) -> str:
+    return PREFIX + "cs:" + consumer_id
+
+
+def login_key(state: str) -> str:
+    return PREFIX + "st:" + state
+
+
 def _create_consumer(store, keys, args, now):
     if store.read(keys[0]) is not None:
         return 0
@@ -57,9 +74,14 @@ def _replace_consumer(store, keys, args, now):
 
 
 def _delete_consumer(store, keys, args, now):
-    """keys: consumer, all, its keys, used; -> the SHA-256s of its keys, or None if unknown."""
+    """keys: consumer, all, its keys, used, its sessions -> [the SHA-256s of its keys, its
+    session ids], or None if unknown."""
     if store.read(keys[0]) is None:
         return None
+    sessions = sorted(store.read(keys[4]) or ())
+    for session_id in sessions:
+        store._drop(session_key(session_id))
+    store._drop(keys[4])
     store._drop(keys[0])
     ids = store.read(keys[1]) or set()
     ids.discard(args[0])
@@ -72,7 +94,7 @@ def _delete_consumer(store, keys, args, now):
         store._drop(hash_key(sha))
         used.pop(key_id, None)
     store._drop(keys[2])
-    return hashes
+    return [hashes, sessions]
 
 
 def _create_key(store, keys, args, now):
@@ -158,7 +180,10 @@ for i = 1, #owned, 2 do
   redis.call('HDEL', KEYS[4], owned[i])
 end
 redis.call('DEL', KEYS[3])
-return hashes
+local sessions = redis.call('SMEMBERS', KEYS[5])
+for _, sid in ipairs(sessions) do redis.call('DEL', ARGV[2] .. 's:' .. sid) end
+redis.call('DEL', KEYS[5])
+return {hashes, sessions}
 """, _delete_consumer)
 
 CREATE_KEY = Script("id_create_key", """
@@ -204,3 +229,63 @@ TOUCH = Script("id_touch", """
 for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return #ARGV / 2
 """, _touch)
+
+
+# --- browser sessions ---------------------------------------------------------------
+
+def _save_session(store, keys, args, now):
+    """keys: the session, its consumer's set; args: session id, JSON, ttl ms."""
+    store.write(keys[0], args[1], int(args[2]) / 1000)
+    sessions = store.read(keys[1]) or set()
+    sessions.add(args[0])
+    store.write(keys[1], sessions)
+    return 1
+
+
+def _replace_session(store, keys, args, now):
+    """The session's record changed (tokens refreshed, last seen): kept only if it still exists."""
+    if store.read(keys[0]) is None:
+        return 0
+    ttl = store.expiry.get(keys[0])
+    store.write(keys[0], args[0], max(ttl - now, 0.001) if ttl is not None else None)
+    return 1
+
+
+def _end_session(store, keys, args, now):
+    existed = store.read(keys[0]) is not None
+    store._drop(keys[0])
+    (store.read(keys[1]) or set()).discard(args[0])
+    return 1 if existed else 0
+
+
+def _take(store, keys, args, now):
+    value = store.read(keys[0])
+    store._drop(keys[0])
+    return value
+
+
+SAVE_SESSION = Script("id_save_session", """
+redis.call('SET', KEYS[1], ARGV[2], 'PX', tonumber(ARGV[3]))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+""", _save_session)
+
+REPLACE_SESSION = Script("id_replace_session", """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return 0 end
+if ttl > 0 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl) else redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+""", _replace_session)
+
+END_SESSION = Script("id_end_session", """
+local existed = redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return existed
+""", _end_session)
+
+#: GET and DEL in one step: a login's state is used once.
+TAKE = Script("id_take", """
+local value = redis.call('GET', KEYS[1])
+redis.call('DEL', KEYS[1])
+return value
+""", _take)

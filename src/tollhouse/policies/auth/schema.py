@@ -32,15 +32,23 @@ class Secret(Kind):
         return hashed_secret(value)
 
 
+class OidcSession(Schema):
+    cookie = Field(Str(pattern=r"[A-Za-z0-9_-]+"), "th_session", "the cookie naming the session")
+    ttl = Field(Duration(min=1), 8 * 3600.0, "a session ends this long after the login")
+    idle = Field(Duration(min=1), 1800.0, "... or after this long without a request")
+
+
 class Provider(Schema):
-    type = Field(Str(choices=("jwt", "api_key", "introspection", "mtls")), doc="jwt, api_key, introspection or mtls")
+    type = Field(Str(choices=("jwt", "api_key", "introspection", "mtls", "oidc")),
+                 doc="jwt, api_key, introspection, mtls or oidc")
     # jwt
     algorithms = Field(ListOf(Str(choices=JWT_ALGORITHMS)), (), "jwt: accepted algorithms (never `none`)")
     secret = Field(Str(), "", "jwt: HMAC secret (HS*)")
     public_key = Field(Str(), "", "jwt: PEM public key file (RS*, PS*, ES*, EdDSA)")
     jwks_url = Field(Str(pattern=r"https?://.+"), "", "jwt: JWKS document URL, fetched and refreshed in the background")
     jwks_refresh = Field(Duration(min=1), 300.0, "jwt: how often the JWKS is refetched")
-    issuer = Field(Str(), "", "jwt/introspection: required `iss`")
+    issuer = Field(Str(), "", "jwt/introspection: required `iss`; oidc: the provider (discovery from "
+                   "ISSUER/.well-known/openid-configuration)")
     audience = Field(Str(), "", "jwt/introspection: required in `aud`")
     leeway = Field(Duration(), 0.0, "jwt: clock skew allowed on exp/nbf/iat")
     # api_key
@@ -48,11 +56,19 @@ class Provider(Schema):
     query = Field(Str(pattern=r"[A-Za-z0-9_.-]+"), "", "api_key: query parameter carrying the key")
     # introspection
     url = Field(Str(pattern=r"https?://.+"), "", "introspection: RFC 7662 endpoint")
-    client_id = Field(Str(), "", "introspection: client id (HTTP Basic)")
-    client_secret = Field(Str(), "", "introspection: client secret (HTTP Basic)")
+    client_id = Field(Str(), "", "introspection/oidc: the gateway's client id (HTTP Basic)")
+    client_secret = Field(Str(), "", "introspection/oidc: the gateway's client secret (HTTP Basic)")
     cache_ttl = Field(Duration(), 60.0, "introspection: active answers are cached this long (never past exp)")
     inactive_ttl = Field(Duration(), 10.0, "introspection: inactive answers are cached this long")
     timeout = Field(Duration(min=0.01), 2.0, "jwt (JWKS fetch) / introspection: HTTP timeout")
+    # oidc
+    redirect_path = Field(Str(pattern=r"/[^\s?#]*"), "/auth/callback", "oidc: where the provider sends the browser "
+                          "back (registered at the provider as https://HOST/PATH)")
+    logout_path = Field(Str(pattern=r"/[^\s?#]*"), "/auth/logout", "oidc: ends the session (GET or POST)")
+    logout_redirect = Field(Str(pattern=r"/[^\s?#]*"), "/", "oidc: where the browser lands after logout "
+                            "(registered at the provider as a post-logout redirect URI)")
+    scopes = Field(ListOf(Str(pattern=r"[!#-\[\]-~]+")), ("openid",), "oidc: scopes asked for (openid among them)")
+    session = Field(OidcSession, OidcSession(), "oidc: {cookie, ttl, idle}: sessions live in the store")
     # mtls
     consumer_from = Field(Str(choices=("subject_cn", "san_dns", "san_uri", "fingerprint")), "subject_cn",
                           "mtls: the consumer id of a verified client certificate: its subject CN, first SAN DNS "
@@ -77,6 +93,16 @@ class Provider(Schema):
         elif self.type == "introspection":
             if not self.url:
                 error_at(errors, path, "url", lines, line, "is required for introspection")
+        elif self.type == "oidc":
+            for key in ("issuer", "client_id"):
+                if not getattr(self, key):
+                    error_at(errors, path, key, lines, line, "is required for oidc")
+            if self.issuer and not self.issuer.startswith(("https://", "http://")):
+                error_at(errors, path, "issuer", lines, line, "expected the provider's URL")
+            if "openid" not in self.scopes:
+                error_at(errors, path, "scopes", lines, line, "must include openid")
+            if self.redirect_path == self.logout_path:
+                error_at(errors, path, "logout_path", lines, line, "must differ from redirect_path")
 
 
 class Claims(Schema):
@@ -106,6 +132,15 @@ class Auth(Schema):
     def check(self, path, lines, line, errors):
         if "self" in self.providers:
             error_at(errors, f"{path}.providers", "self", {}, line, "`self` is reserved for the token endpoint")
+        paths: dict = {}
+        for name, provider in self.providers.items():
+            if provider.type != "oidc":
+                continue
+            for key in ("redirect_path", "logout_path"):
+                other = paths.setdefault(getattr(provider, key), name)
+                if other != name:
+                    error_at(errors, f"{path}.providers.{name}", key, {}, line,
+                             f"{getattr(provider, key)} is already {other}'s")
 
 
 class Consumer(Schema):
