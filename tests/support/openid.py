@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import urllib.parse
 import http.client
 
@@ -27,7 +28,7 @@ class OpenIdProvider:
     def __init__(self, port: int | None = None):
         self.port = port or free_port()
         self.proc = None
-        self.log = os.path.join(OIDC_DIR, f".provider-{self.port}.log")
+        self.log = os.path.join(tempfile.mkdtemp(prefix="tollhouse-oidc-"), "provider.log")
 
     @property
     def issuer(self) -> str:
