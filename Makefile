@@ -145,7 +145,7 @@ bench-tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null; \
 	  else echo "$$tool is missing: 'sudo apt-get install nginx wrk'"; exit 1; fi; }; done
 
-bench: http2-tools waf-tools $(BUILT) bench-tools
+bench: http2-tools waf-tools oidc-provider redis-server $(BUILT) bench-tools
 	$(BIN)/python bench/run.py
 
 clean:

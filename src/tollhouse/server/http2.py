@@ -361,7 +361,7 @@ class Http2Connection:   # an asyncio protocol by its methods
                     ex.time_limit = grpc_timeout(value)   # the call's deadline (relayed too)
                 take_header(ex, name, value)
         if cookies is not None:
-            ex.headers.append(b"cookie: " + cookies + b"\r\n")
+            take_header(ex, b"cookie", cookies)   # noted where a kind reads it (a session cookie)
         ex.error = finalise_head(ex, authority, limits, len(headers), oversize)
         if end_stream:
             ex.body_done = True

@@ -51,8 +51,9 @@ KIND = PolicyKind("auth", phase=AuthPolicy.phase, key="auth", build=_build, endp
                   log_fields=("client_cert",),   # the fingerprint of a client certificate (mtls routes)
                   admin=((("GET", "POST"), r"/consumers"), (("GET", "PATCH", "DELETE"), _CONSUMER),
                          (("GET", "POST"), _CONSUMER + "/keys"), (("DELETE",), _CONSUMER + r"/keys/[0-9a-f]+")),
-                  # Noted for the policy (no scan of the lines) and relayed; two copies are 400 before routing.
-                  headers=(NotedHeader("authorization", singleton=True),),
+                  # Noted for the policy (no scan of the lines) and relayed; two Authorization headers are
+                  # 400 before routing. The Cookie header: a browser session's (the last copy, if several).
+                  headers=(NotedHeader("authorization", singleton=True), NotedHeader("cookie")),
                   field=Field(RouteAuth, None, "who may call: {providers, scopes, roles, optional}; see docs/auth.md"),
                   sections=(Section("auth", Field(Auth, None, "credential providers, claim names, the token endpoint; "
                                                               "see docs/auth.md")),

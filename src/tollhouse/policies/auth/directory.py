@@ -204,7 +204,7 @@ class ConsumerDirectory:
         entry = [record, time.time() + trust, None]
         if generation == self.generation:
             if len(self.sessions) >= SESSIONS_KEPT:
-                self.sessions.clear()
+                self._drop_sessions()
             self.sessions[session_id] = entry
         return entry
 
@@ -231,7 +231,9 @@ class ConsumerDirectory:
         for sha in change.get("hashes", ()):
             self.cache.pop(bytes.fromhex(sha), None)
         for session_id in change.get("sessions", ()):
-            self.sessions.pop(session_id, None)
+            entry = self.sessions.pop(session_id, None)
+            if entry is not None:
+                entry[1] = 0.0   # dead: a policy's shortcut holding it looks again
         consumer = change.get("consumer")
         if consumer:
             for digest in [d for d, hit in self.cache.items() if hit[0] is not None and hit[0].consumer == consumer]:
@@ -240,6 +242,11 @@ class ConsumerDirectory:
     def forget_all(self) -> None:
         self.generation += 1
         self.cache.clear()
+        self._drop_sessions()
+
+    def _drop_sessions(self) -> None:
+        for entry in self.sessions.values():
+            entry[1] = 0.0   # dead: a policy's shortcut holding it looks again
         self.sessions.clear()
 
     async def _changed(self, change: dict) -> None:

@@ -38,6 +38,7 @@ import orjson
 
 from ...identity import Identity
 from ...pipeline import Reply
+from ...registry import noted_index
 from . import records
 from .directory import StoreUnavailable
 from .providers import AuthFailure, JwtProvider, http_get_json, http_post_form, identity_from_claims
@@ -47,6 +48,7 @@ log = logging.getLogger("tollhouse.auth")
 LOGIN_TTL = 600.0         # seconds a login under way may take
 REFRESH_LEAD = 60.0       # refresh when the access token has less than this left (or a third of its life)
 DISCOVERY_RETRY = 5.0
+_SESSION_IDS_KEPT = 10000
 ACCESS_HEADER = b"x-forwarded-access-token"
 
 
@@ -54,11 +56,8 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def cookie_value(exchange, name: str) -> str | None:
-    """The value of cookie `name` in the request's Cookie header(s), or None."""
-    header = exchange.header("cookie")
-    if not header:
-        return None
+def cookie_value(header: str, name: str) -> str | None:
+    """The value of cookie `name` in a Cookie header, or None."""
     for part in header.split(";"):
         key, _, value = part.strip().partition("=")
         if key == name:
@@ -116,6 +115,9 @@ class OidcProvider:
         self.task: asyncio.Task | None = None
         self.ready: asyncio.Future | None = None
         self.refreshing: set[str] = set()
+        self.session_ids: dict[str, str] = {}   # Cookie header -> the session id in it ("" none)
+        self.cookie = noted_index("cookie")
+        self.last = None   # (made, entry) of the session `session` last answered from the cache
         self.state_cookie = cfg.session.cookie + "_state"
         # Last seen is written at most this often: a quarter of the idle time, at most a minute.
         self.seen_every = min(60.0, cfg.session.idle / 4)
@@ -170,39 +172,66 @@ class OidcProvider:
     # --- the request path -----------------------------------------------------------------
     def session(self, exchange, now: float):
         """The Identity of this browser's session, None without one, or an awaitable of either."""
-        session_id = cookie_value(exchange, self.cfg.session.cookie)
+        self.last = None
+        header = exchange.noted_value(self.cookie)
+        if not header:
+            return None
+        header = header.decode("latin-1")
+        session_id = self.session_ids.get(header)
+        if session_id is None:
+            session_id = cookie_value(header, self.cfg.session.cookie) or ""
+            if len(self.session_ids) >= _SESSION_IDS_KEPT:
+                self.session_ids.clear()
+            self.session_ids[header] = session_id
         if not session_id:
             return None
         entry = self.directory.session(session_id, now)
         if entry.__class__ is list:
-            return self._identity(exchange, session_id, entry, now)
-        return self._after_fetch(exchange, session_id, entry)
+            made = entry[2]
+            if made is None or now >= made[1]:
+                identity = self._judge(session_id, entry, now)
+                made = entry[2]
+                if identity is None:
+                    return None
+            self.last = (made, entry)   # for the policy's shortcut (admitted.py)
+            return made[0]
+        return self._after_fetch(session_id, entry)
 
-    async def _after_fetch(self, exchange, session_id, pending):
-        return self._identity(exchange, session_id, await pending, time.time())
+    async def _after_fetch(self, session_id, pending):
+        return self._judge(session_id, await pending, time.time())
 
-    def _identity(self, exchange, session_id: str, entry: list, now: float) -> Identity | None:
+    def _judge(self, session_id: str, entry: list, now: float) -> Identity | None:
+        """Whether the session still holds, what is due (a refresh, a last-seen write), and
+        until when the answer stands without looking again (kept in the cache entry)."""
         record = entry[0]
         if record is None:
             return None
-        if now - record["last_seen"] > self.cfg.session.idle or now >= record["expires"]:
+        idle_until = record["last_seen"] + self.cfg.session.idle
+        if now > idle_until or now >= record["expires"]:
+            entry[1] = 0.0
             self._end_later(session_id, record)
             return None
         access_expires = record.get("access_expires")
         if access_expires and now >= access_expires and session_id not in self.refreshing:
             # The access token ran out and could not be refreshed in time: log in again.
+            entry[1] = 0.0
             self._end_later(session_id, record)
             return None
-        if access_expires and record.get("refresh_token") and session_id not in self.refreshing and \
-                access_expires - now < min(REFRESH_LEAD, (access_expires - record["issued"]) / 3):
-            self._later(self._refresh(session_id, record))
+        look_again = min(idle_until, record["expires"], record["last_seen"] + self.seen_every)
+        if access_expires:
+            refresh_at = access_expires - min(REFRESH_LEAD, (access_expires - record["issued"]) / 3)
+            if record.get("refresh_token") and session_id not in self.refreshing and now >= refresh_at:
+                self._later(self._refresh(session_id, record))
+            look_again = min(look_again, access_expires if now >= refresh_at else refresh_at)
         if now - record["last_seen"] >= self.seen_every and session_id not in self.refreshing:
             record["last_seen"] = now   # also in the cached copy: written once
+            look_again = min(look_again, now + self.seen_every)
             self._later(self.directory.replace_session(session_id, record))
-        identity = entry[2]
-        if identity is None or identity[0] != record.get("access_token"):
-            identity = entry[2] = (record.get("access_token"), self._make_identity(record))
-        return identity[1]
+        made = entry[2]
+        identity = made[0] if made is not None and made[2] == record.get("access_token") else \
+            self._make_identity(record)
+        entry[2] = (identity, max(look_again, now + 0.001), record.get("access_token"))
+        return identity
 
     def _make_identity(self, record: dict) -> Identity:
         """The session's caller: the ID token's claims (as `auth.claims` maps them), the
@@ -263,7 +292,7 @@ class OidcProvider:
         state, code = params.get("state"), params.get("code")
         if not state or not code:
             return Reply.problem(400, "Bad Request", "the callback needs code and state", headers=[clear_state])
-        if cookie_value(exchange, self.state_cookie) != state:
+        if cookie_value(exchange.header("cookie") or "", self.state_cookie) != state:
             return Reply.problem(400, "Bad Request", "the state does not match this browser's login",
                                  headers=[clear_state])
         try:
@@ -355,7 +384,7 @@ class OidcProvider:
 
     # --- logout -----------------------------------------------------------------------------
     async def logout(self, exchange, body: bytes) -> Reply:
-        session_id = cookie_value(exchange, self.cfg.session.cookie)
+        session_id = cookie_value(exchange.header("cookie") or "", self.cfg.session.cookie)
         landing = _origin(exchange) + self.cfg.logout_redirect
         location = self.cfg.logout_redirect
         if session_id:

@@ -102,6 +102,8 @@ class AuthPolicy(AdmittedTokens):
         self.api_keys = [p for p in self.providers if p.kind == "api_key"]
         self.certificates = [p for p in self.providers if p.kind == "mtls"]
         self.browsers = [p for p in self.providers if p.kind == "oidc"]
+        self.sessions = {} if self.browsers else None   # Cookie header -> (what its session made, its entry)
+        self.cookie = noted_index("cookie")
         # A route that takes client certificates logs the fingerprint of the one presented.
         self.log_fields = ("client_cert",) if self.certificates else ()
         self.scopes = frozenset(config.scopes)
@@ -183,7 +185,13 @@ class AuthPolicy(AdmittedTokens):
                 if result is None:
                     continue
                 if result.__class__ is Identity:
-                    return self._admit(exchange, result)
+                    reply = self._admit(exchange, result)
+                    if reply is None and provider.last is not None:
+                        # Admitted: the next request with this cookie takes the compiled shortcut.
+                        if len(self.sessions) >= ADMITTED_MAX:
+                            self.sessions.clear()
+                        self.sessions[exchange.noted_value(self.cookie)] = provider.last
+                    return reply
                 return self._await_session(exchange, result, index, failure, token)
         return self._unauthenticated(exchange, failure, token)
 
