@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from . import registry
 from .observability import debug, tracing
-from .policies import (aggregate, auth, cache, compress, cors, grpc, headers, ip, mirror, ratelimit, request, split,
-                       waf, websocket)
+from .policies import (aggregate, auth, cache, compress, cors, graphql, grpc, headers, ip, mirror, ratelimit, request,
+                       split, waf, websocket)
 from .exchange import http1
 from .server import http2, tls
 from .upstream import http2 as upstream_http2
 
 KINDS = tuple(module.KIND for module in (auth, ratelimit, cache, ip, cors, request, compress, headers, aggregate,
-                                          websocket, grpc, split)) + (split.STICKY, split.ROLLBACK, mirror.KIND, waf.KIND)
+                                          websocket, grpc, split)) + (split.STICKY, split.ROLLBACK, mirror.KIND, waf.KIND,
+                                                                       graphql.KIND)
 #: The order request hooks run in; a kind may add a phase of its own (PolicyKind.new_phase).
 #: `access` is the custom policies' default.
 PHASES = ("ip", "inspect", "cors", "auth", "ratelimit", "validate", "cache", "access", "transform")

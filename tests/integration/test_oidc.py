@@ -125,12 +125,17 @@ def test_the_callback_makes_a_session_cookie_and_returns_to_the_page(setup, upst
     assert "authorization_code" in [r["token_request"] for r in provider.token_requests()]
 
 
-def test_the_session_works_on_the_other_instance(setup, upstream):
+def test_the_session_works_on_the_other_instance_and_after_a_restart(setup, upstream):
     _, (a, b, _) = setup
     browser = Browser()
     login(browser, a, who="bob")
     session_id = browser.cookie(host(a), "th_session")
     status, _, _ = Browser().request(f"http://{host(b)}/app/x", headers={"Cookie": f"th_session={session_id}"})
+    assert status == 200 and upstream.requests[-1]["headers"]["x-consumer-id"] == "bob"
+    # Sessions live in Redis: they survive a restart of the instance.
+    b.stop()
+    b.start()
+    status, _, _ = Browser().request(f"http://{host(b)}/app/y", headers={"Cookie": f"th_session={session_id}"})
     assert status == 200 and upstream.requests[-1]["headers"]["x-consumer-id"] == "bob"
 
 

@@ -112,13 +112,16 @@ def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, hea
                      timeout: float | None = None, parent=None, host: bytes | None = None,
                      observe=None, span: str | None = None) -> Exchange:
     """Send the subrequest now; its origin's `done` future gets the SubResponse.
+    `upstream`: the name of one of the config's upstreams, or an UpstreamPool.
     `target` is the path and query the upstream receives; `headers` are ready-to-send
     lines; `host` (else the target's host:port) is sent as Host; `observe(exchange)`
     returns what watches the response as it arrives (the cache's Fill: head, body,
     complete, finished); `span` names the call in the parent's trace (its CLIENT
     spans, when the parent is traced). KeyError for an unknown upstream."""
     state = worker.state
-    pool = state.pools[upstream]
+    # A name of the config's upstreams, or a pool of the caller's own (a GraphQL subgraph's URL).
+    pool = state.pools[upstream] if upstream.__class__ is str else upstream
+    upstream = pool.name
     origin = SubrequestOrigin(worker, parent)
     origin.done = worker.loop.create_future()
     ex = Exchange(origin, state)

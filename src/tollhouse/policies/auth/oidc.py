@@ -40,8 +40,7 @@ from ...identity import Identity
 from ...pipeline import Reply
 from ...registry import noted_index
 from . import records
-from .directory import StoreUnavailable
-from .providers import AuthFailure, JwtProvider, http_get_json, http_post_form, identity_from_claims
+from .providers import AuthFailure, JwtProvider, StoreUnavailable, http_get_json, http_post_form, identity_from_claims
 
 log = logging.getLogger("tollhouse.auth")
 

@@ -43,6 +43,13 @@ class AuthFailure(Exception):
         self.detail = detail
 
 
+class StoreUnavailable(AuthFailure):
+    """The store could not be asked: the caller gets 503, not 401 (the key may be fine)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__("store_unavailable", f"the consumer store is unavailable ({type(error).__name__})")
+
+
 def _words(value) -> frozenset:
     if value is None:
         return frozenset()
