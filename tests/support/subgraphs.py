@@ -20,6 +20,9 @@ from graphql import build_schema, graphql_sync
 
 from .processes import free_port
 
+#: (subgraph name, operation text) of every call any subgraph received, in order.
+CALLS: list[tuple[str, str]] = []
+
 _FEDERATION = """
 scalar _Any
 scalar FieldSet
@@ -99,6 +102,7 @@ class Subgraph:
                 length = int(self.headers.get("Content-Length", 0))
                 request = json.loads(self.rfile.read(length))
                 subgraph.operations.append(request)
+                CALLS.append((subgraph.name, request["query"]))
                 subgraph.last_headers = {k.lower(): v for k, v in self.headers.items()}
                 if subgraph.delay:
                     time.sleep(subgraph.delay)

@@ -271,6 +271,9 @@ class Execution:
             if name == "__typename":
                 out[key] = object_type.name
                 continue
+            if name in ("__schema", "__type"):
+                out[key] = obj.get(key)   # answered from the API schema (policy.py)
+                continue
             definition = object_type.fields.get(name)
             if definition is None:
                 continue
