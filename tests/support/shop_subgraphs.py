@@ -150,3 +150,90 @@ def supergraph_text(name: str, urls: dict) -> str:
     with open(os.path.join(HERE, "header.graphql"), encoding="utf-8") as f:
         text = text.replace("#include header.graphql", f.read())
     return re.sub(r"http://127\.0\.0\.1:\{(\w+)\}/graphql", lambda m: urls[m.group(1)], text)
+
+
+# --- tests/support/graphql/library.graphql: keys of several kinds, @override, @interfaceObject ---
+
+LIBRARY = {
+    "books": {"b1": {"id": "b1", "isbn": "111", "title": "SICP", "price": 1, "shelf": {"code": "A", "room": {"id": "r1"}}},
+              "b2": {"id": "b2", "isbn": "222", "title": "TAOCP", "price": 1,
+                     "shelf": {"code": "B", "room": {"id": "r2"}}}},
+    "authors": {"a1": {"id": "a1", "name": "Abelson"}, "a2": {"id": "a2", "name": "Knuth"}},
+    "prices": {"b1": 45, "b2": 180}, "featured": {"b1": "a1", "b2": "a2"},
+    "copies": {"111": 3, "222": 0},
+    "shelves": {("A", "r1"): "Lisp corner", ("B", "r2"): "Algorithms"}, "floors": {"r1": 1, "r2": 2},
+    "likes": {"b1": 10, "b2": 20, "a1": 5, "a2": 7},
+}
+
+CATALOG_SDL = """
+type Query { books: [Book] node(id: ID!): Node }
+interface Node { id: ID! }
+type Book implements Node @key(fields: "id") @key(fields: "isbn") { id: ID! isbn: String! title: String price: Int
+                                                                     shelf: Shelf }
+type Author implements Node @key(fields: "id") { id: ID! name: String }
+type Shelf @key(fields: "code room { id }") { code: String! room: Room! books: [Book] }
+type Room @shareable { id: ID! }
+"""
+PRICING_SDL = """
+type Book @key(fields: "id") { id: ID! price: Int featuredAuthor: Author }
+type Author @key(fields: "id", resolvable: false) { id: ID! }
+"""
+STOCK_SDL = """
+type Query { shelves: [Shelf] }
+type Book @key(fields: "isbn") { isbn: String! copies: Int }
+type Shelf @key(fields: "code room { id }") { code: String! room: Room! label: String }
+type Room @shareable { id: ID! floor: Int }
+"""
+SOCIAL_SDL = """
+type Node @key(fields: "id") @interfaceObject { id: ID! likes: Int }
+"""
+
+
+class Library:
+    def __init__(self):
+        d = LIBRARY
+
+        def node(_, info, id):
+            if id in d["books"]:
+                return {"__typename": "Book", **d["books"][id]}
+            if id in d["authors"]:
+                return {"__typename": "Author", **d["authors"][id]}
+            return None
+
+        def shelf_books(shelf, info):
+            return [b for b in d["books"].values()
+                    if b["shelf"]["code"] == shelf["code"] and b["shelf"]["room"]["id"] == shelf["room"]["id"]]
+
+        self.catalog = Subgraph("catalog", CATALOG_SDL, resolvers={
+            "Query.books": lambda *_: list(d["books"].values()), "Query.node": node, "Shelf.books": shelf_books},
+            references={"Book": lambda rep: d["books"].get(rep.get("id")) or next(
+                (b for b in d["books"].values() if b["isbn"] == rep.get("isbn")), None),
+                "Author": lambda rep: d["authors"].get(rep["id"]),
+                "Shelf": lambda rep: {"code": rep["code"], "room": rep["room"]}},
+            entities=("Book", "Author", "Shelf"))
+        self.pricing = Subgraph("pricing", PRICING_SDL, references={
+            "Book": lambda rep: {"id": rep["id"], "price": d["prices"][rep["id"]],
+                                 "featuredAuthor": {"id": d["featured"][rep["id"]]}}}, entities=("Book",))
+        self.stock = Subgraph("stock", STOCK_SDL, resolvers={
+            "Query.shelves": lambda *_: [{"code": c, "room": {"id": r, "floor": d["floors"][r]}, "label": label}
+                                         for (c, r), label in d["shelves"].items()]},
+            references={"Book": lambda rep: {"isbn": rep["isbn"], "copies": d["copies"][rep["isbn"]]},
+                        "Shelf": lambda rep: {"code": rep["code"],
+                                              "room": {"id": rep["room"]["id"], "floor": d["floors"][rep["room"]["id"]]},
+                                              "label": d["shelves"][(rep["code"], rep["room"]["id"])]}},
+            entities=("Book", "Shelf"))
+        self.social = Subgraph("social", SOCIAL_SDL, references={
+            "Node": lambda rep: {"id": rep["id"], "likes": d["likes"].get(rep["id"])}}, entities=("Node",))
+        self.all = {"catalog": self.catalog, "pricing": self.pricing, "stock": self.stock, "social": self.social}
+
+    def start(self) -> "Library":
+        for s in self.all.values():
+            s.start()
+        return self
+
+    def stop(self) -> None:
+        for s in self.all.values():
+            s.stop()
+
+    def supergraph(self) -> str:
+        return supergraph_text("library.graphql", {n: s.url for n, s in self.all.items()})

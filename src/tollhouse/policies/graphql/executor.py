@@ -190,6 +190,7 @@ class Execution:
         else:
             for i, entity in enumerate(entities):
                 if isinstance(entity, dict):
+                    entity.pop("__typename", None)   # an @interfaceObject's answer names the interface
                     for obj, _ in owners[i]:
                         _merge(obj, entity)
         for error in answer.get("errors") or ():

@@ -172,8 +172,9 @@ class Planner:
             dependents = []
             selections = []
             for type_name in sorted(fetch.typenames):
-                inner = self._build(type_name, fetch.selections, fetch.graph, fetch.path, None, dependents,
-                                    fragments, entity_root=True)
+                # An @interfaceObject's subgraph knows the interface, not the object type.
+                inner = self._build(fetch.entity or type_name, fetch.selections, fetch.graph, fetch.path, None,
+                                    dependents, fragments, entity_root=True)
                 selections.append(gast.InlineFragmentNode(
                     type_condition=gast.NamedTypeNode(name=gast.NameNode(value=fetch.entity or type_name)),
                     directives=(), selection_set=gast.SelectionSetNode(selections=tuple(inner))))
@@ -229,8 +230,12 @@ class Planner:
                 need_typename = True
                 continue
             if self.sg.field_in(type_name, name, graph) or _provided(provided, name):
-                out.append(self._field(type_name, sel, graph, path, provided, dependents, fragments))
-                continue
+                if sel.selection_set is None or _provided(provided, name) or self._reachable(
+                        self._field_type(type_name, name), sel.selection_set.selections, graph, fragments) or \
+                        not self._hop_target(type_name, sel, graph, fragments):
+                    out.append(self._field(type_name, sel, graph, path, provided, dependents, fragments))
+                    continue
+                # Here, but what it holds is not (a value type another subgraph completes): from there.
             # Another subgraph resolves it: an entity fetch for this object.
             self._hop(type_name, sel, graph, path, out, dependents, fragments)
             need_typename = True
@@ -285,7 +290,13 @@ class Planner:
         to an entity fetch of this object."""
         sg = self.sg
         name = _name(sel)
-        for target in sg.resolvers(type_name, name):
+        targets = sg.resolvers(type_name, name)
+        if sel.selection_set is not None:
+            # Prefer a subgraph that can answer all the field holds.
+            child = self._field_type(type_name, name)
+            targets = sorted((t for t in targets if t != graph),
+                             key=lambda t: not self._reachable(child, sel.selection_set.selections, t, fragments))
+        for target in targets:
             entity = type_name
             keys = sg.keys(type_name, target)
             if not keys:
@@ -317,6 +328,46 @@ class Planner:
             return
         raise PlanningError(f"no subgraph can resolve {type_name}.{name} from {sg.subgraphs[graph].name}: no key to "
                             "reach it")
+
+    def _reachable(self, type_name: str, selections, graph: str, fragments: dict) -> bool:
+        """Whether `graph` can answer these selections, itself or through entity fetches it can start."""
+        sg = self.sg
+        if sg.is_abstract(type_name):
+            return True   # asked per possible type (_build)
+        for sel in self._inline(selections, fragments):
+            if isinstance(sel, gast.InlineFragmentNode):
+                condition = sel.type_condition.name.value if sel.type_condition is not None else type_name
+                inner = type_name if sg.is_abstract(condition) or condition == type_name else condition
+                if inner == type_name and not self._reachable(type_name, sel.selection_set.selections, graph,
+                                                              fragments):
+                    return False
+                continue
+            name = _name(sel)
+            if sg.field_in(type_name, name, graph):
+                if sel.selection_set is not None and not self._reachable(
+                        self._field_type(type_name, name), sel.selection_set.selections, graph, fragments):
+                    if not self._hop_target(type_name, sel, graph, fragments):
+                        return False
+                continue
+            if not self._hop_target(type_name, sel, graph, fragments):
+                return False
+        return True
+
+    def _hop_target(self, type_name: str, sel, graph: str, fragments: dict) -> bool:
+        """Whether another subgraph resolves `sel` of this object and `graph` has a key to reach it there."""
+        sg = self.sg
+        for target in sg.resolvers(type_name, _name(sel)):
+            if target == graph:
+                continue
+            keys = sg.keys(type_name, target)
+            if not keys:
+                interface = next((i for i in sg.types[type_name].interfaces
+                                  if target in sg.types.get(i).interface_objects), None) \
+                    if type_name in sg.types else None
+                keys = sg.keys(interface, target) if interface is not None else []
+            if any(self._resolvable(type_name, k.selections, graph) for k in keys):
+                return True
+        return False
 
     @staticmethod
     def _entity_fetch(dependents: list, graph: str, path: tuple, type_name: str, entity: str, key) -> Fetch:

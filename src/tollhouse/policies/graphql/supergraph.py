@@ -213,9 +213,9 @@ class Supergraph:
                 continue
             args = _arguments(d)
             graph = args.get("graph")
+            f.everywhere = False   # a bare @join__field: no subgraph of the type has it (an @interfaceObject's)
             if not graph:
                 continue
-            f.everywhere = False
             try:
                 f.graphs[graph] = FieldIn(external=bool(args.get("external")),
                                           requires=field_set(args["requires"]) if args.get("requires") else None,
@@ -278,8 +278,18 @@ class Supergraph:
         return field.graphs.get(graph) if field is not None else None
 
     def resolvers(self, type_name: str, field_name: str) -> list[str]:
-        """The subgraphs that resolve a field, in the supergraph's order."""
-        return [g for g in self.subgraphs if self.field_in(type_name, field_name, g)]
+        """The subgraphs that resolve a field, in the supergraph's order: of the type, or of an
+        interface it implements that a subgraph has as an @interfaceObject."""
+        found = [g for g in self.subgraphs if self.field_in(type_name, field_name, g)]
+        if found:
+            return found
+        info = self.types.get(type_name)
+        for interface in info.interfaces if info is not None else ():
+            owner = self.types.get(interface)
+            if owner is None:
+                continue
+            found += [g for g in owner.interface_objects if self.field_in(interface, field_name, g) and g not in found]
+        return found
 
     def keys(self, type_name: str, graph: str) -> list[Key]:
         info = self.types.get(type_name)
