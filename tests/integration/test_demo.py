@@ -96,6 +96,15 @@ def test_demo_serves_what_it_prints(demo):
     assert status(f"http://127.0.0.1:{ports['ADMIN_PORT']}/metrics") == 200
     dashboard = f"http://127.0.0.1:{ports['ADMIN_PORT']}/dashboard"
     assert f"open {dashboard} in a browser" in text and status(dashboard) == 200
+    # GraphQL federation over the two demo services: one query, both answered.
+    req = urllib.request.Request(f"http://127.0.0.1:{ports['PORT']}/graphql", headers={"Content-Type": "application/json"},
+                                 data=b'{"query": "{ orders { item owner { name } } }"}')
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert json.loads(r.read()) == {"data": {"orders": [
+            {"item": "analytical engine", "owner": {"name": "Ada Lovelace"}},
+            {"item": "compiler", "owner": {"name": "Grace Hopper"}},
+            {"item": "api gateway", "owner": {"name": "Demo Consumer"}}]}}
+    assert "/graphql" in text
     cached = f"http://127.0.0.1:{ports['PORT']}/api/cached/1"
     assert cached in urls
     seen = []

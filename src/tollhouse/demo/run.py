@@ -40,6 +40,8 @@ def curl_lines(port: int, admin_port: int, token: str) -> str:
         f"  curl -i -H 'Authorization: Bearer {token}' {base}/api/private/1   # a demo JWT (HS256, 1 day)",
         f"  curl -i -H 'X-API-Key: demo-key-123' {base}/api/private/2         # the demo API key",
         f"  curl -s -H 'X-API-Key: demo-key-123' {base}/api/me   # profile and orders merged (aggregate)",
+        f"""  curl -s -H 'Content-Type: application/json' -d '{{"query": "{{ orders {{ item owner {{ name }} }} }}"}}'"""
+        f" {base}/graphql   # one GraphQL query joining both services (federation)",
         f"  curl -s -u demo-cli:demo-secret -d grant_type=client_credentials {base}/oauth/token"
         "   # the built-in OAuth server",
         f"  curl -s {base}/.well-known/jwks.json",
@@ -74,6 +76,7 @@ def _demo_credentials() -> str:
 
 def run_demo() -> int:
     token = _demo_credentials()
+    os.environ.setdefault("TOLLHOUSE_DEMO_SUPERGRAPH", os.path.join(os.path.dirname(__file__), "supergraph.graphql"))
     with open(CONFIG, encoding="utf-8") as f:
         config, errors = load_text(f.read())
     if errors:

@@ -1,4 +1,4 @@
-"""Two small HTTP services for `tollhouse demo`: users and orders (JSON)."""
+"""Two small HTTP services for `tollhouse demo`: users and orders (JSON, and GraphQL subgraphs at /graphql)."""
 from __future__ import annotations
 
 import asyncio
@@ -13,10 +13,12 @@ ORDERS = [{"id": "o-1", "owner": "1", "item": "analytical engine"}, {"id": "o-2"
 
 
 class _DemoService(asyncio.Protocol):
-    def __init__(self, handler):
+    def __init__(self, handler, graphql=None):
         self.handler = handler
+        self.graphql = graphql   # the subgraph schema answered at /graphql (demo/subgraphs.py)
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
+        self.body = b""
         self.transport = None
 
     def connection_made(self, transport):
@@ -30,6 +32,10 @@ class _DemoService(asyncio.Protocol):
 
     def on_message_begin(self):
         self.url = b""
+        self.body = b""
+
+    def on_body(self, body):
+        self.body += body
 
     def on_url(self, url):
         self.url += url
@@ -37,7 +43,12 @@ class _DemoService(asyncio.Protocol):
     def on_message_complete(self):
         url = httptools.parse_url(self.url)
         query = url.query.decode() if url.query else ""
-        status, payload = self.handler(self.parser.get_method().decode(), url.path.decode(), query)
+        if url.path == b"/graphql" and self.graphql is not None:
+            from .subgraphs import answer
+
+            status, payload = answer(self.graphql, self.body)
+        else:
+            status, payload = self.handler(self.parser.get_method().decode(), url.path.decode(), query)
         body = orjson.dumps(payload)
         self.transport.write(b"HTTP/1.1 %d OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
                              % (status, len(body), body))
@@ -62,7 +73,9 @@ def orders(method, path, query):
 
 
 async def start_services(host="127.0.0.1", users_port=9001, orders_port=9002):
+    from .subgraphs import ORDERS_SCHEMA, USERS_SCHEMA
+
     loop = asyncio.get_running_loop()
-    a = await loop.create_server(lambda: _DemoService(users), host, users_port)
-    b = await loop.create_server(lambda: _DemoService(orders), host, orders_port)
+    a = await loop.create_server(lambda: _DemoService(users, USERS_SCHEMA), host, users_port)
+    b = await loop.create_server(lambda: _DemoService(orders, ORDERS_SCHEMA), host, orders_port)
     return [a, b]
