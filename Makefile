@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 COMPILED := $(wildcard src/tollhouse/*.pxd src/tollhouse/*/*.pxd src/tollhouse/*/*/*.pxd)
 BUILT    := $(VENV)/.built
 
-.PHONY: demo test lint bench redis-server http2-tools waf-tools monitoring-tools browser deploy-tools oidc-provider bench-tools clean
+.PHONY: demo test lint bench redis-server http2-tools waf-tools monitoring-tools browser deploy-tools oidc-provider hive-gateway bench-tools clean
 
 $(STAMP): pyproject.toml
 	@if [ -f $(VENV)/pyvenv.cfg ] && ! grep -qx 'home = $(PYHOME)' $(VENV)/pyvenv.cfg; then \
@@ -145,7 +145,13 @@ bench-tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null; \
 	  else echo "$$tool is missing: 'sudo apt-get install nginx wrk'"; exit 1; fi; }; done
 
-bench: http2-tools waf-tools oidc-provider redis-server $(BUILT) bench-tools
+# GraphQL federation's anchor: Hive Gateway from npm, installed from its lock file.
+hive-gateway: bench/hive/node_modules/.package-lock.json
+bench/hive/node_modules/.package-lock.json: bench/hive/package-lock.json
+	npm ci --prefix bench/hive --no-audit --no-fund --loglevel=error
+	touch $@
+
+bench: http2-tools waf-tools oidc-provider hive-gateway redis-server $(BUILT) bench-tools
 	$(BIN)/python bench/run.py
 
 clean:

@@ -17,7 +17,8 @@ BENCH_SKIP_CACHE_LATENCY=1 to skip the 20 ms-upstream cache latency run,
 BENCH_SKIP_CHAIN=1 to skip the full chain (JWT + Redis limit) vs nginx run,
 BENCH_SKIP_PROTOCOLS=1 to skip the WebSocket and gRPC runs, BENCH_SKIP_HTTP2=1 to skip
 the HTTP/2 runs (bench/http2.py), BENCH_SKIP_WAF=1 to skip the WAF runs (bench/waf.py),
-BENCH_SKIP_IDENTITY=1 to skip the runtime-key and OpenID-session runs (bench/identity.py).
+BENCH_SKIP_IDENTITY=1 to skip the runtime-key and OpenID-session runs (bench/identity.py),
+BENCH_SKIP_GRAPHQL=1 to skip GraphQL federation against Hive Gateway (bench/federation.py).
 """
 from __future__ import annotations
 
@@ -656,6 +657,13 @@ def main() -> int:
             identity_lines = identity_bench.render(identity_bench.run(workdir, upstream_port))
             print("\n".join(identity_lines), flush=True)
             http2 = (http2 or []) + identity_lines
+        if not os.environ.get("BENCH_SKIP_GRAPHQL"):
+            import federation as federation_bench
+
+            print(f"GraphQL federation: Hive Gateway against tollhouse, {ROUNDS} rounds x {DURATION}s", flush=True)
+            federation_lines = federation_bench.render(federation_bench.run(workdir))
+            print("\n".join(federation_lines), flush=True)
+            http2 = (http2 or []) + federation_lines
         counts = [int(n) for n in os.environ.get("BENCH_WORKERS", "").split(",") if n]
         scaling = run_scaling(workdir, upstream_port, counts) if counts else []
     finally:
