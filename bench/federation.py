@@ -108,14 +108,13 @@ def run(workdir: str) -> dict | None:
     if not os.path.exists(HIVE):
         print("  graphql: Hive Gateway is not installed (make bench installs it in bench/hive); skipped", flush=True)
         return None
-    from tests.support.shop_subgraphs import Shop, supergraph_text
+    from tests.support.shop_subgraphs import supergraph_text
 
     ports = {name: bench.free_port() for name in ("accounts", "products", "inventory", "reviews")}
-    subgraphs = subprocess.Popen(["taskset", "-c", bench.LOAD_CPUS, sys.executable, "-c",
-                                  f"import sys; sys.path.insert(0, {ROOT!r}); sys.path.insert(0, {os.path.join(ROOT, 'bench')!r}); "
-                                  f"import federation as g; g.serve_subgraphs({ports!r})"],
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); sys.path.insert(0, {os.path.join(ROOT, 'bench')!r}); "
+            f"import federation as g; g.serve_subgraphs({ports!r})")
+    subgraphs = subprocess.Popen(["taskset", "-c", bench.LOAD_CPUS, sys.executable, "-c", code],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=bench._die_with_parent)
-    del Shop
     hive = th = None
     try:
         for port in ports.values():
