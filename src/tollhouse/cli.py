@@ -33,6 +33,21 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_monitoring(args) -> int:
+    """`tollhouse monitoring rules -c FILE [-o DIR]` (docs/monitoring.md)."""
+    from .config import load_file
+    from .monitoring.rules import write_rules
+
+    config, errors, _ = load_file(args.config)
+    if errors:
+        _print_errors(args.config, errors)
+        print(f"{args.config}: {len(errors)} error(s)", file=sys.stderr)
+        return 1
+    for path in write_rules(config, args.output):
+        print(path)
+    return 0
+
+
 def cmd_run(args) -> int:
     from .config import load_file, load_text, warnings_of
     from .server.lifecycle import run_gateway
@@ -114,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--kid", default="", help="key id header")
     t.add_argument("--alg", default="", help="algorithm (default from the key)")
     t.set_defaults(func=cmd_token)
+    m = sub.add_parser("monitoring", help="monitoring files from a config")
+    msub = m.add_subparsers(dest="what", required=True)
+    mr = msub.add_parser("rules", help="write Prometheus rules (SLOs, thresholds, escalation, anomalies) and a "
+                                       "Grafana SLO dashboard")
+    mr.add_argument("-c", "--config", required=True)
+    mr.add_argument("-o", "--output", default=".", help="the directory to write them into (default: .)")
+    mr.set_defaults(func=cmd_monitoring)
     d = sub.add_parser("demo", help="run the embedded demo (no Redis, no config needed)")
     d.set_defaults(func=cmd_demo)
     w = sub.add_parser("_worker", help=argparse.SUPPRESS)

@@ -69,7 +69,9 @@ class AdminServer:
         self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
         bound = self.server.sockets[0].getsockname()[:2]
         # One name per gateway in the fleet: the host and its admin port.
-        self.dashboard = Dashboard(self.controller, f"{socket.gethostname()}:{bound[1]}")
+        monitoring = getattr(getattr(self.controller, "config", None), "monitoring", None)
+        self.dashboard = Dashboard(self.controller, f"{socket.gethostname()}:{bound[1]}",
+                                   anomaly_z=monitoring.anomaly.z if monitoring is not None else 3.0)
         self.dashboard.start()
         return bound
 
@@ -135,7 +137,8 @@ class AdminServer:
             return (200 if ready else 503), "application/json", orjson.dumps({"ready": ready, **detail})
         if path == "/metrics" and method in ("GET", "HEAD"):
             snaps = await c.snapshots()
-            return 200, "text/plain; version=0.0.4; charset=utf-8", render(snaps)
+            anomalies = self.dashboard.anomalies.exposition() if self.dashboard is not None else b""
+            return 200, "text/plain; version=0.0.4; charset=utf-8", render(snaps) + anomalies
         if path == "/status" and method in ("GET", "HEAD"):
             return 200, "application/json", orjson.dumps(await self.status())
         if path == "/reload" and method == "POST":

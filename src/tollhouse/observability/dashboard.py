@@ -22,6 +22,7 @@ from collections import deque
 import orjson
 
 from ..store import Script
+from .anomaly import AnomalyScores
 from .metrics import BUCKETS, merge
 
 log = logging.getLogger("tollhouse.dashboard")
@@ -324,11 +325,13 @@ def parse_window(text: str | None, default: int = 60) -> int:
 class Dashboard:
     """The sampler and publisher of one instance, and the reader of the fleet."""
 
-    def __init__(self, controller, instance: str | None = None, interval: float = 1.0):
+    def __init__(self, controller, instance: str | None = None, interval: float = 1.0, anomaly_z: float = 3.0):
         self.controller = controller
         self.instance = instance or socket.gethostname()
         self.interval = interval
         self.summariser = Summariser()
+        self.anomalies = AnomalyScores()          # this instance's routes against their own baselines
+        self.anomaly_z = anomaly_z
         self.local: deque = deque(maxlen=KEEP)   # this instance's summaries, when the store fails
         self.store_up = True
         self.task: asyncio.Task | None = None
@@ -364,6 +367,7 @@ class Dashboard:
         second = int(time.time()) - 1   # the second that just ended
         summary = self.summariser.summary(merged, consumers, denied, second)
         self.local.append(summary)
+        self.anomalies.add(summary)
         try:
             await asyncio.wait_for(self.controller.store.run(
                 PUBLISH, [PREFIX + self.instance, INDEX],
@@ -393,6 +397,13 @@ class Dashboard:
             instances[self.instance] = list(self.local)
         data = aggregate(instances, window, now)
         data["instance"] = self.instance
+        # This instance's marks: routes whose last minute left their own baseline.
+        scores = self.anomalies.scores()
+        data["anomaly_z"] = self.anomaly_z
+        data["anomalies"] = {route: signals for route, signals in scores.items()
+                             if any(abs(v) > self.anomaly_z for v in signals.values())}
+        for row in data.get("routes", ()):
+            row["anomaly"] = data["anomalies"].get(row["route"])
         data["fleet_wide"] = fleet and getattr(self.controller.store, "kind", "memory") != "memory"
         data["store_up"] = fleet and self.store_up
         return data

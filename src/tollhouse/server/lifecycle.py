@@ -46,6 +46,10 @@ class LocalController:
     def __init__(self, worker: Worker):
         self.worker = worker
 
+    @property
+    def config(self):
+        return self.worker.state.config
+
     async def snapshots(self):
         return [self.worker.snapshot()]
 
