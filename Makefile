@@ -70,14 +70,14 @@ waf-tools:
 	  fi; }
 
 # The monitoring tests run the shipped alert rules and dashboard through a real
-# Prometheus (and promtool).
+# Prometheus (and promtool), and the alert routing through a real Alertmanager (and amtool).
 monitoring-tools:
-	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing prometheus (and promtool) with apt-get"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	    echo "installing prometheus (and promtool) and prometheus-alertmanager (and amtool) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; \
 	  else \
-	    echo "prometheus and promtool are missing. Install them first: 'sudo apt-get install prometheus' (Debian/Ubuntu) or 'brew install prometheus' (macOS)."; \
+	    echo "prometheus, promtool and amtool are missing. Install them first: 'sudo apt-get install prometheus prometheus-alertmanager' (Debian/Ubuntu)."; \
 	    exit 1; \
 	  fi; }
 

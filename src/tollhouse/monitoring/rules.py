@@ -122,9 +122,11 @@ def threshold_rules(config, shipped: str = SHIPPED) -> dict:
 def escalation_rules(config=None) -> dict:
     return {"groups": [{"name": "tollhouse-escalation", "rules": [{
         "alert": "TollhouseWarningUnresolved",
-        "expr": 'ALERTS{alertstate="firing",severity="warning",alertname!="TollhouseWarningUnresolved"}',
+        # The warning's own labels, its name kept as escalated_from (alertname and alertstate are the rule's).
+        "expr": 'max without (alertname, alertstate) (label_replace(ALERTS{alertstate="firing",severity="warning",'
+                'alertname!="TollhouseWarningUnresolved"}, "escalated_from", "$1", "alertname", "(.+)"))',
         "for": "30m", "labels": {"severity": "critical", "escalated": "true"},
-        "annotations": {"summary": "{{ $labels.alertname }} has been firing for 30 minutes: escalated to on-call"}}]}]}
+        "annotations": {"summary": "{{ $labels.escalated_from }} has been firing for 30 minutes: escalated to on-call"}}]}]}
 
 
 def _split(expr: str) -> tuple[str, str, str]:
@@ -176,8 +178,8 @@ def anomaly_rules(config) -> dict:
     for signal in SIGNALS:
         rules.append({"alert": "TollhouseAnomaly", "expr": f"abs(tollhouse:route_{signal}:5m:z) > {z:g}",
                       "for": f"{hold:g}s", "labels": {"severity": "warning", "signal": signal},
-                      "annotations": {"summary": f"Route {{{{ $labels.route }}}}: {signal} is {{{{ $value | humanize }}}} "
-                                                 "standard deviations from its weekly baseline"}})
+                      "annotations": {"summary": f"Route {{{{ $labels.route }}}}: {signal} left its weekly baseline "
+                                                 f"(|z| > {z:g} for {hold:g}s)"}})
     return {"groups": [{"name": "tollhouse-anomaly", "rules": rules}]}
 
 
