@@ -50,6 +50,8 @@ class Target(Schema):
     url = Field(Str(), doc="scheme://host:port, the scheme one an upstream protocol speaks: http, https "
                            "(HTTP/1.1), grpc, grpcs (gRPC)")
     weight = Field(Int(min=1, max=1000), 1, "share of requests relative to the other targets")
+    region = Field(Str(pattern=r"[A-Za-z0-9_.-]*"), "", "where it runs (upstream `locality`; docs/regions.md)")
+    zone = Field(Str(pattern=r"[A-Za-z0-9_.-]*"), "", "its zone within the region (reported only)")
 
     def check(self, path, lines, line, errors):
         parts = urlsplit(self.url)
@@ -109,6 +111,14 @@ class CircuitBreakerSettings(Schema):
     half_open_requests = Field(Int(min=1), 5, "probes let through half-open; all must succeed to close")
 
 
+class Locality(Schema):
+    local = Field(Str(pattern=r"[A-Za-z0-9_.-]+"), doc="this gateway's region: its targets take the traffic "
+                                                       "while enough of them are healthy")
+    failover = Field(ListOf(Str(pattern=r"[A-Za-z0-9_.-]+")), (), "the regions traffic spills to, in order")
+    overprovisioning = Field(Float(min=1.0, max=10.0), 1.4, "a region takes all it is offered while its healthy "
+                             "share x this is 100% or more (Envoy's overprovisioning factor)")
+
+
 class _UpstreamCore(Schema):
     targets = Field(ListOf(OneOf((_is_str, _target_from_str(Target)), (_is_map, Target))),
                     doc="the instances: URLs or {url, weight}")
@@ -126,6 +136,8 @@ class _UpstreamCore(Schema):
     health_check = Field(HealthCheckSettings, None, "active checks: one per target per interval for the whole gateway")
     outlier = Field(OutlierSettings, None, "eject targets after consecutive failures (per gateway process)")
     circuit_breaker = Field(CircuitBreakerSettings, None, "open the circuit to a failing upstream (per gateway process)")
+    locality = Field(Locality, None, "{local, failover, overprovisioning}: prefer the local region's targets, "
+                     "spill to the next regions as they fail; see docs/regions.md")
 
     def __init__(self, **values):
         super().__init__(**values)
@@ -138,6 +150,15 @@ class _UpstreamCore(Schema):
         if not self.targets:
             error_at(errors, path, "targets", lines, line, "needs at least one target")
             return
+        if self.locality is not None:
+            regions = {t.region for t in self.targets}
+            if self.locality.local not in regions:
+                error_at(errors, f"{path}.locality", "local", lines, line,
+                         f"no target is in region {self.locality.local!r} (set each target's region)")
+            for i, region in enumerate(self.locality.failover):
+                if region not in regions:
+                    error_at(errors, f"{path}.locality.failover", str(i), lines, line,
+                             f"no target is in region {region!r}")
         spoken = {p.name for p in map(protocol_of, (t.url for t in self.targets)) if p is not None}
         named = protocol_named(self.protocol)
         if named is not None and not named.schemes:

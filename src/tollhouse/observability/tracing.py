@@ -303,6 +303,8 @@ def client_span(attempt: AttemptFacts) -> tuple[str, dict, bool]:
         attributes["http.request.resend_count"] = number - 1
     if backend is not None:
         attributes["tollhouse.backend"] = backend
+    if target.region is not None:
+        attributes["tollhouse.upstream.region"] = target.region   # the region that served (locality)
     return method, attributes, failure is not None or status >= 500
 
 

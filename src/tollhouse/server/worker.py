@@ -226,6 +226,11 @@ class Worker(WorkerCore):
             for t in pool.targets:
                 gauges[("upstream_target_healthy", (("target", t.url), ("upstream", name)))] = \
                     1 if t.healthy and t.ejected_until <= CLOCK.now else 0
+            if pool.localities is not None:
+                # Where the traffic goes now: each region's share (upstream/locality.py).
+                pool.localities.current(pool.usable)
+                for region, share in pool.localities.by_region().items():
+                    gauges[("upstream_locality_share", (("region", region), ("upstream", name)))] = share
             counters[("upstream_retries", (("upstream", name),))] = pool.retry_count
             counters[("upstream_ejections", (("upstream", name),))] = pool.ejection_count
             # tollhouse_circuit_state: 0 closed, 1 open, 2 half-open; always closed without a breaker

@@ -34,6 +34,7 @@ cdef class TargetPool:
     cdef public double ejected_until
     cdef public bint healthy
     cdef public object codec   # an exchange.codec.UpstreamCodec (not cimported: codec.pxd cimports the request, which cimports this)
+    cdef public object region
 
     cpdef bint can_open(self)
     cpdef UpstreamConnection checkout(self)
@@ -46,7 +47,7 @@ cdef class TargetPool:
 
 
 cdef class UpstreamPool:
-    cdef public object name, settings, targets, balancer, single, breaker, outlier, retries, signature
+    cdef public object name, settings, targets, balancer, single, breaker, outlier, retries, signature, localities
     cdef public int active_requests, retries_in_flight, ejection_count, retry_count, _next
 
     cpdef request_started(self)

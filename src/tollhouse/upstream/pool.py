@@ -18,6 +18,7 @@ import httptools
 from ..clock import CLOCK
 from ..flow import CLIENT_FULL, FlowControl, Gathered
 from .balancer import make_balancer
+from .locality import Localities
 from .breaker import STATE_NAMES, CircuitBreaker
 
 log = logging.getLogger("tollhouse.upstream")
@@ -225,11 +226,12 @@ class TargetPool:
 
     __slots__ = ("url", "name", "weight", "host", "port", "host_header", "ssl", "settings", "loop", "idle", "open",
                  "in_flight", "waiters", "max_connections", "consecutive_failures", "ejected_until", "ejections",
-                 "healthy", "codec")
+                 "healthy", "codec", "region")
 
     def __init__(self, url: str, weight: int, settings, loop, codec=None):
         parts = urlsplit(url)
         self.url = url
+        self.region = None   # its region (the target's `region`; upstream locality)
         self.codec = codec   # how requests to it are framed: its protocol's (registry.UpstreamProtocol)
         self.name = url
         self.weight = weight
@@ -342,15 +344,23 @@ class UpstreamPool:
     """An upstream service: its targets and how requests are spread over them."""
 
     __slots__ = ("name", "settings", "targets", "balancer", "single", "breaker", "outlier", "retries",
-                 "active_requests", "retries_in_flight", "ejection_count", "retry_count", "_next", "signature")
+                 "active_requests", "retries_in_flight", "ejection_count", "retry_count", "_next", "signature",
+                 "localities")
 
     def __init__(self, name: str, settings, loop, codec=None, target_pool=None):
         self.name = name
         self.settings = settings
         make = target_pool or TargetPool   # the protocol's (registry.UpstreamProtocol.target_pool)
         self.targets = [make(t.url, t.weight, settings, loop, codec) for t in settings.targets]
+        for target, t in zip(self.targets, settings.targets):
+            target.region = getattr(t, "region", "") or None
         self.balancer = make_balancer(settings.balancer, self.targets, settings.hash_key)
         self.single = self.targets[0] if len(self.targets) == 1 else None
+        locality = getattr(settings, "locality", None)
+        # Locality-aware balancing (upstream/locality.py): priority levels by region.
+        self.localities = Localities(locality, self.targets, settings) if locality is not None else None
+        if self.localities is not None:
+            self.single = None
         self.breaker = CircuitBreaker(settings.circuit_breaker) if settings.circuit_breaker is not None else None
         self.outlier = settings.outlier
         self.retries = settings.retries
@@ -364,6 +374,8 @@ class UpstreamPool:
     def choose(self, exchange=None, tried=None) -> TargetPool:
         """The balancer's pick, or another usable target when that one is
         unhealthy, ejected or already tried (the pick itself if none is)."""
+        if self.localities is not None:
+            return self.localities.choose(self, exchange, tried)
         target = self.single or self.balancer.pick(exchange)
         if self.usable(target, tried):
             return target
