@@ -80,7 +80,8 @@ def test_traffic_spills_region_by_region_as_local_targets_fail_and_comes_back(ga
             victim.stop()
             killed.append(victim)
         want = expected(eu, us, ap)
-        wait_for(lambda: all(abs(shares_exported(g).get(r, 0) - v) < 1e-6 for r, v in want.items()), timeout=5)
+        wait_for(lambda want=want: all(abs(shares_exported(g).get(r, 0) - v) < 1e-6 for r, v in want.items()),
+                 timeout=5)
         got = send(g, fleet, 300)
         for region, share in want.items():
             assert abs(got[region] - share) < 0.1, (step, got, want)

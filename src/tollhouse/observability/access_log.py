@@ -79,8 +79,8 @@ def _context(route, target, consumer, labels) -> bytes:
     found = dict(zip(route.chain.outcome_names, labels)) if labels else {}
     return b'"route":%s,"upstream":%s,"region":%s,"consumer":%s%s' % (
         orjson.dumps(route.name if route is not None else ""), orjson.dumps(target.url if target is not None else None),
-        orjson.dumps(target.region if target is not None else None), orjson.dumps(consumer), b"".join(b',"%s":%s' % (name.encode(), orjson.dumps(found.get(name)))
-                                         for name in _outcome_names()))
+        orjson.dumps(target.region if target is not None else None), orjson.dumps(consumer),
+        b"".join(b',"%s":%s' % (name.encode(), orjson.dumps(found.get(name))) for name in _outcome_names()))
 
 
 _NAMES: list = []
