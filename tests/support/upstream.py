@@ -203,8 +203,10 @@ class _Conn(asyncio.Protocol):
 class Upstream:
     """Start with `Upstream().start()`; `.port`, `.url`, `.requests`; `.stop()`."""
 
-    def __init__(self, port: int = 0, ssl=None, fail_with: int | None = None, delay: float = 0.0):
+    def __init__(self, port: int = 0, ssl=None, fail_with: int | None = None, delay: float = 0.0,
+                 host: str = "127.0.0.1"):
         self.port = port
+        self.host = host             # another loopback address (127.0.0.2, ...) for several on one port
         self.ssl = ssl
         self.fail_with = fail_with   # answer every request with this status (a sick instance)
         self.delay = delay           # seconds before every answer (a slow instance)
@@ -223,12 +225,12 @@ class Upstream:
         return self
 
     async def _start(self):
-        self._server = await self.loop.create_server(lambda: _Conn(self), "127.0.0.1", self.port, ssl=self.ssl)
+        self._server = await self.loop.create_server(lambda: _Conn(self), self.host, self.port, ssl=self.ssl)
         self.port = self._server.sockets[0].getsockname()[1]
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.ssl else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl else 'http'}://{self.host}:{self.port}"
 
     def close_all(self):
         """Close every open connection (the gateway's pooled ones go stale)."""

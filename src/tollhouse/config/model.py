@@ -47,13 +47,23 @@ class Limits(Schema):
 
 
 class Target(Schema):
-    url = Field(Str(), doc="scheme://host:port, the scheme one an upstream protocol speaks: http, https "
-                           "(HTTP/1.1), grpc, grpcs (gRPC)")
+    url = Field(Str(), "", doc="scheme://host:port, the scheme one an upstream protocol speaks: http, https "
+                               "(HTTP/1.1), grpc, grpcs (gRPC)")
+    dns = Field(Str(pattern=r"[A-Za-z0-9_.-]+:\d+"), "", "instead of url, host:port: every address of its A/AAAA "
+                "records is a target, looked up again on their TTL (docs/upstreams.md)")
+    srv = Field(Str(pattern=r"_[A-Za-z0-9-]+\._(tcp|udp)\.[A-Za-z0-9_.-]+"), "", "instead of url, an SRV name: "
+                "its records' hosts and ports are the targets (the lowest priority's, by weight)")
+    scheme = Field(Str(choices=("http", "https")), "http", "dns/srv: the scheme of the targets found")
     weight = Field(Int(min=1, max=1000), 1, "share of requests relative to the other targets")
     region = Field(Str(pattern=r"[A-Za-z0-9_.-]*"), "", "where it runs (upstream `locality`; docs/regions.md)")
     zone = Field(Str(pattern=r"[A-Za-z0-9_.-]*"), "", "its zone within the region (reported only)")
 
     def check(self, path, lines, line, errors):
+        if sum(map(bool, (self.url, self.dns, self.srv))) != 1:
+            error_at(errors, path, "url", lines, line, "give exactly one of url, dns, srv")
+            return
+        if not self.url:
+            return
         parts = urlsplit(self.url)
         schemes = [s for p in installed().protocols for s in p.schemes]
         if parts.scheme not in schemes or not parts.hostname:
@@ -138,12 +148,17 @@ class _UpstreamCore(Schema):
     circuit_breaker = Field(CircuitBreakerSettings, None, "open the circuit to a failing upstream (per gateway process)")
     locality = Field(Locality, None, "{local, failover, overprovisioning}: prefer the local region's targets, "
                      "spill to the next regions as they fail; see docs/regions.md")
+    dns_refresh = Field(Duration(min=1.0), 30.0, "dns/srv targets: looked up again on the records' TTL, at least "
+                        "this often")
+    dns_resolver = Field(Str(pattern=r"[0-9a-fA-F.:\[\]]+:\d+"), "", "dns/srv targets: the DNS server as ip:port "
+                         "(default: the system's, /etc/resolv.conf)")
 
     def __init__(self, **values):
         super().__init__(**values)
         if not self.protocol:
             # Unnamed: the protocol its targets' scheme says (http:// and https:// are HTTP/1.1).
-            spoken = protocol_of(self.targets[0].url) if self.targets else None
+            first = self.targets[0] if self.targets else None
+            spoken = protocol_of(first.url or f"{first.scheme}://dns") if first is not None else None
             object.__setattr__(self, "protocol", spoken.name if spoken is not None else "")
 
     def check(self, path, lines, line, errors):

@@ -342,6 +342,9 @@ def choose_target(pool, exchange):
     if breaker is not None and not breaker.allow():
         return Reply.problem(503, "Service Unavailable", f"the circuit to {pool.name} is open",
                              headers=[("retry-after", str(breaker.retry_after()))])
+    if not pool.targets:   # targets from DNS, none found yet
+        return Reply.problem(503, "Service Unavailable", f"{pool.name} has no targets yet",
+                             headers=[("retry-after", "1")])
     target = pool.choose(exchange)
     if not target.healthy and not any_healthy(pool.targets):
         return Reply.problem(503, "Service Unavailable", f"no healthy target in {pool.name}",

@@ -231,6 +231,8 @@ class Worker(WorkerCore):
                 pool.localities.current(pool.usable)
                 for region, share in pool.localities.by_region().items():
                     gauges[("upstream_locality_share", (("region", region), ("upstream", name)))] = share
+            if pool.dns is not None:
+                counters[("dns_failures", (("upstream", name),))] = pool.dns.failures
             counters[("upstream_retries", (("upstream", name),))] = pool.retry_count
             counters[("upstream_ejections", (("upstream", name),))] = pool.ejection_count
             # tollhouse_circuit_state: 0 closed, 1 open, 2 half-open; always closed without a breaker

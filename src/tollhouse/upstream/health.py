@@ -147,6 +147,8 @@ class HealthChecker:
         loop = asyncio.get_running_loop()
         for name, up in self.plans:
             for target in up.targets:
+                if not target.url:
+                    continue   # found by DNS: passive checks (outlier ejection) only
                 self.health[(name, target.url)] = True
                 self.tasks.append(loop.create_task(self._watch(name, up, target.url)))
 

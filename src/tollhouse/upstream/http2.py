@@ -547,7 +547,7 @@ def _check(name: str, schemes: tuple):
                                                               "(install libnghttp2-dev and rebuild)")
             return
         for i, target in enumerate(upstream.targets):
-            if target.url.split("://", 1)[0] not in schemes:
+            if target.url and target.url.split("://", 1)[0] not in schemes:
                 error_at(errors, f"{path}.targets[{i}]", "url", lines, line,
                          f"{name} targets are {' or '.join(s + '://' for s in schemes)} URLs: {target.url!r}")
     return check

@@ -18,6 +18,7 @@ import httptools
 from ..clock import CLOCK
 from ..flow import CLIENT_FULL, FlowControl, Gathered
 from .balancer import make_balancer
+from .discovery import DnsTargets
 from .locality import Localities
 from .breaker import STATE_NAMES, CircuitBreaker
 
@@ -345,14 +346,15 @@ class UpstreamPool:
 
     __slots__ = ("name", "settings", "targets", "balancer", "single", "breaker", "outlier", "retries",
                  "active_requests", "retries_in_flight", "ejection_count", "retry_count", "_next", "signature",
-                 "localities")
+                 "localities", "dns")
 
     def __init__(self, name: str, settings, loop, codec=None, target_pool=None):
         self.name = name
         self.settings = settings
         make = target_pool or TargetPool   # the protocol's (registry.UpstreamProtocol.target_pool)
-        self.targets = [make(t.url, t.weight, settings, loop, codec) for t in settings.targets]
-        for target, t in zip(self.targets, settings.targets):
+        given = [t for t in settings.targets if t.url]   # the rest come from DNS (upstream/discovery.py)
+        self.targets = [make(t.url, t.weight, settings, loop, codec) for t in given]
+        for target, t in zip(self.targets, given):
             target.region = getattr(t, "region", "") or None
         self.balancer = make_balancer(settings.balancer, self.targets, settings.hash_key)
         self.single = self.targets[0] if len(self.targets) == 1 else None
@@ -361,6 +363,7 @@ class UpstreamPool:
         self.localities = Localities(locality, self.targets, settings) if locality is not None else None
         if self.localities is not None:
             self.single = None
+        self.dns = DnsTargets(self, settings, loop, make, codec) if len(given) < len(settings.targets) else None
         self.breaker = CircuitBreaker(settings.circuit_breaker) if settings.circuit_breaker is not None else None
         self.outlier = settings.outlier
         self.retries = settings.retries
@@ -445,6 +448,8 @@ class UpstreamPool:
             t.reap(now)
 
     def close(self):
+        if self.dns is not None:
+            self.dns.close()
         for t in self.targets:
             t.close()
 
