@@ -129,6 +129,24 @@ class Locality(Schema):
                              "share x this is 100% or more (Envoy's overprovisioning factor)")
 
 
+class AdaptiveSettings(Schema):
+    initial_limit = Field(Int(min=1), 20, "requests in flight allowed before anything is learnt")
+    min_limit = Field(Int(min=1), 3, "the limit never goes below this (and holds it while the minimum latency is "
+                      "measured)")
+    max_limit = Field(Int(min=1), 1000, "... nor above this")
+    queue = Field(Int(min=0), 100, "requests that may wait for a slot; beyond, the lowest tier's are shed")
+    queue_timeout = Field(Duration(min=0.0), 0.05, "longest wait for a slot, then 503 with Retry-After (shed)")
+    window = Field(Duration(min=0.01), 0.1, "how often the limit is recomputed from the latencies seen")
+    probe_interval = Field(Duration(min=0.1), 30.0, "how often the upstream's unqueued latency is measured again "
+                           "(the limit pinned at min_limit for 20 requests)")
+    tiers = Field(ListOf(Str()), (), "tiers by priority, highest first: shed last, served first from the queue "
+                  "(others and anonymous callers: lowest)")
+
+    def check(self, path, lines, line, errors):
+        if self.min_limit > self.max_limit:
+            error_at(errors, path, "min_limit", lines, line, "is above max_limit")
+
+
 class _UpstreamCore(Schema):
     targets = Field(ListOf(OneOf((_is_str, _target_from_str(Target)), (_is_map, Target))),
                     doc="the instances: URLs or {url, weight}")
@@ -148,6 +166,10 @@ class _UpstreamCore(Schema):
     circuit_breaker = Field(CircuitBreakerSettings, None, "open the circuit to a failing upstream (per gateway process)")
     locality = Field(Locality, None, "{local, failover, overprovisioning}: prefer the local region's targets, "
                      "spill to the next regions as they fail; see docs/regions.md")
+    concurrency = Field(Str(choices=("", "adaptive")), "", "adaptive: learn how many requests in flight the "
+                        "upstream serves without queueing, and shed beyond (docs/upstreams.md)")
+    adaptive = Field(AdaptiveSettings, AdaptiveSettings(), "{initial_limit, min_limit, max_limit, queue, queue_timeout, "
+                     "window, tiers}: with concurrency: adaptive")
     dns_refresh = Field(Duration(min=1.0), 30.0, "dns/srv targets: looked up again on the records' TTL, at least "
                         "this often")
     dns_resolver = Field(Str(pattern=r"[0-9a-fA-F.:\[\]]+:\d+"), "", "dns/srv targets: the DNS server as ip:port "

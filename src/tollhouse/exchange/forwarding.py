@@ -29,6 +29,13 @@ class Forwarding(Relay):
         if self.finished or self.response != WAITING:
             return   # over, or answered by a policy itself (a connection taken over after an upgrade)
         pool = self.pool = self.route.choose_pool(self)
+        limiter = pool.concurrency
+        if limiter is not None and self.admitted == 0.0:
+            verdict = limiter.admit(self)   # now, later (proxy() is called again), or shed
+            if verdict is not True:
+                if verdict is not False:
+                    self.answer(verdict)
+                return
         target = pool.single
         if target is None or not target.healthy or target.ejected_until > CLOCK.now or pool.breaker is not None:
             chosen = choose_target(pool, self)
@@ -331,6 +338,8 @@ class Forwarding(Relay):
         if self.attempt:
             pool = self.pool
             pool.request_ended(self.tried is not None)   # the retry budget's accounting
+        if self.admitted != 0.0:
+            self.pool.concurrency.release(self)   # its slot, and its latency as a sample
         Relay.finish(self)
 
 

@@ -24,7 +24,7 @@ cdef class Request(ResponseSink):
     cdef public int host_count, mode, attempt, status, response, grpc_status
     cdef public long long body_buffered, body_received, bytes_sent, body_limit
     cdef public double started, upstream_started, upstream_clock, deadline, first_started, body_progress, ended
-    cdef public double upstream_time, time_limit
+    cdef public double upstream_time, time_limit, admitted
 
     cpdef noted_value(self, int index)
     cpdef bint noted_any(self, tuple indexes)

@@ -53,7 +53,7 @@ class Request(ResponseSink):
                  "sent_body", "upstream_keepalive", "upstream_delimited", "_client_ip", "slots", "local", "attempt",
                  "first_started", "tried", "body_limit", "body_waiter", "body_progress", "ended", "upstream_time",
                  "duplicate", "tracer", "outcomes", "observers", "body_readers", "body_filters", "noted", "identity",
-                 "trailers", "request_trailers", "grpc_status", "time_limit")
+                 "trailers", "request_trailers", "grpc_status", "time_limit", "admitted")
 
     def __init__(self, conn, state):
         self.conn = conn
@@ -115,6 +115,7 @@ class Request(ResponseSink):
         self.request_trailers = None   # an HTTP/2 client's trailer lines, sent upstream after the body
         self.grpc_status = -1      # a gRPC call's status (its trailers' grpc-status, or the refusal's), -1 if none
         self.time_limit = 0.0      # the client's own deadline in seconds (grpc-timeout), when shorter than the route's
+        self.admitted = 0.0        # when an adaptive concurrency limit let it through (upstream/concurrency.py)
         self.deadline = 0.0
         self.status = 0
         self.response_headers = None

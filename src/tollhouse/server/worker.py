@@ -233,6 +233,10 @@ class Worker(WorkerCore):
                     gauges[("upstream_locality_share", (("region", region), ("upstream", name)))] = share
             if pool.dns is not None:
                 counters[("dns_failures", (("upstream", name),))] = pool.dns.failures
+            if pool.concurrency is not None:
+                gauges[("upstream_concurrency_limit", (("upstream", name),))] = int(pool.concurrency.limit)
+                for tier, shed in pool.concurrency.shed.items():
+                    counters[("upstream_shed", (("tier", tier), ("upstream", name)))] = shed
             counters[("upstream_retries", (("upstream", name),))] = pool.retry_count
             counters[("upstream_ejections", (("upstream", name),))] = pool.ejection_count
             # tollhouse_circuit_state: 0 closed, 1 open, 2 half-open; always closed without a breaker

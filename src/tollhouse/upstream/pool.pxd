@@ -47,7 +47,7 @@ cdef class TargetPool:
 
 
 cdef class UpstreamPool:
-    cdef public object name, settings, targets, balancer, single, breaker, outlier, retries, signature, localities, dns
+    cdef public object name, settings, targets, balancer, single, breaker, outlier, retries, signature, localities, dns, concurrency
     cdef public int active_requests, retries_in_flight, ejection_count, retry_count, _next
 
     cpdef request_started(self)

@@ -18,6 +18,7 @@ import httptools
 from ..clock import CLOCK
 from ..flow import CLIENT_FULL, FlowControl, Gathered
 from .balancer import make_balancer
+from .concurrency import AdaptiveConcurrency
 from .discovery import DnsTargets
 from .locality import Localities
 from .breaker import STATE_NAMES, CircuitBreaker
@@ -346,7 +347,7 @@ class UpstreamPool:
 
     __slots__ = ("name", "settings", "targets", "balancer", "single", "breaker", "outlier", "retries",
                  "active_requests", "retries_in_flight", "ejection_count", "retry_count", "_next", "signature",
-                 "localities", "dns")
+                 "localities", "dns", "concurrency")
 
     def __init__(self, name: str, settings, loop, codec=None, target_pool=None):
         self.name = name
@@ -364,6 +365,8 @@ class UpstreamPool:
         if self.localities is not None:
             self.single = None
         self.dns = DnsTargets(self, settings, loop, make, codec) if len(given) < len(settings.targets) else None
+        self.concurrency = AdaptiveConcurrency(name, settings.adaptive, loop) \
+            if getattr(settings, "concurrency", "") == "adaptive" else None
         self.breaker = CircuitBreaker(settings.circuit_breaker) if settings.circuit_breaker is not None else None
         self.outlier = settings.outlier
         self.retries = settings.retries
