@@ -152,17 +152,19 @@ def test_a_warning_unresolved_for_30_minutes_escalates(rules):
                               "exp_alerts": [escalated]}]}])
 
 
-def _weekly(days: int, start: int = 0, drop_from: int | None = None, spike_at: int | None = None) -> str:
-    """A route's request rate every 5 minutes for `days`: 100/s with a daily swing of 20 and a little
-    deterministic noise; optionally dropping to 10 from sample `drop_from` on, or one sample at 400."""
+def _weekly(days: int, start: int = 0, drop_from: int | None = None, spike_at: int | None = None,
+            departure: float = 10, scale: float = 1.0) -> str:
+    """A signal every 5 minutes for `days`: 100 with a daily swing of 20 and a little deterministic
+    noise (times `scale`); optionally at `departure` from sample `drop_from` on, or one sample at 400."""
     values = []
     for i in range(start, days * 288):
         v = 100 + 20 * math.sin(2 * math.pi * i / 288) + 2 * math.sin(i * 7.3)
         if drop_from is not None and i >= drop_from:
-            v = 10
+            v = departure
+        v *= scale
         if spike_at is not None and i == spike_at:
-            v = 400
-        values.append(f"{v:.3f}")
+            v = 400 * scale
+        values.append(f"{v:.6f}")
     return " ".join(values)
 
 
@@ -184,6 +186,12 @@ def test_anomaly_alerts_fire_on_a_departure_either_way_and_not_otherwise(rules):
             {"series": rate, "values": " ".join(["_"] * ((days - 2) * 288)) + " " +
              _weekly(days, start=(days - 2) * 288, drop_from=end - 6)}],
          "alert_rule_test": [{"eval_time": at, "alertname": "TollhouseAnomaly", "exp_alerts": []}]},
+        {"interval": "5m", "input_series": [  # the error ratio surges: the same rules for every signal
+            {"series": 'tollhouse:route_error_ratio:5m{route="shop"}',
+             "values": _weekly(days, drop_from=end - 6, departure=300, scale=0.0001)}],
+         "alert_rule_test": [{"eval_time": at, "alertname": "TollhouseAnomaly", "exp_alerts": [
+             {"exp_labels": {"route": "shop", "signal": "error_ratio", "severity": "warning"},
+              "exp_annotations": {"summary": "Route shop: error_ratio left its weekly baseline (|z| > 3 for 600s)"}}]}]},
     ], interval="5m")
 
 
@@ -283,3 +291,61 @@ def test_end_to_end_a_bad_upstream_reaches_the_on_call_webhook(gateway_factory, 
     finally:
         hook.server.shutdown()
         failing.stop()
+
+
+SHIPPED = os.path.join(ROOT, "deploy", "prometheus", "tollhouse-alerts.yml")
+
+# Every shipped threshold alert: (series that trigger it, series that do not, the alert expected).
+_SHIPPED_CASES = {
+    "TollhouseHighErrorRatio": (
+        [('tollhouse_requests_total{route="a",method="GET",status="200"}', "0+900x30"),
+         ('tollhouse_requests_total{route="a",method="GET",status="500"}', "0+100x30")],
+        [('tollhouse_requests_total{route="a",method="GET",status="200"}', "0+990x30"),
+         ('tollhouse_requests_total{route="a",method="GET",status="500"}', "0+10x30")],
+        {"route": "a", "severity": "critical"}, "Route a: 10% of requests answered 5xx"),
+    "TollhouseHighLatencyP99": (
+        [('tollhouse_request_duration_seconds_bucket{route="a",le="1"}', "0+0x30"),
+         ('tollhouse_request_duration_seconds_bucket{route="a",le="2.5"}', "0+100x30"),
+         ('tollhouse_request_duration_seconds_bucket{route="a",le="+Inf"}', "0+100x30")],
+        [('tollhouse_request_duration_seconds_bucket{route="a",le="0.1"}', "0+100x30"),
+         ('tollhouse_request_duration_seconds_bucket{route="a",le="+Inf"}', "0+100x30")],
+        {"route": "a", "severity": "warning"}, "Route a: p99 latency 2.485s"),
+    "TollhouseRateLimitRejectionsSurge": (
+        [('tollhouse_ratelimit_rejections_total{route="a"}', "0+1200x30")],
+        [('tollhouse_ratelimit_rejections_total{route="a"}', "0+60x30")],
+        {"route": "a", "severity": "warning"}, "Route a: 20 rate-limit rejections per second"),
+    "TollhouseCircuitOpen": (
+        [('tollhouse_circuit_state{upstream="u"}', "1x30")], [('tollhouse_circuit_state{upstream="u"}', "2x30")],
+        {"upstream": "u", "severity": "critical"}, "The circuit to upstream u is open"),
+    "TollhouseUnhealthyTargets": (
+        [('tollhouse_upstream_target_healthy{upstream="u",target="http://t:1"}', "0x30")],
+        [('tollhouse_upstream_target_healthy{upstream="u",target="http://t:1"}', "1x30")],
+        {"upstream": "u", "target": "http://t:1", "severity": "warning"}, "Target http://t:1 of u is unhealthy or ejected"),
+    "TollhouseStoreFailures": (
+        [('tollhouse_store_errors_total{store="redis"}', "0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 3 3 3 3 3 3 3 3 3 3 3 3 3 3 3 3")],
+        [('tollhouse_store_errors_total{store="redis"}', "7x30")],
+        {"store": "redis", "severity": "critical"}, "The redis store failed 3 times in 5 minutes"),
+    "TollhouseStoreFallback": (
+        [('tollhouse_ratelimit_fallback{mode="local"}', "1x30")], [('tollhouse_ratelimit_fallback{mode="local"}', "0x30")],
+        {"mode": "local", "severity": "warning"}, "Rate limiting runs on store_failure=local: the store is unreachable"),
+    "TollhouseRegionSyncLag": (
+        [('tollhouse_region_sync_lag_seconds{peer="us"}', "5x30")], [('tollhouse_region_sync_lag_seconds{peer="us"}', "1x30")],
+        {"peer": "us", "severity": "warning"}, "Global limits: this region's view of us is 5s old"),
+    "TollhouseRegionPeerDown": (
+        [('tollhouse_region_peer_up{peer="us"}', "0x30")], [('tollhouse_region_peer_up{peer="us"}', "1x30")],
+        {"peer": "us", "severity": "critical"}, "Global limits: region us is partitioned (on_partition applies)"),
+}
+
+
+def test_every_shipped_threshold_alert_fires_when_it_should_and_only_then(tmp_path):
+    shutil.copy(SHIPPED, tmp_path / "tollhouse-alerts.yml")
+    names = [r["alert"] for r in yaml.safe_load(open(SHIPPED))["groups"][0]["rules"]]
+    assert sorted(names) == sorted(_SHIPPED_CASES)   # a new shipped alert needs its case here
+    tests = []
+    for name, (firing, quiet, labels, summary) in _SHIPPED_CASES.items():
+        expected = {"exp_labels": labels, "exp_annotations": {"summary": summary}}
+        tests.append({"interval": "1m", "input_series": [{"series": s, "values": v} for s, v in firing],
+                      "alert_rule_test": [{"eval_time": "17m", "alertname": name, "exp_alerts": [expected]}]})
+        tests.append({"interval": "1m", "input_series": [{"series": s, "values": v} for s, v in quiet],
+                      "alert_rule_test": [{"eval_time": "17m", "alertname": name, "exp_alerts": []}]})
+    promtool_test(tmp_path, ["tollhouse-alerts.yml"], tests)

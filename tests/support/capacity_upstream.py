@@ -39,11 +39,26 @@ class CapacityUpstream:
             def connection_made(self, transport):
                 self.transport = transport
                 self.parser = httptools.HttpRequestParser(self)
+                self.url = b""
+
+            def on_url(self, url):
+                self.url += url
 
             def data_received(self, data):
                 self.parser.feed_data(data)
 
             def on_message_complete(self):
+                url, self.url = self.url, b""
+                if url.startswith(b"/_control?"):
+                    # /_control?service=0.02&capacity=8: change it while it runs (another process's benchmark).
+                    for pair in url.split(b"?", 1)[1].split(b"&"):
+                        key, _, value = pair.partition(b"=")
+                        if key == b"service":
+                            upstream.service = float(value)
+                        elif key == b"capacity":
+                            upstream.capacity = int(value)
+                    self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                    return
                 upstream.loop.create_task(upstream.answer(self.transport))
 
         self.server = await self.loop.create_server(Conn, "127.0.0.1", self.port, backlog=1024)

@@ -1,0 +1,168 @@
+"""Overload benchmark (docs/upstreams.md, "Adaptive concurrency"; docs/benchmarks.md): an
+upstream that serves at most CAPACITY requests at once (SERVICE seconds each; more queue
+inside it: tests/support/capacity_upstream.py), offered three times that through
+Tollhouse, without and with `concurrency: adaptive`, alternating rounds, the gateway on the
+proxy core, the upstream and wrk on the load core.
+
+Reported: goodput (2xx per second) against the upstream's capacity, and the p99 of the
+admitted requests against the upstream's own unloaded p99. Then one adaptive run in which
+the upstream gets slower, then faster: the learnt limit, read every 250 ms, is plotted
+into docs/img/adaptive-limit.png (matplotlib).
+"""
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import run as bench  # noqa: E402
+
+CAPACITY = 8
+SERVICE = 0.01
+PLOT = os.path.join(ROOT, "docs", "img", "adaptive-limit.png")
+
+
+def start_upstream(port: int) -> subprocess.Popen:
+    code = (f"import sys, time; sys.path.insert(0, {ROOT!r}); from tests.support.capacity_upstream import "
+            f"CapacityUpstream; u = CapacityUpstream({CAPACITY}, {SERVICE}); u.port = {port}; u.start(); "
+            "time.sleep(10**6)")
+    proc = subprocess.Popen(["taskset", "-c", bench.LOAD_CPUS, sys.executable, "-c", code],
+                            preexec_fn=bench._die_with_parent)
+    bench.wait_port(port)
+    return proc
+
+
+def control(port: int, **values) -> None:
+    query = "&".join(f"{k}={v}" for k, v in values.items())
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/_control?{query}", timeout=5).read()
+
+
+def limit_now(admin_port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read().decode()
+    found = re.search(r'tollhouse_upstream_concurrency_limit\{upstream="adaptive"\} ([\d.e+-]+)', text)
+    return float(found.group(1)) if found else float("nan")
+
+
+def good_rps(result: dict, seconds: int) -> float:
+    return result["rps"] - result["non2xx"] / seconds
+
+
+def run(workdir: str) -> dict:
+    port = bench.free_port()
+    upstream = start_upstream(port)
+    th = None
+    try:
+        th = bench.Tollhouse(workdir, port, bench.PROXY_CPUS, upstreams_extra=f"""  adaptive:
+    targets: ["http://127.0.0.1:{port}"]
+    concurrency: adaptive
+    adaptive: {{queue_timeout: 20ms, window: 100ms, probe_interval: 5s}}
+""", route_extra="""  - name: adaptive
+    match: {prefix: /adaptive}
+    upstream: adaptive
+    strip_prefix: true
+""")
+        offered = 3 * CAPACITY
+        unloaded = bench.wrk(port, "/", 1, 2)   # the upstream alone, one request at a time
+        rows = {"plain": [], "adaptive": []}
+        for rnd in range(bench.ROUNDS):
+            rows["plain"].append(bench.wrk(th.port, "/", offered, bench.DURATION))
+            rows["adaptive"].append(bench.wrk(th.port, "/adaptive/", offered, bench.DURATION))
+            print(f"  round {rnd + 1}/{bench.ROUNDS}: goodput plain {good_rps(rows['plain'][-1], bench.DURATION):.0f}, "
+                  f"adaptive {good_rps(rows['adaptive'][-1], bench.DURATION):.0f} /s; p99 plain "
+                  f"{rows['plain'][-1]['p99']:.1f} ms, adaptive {rows['adaptive'][-1]['p99']:.1f} ms", flush=True)
+        trace = follow(th, port, offered)
+    finally:
+        if th is not None:
+            th.stop()
+        upstream.terminate()
+        upstream.wait()
+    capacity = CAPACITY / SERVICE
+    out = {"capacity": capacity, "unloaded_p99": unloaded["p99"], "trace": trace}
+    for name, results in rows.items():
+        out[name] = {"goodput": statistics.median(good_rps(r, bench.DURATION) for r in results),
+                     "p99": statistics.median(r["p99"] for r in results),
+                     "shed": statistics.median(r["non2xx"] for r in results)}
+    return out
+
+
+def follow(th, port: int, offered: int) -> list:
+    """One adaptive run of 15 s: the upstream slows to 2x SERVICE at 5 s, speeds to 0.5x at 10 s,
+    while the limit is read every 250 ms. [(seconds, limit, phase)]."""
+    trace, stop = [], threading.Event()
+    load = threading.Thread(target=lambda: bench.wrk(th.port, "/adaptive/", offered, 15))
+    started = time.monotonic()
+    load.start()
+
+    def sample():
+        while not stop.is_set():
+            trace.append((time.monotonic() - started, limit_now(th.admin_port)))
+            time.sleep(0.25)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    time.sleep(5)
+    control(port, service=SERVICE * 2)
+    time.sleep(5)
+    control(port, service=SERVICE / 2)
+    load.join()
+    stop.set()
+    sampler.join()
+    control(port, service=SERVICE)
+    return trace
+
+
+def plot(trace: list, path: str = PLOT) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
+    ax.plot([t for t, _ in trace], [v for _, v in trace], color="#1f77b4", label="learnt limit")
+    ax.axhline(CAPACITY, color="#888", linestyle="--", label=f"upstream capacity ({CAPACITY} at once)")
+    for at, text in ((5, f"service {SERVICE * 2000:g} ms"), (10, f"service {SERVICE * 500:g} ms")):
+        ax.axvline(at, color="#d62728", linewidth=0.8)
+        ax.text(at + 0.1, ax.get_ylim()[1] * 0.9, text, color="#d62728", fontsize=8)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("requests in flight")
+    ax.set_title(f"Adaptive concurrency: offered {3 * CAPACITY} at once, upstream serves {CAPACITY}", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def render(r: dict) -> list[str]:
+    p, a = r["plain"], r["adaptive"]
+    return ["", f"Overload: an upstream serving {CAPACITY} requests at once ({SERVICE * 1000:g} ms each, capacity "
+            f"{r['capacity']:.0f}/s, unloaded p99 {r['unloaded_p99']:.1f} ms), offered {3 * CAPACITY} at once:", "",
+            "| | goodput /s | of capacity (aim ≥ 90 %) | p99 of admitted ms | vs unloaded p99 (aim ≤ 2×) | shed per run |",
+            "|---|---|---|---|---|---|",
+            f"| without adaptive | {p['goodput']:.0f} | {p['goodput'] / r['capacity']:.0%} | {p['p99']:.1f} | "
+            f"{p['p99'] / r['unloaded_p99']:.1f}× | {p['shed']:.0f} |",
+            f"| concurrency: adaptive | {a['goodput']:.0f} | {a['goodput'] / r['capacity']:.0%} | {a['p99']:.1f} | "
+            f"{a['p99'] / r['unloaded_p99']:.1f}× | {a['shed']:.0f} |",
+            "", "The learnt limit while the upstream slows down and speeds up: docs/img/adaptive-limit.png."]
+
+
+def main() -> int:
+    workdir = tempfile.mkdtemp(prefix="tollhouse-bench-overload-")
+    result = run(workdir)
+    plot(result["trace"])
+    print("\n".join(render(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
