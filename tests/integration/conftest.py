@@ -11,6 +11,16 @@ def upstream():
     u.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_redis():
+    """A real redis-server shared by a module's tests (the root `redis` is one per test)."""
+    from tests.support.processes import RedisServer
+
+    r = RedisServer().start()
+    yield r
+    r.cleanup()
+
+
 @pytest.fixture
 def gateway_factory():
     started = []

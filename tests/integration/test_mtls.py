@@ -15,7 +15,6 @@ import pytest
 
 from tests.support.certs import Authority
 from tests.support.processes import wait_for
-from tests.support.upstream import Upstream
 
 CONFIG = """
 tls: {{cert: {d}/server.pem, key: {d}/server.key, client_ca: {d}/trusted.pem}}
@@ -39,13 +38,6 @@ routes:
   - {{name: print, match: {{prefix: /print}}, upstream: app, auth: {{providers: [by_print]}}}}
   - {{name: open, match: {{prefix: /open}}, upstream: app}}
 """
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    u = Upstream().start()
-    yield u
-    u.stop()
 
 
 @pytest.fixture(scope="module")

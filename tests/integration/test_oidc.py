@@ -12,8 +12,7 @@ import urllib.parse
 import pytest
 
 from tests.support.openid import Browser, OpenIdProvider, available, location, set_cookies
-from tests.support.processes import RedisServer, free_port, wait_for
-from tests.support.upstream import Upstream
+from tests.support.processes import free_port, wait_for
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs node and oidc-provider (make test installs it)")
 
@@ -45,26 +44,12 @@ routes:
 
 
 @pytest.fixture(scope="module")
-def upstream():
-    u = Upstream().start()
-    yield u
-    u.stop()
-
-
-@pytest.fixture(scope="module")
-def redis():
-    r = RedisServer().start()
-    yield r
-    r.cleanup()
-
-
-@pytest.fixture(scope="module")
-def setup(upstream, redis):
+def setup(upstream, shared_redis):
     """The provider, two instances (a, b) on one Redis and a third (idle) whose sessions idle out in 2s."""
     from tests.support.processes import Gateway
 
     provider = OpenIdProvider(free_port())
-    gateways = [Gateway(CONFIG.format(store=redis.url, issuer=provider.issuer, idle=idle, upstream=upstream.url))
+    gateways = [Gateway(CONFIG.format(store=shared_redis.url, issuer=provider.issuer, idle=idle, upstream=upstream.url))
                 for idle in ("30m", "30m", "2s")]
     origins = [f"http://127.0.0.1:{g.port}" for g in gateways]
     provider.start([o + "/auth/callback" for o in origins], [o + "/" for o in origins], access_ttl=ACCESS_TTL)

@@ -10,8 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.support.processes import RedisServer, wait_for
-from tests.support.upstream import Upstream
+from tests.support.processes import wait_for
 
 TOKEN = "admin-secret"
 
@@ -62,27 +61,13 @@ def call(g, key, path="/api/x"):
         return e.code, dict(e.headers)
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    u = Upstream().start()
-    yield u
-    u.stop()
-
-
-@pytest.fixture(scope="module")
-def redis():
-    r = RedisServer().start()
-    yield r
-    r.cleanup()
-
-
 @pytest.fixture
-def fleet(gateway_factory, upstream, redis):
+def fleet(gateway_factory, upstream, shared_redis):
     """Two instances (one of them with two workers) on one Redis, a clean keyspace each test."""
     import subprocess
 
-    subprocess.run(["redis-cli", "-p", str(redis.port), "FLUSHALL"], check=True, capture_output=True)
-    config = CONFIG.format(store=redis.url, token=TOKEN, upstream=upstream.url)
+    subprocess.run(["redis-cli", "-p", str(shared_redis.port), "FLUSHALL"], check=True, capture_output=True)
+    config = CONFIG.format(store=shared_redis.url, token=TOKEN, upstream=upstream.url)
     return gateway_factory(config), gateway_factory(config, workers=2)
 
 

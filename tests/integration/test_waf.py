@@ -13,7 +13,6 @@ import pytest
 
 from tests.support.client import request
 from tests.support.processes import wait_for
-from tests.support.upstream import Upstream
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/usr/share/modsecurity-crs/rules"),
                                 reason="needs modsecurity-crs (make test installs it)")
@@ -35,13 +34,6 @@ routes:
 
 # A browser-like request: the CRS scores a request without User-Agent or Accept (920310, 920320).
 BROWSER = "Host: shop.example\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nAccept: */*\r\n"
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    u = Upstream().start()
-    yield u
-    u.stop()
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,22 @@ type User @key(fields: "id") { id: ID! name: String username: String birthDate: 
 """
 
 
-class Shop:
+class _Subgraphs:
+    """Several subgraphs started and stopped together (`.all`: name -> Subgraph)."""
+
+    all: dict
+
+    def start(self):
+        for s in self.all.values():
+            s.start()
+        return self
+
+    def stop(self) -> None:
+        for s in self.all.values():
+            s.stop()
+
+
+class Shop(_Subgraphs):
     def __init__(self):
         self.data = copy.deepcopy(DATA)
         d = self.data
@@ -122,15 +137,6 @@ class Shop:
         self.all = {"accounts": self.accounts, "products": self.products, "inventory": self.inventory,
                     "reviews": self.reviews}
 
-    def start(self) -> "Shop":
-        for s in self.all.values():
-            s.start()
-        return self
-
-    def stop(self) -> None:
-        for s in self.all.values():
-            s.stop()
-
     def reset(self) -> None:
         self.data.clear()
         self.data.update(copy.deepcopy(DATA))
@@ -189,7 +195,7 @@ type Node @key(fields: "id") @interfaceObject { id: ID! likes: Int }
 """
 
 
-class Library:
+class Library(_Subgraphs):
     def __init__(self):
         d = LIBRARY
 
@@ -225,15 +231,6 @@ class Library:
         self.social = Subgraph("social", SOCIAL_SDL, references={
             "Node": lambda rep: {"id": rep["id"], "likes": d["likes"].get(rep["id"])}}, entities=("Node",))
         self.all = {"catalog": self.catalog, "pricing": self.pricing, "stock": self.stock, "social": self.social}
-
-    def start(self) -> "Library":
-        for s in self.all.values():
-            s.start()
-        return self
-
-    def stop(self) -> None:
-        for s in self.all.values():
-            s.stop()
 
     def supergraph(self) -> str:
         return supergraph_text("library.graphql", {n: s.url for n, s in self.all.items()})

@@ -83,6 +83,7 @@ class _SelfProviderConfig:
 
 
 _CHALLENGE = 'Bearer realm="tollhouse"'
+_NEXT = object()   # no API-key provider decided: the next kind of provider is tried
 #: Failure reasons exported at 0 for every authenticated route (the rarer ones appear when they happen).
 DECLARED_FAILURES = ("missing", "malformed", "expired", "bad_signature", "invalid_key", "insufficient_scope")
 ADMITTED_MAX = 4096
@@ -153,19 +154,10 @@ class AuthPolicy(AdmittedTokens):
                 if isinstance(result, Identity):
                     return self._admit(exchange, result)
                 return self._await(exchange, result, self.bearer.index(provider), token, key)
-        for index, provider in enumerate(self.api_keys):
-            try:
-                presented = self._api_key(exchange, provider)
-                if presented is None:
-                    continue
-                result = provider.verify(presented)
-                if result.__class__ is not Identity:
-                    return self._await_key(exchange, result, index, failure)
-                return self._admit(exchange, result)
-            except AuthFailure as e:
-                if e.reason == "duplicate_credential" or e.reason == "store_unavailable":
-                    return self._deny(e)
-                failure = failure or e
+        if self.api_keys:
+            result, failure = self._keys(exchange, 0, failure)
+            if result is not _NEXT:
+                return result
         if self.certificates:
             certificate = client_certificate(exchange.conn)
             if certificate is not None:
@@ -244,6 +236,25 @@ class AuthPolicy(AdmittedTokens):
                 continue
         return self._deny(failure)
 
+    def _keys(self, exchange, start: int, failure):
+        """The API-key providers from `start` on: (the answer: a Reply, None for admitted, an
+        awaitable when the store is asked, or _NEXT when none decided; the first failure)."""
+        for index in range(start, len(self.api_keys)):
+            provider = self.api_keys[index]
+            try:
+                presented = self._api_key(exchange, provider)
+                if presented is None:
+                    continue
+                result = provider.verify(presented)
+                if result.__class__ is not Identity:
+                    return self._await_key(exchange, result, index, failure), failure
+                return self._admit(exchange, result), failure
+            except AuthFailure as e:
+                if e.reason == "duplicate_credential" or e.reason == "store_unavailable":
+                    return self._deny(e), failure
+                failure = failure or e
+        return _NEXT, failure
+
     async def _await_key(self, exchange, pending, index, failure):
         """A runtime key the worker has not cached: the store is asked; later providers
         still get their turn."""
@@ -253,20 +264,12 @@ class AuthPolicy(AdmittedTokens):
             if e.reason == "store_unavailable":
                 return self._deny(e)
             failure = failure or e
-        for provider in self.api_keys[index + 1:]:
-            try:
-                presented = self._api_key(exchange, provider)
-                if presented is None:
-                    continue
-                result = provider.verify(presented)
-                if result.__class__ is not Identity:
-                    result = await result
-                return self._admit(exchange, result)
-            except AuthFailure as e:
-                if e.reason == "duplicate_credential" or e.reason == "store_unavailable":
-                    return self._deny(e)
-                failure = failure or e
-        return self._deny(failure)
+        result, failure = self._keys(exchange, index + 1, failure)
+        if result is _NEXT:
+            return self._deny(failure)
+        if result is not None and result.__class__ is not Reply:
+            result = await result
+        return result
 
     def _api_key(self, exchange, provider) -> str | None:
         if provider.query:
