@@ -152,6 +152,7 @@ bench/hive/node_modules/.package-lock.json: bench/hive/package-lock.json
 	touch $@
 
 bench: http2-tools waf-tools oidc-provider hive-gateway redis-server $(BUILT) bench-tools
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install -q matplotlib==3.11.2
 	$(BIN)/python bench/run.py
 
 clean:

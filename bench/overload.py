@@ -65,7 +65,7 @@ def run(workdir: str) -> dict:
         th = bench.Tollhouse(workdir, port, bench.PROXY_CPUS, upstreams_extra=f"""  adaptive:
     targets: ["http://127.0.0.1:{port}"]
     concurrency: adaptive
-    adaptive: {{queue_timeout: 20ms, window: 100ms, probe_interval: 5s}}
+    adaptive: {{queue: 16, queue_timeout: 5ms, window: 100ms, probe_interval: 5s}}
 """, route_extra="""  - name: adaptive
     match: {prefix: /adaptive}
     upstream: adaptive

@@ -18,7 +18,9 @@ BENCH_SKIP_CHAIN=1 to skip the full chain (JWT + Redis limit) vs nginx run,
 BENCH_SKIP_PROTOCOLS=1 to skip the WebSocket and gRPC runs, BENCH_SKIP_HTTP2=1 to skip
 the HTTP/2 runs (bench/http2.py), BENCH_SKIP_WAF=1 to skip the WAF runs (bench/waf.py),
 BENCH_SKIP_IDENTITY=1 to skip the runtime-key and OpenID-session runs (bench/identity.py),
-BENCH_SKIP_GRAPHQL=1 to skip GraphQL federation against Hive Gateway (bench/federation.py).
+BENCH_SKIP_GRAPHQL=1 to skip GraphQL federation against Hive Gateway (bench/federation.py),
+BENCH_SKIP_OVERLOAD=1 to skip adaptive concurrency under overload (bench/overload.py, which also
+redraws docs/img/adaptive-limit.png).
 """
 from __future__ import annotations
 
@@ -664,6 +666,15 @@ def main() -> int:
             federation_lines = federation_bench.render(federation_bench.run(workdir))
             print("\n".join(federation_lines), flush=True)
             http2 = (http2 or []) + federation_lines
+        if not os.environ.get("BENCH_SKIP_OVERLOAD"):
+            import overload as overload_bench
+
+            print(f"overload: adaptive concurrency, {ROUNDS} rounds x {DURATION}s", flush=True)
+            overload = overload_bench.run(workdir)
+            overload_bench.plot(overload["trace"])
+            overload_lines = overload_bench.render(overload)
+            print("\n".join(overload_lines), flush=True)
+            http2 = (http2 or []) + overload_lines
         counts = [int(n) for n in os.environ.get("BENCH_WORKERS", "").split(",") if n]
         scaling = run_scaling(workdir, upstream_port, counts) if counts else []
     finally:

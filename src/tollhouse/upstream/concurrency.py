@@ -32,7 +32,7 @@ PROBE_SAMPLES = 20     # requests that measure the minimum RTT
 
 class AdaptiveConcurrency:
     __slots__ = ("name", "config", "loop", "limit", "in_flight", "queues", "waiting", "ranks", "min_rtt", "samples",
-                 "window_started", "probing", "probe_started", "next_probe", "shed", "history")
+                 "window_started", "probing", "probe_started", "next_probe", "shed", "history", "busiest")
 
     def __init__(self, name: str, config, loop):
         self.name = name
@@ -49,6 +49,7 @@ class AdaptiveConcurrency:
         self.probing = True      # measuring the minimum RTT, at min_limit
         self.probe_started = 0.0
         self.next_probe = 0.0
+        self.busiest = 0         # the most in flight during this window
         self.shed: dict[str, int] = {}   # tier -> requests shed
         self.history: deque = deque(maxlen=600)   # (time, limit): the benchmark's plot
 
@@ -66,6 +67,8 @@ class AdaptiveConcurrency:
         A Reply: shed."""
         if self.in_flight < self.allowed():
             self.in_flight += 1
+            if self.in_flight > self.busiest:
+                self.busiest = self.in_flight
             exchange.admitted = perf_counter()
             return True
         rank = self._rank(exchange)
@@ -140,7 +143,12 @@ class AdaptiveConcurrency:
         sample = _median(samples)
         self.samples = []
         self.window_started = now
+        if sample < self.min_rtt:
+            self.min_rtt = sample   # the upstream got faster: a new minimum, without waiting for a probe
         gradient = max(0.5, min(2.0, self.min_rtt * (1 + BUFFER) / sample)) if sample > 0 else 2.0
+        if gradient > 1 and self.busiest < self.limit / 2:
+            gradient = 1.0   # not limited by the limit (too few requests to need it): no evidence to raise it
+        self.busiest = self.in_flight
         limit = self.limit * gradient
         cfg = self.config
         self.limit = max(float(cfg.min_limit), min(float(cfg.max_limit), limit + math.sqrt(limit)))
