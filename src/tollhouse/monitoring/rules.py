@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import yaml
 
@@ -141,21 +142,23 @@ def _split(expr: str) -> tuple[str, str, str]:
     raise ValueError(f"unexpected alert expression: {expr}")
 
 
+# The per-route series the threshold alerts read: a route selector goes on each of them.
+_ROUTE_SERIES = re.compile(r"(tollhouse_requests_total|tollhouse_request_duration_seconds_bucket|"
+                           r"tollhouse_ratelimit_rejections_total)([{\[])")
+
+
+def _with_route(measure: str, matcher: str) -> str:
+    """`measure` with `matcher` (route="x" or route!~"a|b") on every per-route series."""
+    return _ROUTE_SERIES.sub(lambda m: m.group(1) + ("{" + matcher + "," if m.group(2) == "{" else
+                                                     "{" + matcher + "}["), measure)
+
+
 def _except(measure: str, routes: dict) -> str:
-    if not routes:
-        return measure
-    return measure.replace("tollhouse_requests_total{", "tollhouse_requests_total{route!~\"" + "|".join(
-        sorted(routes)) + "\",").replace("tollhouse_requests_total[", "tollhouse_requests_total{route!~\"" + "|".join(
-        sorted(routes)) + "\"}[").replace("_bucket[", "_bucket{route!~\"" + "|".join(sorted(routes)) + "\"}[").replace(
-        "tollhouse_ratelimit_rejections_total[", "tollhouse_ratelimit_rejections_total{route!~\"" + "|".join(
-            sorted(routes)) + "\"}[")
+    return _with_route(measure, 'route!~"' + "|".join(sorted(routes)) + '"') if routes else measure
 
 
 def _only(measure: str, route: str) -> str:
-    return measure.replace("tollhouse_requests_total{", f'tollhouse_requests_total{{route="{route}",').replace(
-        "tollhouse_requests_total[", f'tollhouse_requests_total{{route="{route}"}}[').replace(
-        "_bucket[", f'_bucket{{route="{route}"}}[').replace(
-        "tollhouse_ratelimit_rejections_total[", f'tollhouse_ratelimit_rejections_total{{route="{route}"}}[')
+    return _with_route(measure, f'route="{route}"')
 
 
 def anomaly_rules(config) -> dict:

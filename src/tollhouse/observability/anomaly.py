@@ -68,7 +68,7 @@ class AnomalyScores:
         self.slow = _alpha(BASELINE_HALF_LIFE)
         self.fast = _alpha(RECENT_HALF_LIFE)
 
-    def add(self, summary: dict, routes: set | None = None) -> None:
+    def add(self, summary: dict) -> None:
         """One second's summary (dashboard.Summariser); routes without requests count as 0 rate."""
         seen = summary["routes"]
         for route in set(seen) | {r for (r, _) in self.signals}:

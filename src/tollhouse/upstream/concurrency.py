@@ -32,7 +32,7 @@ PROBE_SAMPLES = 20     # requests that measure the minimum RTT
 
 class AdaptiveConcurrency:
     __slots__ = ("name", "config", "loop", "limit", "in_flight", "queues", "waiting", "ranks", "min_rtt", "samples",
-                 "window_started", "probing", "probe_started", "next_probe", "shed", "history", "busiest")
+                 "window_started", "probing", "probe_started", "next_probe", "shed", "busiest")
 
     def __init__(self, name: str, config, loop):
         self.name = name
@@ -51,7 +51,6 @@ class AdaptiveConcurrency:
         self.next_probe = 0.0
         self.busiest = 0         # the most in flight during this window
         self.shed: dict[str, int] = {}   # tier -> requests shed
-        self.history: deque = deque(maxlen=600)   # (time, limit): the benchmark's plot
 
     # --- admission --------------------------------------------------------------------------
     def _rank(self, exchange) -> int:
@@ -152,7 +151,6 @@ class AdaptiveConcurrency:
         limit = self.limit * gradient
         cfg = self.config
         self.limit = max(float(cfg.min_limit), min(float(cfg.max_limit), limit + math.sqrt(limit)))
-        self.history.append((now, self.limit))
         if now >= self.next_probe:
             self.probing = True   # measure the minimum again: the upstream may have changed
             self.probe_started = now

@@ -156,12 +156,12 @@ class Execution:
             typename = obj.get("__typename")
             if typename not in fetch.typenames:
                 continue
-            rep = {"__typename": fetch.entity}
-            rep.update(_key_value(obj, fetch.keys))
+            key = _key_value(obj, fetch.keys)
+            if not _complete_key(key):
+                continue   # no key to send (a null on the way): nothing to ask for
+            rep = {"__typename": fetch.entity, **key}
             for requires in fetch.requires:
                 rep.update(_key_value(obj, requires))
-            if not _complete_key(_key_value(obj, fetch.keys)):
-                continue
             marker = _freeze(rep)
             i = index.get(marker)
             if i is None:

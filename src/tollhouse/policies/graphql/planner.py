@@ -260,7 +260,7 @@ class Planner:
 
     def _fragment(self, type_name, condition, sel, graph, path, provided, dependents, fragments) -> list:
         sg = self.sg
-        if condition == type_name or (not sg.is_abstract(condition) and condition == type_name):
+        if condition == type_name:
             inner = self._build(type_name, sel.selection_set.selections, graph, path, provided, dependents, fragments)
             return [gast.InlineFragmentNode(type_condition=None, directives=sel.directives or (),
                                             selection_set=gast.SelectionSetNode(selections=tuple(inner)))]
@@ -297,17 +297,7 @@ class Planner:
             targets = sorted((t for t in targets if t != graph),
                              key=lambda t: not self._reachable(child, sel.selection_set.selections, t, fragments))
         for target in targets:
-            entity = type_name
-            keys = sg.keys(type_name, target)
-            if not keys:
-                # An @interfaceObject there: the object is asked for as its interface.
-                interface = next((i for i in sg.types[type_name].interfaces
-                                  if target in sg.types.get(i).interface_objects), None) \
-                    if type_name in sg.types else None
-                if interface is None:
-                    continue
-                entity, keys = interface, sg.keys(interface, target)
-            key = next((k for k in keys if self._resolvable(type_name, k.selections, graph)), None)
+            entity, key = self._entry(type_name, target, graph)
             if key is None:
                 continue
             for field in key.selections.selections:
@@ -355,19 +345,23 @@ class Planner:
 
     def _hop_target(self, type_name: str, sel, graph: str, fragments: dict) -> bool:
         """Whether another subgraph resolves `sel` of this object and `graph` has a key to reach it there."""
+        return any(self._entry(type_name, target, graph)[1] is not None
+                   for target in self.sg.resolvers(type_name, _name(sel)) if target != graph)
+
+    def _entry(self, type_name: str, target: str, graph: str):
+        """(the __typename `target` knows the object by, the first of its resolvable keys `graph`
+        has the fields of), or (type_name, None) when `graph` cannot reach the object there."""
         sg = self.sg
-        for target in sg.resolvers(type_name, _name(sel)):
-            if target == graph:
-                continue
-            keys = sg.keys(type_name, target)
-            if not keys:
-                interface = next((i for i in sg.types[type_name].interfaces
-                                  if target in sg.types.get(i).interface_objects), None) \
-                    if type_name in sg.types else None
-                keys = sg.keys(interface, target) if interface is not None else []
-            if any(self._resolvable(type_name, k.selections, graph) for k in keys):
-                return True
-        return False
+        entity, keys = type_name, sg.keys(type_name, target)
+        if not keys:
+            # An @interfaceObject there: the object is asked for as its interface.
+            interface = next((i for i in sg.types[type_name].interfaces
+                              if target in sg.types.get(i).interface_objects), None) \
+                if type_name in sg.types else None
+            if interface is None:
+                return type_name, None
+            entity, keys = interface, sg.keys(interface, target)
+        return entity, next((k for k in keys if self._resolvable(type_name, k.selections, graph)), None)
 
     @staticmethod
     def _entity_fetch(dependents: list, graph: str, path: tuple, type_name: str, entity: str, key) -> Fetch:
