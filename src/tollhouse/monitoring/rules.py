@@ -74,7 +74,7 @@ def slo_rules(config) -> dict:
             budget = 1 - objective
             selector = f'{{route="{name}",slo="{kind}"}}'
             for long, short, burn, severity in BURNS:
-                rate = burn * scale if burn > 1 else burn
+                rate = burn * scale   # the same share of the budget, spent over the same time
                 threshold = f"{rate:g} * {budget:.6g}"
                 rules.append({
                     "alert": "TollhouseSLOBudgetBurn" if severity == "critical" else "TollhouseSLOBudgetBurnSlow",
