@@ -79,7 +79,10 @@ class ConsumerDirectory:
         return self
 
     def start(self, config) -> None:
-        if self.tasks:
+        """The change channel and the last-used writer: only for a config whose providers read
+        this cache (api_key, oidc); the admin API works without them."""
+        if self.tasks or config.auth is None or not any(p.type in ("api_key", "oidc")
+                                                        for p in config.auth.providers.values()):
             return
         self.tasks.append(self.loop.create_task(self._flush_used_forever()))
         if self.shared and self.store.kind == "redis":
