@@ -251,11 +251,8 @@ class OidcProvider:
     def _end_later(self, session_id: str, record: dict) -> None:
         self._later(self.directory.end_session(session_id, record["consumer"]))
 
-    def login(self, exchange):
-        """The redirect of a navigation without a session (an awaitable of the Reply)."""
-        return self._login(exchange)
-
-    async def _login(self, exchange) -> Reply:
+    async def login(self, exchange) -> Reply:
+        """The redirect of a navigation without a session."""
         try:
             doc = await self._discovered()
         except AuthFailure as e:
