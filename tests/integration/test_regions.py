@@ -98,3 +98,71 @@ def test_over_admission_stays_within_the_bound_at_200ms(upstream):
     for row in rows:
         assert 50 <= row["admitted"] <= 3 * 50, row      # the limit bites, and no region exceeds its own count
         assert row["excess"] <= 1.2 * row["bound"] + 5, row
+
+
+def test_escrow_lends_unused_share_and_never_admits_more_than_the_limit(upstream):
+    """mode: escrow, 50 ms between regions: eu takes most of the load and borrows what us and
+    ap do not need; in every window the three stores together admit at most the limit."""
+    import time
+
+    from tests.support.regions import WindowCounts, uneven
+
+    limit, window = 30, 2.0   # shares: 10 each
+    regions = Regions(3, upstream.url, limit=limit, window="2s", sync_interval="50ms", mode="escrow", lag=0.05)
+    try:
+        eu = regions.gateways["eu"]
+        wait_for(lambda: all(p["lag_seconds"] is not None for p in status(eu)["peers"].values()), timeout=10)
+        assert status(eu)["escrow_shares"] == {"limited:global-2s": {"eu": 10, "us": 10, "ap": 10}}
+        with WindowCounts(regions, window) as counts:
+            start = time.time()
+            records = uneven({n: g.port for n, g in regions.gateways.items()}, {"eu": 30, "us": 2, "ap": 2},
+                             window * 4.5)
+            end = time.time()
+            time.sleep(0.3)   # the last window's counts read
+        rows = counts.rows(start, end, limit)
+        metrics = eu.get_admin("/metrics")[1].decode()
+    finally:
+        regions.cleanup()
+    assert len(rows) >= 3, rows
+    for row in rows:
+        assert row["admitted"] <= limit, row                       # zero over-admission
+        assert row["by_region"]["us"] <= 10 and row["by_region"]["ap"] <= 10, row
+    # eu borrowed: more than its own 10 in every whole window, and more used in all than the
+    # 10 + 4 + 4 = 18 that shares alone allow.
+    assert all(row["by_region"]["eu"] > 10 for row in rows), rows
+    assert sorted(row["admitted"] for row in rows)[len(rows) // 2] >= 22, rows
+    assert 'tollhouse_region_escrow_borrowed_total{limit="limited:global-2s",peer="us"}' in metrics
+    # The clients saw it too: 429s only where the windows were used up.
+    statuses = [s for rows_ in records.values() for _, s in rows_]
+    assert set(statuses) == {200, 429}
+
+
+def test_an_escrow_region_cut_off_keeps_only_what_it_holds(upstream):
+    """A partition: ap can reach no peer and no peer reaches it. ap admits at most its own
+    share; eu borrows from us alone; no window passes the limit, before, during or after."""
+    import time
+
+    from tests.support.regions import WindowCounts, uneven
+
+    limit, window = 30, 2.0
+    regions = Regions(3, upstream.url, limit=limit, window="2s", sync_interval="50ms", mode="escrow", lag=0.02)
+    ports = {n: g.port for n, g in regions.gateways.items()}
+    try:
+        wait_for(lambda: all(p["lag_seconds"] is not None for p in status(regions.gateways["eu"])["peers"].values()),
+                 timeout=10)
+        with WindowCounts(regions, window) as counts:
+            regions.cut("ap")
+            start = time.time()
+            uneven(ports, {"eu": 30, "us": 2, "ap": 20}, window * 3.5)
+            end = time.time()
+            regions.mend("ap")
+            time.sleep(0.3)
+        rows = counts.rows(start, end, limit)
+    finally:
+        regions.cleanup()
+    assert len(rows) >= 2, rows
+    for row in rows:
+        assert row["admitted"] <= limit, row
+        assert row["by_region"]["ap"] <= 10, row                   # its share, nothing borrowed
+        assert row["by_region"]["eu"] <= 10 + 10, row              # its share and us's spare at most
+    assert any(row["by_region"]["eu"] > 10 for row in rows), rows  # us still lends to eu

@@ -8,20 +8,23 @@ NAMES = ("eu", "us", "ap")
 
 
 def region_config(name: str, stores: dict, upstream_url: str, limit: int, window: str, sync_interval: str,
-                  on_partition: str = "share", algorithm: str = "fixed_window", extra: str = "") -> str:
-    peers = ", ".join(f"{n}: {url}" for n, url in stores.items() if n != name)
+                  on_partition: str = "share", algorithm: str = "fixed_window", extra: str = "", mode: str = "gcounter",
+                  partition_after: str = "1s", peer_urls: dict | None = None) -> str:
+    """`peer_urls` (name -> URL) is how this region reaches the others' stores (default: `stores`)."""
+    peers = ", ".join(f"{n}: {url}" for n, url in (peer_urls or stores).items() if n != name)
     return f"""
 store: {stores[name]}
 access_log: false
 regions: {{name: {name}, peers: {{{peers}}}, sync_interval: {sync_interval}, on_partition: {on_partition},
-          partition_after: 1s}}
+          partition_after: {partition_after}}}
 upstreams:
   app: {{targets: ["{upstream_url}"]}}
 routes:
   - name: limited
     match: {{prefix: /g}}
     upstream: app
-    rate_limits: [{{limit: {limit}, window: {window}, key: global, scope: global, algorithm: {algorithm}}}]
+    rate_limits: [{{limit: {limit}, window: {window}, key: global, scope: global, algorithm: {algorithm},
+                   mode: {mode}}}]
   - name: open
     match: {{prefix: /}}
     upstream: app
@@ -30,19 +33,44 @@ routes:
 
 
 class Regions:
-    """`Regions(n, upstream_url, limit=..., window=..., sync_interval=...)`; `.gateways`, `.redis` by name."""
+    """`Regions(n, upstream_url, limit=..., window=..., sync_interval=...)`; `.gateways`, `.redis` by name.
 
-    def __init__(self, count: int, upstream_url: str, **options):
+    With `lag` (seconds), each region reaches each other region's store through a LagProxy
+    of its own (`.links[(from, to)]`): every byte between regions arrives `lag` late."""
+
+    def __init__(self, count: int, upstream_url: str, lag: float | None = None, **options):
+        from tests.support.lag_proxy import LagProxy
+
         self.names = NAMES[:count]
         self.redis = {n: RedisServer().start() for n in self.names}
         stores = {n: r.url for n, r in self.redis.items()}
-        self.gateways = {n: Gateway(region_config(n, stores, upstream_url, **options)) for n in self.names}
+        self.links = {}
+        if lag is not None:
+            self.links = {(a, b): LagProxy(self.redis[b].port, lag).start()
+                          for a in self.names for b in self.names if a != b}
+        self.gateways = {}
+        for n in self.names:
+            peer_urls = {b: self.links[(n, b)].url for b in self.names if b != n} if self.links else None
+            self.gateways[n] = Gateway(region_config(n, stores, upstream_url, peer_urls=peer_urls, **options))
         for g in self.gateways.values():
             g.start()
+
+    def cut(self, region: str) -> None:
+        """A partition: `region` can neither reach nor be reached by the others (needs `lag`)."""
+        for (a, b), link in self.links.items():
+            if region in (a, b):
+                link.cut()
+
+    def mend(self, region: str) -> None:
+        for (a, b), link in self.links.items():
+            if region in (a, b):
+                link.mend()
 
     def cleanup(self) -> None:
         for g in self.gateways.values():
             g.cleanup()
+        for link in self.links.values():
+            link.stop()
         for r in self.redis.values():
             r.cleanup()
 
@@ -106,3 +134,102 @@ def excess_per_window(records: dict, limit: int, window: float, lag: float) -> l
         rows.append({"window": w, "admitted": total, "excess": max(0, total - limit), "bound": bound,
                      "by_region": admitted, "rate": sum(offered.values())})
     return rows
+
+
+async def _paced(port: int, rate: float, stop_at: float, records: list, path: bytes = b"/g/x") -> None:
+    """One request every 1/rate seconds on one keep-alive connection (a late answer delays
+    the next request, never adds one); records (mid time, status)."""
+    import asyncio
+    import time
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path
+    due = time.time()
+    try:
+        while due < stop_at:
+            await asyncio.sleep(max(0.0, due - time.time()))
+            due += 1 / rate
+            sent = time.time()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            if length:
+                await reader.readexactly(length)
+            records.append(((sent + time.time()) / 2, int(head[9:12])))
+    finally:
+        writer.close()
+
+
+def uneven(ports: dict, rates: dict, seconds: float) -> dict:
+    """Offered load at a fixed rate per region (`rates`: name -> requests per second) for
+    `seconds`: name -> [(time, status)]."""
+    import asyncio
+    import time
+
+    records = {name: [] for name in ports}
+
+    async def go():
+        stop_at = time.time() + seconds
+        await asyncio.gather(*(_paced(ports[name], rates[name], stop_at, records[name]) for name in ports))
+    asyncio.run(go())
+    return records
+
+
+class WindowCounts:
+    """Each region's admissions per window of the global limit, as its own store counts them
+    (no client-side timing at window edges): polled every 20 ms while in a `with` block.
+    A store keeps `w` (its current window), `c` (its count in it) and `p` (the count of the
+    window before, exact once the window has turned)."""
+
+    def __init__(self, regions: "Regions", window: float):
+        import threading
+
+        import redis
+
+        self.stores = {n: redis.Redis(port=r.port) for n, r in regions.redis.items()}
+        self.window_ms = int(window * 1000)
+        self.counts: dict = {}   # (region, window index) -> admitted
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> "WindowCounts":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _poll(self) -> None:
+        import redis
+
+        while not self.stop.wait(0.02):
+            for name, store in self.stores.items():
+                try:
+                    keys = [k for k in store.scan_iter(b"th:rl:v1:{global}:global:*") if not k.endswith(b":regions")]
+                    for key in keys:
+                        w, c, p = store.hmget(key, "w", "c", "p")
+                        if w is None:
+                            continue
+                        w = int(w)
+                        for at, n in ((w, int(c or 0)), (w - 1, int(p or 0))):
+                            self.counts[(name, at)] = max(self.counts.get((name, at), 0), n)
+                except (redis.RedisError, OSError):
+                    pass   # that store is down (a partition test): its counts stop
+
+    def rows(self, first: float, last: float, limit: int) -> list[dict]:
+        """Per whole window between the times `first` and `last`: admitted per region, total,
+        excess over `limit` and utilisation (total ÷ limit)."""
+        import math
+
+        rows = []
+        names = sorted(self.stores)
+        for w in range(math.ceil(first * 1000 / self.window_ms), math.floor(last * 1000 / self.window_ms)):
+            by_region = {n: self.counts.get((n, w), 0) for n in names}
+            total = sum(by_region.values())
+            rows.append({"window": w, "by_region": by_region, "admitted": total, "excess": max(0, total - limit),
+                         "utilisation": total / limit})
+        return rows

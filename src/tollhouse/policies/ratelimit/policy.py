@@ -38,7 +38,12 @@ class _Limit:
             # partitioned with on_partition: share, capped at this region's share (+20).
             window_ms = int(cfg.window * 1000)
             self.script_args = (b"%d" % (self.algo + 10), b"%d" % self.limit, b"%d" % window_ms, b"0")
-            if regions.share:
+            if cfg.mode == "escrow":
+                # Admitted within this region's share, plus what it borrowed (ratelimit.lua: +30).
+                self.scope = "escrow"
+                self.script_args = (b"%d" % (self.algo + 30), b"%d" % self.limit, b"%d" % window_ms,
+                                    b"%d" % regions.share_of(self.limit, regions.name))
+            elif regions.share:
                 self.partition_args = (b"%d" % (self.algo + 20), b"%d" % self.limit, b"%d" % window_ms,
                                        b"%d" % regions.count)
         if cfg.key == "global":
@@ -120,6 +125,9 @@ class RateLimitPolicy(Policy):
             lim.store_prefix = f"{self.prefix}{lim.spec_id}:"
             if lim.scope == "global" and getattr(limiter, "regions", None) is not None:
                 limiter.regions.watch(self.prefix, lim.store_prefix, f"{route_name}:{lim.name}")
+            elif lim.scope == "escrow":
+                limiter.regions.watch_escrow(self.prefix, lim.store_prefix, f"{route_name}:{lim.name}", lim.limit,
+                                             lim.window)
         self.policy_header = None if self.tiered else _policy_items(self.fixed)
         # The common case, one limit, skips the lists of the general path.
         self.single = self.fixed[0] if not self.tiered and len(self.fixed) == 1 else None

@@ -9,7 +9,8 @@
 -- ARGV: number of profiles; per profile: number of limits, then per limit 4 values:
 --       algorithm (0 fixed, 1 sliding, 2 bucket; +10 for a `scope: global` window counted
 --       with the other regions' components, +20 for the same while partitioned with
---       on_partition: share, when `burst` carries the number of regions), limit, window_ms, burst;
+--       on_partition: share, when `burst` carries the number of regions; +30 for a `mode: escrow`
+--       window, when `burst` carries this region's share), limit, window_ms, burst;
 --       then the number of runs and, per run, the index (1-based) of its profile and its
 --       number of requests. (Requests of one route share a profile: the batch carries it once.)
 -- Uses the Redis server's clock, so gateway clocks may drift.
@@ -43,6 +44,7 @@ local upd = {}      -- the current request's pending updates, flat, 6 per limit:
 local no = 0        -- entries in out
 local foreign = {}  -- key -> the other regions' components (HGETALL of key:regions), for global limits
 local global = {}   -- keys of global limits counted in this call (to publish to the other regions)
+local escrow = {}   -- keys of escrow limits asked in this call (for the region sync to borrow for)
 for run = 1, nruns do
   local spec = profiles[tonumber(ARGV[runi])]
   local count = tonumber(ARGV[runi + 1])
@@ -57,7 +59,8 @@ for run = 1, nruns do
     for si = 1, #spec, 4 do
       local algo, limit, window, burst = spec[si], spec[si + 1], spec[si + 2], spec[si + 3]
       local scope = 0
-      if algo >= 20 then scope, algo = 2, algo - 20 elseif algo >= 10 then scope, algo = 1, algo - 10 end
+      if algo >= 30 then scope, algo = 3, algo - 30
+      elseif algo >= 20 then scope, algo = 2, algo - 20 elseif algo >= 10 then scope, algo = 1, algo - 10 end
       local key = KEYS[keyi]
       keyi = keyi + 1
       local ok, remaining, reset, retry = 1, 0, 0, 0
@@ -85,9 +88,27 @@ for run = 1, nruns do
         local window_end = (index + 1) * window
         local st = states[key]
         if st == nil then
-          local state = redis.call('HMGET', key, 'w', 'c', 'p')
-          st = {tonumber(state[1]), tonumber(state[2] or '0'), tonumber(state[3] or '0')}
+          if scope == 3 then
+            -- Escrow: own count, then what was got from and lent to the peers this window,
+            -- and the demand (requests that asked, admitted or not) this and last window.
+            local state = redis.call('HMGET', key, 'w', 'c', 'p', 'g', 'l', 'd', 'q')
+            st = {tonumber(state[1]), tonumber(state[2] or '0'), tonumber(state[3] or '0'), tonumber(state[4] or '0'),
+                  tonumber(state[5] or '0'), tonumber(state[6] or '0'), tonumber(state[7] or '0')}
+          else
+            local state = redis.call('HMGET', key, 'w', 'c', 'p')
+            st = {tonumber(state[1]), tonumber(state[2] or '0'), tonumber(state[3] or '0')}
+          end
           states[key] = st
+        end
+        if scope == 3 then
+          if st[1] ~= index then
+            -- A new window: the share is whole again (what was lent or borrowed was for the last one).
+            local last = st[1] == index - 1
+            st[1], st[2], st[3], st[4], st[5], st[6], st[7] = index, 0, last and st[2] or 0, 0, 0, 0, last and st[6] or 0
+          end
+          st[6] = st[6] + 1
+          if ttls[key] == nil then dirty[#dirty + 1] = key; ttls[key] = 2 * window end
+          escrow[key] = true
         end
         local w, c, p = st[1], st[2], st[3]
         local cur, prev = 0, 0
@@ -98,7 +119,10 @@ for run = 1, nruns do
         end
         if algo == 0 then prev = 0 end
         local own = cur
-        if scope > 0 then
+        if scope == 3 then
+          -- Escrow: this region admits within what it holds: its share, plus what it got, less what it lent.
+          limit = burst + st[4] - st[5]
+        elseif scope > 0 then
           -- A G-counter: this region's component plus the last-known components of the
           -- others, each "window:count:previous" under its region's name.
           local f = foreign[key]
@@ -149,7 +173,7 @@ for run = 1, nruns do
           upd[nu + 1], upd[nu + 2], upd[nu + 3], upd[nu + 4], upd[nu + 5], upd[nu + 6] =
             st, key, index, own + 1, st[1] == index and st[3] or (st[1] == index - 1 and st[2] or 0), 2 * window
           nu = nu + 6
-          if scope > 0 then global[key] = true end
+          if scope == 1 or scope == 2 then global[key] = true end
         end
       end
       if ok == 0 then all = 0 end
@@ -173,6 +197,10 @@ for _, key in ipairs(dirty) do
   local st = states[key]
   if ttls[key] == 0 then
     redis.call('SET', key, tostring(st[1]), 'PX', math.max(1, math.ceil(st[1] - now)))
+  elseif escrow[key] then
+    redis.call('HSET', key, 'w', st[1], 'c', st[2], 'p', st[3], 'g', st[4], 'l', st[5], 'd', st[6], 'q', st[7])
+    redis.call('PEXPIRE', key, ttls[key])
+    redis.call('SADD', string.sub(key, 1, string.find(key, '}', 1, true)) .. ':escrow', key)
   else
     redis.call('HSET', key, 'w', st[1], 'c', st[2], 'p', st[3])
     redis.call('PEXPIRE', key, ttls[key])

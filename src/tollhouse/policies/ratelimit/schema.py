@@ -19,6 +19,9 @@ class RateLimit(Schema):
     tiered = Field(Bool(), False, "apply the caller's tier's rate_limits (from `tiers`) here instead")
     scope = Field(Str(choices=("region", "global")), "region",
                   "region: exact within this region's store; global: counted across `regions` (docs/regions.md)")
+    mode = Field(Str(choices=("gcounter", "escrow")), "gcounter",
+                 "scope: global only. gcounter: every region adds up the others' counts (a bounded over-admission); "
+                 "escrow: each region holds a share and borrows unused share from its peers (never over the limit)")
 
     def check(self, path, lines, line, errors):
         if self.tiered:
@@ -32,6 +35,11 @@ class RateLimit(Schema):
             error_at(errors, path, "scope", lines, line, "a global limit counts windows (fixed_window or "
                                                          "sliding_window): a token bucket's state is a time, not a "
                                                          "count the regions can add up")
+        if self.mode == "escrow" and self.scope != "global":
+            error_at(errors, path, "mode", lines, line, "escrow shares a limit between regions: it needs scope: global")
+        elif self.mode == "escrow" and self.algorithm != "fixed_window":
+            error_at(errors, path, "mode", lines, line, "escrow lends shares of one window's count: it needs "
+                                                        "algorithm: fixed_window")
 
 
 class Regions(Schema):
