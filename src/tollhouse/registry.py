@@ -113,17 +113,22 @@ class PolicyKind:
       or an awaitable of it (the split's live weights). `request` holds the query, a
       `nonce` and `now` drawn once by the admin listener, and `writer`: False on the
       workers that leave a shared store's change to the one that makes it.
+    - `request_values`: {name: (use, doc)} values its policies put in `exchange.vars` for
+      others to read: use "key" for a value rate limits may count by (`key: NAME`), "cost"
+      for a number they may weigh requests by (`cost: NAME`); GraphQL's operation and cost.
     """
 
     __slots__ = ("name", "phase", "key", "field", "build", "service", "endpoints", "outcome", "check",
-                 "own_upstream", "sections", "headers", "new_phase", "chooser", "admin", "log_fields")
+                 "own_upstream", "sections", "headers", "new_phase", "chooser", "admin", "log_fields",
+                 "request_values")
 
     def __init__(self, name: str, *, phase: str, build: Callable, key: str | None = None, field: Any = None,
                  service: Callable | None = None, endpoints: Callable | None = None, outcome: str | None = None,
                  check: Callable | None = None, own_upstream: bool = True, sections: tuple = (),
                  headers: tuple = (), new_phase: tuple | None = None, chooser: Callable | None = None,
-                 admin: tuple = (), log_fields: tuple = ()):
+                 admin: tuple = (), log_fields: tuple = (), request_values: dict | None = None):
         self.name = name
+        self.request_values = dict(request_values or {})
         self.log_fields = tuple(log_fields)
         self.phase = phase
         self.key = key
@@ -276,6 +281,13 @@ def outcome_names() -> tuple[str, ...]:
 def log_field_names() -> tuple[str, ...]:
     """The access log fields the installed kinds declare beyond their outcomes (`log_fields`)."""
     return tuple(f for k in policy_kinds() for f in k.log_fields)
+
+
+def request_values(use: str) -> dict[str, str]:
+    """The exchange values the installed kinds declare for `use` ("key" or "cost"): name -> doc."""
+    if _installed is None:
+        return {}
+    return {name: doc for k in policy_kinds() for name, (u, doc) in k.request_values.items() if u == use}
 
 
 def custom_kind(name: str, cls: type, options) -> PolicyKind:

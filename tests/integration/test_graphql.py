@@ -38,6 +38,17 @@ routes:
   - name: trusted
     match: {{path: /trusted}}
     graphql: {{supergraph: {supergraph}, persisted_queries: {{mode: only, documents: {documents}}}}}
+  - name: per-operation
+    match: {{path: /per-operation}}
+    graphql: {{supergraph: {supergraph}}}
+    rate_limits: [{{limit: 2, window: 1m, key: graphql_operation}}]
+  - name: costed
+    match: {{path: /costed}}
+    graphql:
+      supergraph: {supergraph}
+      limits: {{max_cost: 100}}
+      cost: {{default_list_size: 4, weights: {{Query.me: 3}}}}
+    rate_limits: [{{limit: 40, window: 1m, key: route, cost: graphql_cost}}]
 """
 
 TRUSTED = "query Me { me { name } }"
@@ -320,6 +331,70 @@ def test_metrics_and_the_access_log_name_the_operation(gw):
     text = text.decode()
     assert 'tollhouse_graphql_operations_total{operation="Storefront",outcome="ok",route="graph"}' in text
     assert 'tollhouse_graphql_subgraph_fetch_seconds_count{route="graph",subgraph="inventory"}' in text
+
+
+def _remaining(g, query, path):
+    req = urllib.request.Request(g.url(path), data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.headers.get("ratelimit-remaining"), json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("ratelimit-remaining"), json.loads(e.read())
+
+
+def test_rate_limits_count_by_operation(gw):
+    a, b = "query A { me { name } }", "query B { me { name } }"
+    assert [_remaining(gw, a, "/per-operation")[0] for _ in range(3)] == [200, 200, 429]
+    assert _remaining(gw, b, "/per-operation")[0] == 200          # another operation: its own count
+    status, _, body = _remaining(gw, a, "/per-operation")
+    assert status == 429 and body["status"] == 429                 # problem+json, as every limit answers
+
+
+def test_rate_limits_weigh_an_operation_by_its_estimated_cost(gw, shop):
+    # topProducts 1; 2 products × (reviews 1 + 4 reviews (default_list_size) × author 1): 11.
+    query = "query Costly { topProducts(first: 2) { name reviews { body author { name } } } }"
+    seen = [_remaining(gw, query, "/costed")[:2] for _ in range(4)]
+    assert seen[:3] == [(200, "29"), (200, "18"), (200, "7")]
+    assert seen[3] == (429, "7")                                   # 11 more than the 7 left; nothing taken
+    assert _remaining(gw, "{ me { name } }", "/costed")[:2] == (200, "4")   # Query.me weighs 3
+    wait_for(lambda: '"graphql_operation":"Costly","graphql_cost":11' in gw.stdout())
+
+
+def test_costs_are_counted_in_redis_too(shop, redis, tmp_path):
+    """The store's script weighs requests as memory does: requests of different costs in one
+    batch are different profiles."""
+    import concurrent.futures
+
+    from tests.support.processes import Gateway
+
+    (tmp_path / "shop.graphql").write_text(shop.supergraph())
+    g = Gateway(f"""
+store: {redis.url}
+routes:
+  - name: costed
+    match: {{path: /costed}}
+    graphql: {{supergraph: {tmp_path / "shop.graphql"}, cost: {{default_list_size: 4}}}}
+    rate_limits: [{{limit: 40, window: 1m, key: route, cost: graphql_cost}}]
+""").start()
+    try:
+        costly = "{ topProducts(first: 2) { reviews { author { name } } } }"   # 1 + 2 × (1 + 4) = 11
+        cheap = "{ me { name } }"                                              # 1
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda q: _remaining(g, q, "/costed")[0], [costly] * 3 + [cheap] * 3))
+        assert answers == [200] * 6                     # 33 + 3 = 36 of 40
+        assert _remaining(g, costly, "/costed")[:2] == (429, "4")   # 4 left: a cheaper operation may pass
+        assert _remaining(g, cheap, "/costed")[:2] == (200, "3")
+    finally:
+        g.cleanup()
+
+
+def test_an_operation_over_max_cost_is_refused_before_any_subgraph_is_called(gw, shop):
+    query = "{ topProducts(first: 100) { reviews { author { name } } } }"   # 1 + 100 × (1 + 4) = 501
+    status, _, body = post(gw, query, path="/costed")
+    assert status == 400 and body["errors"][0]["extensions"]["code"] == "COST_LIMIT_EXCEEDED", body
+    assert "501" in body["errors"][0]["message"]
+    assert shop.products.operations == []
 
 
 def test_a_bad_supergraph_is_a_config_error_naming_file_and_line(tmp_path, shop):

@@ -107,6 +107,17 @@ def test_global_limits_need_regions_and_regions_need_redis():
     assert any("rate_limits[0].scope" in str(e) and "token bucket" in str(e) for e in errors)
 
 
+def test_escrow_needs_a_global_fixed_window():
+    _, errors = load_text(BASE.replace("upstream: u}", "upstream: u, rate_limits: [{limit: 5, mode: escrow}]}"))
+    assert any("rate_limits[0].mode" in str(e) and "scope: global" in str(e) for e in errors)
+    _, errors = load_text(BASE.replace("upstream: u}", "upstream: u, rate_limits: [{limit: 5, scope: global, "
+                                                       "mode: escrow, algorithm: sliding_window}]}"))
+    assert any("rate_limits[0].mode" in str(e) and "fixed_window" in str(e) for e in errors)
+    _, errors = load_text(BASE.replace("upstream: u}", "upstream: u, rate_limits: [{limit: 5, scope: global, "
+                                                       "mode: escrowed}]}"))
+    assert any("rate_limits[0].mode" in str(e) for e in errors)
+
+
 def test_templates_keep_a_question_mark_after_a_variable():
     config, errors = load_text(BASE.replace("{match: {prefix: /}, upstream: u}",
                                             '{match: {path: "/x/{id}"}, upstream: u, rewrite: /y/{id}?v={id}}'))

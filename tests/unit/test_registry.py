@@ -24,7 +24,10 @@ def test_the_builtins_install_their_kinds_sections_protocols_and_phases():
     assert {"auth", "consumers", "tiers", "regions", "cache", "ip", "tls", "http2", "tracing", "debug"} <= {
         s.key for s in parts.sections}
     assert [p.name for p in parts.protocols] == ["http1", "h2c", "http2", "grpc"]
-    assert registry.phases() == builtins.PHASES
+    # GraphQL adds its own phase: its operation is read after auth, before the rate limits.
+    assert registry.phases() == builtins.PHASES[:4] + ("operation",) + builtins.PHASES[4:]
+    assert registry.request_values("key") == {"graphql_operation": registry.request_values("key")["graphql_operation"]}
+    assert set(registry.request_values("cost")) == {"graphql_cost"}
     assert registry.installed() is parts
 
 
@@ -32,7 +35,7 @@ def test_a_kind_adds_a_phase_after_another(reinstall):
     audit = _kind("audit", phase="audit", new_phase=("audit", "auth"))
     registry.install((*builtins.KINDS, audit), builtins.SECTIONS, builtins.PROTOCOLS, builtins.PHASES)
     order = registry.phases()
-    assert order.index("auth") + 1 == order.index("audit") == order.index("ratelimit") - 1
+    assert order.index("auth") + 1 == order.index("audit") == order.index("operation") - 1
 
 
 def test_a_phase_that_is_not_declared_is_refused(reinstall):

@@ -16,9 +16,8 @@ import os
 import jsonschema_rs
 import orjson
 
-from ..clock import CLOCK
 from ..config.schema import Field, ListOf, Schema, Size, Str, error_at
-from ..pipeline import Deferred, Policy, Reply
+from ..pipeline import Policy, Reply, with_body
 from ..registry import PolicyKind
 
 DEFAULT_VALIDATION_LIMIT = 1024 * 1024
@@ -105,12 +104,7 @@ class RequestPolicy(Policy):
                     f"content type {ctype or '(none)'} is not accepted; use {', '.join(sorted(self.content_types))}"))
         if self.validator is None:
             return None
-        if exchange.body_done:
-            return self.validate(exchange)
-        deferred = Deferred()
-        exchange.body_progress = CLOCK.now
-        exchange.body_waiter = lambda: deferred.resolve(self.validate(exchange))
-        return deferred
+        return with_body(exchange, lambda: self.validate(exchange))
 
     def validate(self, exchange) -> Reply | None:
         body = b"".join(exchange.body_chunks or ())

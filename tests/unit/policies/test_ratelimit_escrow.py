@@ -24,9 +24,9 @@ def stores():
         s.cleanup()
 
 
-def ask(store, share: int, count: int = 1, limit: int = 30) -> list[int]:
-    """`count` requests for the escrow key in one script call: each one's allowed flag."""
-    out = store.eval(LUA, 1, KEY, 1, 1, 30 + 0, limit, WINDOW_MS, share, 1, 1, count)
+def ask(store, share: int, count: int = 1, limit: int = 30, cost: int = 1) -> list[int]:
+    """`count` requests (of `cost` each) for the escrow key in one script call: each one's allowed flag."""
+    out = store.eval(LUA, 1, KEY, 1, 1, 30 + 0, limit, WINDOW_MS, share, cost, 1, 1, count)
     return [out[i * 5] for i in range(count)]
 
 
@@ -56,6 +56,14 @@ def test_a_region_admits_its_share_and_counts_the_demand(stores):
     flat = eu.eval(_TAKE_ESCROW, 1, "th:rl:v1:{global}:escrow")
     assert flat[1] == KEY.encode() and [int(x) for x in flat[2:8]] == [index(eu), 10, 0, 0, 12, 0]
     assert eu.smembers("th:rl:v1:{global}:escrow") == set()   # taken
+
+
+def test_a_weighted_request_takes_its_cost_from_the_share(stores):
+    eu = stores[0]
+    assert ask(eu, share=10, count=3, cost=4) == [1, 1, 0]   # 8 of 10 used: 4 more would pass the share
+    assert ask(eu, share=10, cost=2) == [1]
+    s = state(eu)
+    assert (s["c"], s["d"]) == ("10", "14")
 
 
 def test_a_loan_is_what_the_lender_holds_beyond_its_own_need(stores):

@@ -15,6 +15,7 @@ from ...registry import PolicyKind
 from .policy import GraphqlPolicy
 from .schema import Graphql, check_route
 
+
 def _build(config, context, services):
     policy = GraphqlPolicy(config, context)
     services.shared["graphql:" + context.route_name] = policy   # closed (its subgraph pools) with its config version
@@ -24,6 +25,10 @@ def _build(config, context, services):
 KIND = PolicyKind(
     "graphql", phase=GraphqlPolicy.phase, key="graphql", outcome=GraphqlPolicy.outcome,
     build=lambda config, context, services: None if config is None else _build(config, context, services),
-    check=check_route, own_upstream=False, log_fields=("graphql_operation",),
-    field=Field(Graphql, None, "{supergraph, subgraphs, introspection, limits, persisted_queries}: a federated "
-                               "GraphQL endpoint over a Federation v2 supergraph; see docs/graphql.md"))
+    check=check_route, own_upstream=False, log_fields=GraphqlPolicy.log_fields,
+    # Its request is read, parsed and costed after auth and before the rate limits.
+    new_phase=("operation", "auth"),
+    request_values={"graphql_operation": ("key", "the GraphQL operation's name ((anonymous) for an unnamed one)"),
+                    "graphql_cost": ("cost", "the GraphQL operation's estimated cost (docs/graphql.md)")},
+    field=Field(Graphql, None, "{supergraph, subgraphs, introspection, limits, cost, persisted_queries}: a "
+                               "federated GraphQL endpoint over a Federation v2 supergraph; see docs/graphql.md"))

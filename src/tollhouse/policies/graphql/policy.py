@@ -11,6 +11,10 @@ federated execution, the response out.
   their checks and plans are cached, so a repeated operation costs none of it.
 - Persisted queries: Apollo's APQ (`extensions.persistedQuery.sha256Hash`), or
   `only` the trusted documents of a file.
+- All of that happens in the `operation` phase, after auth and before rate limits:
+  the operation's name and estimated cost (cost.py) go in `exchange.vars` for rate
+  limits with `key: graphql_operation` or `cost: graphql_cost`, and `respond` (the
+  route's answer, once every policy has passed) plans and executes what was prepared.
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ from graphql.language import ast as gast
 from graphql.validation import specified_rules
 
 from ...exchange.subrequest import start_subrequest, subrequests
-from ...pipeline import Policy, Reply
+from ...pipeline import Policy, Reply, with_body
+from .cost import CostModel
 from .executor import Execution, FetchFailed
 from .planner import Planner, PlanningError
 from .schema import load_documents, load_supergraph
@@ -65,14 +70,26 @@ class _Document:
         self.plans: dict = {}
 
 
+class _Prepared:
+    """What the operation phase made of a request: for the rate limits and `respond`."""
+
+    __slots__ = ("modern", "name", "document", "operation", "variables", "cost", "refusal")
+
+    def __init__(self, modern: bool):
+        self.modern = modern
+        self.name = ""
+        self.document = self.operation = self.variables = self.refusal = None
+        self.cost = 1
+
+
 class GraphqlPolicy(Policy):
     """Answers its route itself (`terminal`); its outcome is ok, partial or refused."""
 
-    phase = "transform"
+    phase = "operation"
     outcome = "graphql"
     terminal = True
     default_methods = ("GET", "POST")
-    log_fields = ("graphql_operation",)
+    log_fields = ("graphql_operation", "graphql_cost")
 
     def __init__(self, config, context):
         super().__init__(config, context)
@@ -80,6 +97,7 @@ class GraphqlPolicy(Policy):
         self.supergraph = load_supergraph(config.supergraph)
         self.schema = self.supergraph.api_schema
         self.planner = Planner(self.supergraph, self.schema.type_map)
+        self.costs = CostModel(self.schema, config.cost)
         self.documents: dict[str, _Document] = {}
         self.apq: dict[str, str] = {}
         self.trusted = load_documents(config.persisted_queries.documents) \
@@ -93,10 +111,12 @@ class GraphqlPolicy(Policy):
             self.stats.declare("graphql_operations", (("outcome", outcome), ("operation", ""), ("route", self.route_name)))
 
     def outcome_of(self, value):
-        return value[0] if value is not None else None
+        return value[0] if value.__class__ is tuple else None
 
     def log_values(self, value) -> tuple:
-        return (value[1],)
+        if value.__class__ is tuple:
+            return value[1], value[2]
+        return (value.name or None, value.cost) if value.__class__ is _Prepared else (None, None)
 
     # --- transport ----------------------------------------------------------------------------
     def _pool(self, graph: str):
@@ -163,30 +183,61 @@ class GraphqlPolicy(Policy):
         return send
 
     # --- the request ----------------------------------------------------------------------------
-    async def respond(self, exchange, body: bytes):
+    def on_request(self, exchange):
+        """The operation phase: the request read, parsed, checked and costed (nothing is
+        refused here, so the rate limits count refused documents too)."""
+        if exchange.chunked or exchange.content_length:
+            return with_body(exchange, lambda: self._prepare(exchange))
+        return self._prepare(exchange)
+
+    def _prepare(self, exchange) -> None:
         accept = exchange.header("accept") or ""
-        modern = GRAPHQL_RESPONSE in accept or not accept or accept.startswith("*/*") and "json" not in accept
-        operation_name = ""
+        prepared = _Prepared(GRAPHQL_RESPONSE in accept or not accept or accept.startswith("*/*")
+                             and "json" not in accept)
         try:
-            params = self._params(exchange, body)
-            operation_name = params.get("operationName") or ""
+            params = self._params(exchange, b"".join(exchange.body_chunks or ()))
+            prepared.name = params.get("operationName") or ""
             document = self._document(params)
             operation = self._operation(document, params, exchange)
-            operation_name = operation_name or (operation.name.value if operation.name else "")
+            prepared.name = prepared.name or (operation.name.value if operation.name else "")
             variables = self._variables(operation, params)
+            cost = self.costs.estimate(operation, document.fragments, variables)
+            max_cost = self.config.limits.max_cost
+            if max_cost and cost > max_cost:
+                raise _Refusal(400, "COST_LIMIT_EXCEEDED", f"the operation's estimated cost is {cost}; the limit is "
+                                                           f"{max_cost}")
+            prepared.document, prepared.operation, prepared.variables, prepared.cost = document, operation, variables, cost
         except _Refusal as e:
-            self._count(exchange, "refused", operation_name)
+            prepared.refusal = e
+        exchange.remember(self.slot, prepared)
+        found = exchange.vars
+        if found is None:
+            found = exchange.vars = {}
+        found["graphql_operation"] = prepared.name or "(anonymous)"
+        found["graphql_cost"] = prepared.cost
+        return None
+
+    async def respond(self, exchange, body: bytes):
+        prepared = exchange.recall(self.slot)
+        if prepared.__class__ is not _Prepared:
+            self._prepare(exchange)
+            prepared = exchange.recall(self.slot)
+        modern, operation_name, cost = prepared.modern, prepared.name, prepared.cost
+        e = prepared.refusal
+        if e is not None:
+            self._count(exchange, "refused", operation_name, cost)
             error = {"message": str(e), "extensions": {"code": e.code}}
             if e.locations:
                 error["locations"] = e.locations
             status = e.status if modern or e.status in (405, 415) or e.code in ("BAD_REQUEST",) else 200
             return self._answer(exchange, status, {"errors": [error]}, modern, allow=e.status == 405)
+        document, operation, variables = prepared.document, prepared.operation, prepared.variables
         plan = document.plans.get(operation_name)
         if plan is None:
             try:
                 plan = self.planner.plan(operation, document.fragments)
             except PlanningError as e:
-                self._count(exchange, "refused", operation_name)
+                self._count(exchange, "refused", operation_name, cost)
                 return self._answer(exchange, 500 if modern else 200,
                                     {"errors": [{"message": str(e), "extensions": {"code": "QUERY_PLANNING_FAILED"}}]},
                                     modern)
@@ -199,7 +250,7 @@ class GraphqlPolicy(Policy):
         result = {"data": data}
         if execution.errors:
             result["errors"] = execution.errors
-        self._count(exchange, "partial" if execution.errors else "ok", operation_name)
+        self._count(exchange, "partial" if execution.errors else "ok", operation_name, cost)
         return self._answer(exchange, 200, result, modern)
 
     def _answer(self, exchange, status: int, result: dict, modern: bool, allow: bool = False):
@@ -209,8 +260,8 @@ class GraphqlPolicy(Policy):
             headers.append(("allow", "POST"))
         return Reply(status, orjson.dumps(result), headers)
 
-    def _count(self, exchange, outcome: str, operation: str) -> None:
-        exchange.remember(self.slot, (outcome, operation or None))
+    def _count(self, exchange, outcome: str, operation: str, cost: int) -> None:
+        exchange.remember(self.slot, (outcome, operation or None, cost))
         self.stats.inc("graphql_operations", (("outcome", outcome), ("operation", operation[:64]),
                                               ("route", self.route_name)))
 

@@ -43,6 +43,7 @@ class Limits(Schema):
     max_aliases = Field(Int(min=0), 30, "aliases in a document (0: no limit)")
     max_root_fields = Field(Int(min=0), 20, "fields at an operation's root (0: no limit)")
     max_tokens = Field(Int(min=0), 5000, "lexical tokens in a document (0: no limit)")
+    max_cost = Field(Int(min=0), 0, "an operation's estimated cost (see `cost`; 0: no limit)")
 
 
 class PersistedQueries(Schema):
@@ -61,6 +62,13 @@ class PersistedQueries(Schema):
                 error_at(errors, path, "documents", lines, line, f"cannot read {self.documents}: {e}")
 
 
+class Cost(Schema):
+    default_list_size = Field(Int(min=0), 10, "items assumed in a list without a first, last or limit argument")
+    weights = Field(MapOf(Int(min=0), key_pattern=r"[_A-Za-z][_0-9A-Za-z]*\.[_A-Za-z][_0-9A-Za-z]*"), {},
+                    "Type.field -> its weight (default: 1 for a field returning an object, interface or union, "
+                    "0 for a scalar or enum)")
+
+
 class SubgraphSettings(Schema):
     upstream = Field(Str(), doc="the upstream this subgraph's fetches go through (its path: the URL's)")
 
@@ -70,7 +78,10 @@ class Graphql(Schema):
     subgraphs = Field(MapOf(SubgraphSettings), {}, "subgraph name -> {upstream}: fetches through a named upstream "
                       "(else to the @join__graph URL)")
     introspection = Field(Bool(), True, "answer __schema and __type (the API schema)")
-    limits = Field(Limits, Limits(), "{max_depth, max_aliases, max_root_fields, max_tokens}: refused before planning")
+    limits = Field(Limits, Limits(), "{max_depth, max_aliases, max_root_fields, max_tokens, max_cost}: refused "
+                                     "before planning")
+    cost = Field(Cost, Cost(), "{default_list_size, weights}: the cost model of `cost: graphql_cost` rate limits "
+                               "and limits.max_cost")
     persisted_queries = Field(PersistedQueries, PersistedQueries(), "{mode: off | apq | only, documents}")
 
     def check(self, path, lines, line, errors):
@@ -83,6 +94,12 @@ class Graphql(Schema):
             where = f"{self.supergraph}:{e.line}" if e.line else self.supergraph
             error_at(errors, path, "supergraph", lines, line, f"{where}: {e}")
             return
+        types = graph.api_schema.type_map
+        for name in self.cost.weights:
+            type_name, _, field = name.partition(".")
+            if field not in (getattr(types.get(type_name), "fields", None) or {}):
+                error_at(errors, f"{path}.cost.weights", name, lines, line,
+                         f"no field {name} in the API schema of {self.supergraph}")
         for name in self.subgraphs:
             if name not in graph.by_name:
                 error_at(errors, f"{path}.subgraphs", name, lines, line,

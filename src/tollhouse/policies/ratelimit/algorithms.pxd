@@ -5,7 +5,8 @@ cimport cython
 @cython.locals(interval=cython.double, tat=cython.double, new_tat=cython.double, allow_at=cython.double,
                index=cython.longlong, window_end=cython.double, cur=cython.longlong, prev=cython.longlong,
                weight=cython.double, estimate=cython.double, remaining=cython.longlong, room=cython.double)
-cpdef tuple evaluate(int algo, long long limit, double window, long long burst, state, double now)
+cpdef tuple evaluate(int algo, long long limit, double window, long long burst, state, double now,
+                     long long cost=*)
 
 
 cdef class LimitTable:

@@ -18,15 +18,17 @@ FIXED, SLIDING, BUCKET = 0, 1, 2
 ALGORITHMS = {"fixed_window": FIXED, "sliding_window": SLIDING, "token_bucket": BUCKET}
 
 
-def evaluate(algo: int, limit: int, window: float, burst: int, state, now: float):
-    """(Decision fields..., new state if counted) for one limit."""
+def evaluate(algo: int, limit: int, window: float, burst: int, state, now: float, cost: int = 1):
+    """(Decision fields..., new state if counted) for one limit; the request weighs `cost`
+    (1, or what a weighted limit's `cost` names, such as a GraphQL operation's estimate)."""
     if algo == BUCKET:
         interval = window / limit
         tat = state if state is not None and state > now else now
-        new_tat = tat + interval
+        new_tat = tat + interval * cost
         allow_at = new_tat - burst * interval
         if now < allow_at - 1e-9:
-            return False, 0, tat - now, allow_at - now, None
+            # What is left: more than 0 only for a request weighing more than 1.
+            return False, int((now - tat) / interval + burst + 1e-9), tat - now, allow_at - now, None
         remaining = int((now - allow_at) / interval + 1e-9)
         return True, remaining, new_tat - now, 0.0, new_tat
     index = int(now // window)
@@ -38,21 +40,23 @@ def evaluate(algo: int, limit: int, window: float, burst: int, state, now: float
     else:
         cur, prev = state[1], state[2] if algo == SLIDING else 0
     if algo == FIXED:
-        if cur + 1 > limit:
-            return False, 0, window_end - now, window_end - now, None
-        return True, limit - cur - 1, window_end - now, 0.0, [index, cur + 1]
+        if cur + cost > limit:
+            return False, max(0, limit - cur), window_end - now, window_end - now, None
+        return True, limit - cur - cost, window_end - now, 0.0, [index, cur + cost]
     weight = 1.0 - (now - index * window) / window
     estimate = prev * weight + cur
-    if estimate + 1 > limit + 1e-9:
-        return False, 0, window_end - now, _sliding_retry(limit, window, now, index, cur, prev), None
-    room = limit - estimate - 1 + 1e-9
+    if estimate + cost > limit + 1e-9:
+        left = limit - estimate + 1e-9
+        return False, int(left) if left > 0 else 0, window_end - now, \
+            _sliding_retry(limit, window, now, index, cur, prev, cost), None
+    room = limit - estimate - cost + 1e-9
     remaining = int(room) if room > 0 else 0   # int() is floor for the positive values kept
-    return True, remaining, window_end - now, 0.0, [index, cur + 1, prev]
+    return True, remaining, window_end - now, 0.0, [index, cur + cost, prev]
 
 
-def _sliding_retry(limit, window, now, index, cur, prev) -> float:
-    """Seconds until the weighted estimate leaves room for one request."""
-    room = limit - 1 - cur
+def _sliding_retry(limit, window, now, index, cur, prev, cost=1) -> float:
+    """Seconds until the weighted estimate leaves room for a request of `cost`."""
+    room = limit - cost - cur
     if room >= 0 and prev > 0:
         # prev * (1 - f) <= room  =>  f >= 1 - room / prev
         f = 1.0 - room / prev
@@ -61,7 +65,7 @@ def _sliding_retry(limit, window, now, index, cur, prev) -> float:
     next_start = (index + 1) * window
     if cur <= 0:
         return next_start - now
-    f = max(0.0, 1.0 - (limit - 1) / cur)
+    f = max(0.0, 1.0 - (limit - cost) / cur)
     return next_start - now + f * window
 
 

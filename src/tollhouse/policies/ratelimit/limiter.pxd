@@ -21,7 +21,7 @@ cdef class RedisLimiter:
     cdef public double timeout
     cdef public long live_instances
 
-    cpdef check(self, list limits, list store_keys, policy, exchange, list keys)
+    cpdef check(self, list limits, list store_keys, policy, exchange, list keys, costs=*)
     @cython.locals(item=tuple, limits=list, store_keys=list, keys_all=list, profiles=dict, profile_args=list,
                    run_args=list, count=Py_ssize_t)
     cpdef _call(self, list batch, done)

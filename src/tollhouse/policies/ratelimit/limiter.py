@@ -65,21 +65,24 @@ class MemoryLimiter:
         return t
 
 
-def decide(limits, tables, keys, now: float, divisor: int):
+def decide(limits, tables, keys, now: float, divisor: int, costs=None):
     """Check every limit; count in all of them only if all allow (nothing otherwise).
 
     Returns (allowed, [(ok, limit, remaining, reset, retry), ...]). `divisor`
-    scales limits down for store_failure: local.
+    scales limits down for store_failure: local; `costs` weighs the request per limit
+    (None: 1 in each).
     """
     decisions = []
     updates = []
     allowed = True
     evaluate = algorithms.evaluate
-    for lim, table, key in zip(limits, tables, keys):
+    for i in range(len(limits)):
+        lim, table, key = limits[i], tables[i], keys[i]
         limit, burst = lim.limit, lim.burst
         if divisor > 1:
             limit, burst = max(1, limit // divisor), max(1, burst // divisor)
-        ok, remaining, reset, retry, state = evaluate(lim.algo, limit, lim.window, burst, table.get(key, now), now)
+        ok, remaining, reset, retry, state = evaluate(lim.algo, limit, lim.window, burst, table.get(key, now), now,
+                                                      1 if costs is None else costs[i])
         decisions.append((ok, limit, remaining, reset, retry))
         if ok:
             updates.append((table, key, state))
@@ -160,14 +163,14 @@ class RedisLimiter:
         stats.declare_gauge("ratelimit_fallback", (("mode", failure_mode),))
 
     # --- the request side ---------------------------------------------------------
-    def check(self, limits, store_keys, policy, exchange, keys):
-        """`policy.resolved(exchange, limits, keys, (allowed, decisions) | StoreDown())`
+    def check(self, limits, store_keys, policy, exchange, keys, costs=None):
+        """`policy.resolved(exchange, limits, keys, (allowed, decisions) | StoreDown(), costs)`
         decides; returned at once while the breaker is open, else through a
-        Deferred (no task per request)."""
+        Deferred (no task per request). `costs`: the request's weight per limit, or None."""
         if self.guard.open:
-            return policy.resolved(exchange, limits, keys, StoreDown())
+            return policy.resolved(exchange, limits, keys, StoreDown(), costs)
         fut = Deferred()
-        self.batcher.add((store_keys, limits, fut, policy, exchange, keys))
+        self.batcher.add((store_keys, limits, fut, policy, exchange, keys, costs))
         return fut
 
     def _send(self, batch, done):
@@ -193,25 +196,32 @@ class RedisLimiter:
         share = self.regions is not None and self.regions.share_now
         # Consecutive requests with the same keys and limits (one client's burst, a
         # route or global key) go as one run: its keys and profile once, then a count.
-        last_keys = last_limits = None
+        last_keys = last_limits = last_costs = None
         count = 0
         for item in batch:
-            store_keys, limits = item[0], item[1]
+            store_keys, limits, costs = item[0], item[1], item[6]
             if (store_keys is last_keys or store_keys == last_keys) and (
-                    limits is last_limits or limits == last_limits):
+                    limits is last_limits or limits == last_limits) and costs == last_costs:
                 count += 1
                 continue
             if count:
                 run_args.append(b"%d" % count)
             count = 1
-            last_keys, last_limits = store_keys, limits
+            last_keys, last_limits, last_costs = store_keys, limits, costs
             keys_all += store_keys
-            index = profiles.get(id(limits))
+            # A profile per set of limits, and per weight where a limit weighs requests.
+            profile = id(limits) if costs is None else (id(limits), costs)
+            index = profiles.get(profile)
             if index is None:
-                index = profiles[id(limits)] = b"%d" % (len(profiles) + 1)
+                index = profiles[profile] = b"%d" % (len(profiles) + 1)
                 profile_args.append(b"%d" % len(limits))
-                for lim in limits:
-                    profile_args += lim.partition_args if share and lim.partition_args else lim.script_args
+                for i in range(len(limits)):
+                    lim = limits[i]
+                    args = lim.partition_args if share and lim.partition_args else lim.script_args
+                    if costs is None or costs[i] == 1:
+                        profile_args += args
+                    else:
+                        profile_args += (*args[:4], b"%d" % costs[i])
             run_args.append(index)
         run_args.append(b"%d" % count)
         counters = self.stats.counters
@@ -254,7 +264,7 @@ class RedisLimiter:
                     outcome = (bool(flat[pos]), decisions)
                     pos += 1 + 4 * n
                 try:
-                    decision = policy.resolved(exchange, limits, item[5], outcome)
+                    decision = policy.resolved(exchange, limits, item[5], outcome, item[6])
                 except Exception as e:  # noqa: BLE001 - surfaces as the request's 500
                     fut.fail(e)
                 else:

@@ -11,7 +11,7 @@ cdef class _Limit:
     cdef public long long limit, burst
     cdef public double window
     cdef public object spec, script_args, spec_id, store_prefix, key_kind, header, name, policy_item
-    cdef public object partition_args, scope
+    cdef public object partition_args, scope, cost
     cdef public LimitTable table, local_table
     cdef public dict store_keys
 

@@ -22,14 +22,17 @@ class _Limit:
     """A limit compiled for the request path."""
 
     __slots__ = ("spec", "algo", "limit", "window", "script_args", "burst", "spec_id", "store_prefix", "key_kind",
-                 "header", "name", "policy_item", "table", "local_table", "partition_args", "scope", "store_keys")
+                 "header", "name", "policy_item", "table", "local_table", "partition_args", "scope", "store_keys",
+                 "cost")
 
     def __init__(self, cfg: RateLimit, spec_id: str, limiter):
         burst = cfg.burst or cfg.limit
         self.algo, self.limit, self.window, self.burst = ALGORITHMS[cfg.algorithm], cfg.limit, cfg.window, burst
         self.spec = (self.algo, self.limit, self.window, burst)
         # Pre-encoded for the Redis script (the client would encode them per call).
-        self.script_args = tuple(b"%d" % v for v in (self.algo, self.limit, int(cfg.window * 1000), burst))
+        # The last is the request's cost: 1, replaced per request for a weighted limit.
+        self.script_args = tuple(b"%d" % v for v in (self.algo, self.limit, int(cfg.window * 1000), burst, 1))
+        self.cost = cfg.cost if cfg.cost != "request" else None   # the exchange variable that weighs a request
         self.scope = cfg.scope
         self.partition_args = None
         regions = getattr(limiter, "regions", None)
@@ -37,15 +40,15 @@ class _Limit:
             # Counted with the other regions' components (ratelimit.lua: +10), and while
             # partitioned with on_partition: share, capped at this region's share (+20).
             window_ms = int(cfg.window * 1000)
-            self.script_args = (b"%d" % (self.algo + 10), b"%d" % self.limit, b"%d" % window_ms, b"0")
+            self.script_args = (b"%d" % (self.algo + 10), b"%d" % self.limit, b"%d" % window_ms, b"0", b"1")
             if cfg.mode == "escrow":
                 # Admitted within this region's share, plus what it borrowed (ratelimit.lua: +30).
                 self.scope = "escrow"
                 self.script_args = (b"%d" % (self.algo + 30), b"%d" % self.limit, b"%d" % window_ms,
-                                    b"%d" % regions.share_of(self.limit, regions.name))
+                                    b"%d" % regions.share_of(self.limit, regions.name), b"1")
             elif regions.share:
                 self.partition_args = (b"%d" % (self.algo + 20), b"%d" % self.limit, b"%d" % window_ms,
-                                       b"%d" % regions.count)
+                                       b"%d" % regions.count, b"1")
         if cfg.key == "global":
             # One counter for every route declaring the same global limit.
             spec_id = f"global:{cfg.algorithm}:{cfg.limit}:{cfg.window:g}:{burst}"
@@ -53,7 +56,7 @@ class _Limit:
         self.store_prefix = ""
         self.key_kind = cfg.key.split(":", 1)[0]
         self.header = cfg.key.split(":", 1)[1] if ":" in cfg.key else None
-        self.name = f"{cfg.key.replace(':', '-').lower()}-{cfg.window:g}s"
+        self.name = f"{cfg.key.replace(':', '-').lower()}-{cfg.window:g}s" + (f"-{cfg.cost}" if self.cost else "")
         self.policy_item = f'"{self.name}";q={cfg.limit};w={max(1, math.ceil(cfg.window))}'
         # Memory tables are resolved once here, not looked up per request.
         self.table = limiter.table(spec_id, self.spec) if isinstance(limiter, MemoryLimiter) else None
@@ -81,8 +84,25 @@ def _key(lim: _Limit, exchange) -> str:
         return "c:" + identity.consumer if identity is not None else "ip:" + exchange.client_ip
     if kind == "route" or kind == "global":
         return kind
-    value = exchange.header(lim.header)
-    return "h:" + _short(value) if value else "ip:" + exchange.client_ip
+    if kind == "header":
+        value = exchange.header(lim.header)
+        return "h:" + _short(value) if value else "ip:" + exchange.client_ip
+    # A value an earlier policy put on the exchange (registry.PolicyKind.request_values):
+    # the GraphQL operation's name. Requests without it share one counter.
+    found = exchange.vars.get(kind) if exchange.vars is not None else None
+    return "v:" + _short(str(found)) if found is not None else "v:"
+
+
+def _costs(limits, exchange):
+    """Each limit's weight for this request, or None when every one counts 1 (the common case)."""
+    weighted = False
+    for lim in limits:
+        if lim.cost is not None:
+            weighted = True
+    if not weighted:
+        return None
+    found = exchange.vars or {}
+    return tuple(max(1, int(found.get(lim.cost, 1))) if lim.cost is not None else 1 for lim in limits)
 
 
 def _policy_items(limits) -> str:
@@ -129,8 +149,9 @@ class RateLimitPolicy(Policy):
                 limiter.regions.watch_escrow(self.prefix, lim.store_prefix, f"{route_name}:{lim.name}", lim.limit,
                                              lim.window)
         self.policy_header = None if self.tiered else _policy_items(self.fixed)
-        # The common case, one limit, skips the lists of the general path.
-        self.single = self.fixed[0] if not self.tiered and len(self.fixed) == 1 else None
+        # The common case, one limit counting 1 per request, skips the lists of the general path.
+        self.single = self.fixed[0] if not self.tiered and len(self.fixed) == 1 and self.fixed[0].cost is None \
+            else None
         self.consumer_limits = {}   # Identity.limits_key -> that consumer's own limits, compiled here
 
     def _own_limits(self, identity):
@@ -180,13 +201,14 @@ class RateLimitPolicy(Policy):
         if not limits:
             return None
         keys = [_key(lim, exchange) for lim in limits]
+        costs = _costs(limits, exchange)
         if self.memory:
-            allowed, decisions = decide(limits, [lim.table for lim in limits], keys, _now(), 1)
+            allowed, decisions = decide(limits, [lim.table for lim in limits], keys, _now(), 1, costs)
             return self._decide(exchange, limits, allowed, decisions, "allowed")
         return self.limiter.check(limits, [(lim.store_prefix + k).encode() for lim, k in zip(limits, keys)],
-                                  self, exchange, keys)
+                                  self, exchange, keys, costs)
 
-    def resolved(self, exchange, limits, keys, result):
+    def resolved(self, exchange, limits, keys, result, costs=None):
         """Turn the store's answer (or StoreDown) into None or a Reply."""
         if not isinstance(result, StoreDown):
             allowed, decisions = result
@@ -200,7 +222,7 @@ class RateLimitPolicy(Policy):
             return Reply.problem(503, "Service Unavailable", "the rate-limit store is unavailable",
                                  headers=[("retry-after", "1")])
         allowed, decisions = decide(limits, [lim.local_table for lim in limits], keys, _now(),
-                                    self.limiter.live_instances)
+                                    self.limiter.live_instances, costs)
         return self._decide(exchange, limits, allowed, decisions, "store_down_local")
 
     def admit(self, exchange, lim: _Limit, decision: tuple, result: str) -> None:

@@ -6,11 +6,13 @@
 -- Requests come in runs: consecutive requests with the same keys and limits (one
 -- client's burst, a route or global key) are sent once with their count.
 -- KEYS: the storage keys of every limit of every run, in order (one hash slot).
--- ARGV: number of profiles; per profile: number of limits, then per limit 4 values:
+-- ARGV: number of profiles; per profile: number of limits, then per limit 5 values:
 --       algorithm (0 fixed, 1 sliding, 2 bucket; +10 for a `scope: global` window counted
 --       with the other regions' components, +20 for the same while partitioned with
 --       on_partition: share, when `burst` carries the number of regions; +30 for a `mode: escrow`
---       window, when `burst` carries this region's share), limit, window_ms, burst;
+--       window, when `burst` carries this region's share), limit, window_ms, burst, and the
+--       request's cost (1, or its weight for a limit with `cost`: requests of different
+--       weights are different profiles);
 --       then the number of runs and, per run, the index (1-based) of its profile and its
 --       number of requests. (Requests of one route share a profile: the batch carries it once.)
 -- Uses the Redis server's clock, so gateway clocks may drift.
@@ -22,15 +24,15 @@ if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Profiles parsed once per call (not per request): profile -> flat list of
--- algo, limit, window, burst for each of its limits.
+-- algo, limit, window, burst, cost for each of its limits.
 local profiles = {}
 local argi = 2
 for p = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[argi])
   local spec = {}
-  for j = 1, 4 * n do spec[j] = tonumber(ARGV[argi + j]) end
+  for j = 1, 5 * n do spec[j] = tonumber(ARGV[argi + j]) end
   profiles[p] = spec
-  argi = argi + 1 + 4 * n
+  argi = argi + 1 + 5 * n
 end
 local nruns = tonumber(ARGV[argi])
 local runi = argi + 1
@@ -56,8 +58,8 @@ for run = 1, nruns do
     local head = no
     local nu = 0
     local all = 1
-    for si = 1, #spec, 4 do
-      local algo, limit, window, burst = spec[si], spec[si + 1], spec[si + 2], spec[si + 3]
+    for si = 1, #spec, 5 do
+      local algo, limit, window, burst, cost = spec[si], spec[si + 1], spec[si + 2], spec[si + 3], spec[si + 4]
       local scope = 0
       if algo >= 30 then scope, algo = 3, algo - 30
       elseif algo >= 20 then scope, algo = 2, algo - 20 elseif algo >= 10 then scope, algo = 1, algo - 10 end
@@ -73,12 +75,13 @@ for run = 1, nruns do
         end
         local tat = st[1]
         if tat < now then tat = now end
-        local new_tat = tat + interval
+        local new_tat = tat + interval * cost
         local allow_at = new_tat - burst * interval
-        if now < allow_at then
-          ok, remaining, reset, retry = 0, 0, tat - now, allow_at - now
+        if now < allow_at - 1e-6 then  -- as algorithms.py: float error is no refusal
+          -- What is left (more than 0 only for a request weighing more than 1).
+          ok, remaining, reset, retry = 0, math.max(0, math.floor((now - tat) / interval + burst + 1e-6)), tat - now, allow_at - now
         else
-          remaining = math.floor((now - allow_at) / interval)
+          remaining = math.floor((now - allow_at) / interval + 1e-6)
           reset = new_tat - now
           upd[nu + 1], upd[nu + 2], upd[nu + 3], upd[nu + 4], upd[nu + 5], upd[nu + 6] = st, key, new_tat, 0, 0, 0
           nu = nu + 6
@@ -106,7 +109,7 @@ for run = 1, nruns do
             local last = st[1] == index - 1
             st[1], st[2], st[3], st[4], st[5], st[6], st[7] = index, 0, last and st[2] or 0, 0, 0, 0, last and st[6] or 0
           end
-          st[6] = st[6] + 1
+          st[6] = st[6] + cost
           if ttls[key] == nil then dirty[#dirty + 1] = key; ttls[key] = 2 * window end
           escrow[key] = true
         end
@@ -142,36 +145,37 @@ for run = 1, nruns do
         end
         reset = window_end - now
         if algo == 0 then
-          if cur + 1 > limit then
-            ok, retry = 0, window_end - now
+          if cur + cost > limit then
+            ok, remaining, retry = 0, math.max(0, limit - cur), window_end - now
           else
-            remaining = limit - cur - 1
+            remaining = limit - cur - cost
           end
         else
           local weight = 1 - (now - index * window) / window
           local estimate = prev * weight + cur
-          if estimate + 1 > limit then
+          if estimate + cost > limit then
             ok = 0
-            local room = limit - 1 - cur
+            remaining = math.max(0, math.floor(limit - estimate))
+            local room = limit - cost - cur
             if room >= 0 and prev > 0 then
               retry = math.max(0, index * window + (1 - room / prev) * window - now)
             elseif cur <= 0 then
               retry = window_end - now
             else
-              retry = window_end - now + math.max(0, 1 - (limit - 1) / cur) * window
+              retry = window_end - now + math.max(0, 1 - (limit - cost) / cur) * window
             end
           else
-            remaining = math.max(0, math.floor(limit - estimate - 1))
+            remaining = math.max(0, math.floor(limit - estimate - cost))
           end
         end
-        if ok == 1 and scope == 2 and own + 1 > math.ceil(limit / burst) then
+        if ok == 1 and scope == 2 and own + cost > math.ceil(limit / burst) then
           -- Partitioned (on_partition: share): this region admits its share of the limit at most.
           ok, remaining, retry = 0, 0, window_end - now
         end
         if ok == 1 then
           -- Only this region's own component is counted here.
           upd[nu + 1], upd[nu + 2], upd[nu + 3], upd[nu + 4], upd[nu + 5], upd[nu + 6] =
-            st, key, index, own + 1, st[1] == index and st[3] or (st[1] == index - 1 and st[2] or 0), 2 * window
+            st, key, index, own + cost, st[1] == index and st[3] or (st[1] == index - 1 and st[2] or 0), 2 * window
           nu = nu + 6
           if scope == 1 or scope == 2 then global[key] = true end
         end

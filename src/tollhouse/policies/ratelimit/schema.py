@@ -5,7 +5,8 @@ from ...config.loader import ConfigError
 from ...config.schema import Bool, Duration, Field, Int, ListOf, MapOf, Schema, Str, error_at
 from .algorithms import ALGORITHMS
 
-KEY_PATTERN = r"consumer|ip|route|global|header:[A-Za-z0-9_-]+"
+KEY_PATTERN = r"consumer|ip|route|global|header:[A-Za-z0-9_-]+|[a-z][a-z0-9_]*"
+BUILT_IN_KEYS = ("consumer", "ip", "route", "global")
 
 
 class RateLimit(Schema):
@@ -13,7 +14,10 @@ class RateLimit(Schema):
     window = Field(Duration(min=0.001), 60.0, "the window (token_bucket: limit tokens refill over it)")
     key = Field(Str(pattern=KEY_PATTERN), "consumer",
                 "who is counted: consumer (falls back to ip when anonymous), ip, route, global, header:NAME "
-                "(falls back to ip when the header is absent)")
+                "(falls back to ip when the header is absent), or a value a policy sets (graphql_operation)")
+    cost = Field(Str(pattern=r"[a-z][a-z0-9_]*"), "request",
+                 "what a request weighs: request (1 each) or a number a policy sets (graphql_cost: the GraphQL "
+                 "operation's estimated cost)")
     algorithm = Field(Str(choices=tuple(ALGORITHMS)), "sliding_window", "fixed_window, sliding_window or token_bucket")
     burst = Field(Int(min=1), 0, "token_bucket only: bucket capacity (default: limit)")
     tiered = Field(Bool(), False, "apply the caller's tier's rate_limits (from `tiers`) here instead")
@@ -24,6 +28,18 @@ class RateLimit(Schema):
                  "escrow: each region holds a share and borrows unused share from its peers (never over the limit)")
 
     def check(self, path, lines, line, errors):
+        from ...registry import request_values
+
+        if self.key not in BUILT_IN_KEYS and not self.key.startswith("header:"):
+            known = request_values("key")
+            if self.key not in known:
+                error_at(errors, path, "key", lines, line, f"unknown key {self.key!r}: consumer, ip, route, global, "
+                                                          f"header:NAME{''.join(', ' + k for k in sorted(known))}")
+        if self.cost != "request":
+            known = request_values("cost")
+            if self.cost not in known:
+                error_at(errors, path, "cost", lines, line, f"unknown cost {self.cost!r}: request"
+                                                            f"{''.join(', ' + k for k in sorted(known))}")
         if self.tiered:
             if self.limit:
                 error_at(errors, path, "limit", lines, line, "a tiered entry takes its limits from `tiers`")

@@ -10,8 +10,7 @@ never reaches the upstream.
 """
 from __future__ import annotations
 
-from ...clock import CLOCK
-from ...pipeline import Deferred, Policy, Reply
+from ...pipeline import Policy, Reply, with_body
 
 BLOCKED, DETECTED, PASSED, UNINSPECTED = "blocked", "detected", "passed", "uninspected"
 #: CRS severities to their anomaly points (crs-setup.conf's defaults): the score of what matched.
@@ -72,12 +71,7 @@ class WafPolicy(Policy):
             exchange.body_limit = limit if not exchange.body_limit or limit < exchange.body_limit else exchange.body_limit
         # The body read so far goes in now, the rest piece by piece as it arrives.
         exchange.add_body_reader(_BodyFeed(tx))
-        if exchange.body_done:
-            return self.finish(exchange, tx, None)
-        deferred = Deferred()
-        exchange.body_progress = CLOCK.now
-        exchange.body_waiter = lambda: deferred.resolve(self.finish(exchange, tx, None))
-        return deferred
+        return with_body(exchange, lambda: self.finish(exchange, tx, None))
 
     def finish(self, exchange, tx, outcome):
         tx.process_request_body()   # phase 2, where the CRS adds up the score and decides
