@@ -74,7 +74,7 @@ def uneven_run(lag_ms: int, upstream_url: str, mode: str) -> list[dict]:
 
     lag = lag_ms / 1000
     regions = Regions(3, upstream_url, limit=LIMIT, window=f"{int(WINDOW)}s", sync_interval="50ms", mode=mode,
-                      lag=lag, partition_after=f"{int(8 * lag_ms + 1000)}ms")
+                      lag=lag, partition_after=f"{int(20 * lag_ms + 1000)}ms")
     try:
         time.sleep(2 + 2 * lag)   # the regions' first heartbeats
         offered = 1.5 * LIMIT / WINDOW

@@ -67,7 +67,7 @@ def test_a_weighted_request_takes_its_cost_from_the_share(stores):
 
 
 def test_a_loan_is_what_the_lender_holds_beyond_its_own_need(stores):
-    eu, us = stores[0], stores[1]
+    us = stores[1]
     ask(us, share=10, count=3)
     # Early in its window us has no rate of its own yet and no last window: it keeps 1.
     assert lend(us, "eu", asked=50, share=10) == [index(us), 6]
