@@ -349,6 +349,9 @@ def test_rate_limits_count_by_operation(gw):
     assert _remaining(gw, b, "/per-operation")[0] == 200          # another operation: its own count
     status, _, body = _remaining(gw, a, "/per-operation")
     assert status == 429 and body["status"] == 429                 # problem+json, as every limit answers
+    # The access log names the operation of a request the limit refused.
+    wait_for(lambda: any('"graphql_operation":"A"' in line and '"status":429' in line
+                         for line in gw.stdout().splitlines()))
 
 
 def test_rate_limits_weigh_an_operation_by_its_estimated_cost(gw, shop):
