@@ -99,6 +99,12 @@ class Tracer:
         named `name`), or None to leave it untraced."""
         return None
 
+    def step(self, name: str, attributes: dict | None = None) -> "Tracer | None":
+        """A part of this request's work with a span of its own (a GraphQL plan step),
+        or None: the subrequests made for it are traced under it (its `subrequest`),
+        and its `end()` closes it."""
+        return None
+
     @staticmethod
     def decision(result) -> str:
         """A policy's result as a label: "pass", the status it answered with, or "error"."""

@@ -192,3 +192,37 @@ def test_the_server_span_names_the_protocol_version(gateway_factory, upstream, c
     wait_for(lambda: len([s for s in collector.spans if s.kind == 2]) >= 2, timeout=10)
     versions = {attrs(s)["url.path"]: attrs(s)["network.protocol.version"] for s in collector.spans if s.kind == 2}
     assert versions == {"/users/1": "1.1", "/users/2": "2"}
+
+
+def test_each_graphql_plan_step_is_a_span_over_its_subgraph_fetches(gateway_factory, upstream, collector, tmp_path):
+    from tests.support.shop_subgraphs import Shop
+
+    shop = Shop().start()
+    try:
+        (tmp_path / "shop.graphql").write_text(shop.supergraph())
+        cfg = config(upstream.url, collector.url, f"http://127.0.0.1:{refused_port()}") + f"""
+  - name: graph
+    match: {{path: /graphql}}
+    graphql: {{supergraph: {tmp_path / "shop.graphql"}}}
+"""
+        g = gateway_factory(cfg)
+        query = json.dumps({"query": "{ me { name reviews { body product { name inStock } } } }"})
+        r = request(g.port, (f"POST /graphql HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: {len(query)}\r\n\r\n{query}").encode())
+        assert r.status == 200 and "errors" not in json.loads(r.body)
+        # accounts (me), then reviews (User.reviews), then products and inventory (Product.name, .inStock).
+        wait_for(lambda: len([s for s in collector.spans if s.kind == 3]) >= 4, timeout=10)
+    finally:
+        shop.stop()
+    (server,) = [s for s in collector.spans if s.kind == 2]
+    steps = sorted((s for s in collector.spans if s.kind == 1), key=lambda s: attrs(s)["tollhouse.graphql.step"])
+    assert [s.name for s in steps] == ["graphql step"] * 3
+    assert [attrs(s)["tollhouse.graphql.subgraphs"] for s in steps] == ["accounts", "reviews", "inventory,products"]
+    assert [attrs(s)["tollhouse.graphql.kind"] for s in steps] == ["root", "entities", "entities"]
+    assert all(s.parent_span_id == server.span_id for s in steps)
+    # Each subgraph fetch is a CLIENT span under its step, and the steps follow one another.
+    by_id = {s.span_id: s for s in steps}
+    clients = [s for s in collector.spans if s.kind == 3]
+    assert sorted(attrs(by_id[c.parent_span_id])["tollhouse.graphql.subgraphs"] for c in clients) == [
+        "accounts", "inventory,products", "inventory,products", "reviews"]
+    assert all(a.end_time_unix_nano <= b.start_time_unix_nano for a, b in zip(steps, steps[1:]))

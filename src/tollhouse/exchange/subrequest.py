@@ -110,14 +110,15 @@ class SubrequestOrigin:
 
 def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, headers=(), body: bytes = b"",
                      timeout: float | None = None, parent=None, host: bytes | None = None,
-                     observe=None, span: str | None = None) -> Exchange:
+                     observe=None, span: str | None = None, step=None) -> Exchange:
     """Send the subrequest now; its origin's `done` future gets the SubResponse.
     `upstream`: the name of one of the config's upstreams, or an UpstreamPool.
     `target` is the path and query the upstream receives; `headers` are ready-to-send
     lines; `host` (else the target's host:port) is sent as Host; `observe(exchange)`
     returns what watches the response as it arrives (the cache's Fill: head, body,
     complete, finished); `span` names the call in the parent's trace (its CLIENT
-    spans, when the parent is traced). KeyError for an unknown upstream."""
+    spans, when the parent is traced), under `step` (a Tracer.step of the parent's)
+    when given. KeyError for an unknown upstream."""
     state = worker.state
     # A name of the config's upstreams, or a pool of the caller's own (a GraphQL subgraph's URL).
     pool = state.pools[upstream] if upstream.__class__ is str else upstream
@@ -144,7 +145,7 @@ def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, hea
         ex.xff, ex.xfp, ex.xfh = parent.xff, parent.xfp, parent.xfh
         ex.host = host or parent.host
         if span is not None and parent.tracer is not None:
-            ex.tracer = parent.tracer.subrequest(span)
+            ex.tracer = (step if step is not None else parent.tracer).subrequest(span)
     else:
         ex.request_id = worker.next_request_id()
     if body or method in _BODY_METHODS:

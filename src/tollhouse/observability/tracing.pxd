@@ -11,7 +11,7 @@ cdef class TracingFactory:
 
 
 cdef class SpanTracer(Tracer):
-    cdef public object exporter, trace_id, span_id, parent_id, events, attempts, current, backend
+    cdef public object exporter, trace_id, span_id, parent_id, events, attempts, current, backend, steps
     cdef public long long start, end
 
 

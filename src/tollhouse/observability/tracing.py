@@ -142,9 +142,10 @@ class AttemptFacts:
     start and end (ns), status or failure, and what the request was."""
 
     __slots__ = ("span_id", "target", "number", "start", "end", "status", "failure", "method", "route", "path",
-                 "params", "backend")
+                 "params", "backend", "parent")
 
-    def __init__(self, span_id, target, number, start, end, status, failure, method, route, path, params, backend):
+    def __init__(self, span_id, target, number, start, end, status, failure, method, route, path, params, backend,
+                 parent=None):
         self.span_id = span_id
         self.target = target
         self.number = number
@@ -157,6 +158,7 @@ class AttemptFacts:
         self.path = path
         self.params = params
         self.backend = backend   # an aggregation backend's name, for a subrequest's attempt
+        self.parent = parent     # its parent span: the SERVER span's, or a step's (None: the SERVER span)
 
 
 class SpanRecord:
@@ -191,10 +193,12 @@ def span_records(finished: list) -> list:
                   for when, policy, result in tracer.events]
         spans.append(SpanRecord(trace_id, server_id, tracer.parent_id, name, SERVER, tracer.start, tracer.end,
                                 attributes, events, failed))
+        for span_id, name, attributes, start, end in tracer.steps:
+            spans.append(SpanRecord(trace_id, span_id, server_id, name, INTERNAL, start, end, attributes, [], False))
         for attempt in tracer.attempts:
             name, attributes, failed = client_span(attempt)
-            spans.append(SpanRecord(trace_id, attempt.span_id, server_id, name, CLIENT, attempt.start, attempt.end,
-                                    attributes, [], failed))
+            spans.append(SpanRecord(trace_id, attempt.span_id, attempt.parent or server_id, name, CLIENT, attempt.start,
+                                    attempt.end, attributes, [], failed))
     return spans
 
 
@@ -332,7 +336,7 @@ def _any_key_value(key: str, value):
     return KeyValue(key=key, value=AnyValue(string_value=str(value)))
 
 
-SERVER, CLIENT = 2, 3   # Span.SpanKind values
+INTERNAL, SERVER, CLIENT = 1, 2, 3   # Span.SpanKind values
 
 
 def _now_ns() -> int:
@@ -422,7 +426,7 @@ class SpanTracer(Tracer):
     (docs/benchmarks.md, "Tenth session: tracing's sampled path")."""
 
     __slots__ = ("exporter", "trace_id", "span_id", "parent_id", "start", "end", "events", "attempts", "current",
-                 "backend")
+                 "backend", "steps")
 
     def __init__(self, exporter, exchange, parent):
         self.exporter = exporter
@@ -436,6 +440,7 @@ class SpanTracer(Tracer):
         self.attempts: list = []   # finished CLIENT spans: see _close_attempt
         self.current = None        # (span id, target, attempt, start) of the attempt under way
         self.backend = None        # a subrequest's backend name (SubrequestTracer)
+        self.steps: list = []      # finished INTERNAL spans: (span id, name, attributes, start, end)
 
     def policy_ended(self, exchange, policy, result) -> None:
         self.events.append((_now_ns(), policy, result))
@@ -459,10 +464,13 @@ class SpanTracer(Tracer):
         span_id, target, attempt, start = current
         # Not the exchange itself: it refers to this tracer, and a cycle would wait for the collector.
         self.attempts.append(AttemptFacts(span_id, target, attempt, start, _now_ns(), status, failure, exchange.method,
-                                          exchange.route, exchange.path, exchange.params, self.backend))
+                                          exchange.route, exchange.path, exchange.params, self.backend, self.span_id))
 
     def subrequest(self, name: str) -> Tracer:
         return SubrequestTracer(self, name)
+
+    def step(self, name: str, attributes: dict | None = None) -> Tracer:
+        return StepTracer(self, name, attributes)
 
     def finished(self, exchange) -> None:
         if self.current is not None:
@@ -492,6 +500,7 @@ class SubrequestTracer(SpanTracer):
         self.attempts = parent.attempts   # exported when the parent's SERVER span ends
         self.current = None
         self.backend = backend
+        self.steps = parent.steps
 
     def policy_ended(self, exchange, policy, result) -> None:
         pass
@@ -499,6 +508,28 @@ class SubrequestTracer(SpanTracer):
     def finished(self, exchange) -> None:
         if self.current is not None:
             self._close_attempt(exchange, exchange.status, None)
+
+
+class StepTracer(Tracer):
+    """An INTERNAL span within a traced request (a GraphQL plan step): the CLIENT spans
+    of the subrequests made for it are its children."""
+
+    __slots__ = ("request", "name", "attributes", "span_id", "start")
+
+    def __init__(self, request: SpanTracer, name: str, attributes: dict | None):
+        self.request = request
+        self.name = name
+        self.attributes = attributes or {}
+        self.span_id = _span_id()
+        self.start = _now_ns()
+
+    def subrequest(self, name: str) -> Tracer:
+        tracer = SubrequestTracer(self.request, name)
+        tracer.span_id = self.span_id   # the parent of its CLIENT spans
+        return tracer
+
+    def end(self) -> None:
+        self.request.steps.append((self.span_id, self.name, self.attributes, self.start, _now_ns()))
 
 
 class Tracers(Tracer):
@@ -536,6 +567,13 @@ class Tracers(Tracer):
     def subrequest(self, name):
         found = [t for t in (t.subrequest(name) for t in self.tracers) if t is not None]
         return None if not found else found[0] if len(found) == 1 else Tracers(found)
+
+    def step(self, name, attributes=None):
+        for t in self.tracers:
+            found = t.step(name, attributes)
+            if found is not None:
+                return found   # only tracing keeps steps
+        return None
 
 
 def combine(*factories):

@@ -94,12 +94,14 @@ class Execution:
     """One operation's run over a plan: `send(fetch, document, variables)` is awaited for
     each subgraph call and returns the decoded answer (or raises FetchFailed)."""
 
-    def __init__(self, plan: Plan, variables: dict, send, subgraph_names: dict):
+    def __init__(self, plan: Plan, variables: dict, send, subgraph_names: dict, tracer=None):
         self.plan = plan
+        self.tracer = tracer          # the request's, when traced: each plan step gets a span
         self.variables = variables
         self.send = send
         self.names = subgraph_names   # join__Graph value -> subgraph name
         self.data: dict = {}
+        self.steps = 0
         self.errors: list = []
         self.failed_paths: set = set()
 
@@ -108,13 +110,12 @@ class Execution:
         fetches = plan.fetches
         roots = [f for f in fetches if f.entity is None]
         done: dict = {}
-        if plan.sequential:
-            for fetch in roots:
-                await self._root(fetch)
-                done[fetch.index] = True
-        else:
-            await asyncio.gather(*(self._root(f) for f in roots))
-            for fetch in roots:
+        # Steps: the root fetches (in parallel, or one step each for a mutation's), then
+        # each round of entity fetches whose inputs are in.
+        steps = [[f] for f in roots] if plan.sequential else [roots] if roots else []
+        for step in steps:
+            await self._step(step, self._root)
+            for fetch in step:
                 done[fetch.index] = True
         waiting = [f for f in fetches if f.entity is not None]
         while waiting:
@@ -122,16 +123,31 @@ class Execution:
             if not ready:
                 break
             waiting = [f for f in waiting if f not in ready]
-            await asyncio.gather(*(self._entities(f) for f in ready))
+            await self._step(ready, self._entities)
             for fetch in ready:
                 done[fetch.index] = True
+
+    async def _step(self, fetches: list, run) -> None:
+        """One plan step: its fetches in parallel, under a span of its own when traced."""
+        self.steps += 1
+        span = None
+        if self.tracer is not None:
+            span = self.tracer.step("graphql step", {
+                "tollhouse.graphql.step": self.steps,
+                "tollhouse.graphql.subgraphs": ",".join(sorted({self.names[f.graph] for f in fetches})),
+                "tollhouse.graphql.kind": "entities" if fetches[0].entity is not None else "root"})
+        try:
+            await asyncio.gather(*(run(f, span) for f in fetches))
+        finally:
+            if span is not None:
+                span.end()
 
     def _variables(self, fetch) -> dict:
         return {name: self.variables[name] for name in fetch.variables if name in self.variables}
 
-    async def _root(self, fetch) -> None:
+    async def _root(self, fetch, span) -> None:
         try:
-            answer = await self.send(fetch, fetch.document, self._variables(fetch))
+            answer = await self.send(fetch, fetch.document, self._variables(fetch), span)
         except FetchFailed as e:
             for sel in fetch.selections:
                 self._error(e.args[0], (response_key(sel),), fetch, e.code)
@@ -146,7 +162,7 @@ class Execution:
         for error in answer.get("errors") or ():
             self._pass_on(error, fetch, None)
 
-    async def _entities(self, fetch) -> None:
+    async def _entities(self, fetch, span) -> None:
         found: list = []
         _walk(self.data, fetch.path, (), found)
         representations: list = []
@@ -174,7 +190,7 @@ class Execution:
         variables = self._variables(fetch)
         variables["representations"] = representations
         try:
-            answer = await self.send(fetch, fetch.document, variables)
+            answer = await self.send(fetch, fetch.document, variables, span)
         except FetchFailed as e:
             for group in owners:
                 for _, at in group:

@@ -154,7 +154,7 @@ class GraphqlPolicy(Policy):
         if identity is not None:
             lines.extend(identity.upstream_lines)
 
-        async def send(fetch, document: str, variables: dict):
+        async def send(fetch, document: str, variables: dict, step):
             graph = fetch.graph
             pool = self._pool(graph)
             name = self.names[graph]
@@ -162,7 +162,7 @@ class GraphqlPolicy(Policy):
             started = perf_counter()
             try:
                 call = start_subrequest(exchange.worker, pool, b"POST", self.targets[graph], headers=lines, body=body,
-                                        timeout=self.timeout, parent=exchange, span=f"subgraph {name}")
+                                        timeout=self.timeout, parent=exchange, span=f"subgraph {name}", step=step)
             except KeyError:
                 raise FetchFailed(f"subgraph {name}: its upstream is gone", "SUBREQUEST_HTTP_ERROR") from None
             answer = (await subrequests([call]))[0]
@@ -242,7 +242,7 @@ class GraphqlPolicy(Policy):
                                     {"errors": [{"message": str(e), "extensions": {"code": "QUERY_PLANNING_FAILED"}}]},
                                     modern)
             document.plans[operation_name] = plan
-        execution = Execution(plan, variables, self._sender(exchange), self.names)
+        execution = Execution(plan, variables, self._sender(exchange), self.names, exchange.tracer)
         await execution.run()
         extra = self._introspect(document, operation, plan, variables, execution) if plan.introspection else None
         data = execution.shape(self.schema, plan.root_type, operation.selection_set.selections, document.fragments,
