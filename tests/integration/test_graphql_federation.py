@@ -36,11 +36,15 @@ def fresh(library):
         s.operations.clear()
 
 
-def data(g, query):
-    req = urllib.request.Request(g.url("/graphql"), data=json.dumps({"query": query}).encode(),
-                                 headers={"Content-Type": "application/json"})
+def answer(g, query, variables=None) -> dict:
+    req = urllib.request.Request(g.url("/graphql"), data=json.dumps({"query": query, "variables": variables}).encode(),
+                                 headers={"Content-Type": "application/json", "Accept": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
-        body = json.loads(r.read())
+        return json.loads(r.read())
+
+
+def data(g, query, variables=None):
+    body = answer(g, query, variables)
     assert "errors" not in body, body
     return body["data"]
 
@@ -83,3 +87,41 @@ def test_interface_object_fields_for_every_implementation(gw, library):
     assert data(gw, '{ node(id: "a1") { ... on Author { name } likes } }') == {"node": {"name": "Abelson", "likes": 5}}
     assert data(gw, "{ books { title likes } }") == {"books": [{"title": "SICP", "likes": 10},
                                                                {"title": "TAOCP", "likes": 20}]}
+
+
+def test_an_output_enum_has_every_subgraphs_values_and_never_a_hidden_one(gw, library):
+    # Format: PRINT (both), EBOOK (catalog's), AUDIO (stock's); LEGACY is @inaccessible.
+    body = answer(gw, "{ books { id format formats } }")
+    assert body["data"] == {"books": [{"id": "b1", "format": "EBOOK", "formats": ["PRINT", "AUDIO"]},
+                                      {"id": "b2", "format": None, "formats": ["PRINT"]}]}
+    # catalog answered LEGACY for b2: not a value of the API schema, so null with an error there.
+    (error,) = body["errors"]
+    assert error["path"] == ["books", 1, "format"] and "LEGACY" in error["message"]
+    names = {v["name"] for v in data(gw, '{ __type(name: "Format") { enumValues { name } } }')["__type"]["enumValues"]}
+    assert names == {"PRINT", "EBOOK", "AUDIO"}
+
+
+def test_input_enums_and_input_objects_take_only_what_every_subgraph_shares(gw, library):
+    # Sort: TITLE only (catalog also has PRICE, stock COPIES); BookFilter: titleContains only.
+    assert data(gw, '{ findBooks(filter: {titleContains: "S"}, sort: TITLE) { id } }') == {"findBooks": [{"id": "b1"}]}
+    assert library.catalog_arguments == {"filter": {"titleContains": "S"}, "sort": "TITLE"}
+    # As variables too: the subgraph gets the client's values.
+    assert data(gw, "query Q($f: BookFilter, $s: Sort) { findBooks(filter: $f, sort: $s) { id } }",
+                {"f": {"titleContains": "TA"}, "s": "TITLE"}) == {"findBooks": [{"id": "b2"}]}
+    assert library.catalog_arguments == {"filter": {"titleContains": "TA"}, "sort": "TITLE"}
+    library.catalog_arguments = None
+    for query in ("{ findBooks(sort: PRICE) { id } }", "{ findBooks(filter: {maxPrice: 5}) { id } }"):
+        body = answer(gw, query)
+        assert body["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED", body
+    assert answer(gw, "query Q($s: Sort) { findBooks(sort: $s) { id } }", {"s": "COPIES"})["errors"][0][
+        "extensions"]["code"] == "BAD_USER_INPUT"
+    assert library.catalog_arguments is None   # none of them reached the subgraph
+
+
+def test_a_nested_requires_sends_the_nested_fields_it_names(gw, library):
+    # stock's Book.shippingClass @requires(fields: "shelf { code room { id } }"): catalog's shelf.
+    assert data(gw, "{ books { title shippingClass } }") == {"books": [
+        {"title": "SICP", "shippingClass": "A/r1"}, {"title": "TAOCP", "shippingClass": "B/r2"}]}
+    assert entities_sent(library.stock) == [[
+        {"__typename": "Book", "isbn": "111", "shelf": {"code": "A", "room": {"id": "r1"}}},
+        {"__typename": "Book", "isbn": "222", "shelf": {"code": "B", "room": {"id": "r2"}}}]]

@@ -161,9 +161,11 @@ def supergraph_text(name: str, urls: dict) -> str:
 # --- tests/support/graphql/library.graphql: keys of several kinds, @override, @interfaceObject ---
 
 LIBRARY = {
-    "books": {"b1": {"id": "b1", "isbn": "111", "title": "SICP", "price": 1, "shelf": {"code": "A", "room": {"id": "r1"}}},
+    "books": {"b1": {"id": "b1", "isbn": "111", "title": "SICP", "price": 1, "shelf": {"code": "A", "room": {"id": "r1"}},
+                     "format": "EBOOK"},
               "b2": {"id": "b2", "isbn": "222", "title": "TAOCP", "price": 1,
-                     "shelf": {"code": "B", "room": {"id": "r2"}}}},
+                     "shelf": {"code": "B", "room": {"id": "r2"}}, "format": "LEGACY"}},
+    "formats": {"111": ["PRINT", "AUDIO"], "222": ["PRINT"]},
     "authors": {"a1": {"id": "a1", "name": "Abelson"}, "a2": {"id": "a2", "name": "Knuth"}},
     "prices": {"b1": 45, "b2": 180}, "featured": {"b1": "a1", "b2": "a2"},
     "copies": {"111": 3, "222": 0},
@@ -172,10 +174,13 @@ LIBRARY = {
 }
 
 CATALOG_SDL = """
-type Query { books: [Book] node(id: ID!): Node }
+type Query { books: [Book] node(id: ID!): Node findBooks(filter: BookFilter, sort: Sort): [Book] }
 interface Node { id: ID! }
 type Book implements Node @key(fields: "id") @key(fields: "isbn") { id: ID! isbn: String! title: String price: Int
-                                                                     shelf: Shelf }
+                                                                     shelf: Shelf format: Format }
+enum Format { PRINT EBOOK LEGACY }
+enum Sort { TITLE PRICE }
+input BookFilter { titleContains: String maxPrice: Int }
 type Author implements Node @key(fields: "id") { id: ID! name: String }
 type Shelf @key(fields: "code room { id }") { code: String! room: Room! books: [Book] }
 type Room @shareable { id: ID! }
@@ -186,7 +191,11 @@ type Author @key(fields: "id", resolvable: false) { id: ID! }
 """
 STOCK_SDL = """
 type Query { shelves: [Shelf] }
-type Book @key(fields: "isbn") { isbn: String! copies: Int }
+type Book @key(fields: "isbn") { isbn: String! copies: Int formats: [Format] shelf: Shelf @external
+                                 shippingClass: String @requires(fields: "shelf { code room { id } }") }
+enum Format { PRINT AUDIO }
+enum Sort { TITLE COPIES }
+input BookFilter { titleContains: String inStock: Boolean }
 type Shelf @key(fields: "code room { id }") { code: String! room: Room! label: String }
 type Room @shareable { id: ID! floor: Int }
 """
@@ -210,8 +219,15 @@ class Library(_Subgraphs):
             return [b for b in d["books"].values()
                     if b["shelf"]["code"] == shelf["code"] and b["shelf"]["room"]["id"] == shelf["room"]["id"]]
 
+        def find_books(_, info, filter=None, sort=None):
+            self.catalog_arguments = {"filter": filter, "sort": sort}
+            found = [b for b in d["books"].values() if (filter or {}).get("titleContains", "") in b["title"]]
+            return sorted(found, key=lambda b: b["title"]) if sort == "TITLE" else found
+
+        self.catalog_arguments = None   # what findBooks was last given
         self.catalog = Subgraph("catalog", CATALOG_SDL, resolvers={
-            "Query.books": lambda *_: list(d["books"].values()), "Query.node": node, "Shelf.books": shelf_books},
+            "Query.books": lambda *_: list(d["books"].values()), "Query.node": node, "Shelf.books": shelf_books,
+            "Query.findBooks": find_books},
             references={"Book": lambda rep: d["books"].get(rep.get("id")) or next(
                 (b for b in d["books"].values() if b["isbn"] == rep.get("isbn")), None),
                 "Author": lambda rep: d["authors"].get(rep["id"]),
@@ -223,7 +239,11 @@ class Library(_Subgraphs):
         self.stock = Subgraph("stock", STOCK_SDL, resolvers={
             "Query.shelves": lambda *_: [{"code": c, "room": {"id": r, "floor": d["floors"][r]}, "label": label}
                                          for (c, r), label in d["shelves"].items()]},
-            references={"Book": lambda rep: {"isbn": rep["isbn"], "copies": d["copies"][rep["isbn"]]},
+            references={"Book": lambda rep: {"isbn": rep["isbn"], "copies": d["copies"][rep["isbn"]],
+                                             "formats": d["formats"][rep["isbn"]],
+                                             # From the nested @requires: the shelf's code and room.
+                                             "shippingClass": f"{rep['shelf']['code']}/{rep['shelf']['room']['id']}"
+                                             if "shelf" in rep else None},
                         "Shelf": lambda rep: {"code": rep["code"],
                                               "room": {"id": rep["room"]["id"], "floor": d["floors"][rep["room"]["id"]]},
                                               "label": d["shelves"][(rep["code"], rep["room"]["id"])]}},

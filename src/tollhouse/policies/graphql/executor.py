@@ -323,7 +323,16 @@ class Execution:
                     return None   # a null item where none may be: the list is null
                 out.append(value)
             return out
-        if isinstance(type_, (GraphQLScalarType, GraphQLEnumType)):
+        if isinstance(type_, GraphQLEnumType):
+            if raw.__class__ is str and raw in type_.values:
+                return raw
+            # A value the API schema does not have (an @inaccessible one, or a subgraph's
+            # own that composition dropped) is never passed on: null, with an error there.
+            self.errors.append({"message": f"Enum {type_.name} cannot represent value: {_short_json(raw)}",
+                                "path": list(path)})
+            self.failed_paths.add(path)
+            return None
+        if isinstance(type_, GraphQLScalarType):
             return raw
         if not isinstance(raw, dict):
             return None
@@ -335,6 +344,13 @@ class Execution:
                 return None
         value = self._object(schema, runtime, selections, fragments, raw, path)
         return None if value is _NULLED else value
+
+
+def _short_json(value) -> str:
+    import orjson
+
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 64 else text[:61] + "..."
 
 
 def _applies(schema, condition: str, object_type) -> bool:

@@ -192,11 +192,13 @@ class EscrowLimit:
 class Peer:
     __slots__ = ("name", "store", "up", "full", "lag", "last_push", "rates")
 
-    def __init__(self, name: str, url: str):
+    def __init__(self, name: str, url: str, timeout: float):
         from ...store.redis import RedisStore
 
         self.name = name
-        self.store = RedisStore(url)
+        # A call crosses regions: it may take as long as a peer may be silent before it counts as
+        # partitioned (the local store's 0.5 s would cut off any link slower than that).
+        self.store = RedisStore(url, timeout=timeout)
         self.up = True
         self.full = True          # send every known component next time (first push, or back from a failure)
         self.lag = None           # seconds since its last heartbeat in our store
@@ -212,7 +214,7 @@ class RegionSync:
         self.name = config.name
         self.store = store
         self.stats = stats
-        self.peers = {name: Peer(name, url) for name, url in config.peers.items()}
+        self.peers = {name: Peer(name, url, max(1.0, config.partition_after)) for name, url in config.peers.items()}
         self.count = len(self.peers) + 1
         self.share = config.on_partition == "share"
         self.partitioned = False
