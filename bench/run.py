@@ -169,7 +169,7 @@ def _die_with_parent() -> None:
 
 class Tollhouse:
     def __init__(self, workdir: str, upstream_port: int, cpus: str, workers: int = 1, extra: str = "",
-                 route_extra: str = "", root: str = ROOT, upstreams_extra: str = ""):
+                 route_extra: str = "", root: str = ROOT, upstreams_extra: str = "", access_log: str | None = None):
         self.port = free_port()
         self.admin_port = free_port()
         path = os.path.join(workdir, f"tollhouse-{self.port}.yaml")
@@ -178,8 +178,10 @@ class Tollhouse:
                                      upstreams_extra))
         env = {**os.environ, "PYTHONPATH": os.path.join(root, "src"), "TOLLHOUSE_LOG_LEVEL": "WARNING"}
         self.log = open(os.path.join(workdir, f"tollhouse-{self.port}.log"), "wb")
+        # `access_log`: a file for the access log (stdout), for a benchmark that reads it.
+        self.access = open(access_log, "wb") if access_log else None
         self.proc = subprocess.Popen(["taskset", "-c", cpus, sys.executable, "-m", "tollhouse", "run", "-c", path],
-                                     stdout=subprocess.DEVNULL, stderr=self.log, env=env,
+                                     stdout=self.access or subprocess.DEVNULL, stderr=self.log, env=env,
                                      preexec_fn=_die_with_parent)
         wait_port(self.port)
         wait_port(self.admin_port)
@@ -201,6 +203,8 @@ class Tollhouse:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+        if self.access is not None:
+            self.access.close()
 
 
 def median_result(results: list[dict]) -> dict:
