@@ -84,19 +84,25 @@ async def _hammer(port: int, stop_at: float, records: list, path: bytes = b"/g/x
     request = b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path
     try:
         while time.time() < stop_at:
-            sent = time.time()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
-            records.append(((sent + time.time()) / 2, status))
+            records.append(await _one(reader, writer, request))
     finally:
         writer.close()
+
+
+async def _one(reader, writer, request: bytes) -> tuple[float, int]:
+    """One request on a keep-alive connection: (mid time, status)."""
+    import time
+
+    sent = time.time()
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return (sent + time.time()) / 2, int(head[9:12])
 
 
 def adversary(ports: dict, seconds: float, connections: int = 3) -> dict:
@@ -149,16 +155,7 @@ async def _paced(port: int, rate: float, stop_at: float, records: list, path: by
         while due < stop_at:
             await asyncio.sleep(max(0.0, due - time.time()))
             due += 1 / rate
-            sent = time.time()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
-            records.append(((sent + time.time()) / 2, int(head[9:12])))
+            records.append(await _one(reader, writer, request))
     finally:
         writer.close()
 

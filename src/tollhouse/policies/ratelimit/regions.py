@@ -259,9 +259,9 @@ class RegionSync:
 
     def start(self) -> None:
         if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._run())
+            self.task = asyncio.get_running_loop().create_task(self._every_interval(self.sync, "region sync"))
             # Its own loop: a slow push to a distant peer must not hold back a loan.
-            self.escrow_task = asyncio.get_running_loop().create_task(self._run_escrow())
+            self.escrow_task = asyncio.get_running_loop().create_task(self._every_interval(self.borrow, "escrow round"))
 
     def close(self) -> None:
         for task in (self.task, self.escrow_task):
@@ -270,28 +270,17 @@ class RegionSync:
         for peer in self.peers.values():
             asyncio.get_event_loop().create_task(peer.store.close())
 
-    async def _run(self) -> None:
+    async def _every_interval(self, round_, what: str) -> None:
+        """`await round_()` every sync_interval, for as long as the gateway runs."""
         interval = self.config.sync_interval
         while True:
             started = time.monotonic()
             try:
-                await self.sync()
+                await round_()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - never stops: the next interval tries again
-                log.exception("region sync failed")
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
-
-    async def _run_escrow(self) -> None:
-        interval = self.config.sync_interval
-        while True:
-            started = time.monotonic()
-            try:
-                await self.borrow()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - never stops: the next interval tries again
-                log.exception("escrow round failed")
+                log.exception("%s failed", what)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def borrow(self) -> None:
