@@ -129,3 +129,26 @@ def test_a_failed_lookup_keeps_the_last_good_answer_and_is_counted(gateway_facto
     dns_server.fail = False
     dns_server.records["orders.test."] = {"A": ["127.0.0.3"]}
     wait_for(lambda: spread(g, ups, 4)["127.0.0.3"] == 4, timeout=10)
+
+
+def test_targets_from_dns_take_their_entrys_region(gateway_factory, dns_server, upstreams):
+    """With `locality`, a discovered target goes in the level of its entry's region, and a
+    changed answer rebuilds the levels."""
+    port, ups = upstreams
+    dns_server.records["eu.test."] = {"A": ["127.0.0.2"]}
+    dns_server.records["us.test."] = {"A": ["127.0.0.3"]}
+    g = gateway_factory(f"""
+upstreams:
+  app:
+    targets: [{{dns: 'eu.test:{port}', region: eu}}, {{dns: 'us.test:{port}', region: us}}]
+    locality: {{local: eu, failover: [us]}}
+    dns_resolver: "{dns_server.address}"
+    dns_refresh: 5s
+routes:
+  - {{name: api, match: {{prefix: /}}, upstream: app}}
+""")
+    wait_for(lambda: request(g.port, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").status == 200, timeout=10)
+    assert spread(g, ups, 30) == {"127.0.0.2": 30, "127.0.0.3": 0, "127.0.0.4": 0}   # eu only
+    dns_server.records["eu.test."] = {"A": ["127.0.0.4"]}
+    wait_for(lambda: spread(g, ups, 10)["127.0.0.4"] == 10, timeout=10)
+    assert spread(g, ups, 30) == {"127.0.0.2": 0, "127.0.0.3": 0, "127.0.0.4": 30}

@@ -107,3 +107,51 @@ def test_a_locality_naming_no_target_of_a_region_is_a_config_error(tmp_path, fle
     out = subprocess.run([sys.executable, "-m", "tollhouse", "check", "-c", str(path)], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")})
     assert out.returncode != 0 and "upstreams.app.locality.failover.1" in out.stderr + out.stdout
+
+
+def test_the_gateways_zone_comes_first_and_spills_within_the_region(gateway_factory):
+    """locality.zone: eu-a's targets take everything while enough of them are healthy, then
+    the shortfall goes to eu-b before any other region sees a request."""
+    zones = {"eu-a": [Upstream().start() for _ in range(2)], "eu-b": [Upstream().start() for _ in range(2)],
+             "us": [Upstream().start()]}
+    try:
+        targets = ", ".join(f'{{url: "{u.url}", region: {"us" if zone == "us" else "eu"}, zone: {zone}}}'
+                            for zone, group in zones.items() for u in group)
+        g = gateway_factory(f"""
+upstreams:
+  app:
+    targets: [{targets}]
+    locality: {{local: eu, zone: eu-a, failover: [us], overprovisioning: 1.4}}
+    health_check: {{path: /healthz, interval: 0.1s, timeout: 0.5s, healthy: 1, unhealthy: 1}}
+    retries: {{attempts: 4, on: [connect_error, reset]}}
+routes:
+  - {{name: api, match: {{prefix: /}}, upstream: app}}
+""")
+        assert send(g, zones, 100) == {"eu-a": 1.0, "eu-b": 0.0, "us": 0.0}
+        zones["eu-a"][0].stop()
+        # eu-a's health: 1.4 × 1/2 = 70 %; eu-b takes the other 30 %; the region as a whole, all of it.
+        wait_for(lambda: shares_exported(g) == {"eu": 1.0, "us": 0.0}, timeout=5)
+        wait_for(lambda: abs(send(g, zones, 20)["eu-a"] - 0.7) < 0.3, timeout=5)   # the check has seen it down
+        got = send(g, zones, 300)
+        assert abs(got["eu-a"] - 0.7) < 0.1 and abs(got["eu-b"] - 0.3) < 0.1 and got["us"] == 0.0, got
+        zones["eu-a"][1].stop()
+        wait_for(lambda: send(g, zones, 20)["eu-a"] == 0.0, timeout=5)
+        assert send(g, zones, 100) == {"eu-a": 0.0, "eu-b": 1.0, "us": 0.0}
+    finally:
+        for group in zones.values():
+            for u in group:
+                u.stop()
+
+
+def test_a_zone_no_local_target_is_in_is_a_config_error(tmp_path, fleet):
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.processes import ROOT
+
+    path = tmp_path / "g.yaml"
+    path.write_text(config(fleet).replace("failover: [us, ap]", "zone: eu-z, failover: [us, ap]"))
+    out = subprocess.run([sys.executable, "-m", "tollhouse", "check", "-c", str(path)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")})
+    assert out.returncode != 0 and "upstreams.app.locality.zone" in out.stderr + out.stdout

@@ -127,6 +127,8 @@ class Locality(Schema):
     failover = Field(ListOf(Str(pattern=r"[A-Za-z0-9_.-]+")), (), "the regions traffic spills to, in order")
     overprovisioning = Field(Float(min=1.0, max=10.0), 1.4, "a region takes all it is offered while its healthy "
                              "share x this is 100% or more (Envoy's overprovisioning factor)")
+    zone = Field(Str(pattern=r"[A-Za-z0-9_.-]*"), "", "this gateway's zone in `local`: the local targets in it come "
+                 "first, and the rest of the region takes what they cannot (the same spill, one level down)")
 
 
 class AdaptiveSettings(Schema):
@@ -192,6 +194,11 @@ class _UpstreamCore(Schema):
             if self.locality.local not in regions:
                 error_at(errors, f"{path}.locality", "local", lines, line,
                          f"no target is in region {self.locality.local!r} (set each target's region)")
+            elif self.locality.zone and not any(t.region == self.locality.local and t.zone == self.locality.zone
+                                                for t in self.targets):
+                error_at(errors, f"{path}.locality", "zone", lines, line,
+                         f"no target of region {self.locality.local!r} is in zone {self.locality.zone!r} "
+                         "(set each target's zone)")
             for i, region in enumerate(self.locality.failover):
                 if region not in regions:
                     error_at(errors, f"{path}.locality.failover", str(i), lines, line,

@@ -23,6 +23,7 @@ import dns.exception
 import dns.resolver
 
 from .balancer import make_balancer
+from .locality import Localities
 
 log = logging.getLogger("tollhouse.upstream")
 
@@ -31,7 +32,7 @@ RETRY = 2.0   # seconds before a failed lookup is tried again
 
 class DnsTargets:
     __slots__ = ("pool", "settings", "loop", "make", "codec", "sources", "static", "found", "failures", "task",
-                 "resolver")
+                 "resolver", "origins")
 
     def __init__(self, pool, settings, loop, make, codec):
         self.pool = pool
@@ -42,6 +43,7 @@ class DnsTargets:
         self.sources = [t for t in settings.targets if t.dns or t.srv]
         self.static = list(pool.targets)   # the targets given as URLs
         self.found: dict[str, int] = {}    # url -> weight, the last good answer
+        self.origins: dict = {}            # url -> the `targets` entry that named it (its region and zone)
         self.failures = 0
         self.resolver = dns.asyncresolver.Resolver(configure=not settings.dns_resolver)
         if settings.dns_resolver:
@@ -80,7 +82,9 @@ class DnsTargets:
                 addresses, seen = await self._addresses(host)
                 ttl = min(ttl, seen)
                 for address in addresses:
-                    found[_url(source.scheme, address, int(port))] = source.weight
+                    url = _url(source.scheme, address, int(port))
+                    found[url] = source.weight
+                    self.origins[url] = source
                 continue
             answer = await self.resolver.resolve(source.srv, "SRV")
             ttl = min(ttl, answer.rrset.ttl)
@@ -92,7 +96,9 @@ class DnsTargets:
                 addresses, seen = await self._addresses(str(r.target).rstrip("."))
                 ttl = min(ttl, seen)
                 for address in addresses:
-                    found[_url(source.scheme, address, r.port)] = max(1, r.weight)
+                    url = _url(source.scheme, address, r.port)
+                    found[url] = max(1, r.weight)
+                    self.origins[url] = source
         if not found:
             raise dns.resolver.NoAnswer()
         return found, ttl
@@ -120,10 +126,16 @@ class DnsTargets:
             if target is None:
                 target = self.make(url, weight, self.settings, self.loop, self.codec)
             target.weight = weight
+            origin = self.origins.get(url)
+            target.region = getattr(origin, "region", "") or None
+            target.zone = getattr(origin, "zone", "") or None
             targets.append(target)
         removed = [t for url, t in current.items() if url not in found and url not in kept]
         pool.targets = targets
         pool.balancer = make_balancer(self.settings.balancer, targets, self.settings.hash_key)
+        if pool.localities is not None:
+            # The levels again, with the new targets in their entry's region and zone.
+            pool.localities = Localities(self.settings.locality, targets, self.settings)
         pool.single = targets[0] if len(targets) == 1 and pool.localities is None else None
         for target in removed:
             target.close()   # idle connections go; the requests it carries finish on theirs

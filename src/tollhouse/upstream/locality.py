@@ -11,6 +11,10 @@ everything until fewer than 1/1.4 (71 %) of its targets are healthy, then spills
 proportion; a region with no healthy target is skipped; and traffic comes back as
 targets recover, without a reload.
 
+With `zone` (this gateway's zone), the local region is two levels: its targets in that
+zone, then the rest of the region, so traffic stays in the zone while enough of it is
+healthy and spills within the region before it leaves it.
+
 Within a level the upstream's balancer picks, among that level's targets.
 """
 from __future__ import annotations
@@ -27,7 +31,7 @@ class Level:
     __slots__ = ("region", "targets", "balancer")
 
     def __init__(self, region: str, targets: list, settings):
-        self.region = region
+        self.region = region   # (two levels have the local region when `zone` is set)
         self.targets = targets
         self.balancer = make_balancer(settings.balancer, targets, settings.hash_key)
 
@@ -58,6 +62,12 @@ class Localities:
             by_region.setdefault(t.region, []).append(t)
         regions = [r for r in order if r in by_region] + sorted(r for r in by_region if r not in order)
         self.levels = [Level(r, by_region[r], settings) for r in regions]
+        if config.zone:
+            # The local region (the first level) split: the gateway's zone, then the region's other zones.
+            local = self.levels[0].targets
+            near = [t for t in local if t.zone == config.zone]
+            rest = [t for t in local if t.zone != config.zone]
+            self.levels[:1] = [Level(config.local, group, settings) for group in (near, rest) if group]
         self.overprovisioning = config.overprovisioning
         self.shares = [1.0] + [0.0] * (len(self.levels) - 1)
         self.computed_at = -1.0
@@ -92,4 +102,7 @@ class Localities:
         return target
 
     def by_region(self) -> dict[str, float]:
-        return {level.region: share for level, share in zip(self.levels, self.shares)}
+        found: dict[str, float] = {}
+        for level, share in zip(self.levels, self.shares):
+            found[level.region] = found.get(level.region, 0.0) + share
+        return found

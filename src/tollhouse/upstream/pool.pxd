@@ -34,7 +34,7 @@ cdef class TargetPool:
     cdef public double ejected_until
     cdef public bint healthy
     cdef public object codec   # an exchange.codec.UpstreamCodec (not cimported: codec.pxd cimports the request, which cimports this)
-    cdef public object region
+    cdef public object region, zone
 
     cpdef bint can_open(self)
     cpdef UpstreamConnection checkout(self)

@@ -228,12 +228,13 @@ class TargetPool:
 
     __slots__ = ("url", "name", "weight", "host", "port", "host_header", "ssl", "settings", "loop", "idle", "open",
                  "in_flight", "waiters", "max_connections", "consecutive_failures", "ejected_until", "ejections",
-                 "healthy", "codec", "region")
+                 "healthy", "codec", "region", "zone")
 
     def __init__(self, url: str, weight: int, settings, loop, codec=None):
         parts = urlsplit(url)
         self.url = url
         self.region = None   # its region (the target's `region`; upstream locality)
+        self.zone = None     # and zone (`locality.zone` prefers the gateway's own)
         self.codec = codec   # how requests to it are framed: its protocol's (registry.UpstreamProtocol)
         self.name = url
         self.weight = weight
@@ -357,6 +358,7 @@ class UpstreamPool:
         self.targets = [make(t.url, t.weight, settings, loop, codec) for t in given]
         for target, t in zip(self.targets, given):
             target.region = getattr(t, "region", "") or None
+            target.zone = getattr(t, "zone", "") or None
         self.balancer = make_balancer(settings.balancer, self.targets, settings.hash_key)
         self.single = self.targets[0] if len(self.targets) == 1 else None
         locality = getattr(settings, "locality", None)
