@@ -223,8 +223,9 @@ class Policy:
         return None
 
     def respond(self, exchange, body: bytes) -> None | Reply | Awaitable[None | Reply]:
-        """A terminal policy's answer, with the whole request body: a Reply, or None
-        after answering with `exchange.respond(status, header lines, body)`."""
+        """A terminal policy's answer, with the whole request body: a Reply, an awaitable
+        of one, or None when it answers itself, now or later
+        (`exchange.respond(status, header lines, body)`, or `exchange.answer(reply)`)."""
         raise NotImplementedError
 
 

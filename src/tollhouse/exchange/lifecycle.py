@@ -90,6 +90,8 @@ class Exchange(Forwarding):
         the whole body, up to the route's body limit."""
         body = b"".join(self.body_chunks or ())
         result = self.local(self, body)
+        if result is None:
+            return   # it answers later itself (an aggregation waiting for its backends)
         if isinstance(result, Reply):
             self.answer(result)
             return

@@ -93,6 +93,7 @@ class SubrequestOrigin:
         self.transport = self
         self.flow = FlowControl(None)   # nothing to pause
         self.done = None
+        self.then = None   # instead of `done`: called with the SubResponse (no future, no task)
 
     def write(self, data) -> None:
         pass
@@ -101,6 +102,12 @@ class SubrequestOrigin:
         pass
 
     def exchange_finished(self, exchange) -> None:
+        then = self.then
+        if then is not None:
+            self.then = None
+            then(SubResponse(exchange.status, exchange.response_headers or [], b"".join(self.received),
+                             not exchange.head_received, perf_counter() - exchange.started))
+            return
         done = self.done
         if done is not None and not done.done():
             done.set_result(SubResponse(exchange.status, exchange.response_headers or [],
@@ -110,7 +117,7 @@ class SubrequestOrigin:
 
 def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, headers=(), body: bytes = b"",
                      timeout: float | None = None, parent=None, host: bytes | None = None,
-                     observe=None, span: str | None = None, step=None) -> Exchange:
+                     observe=None, span: str | None = None, step=None, then=None) -> Exchange:
     """Send the subrequest now; its origin's `done` future gets the SubResponse.
     `upstream`: the name of one of the config's upstreams, or an UpstreamPool.
     `target` is the path and query the upstream receives; `headers` are ready-to-send
@@ -118,13 +125,18 @@ def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, hea
     returns what watches the response as it arrives (the cache's Fill: head, body,
     complete, finished); `span` names the call in the parent's trace (its CLIENT
     spans, when the parent is traced), under `step` (a Tracer.step of the parent's)
-    when given. KeyError for an unknown upstream."""
+    when given. `then(SubResponse)`, when given, is called as the call ends instead
+    (no future: for a caller that counts its answers in itself). KeyError for an
+    unknown upstream."""
     state = worker.state
     # A name of the config's upstreams, or a pool of the caller's own (a GraphQL subgraph's URL).
     pool = state.pools[upstream] if upstream.__class__ is str else upstream
     upstream = pool.name
     origin = SubrequestOrigin(worker, parent)
-    origin.done = worker.loop.create_future()
+    if then is None:
+        origin.done = worker.loop.create_future()
+    else:
+        origin.then = then
     ex = Exchange(origin, state)
     # The route a subrequest goes by, made once per upstream, timeout and Host choice (per config version).
     key = (upstream, timeout, host is not None)

@@ -24,7 +24,7 @@ from ..config.loader import ConfigError
 from ..config.schema import MISSING, Bool, Duration, Field, Kind, MapOf, Schema, Str, error_at
 from ..pipeline import Policy, Reply, load_object
 from ..registry import PolicyKind
-from ..exchange.subrequest import start_subrequest, subrequests
+from ..exchange.subrequest import start_subrequest
 
 log = logging.getLogger("tollhouse.aggregate")
 
@@ -189,10 +189,42 @@ class AggregatePolicy(Policy):
             for result in RESULTS:
                 stats.declare("aggregate_backend_results", (*b.labels, ("result", result)))
 
-    async def respond(self, exchange, body: bytes):
-        """Call every backend at once; answer the merged JSON, or the failure (§5)."""
-        started = perf_counter()
-        answers = await self._call_backends(exchange)
+    def respond(self, exchange, body: bytes):
+        """Call every backend at once; the merged JSON, or the failure (§5), is answered when
+        the last one is in (no task: each call's end counts itself in, `_Fanout`)."""
+        fanout = _Fanout(self, exchange, len(self.backends))
+        worker = exchange.worker
+        for i, b in enumerate(self.backends):
+            try:
+                start_subrequest(worker, b.upstream, b"GET", b.target(exchange), headers=exchange.headers,
+                                 timeout=b.timeout, parent=exchange, span=b.name, then=_Arrived(fanout, i))
+            except KeyError:   # its upstream left in a reload while this request waited
+                fanout.arrived(i, LookupError(f"no upstream {b.upstream!r}"))
+        return None
+
+    def answered(self, exchange, answers: list, started: float) -> None:
+        """Every backend's answer is in: the exchange gets the merged answer or the failure."""
+        if exchange.finished:
+            return   # the client went away meanwhile
+        reply = self._merged(exchange, answers, started)
+        if reply.__class__ is Reply:
+            exchange.answer(reply)
+        elif reply is not None:
+            exchange.worker.loop.create_task(self._merged_later(exchange, reply))
+
+    async def _merged_later(self, exchange, pending) -> None:
+        """An async merge function's result, answered when it is ready."""
+        try:
+            reply = await pending
+        except Exception:  # noqa: BLE001 - the user's merge failed: logged, 500
+            log.exception("aggregate merge %s failed on route %s", self.config.merge, self.route_name)
+            reply = Reply.problem(500, "Internal Server Error", "the route's merge function failed")
+        if reply is not None and not exchange.finished:
+            exchange.answer(reply)
+
+    def _merged(self, exchange, answers: list, started: float):
+        """The answer from the backends': None once answered (exchange.respond), a Reply (a
+        failure), or an awaitable of either (an async merge function)."""
         stats = self.context.stats
         merged: dict = {}
         errors: dict = {}
@@ -228,11 +260,17 @@ class AggregatePolicy(Policy):
             if self.merge is not None:
                 out = self.merge(merged)
                 if inspect.isawaitable(out):
-                    out = await out
-            payload = out if isinstance(out, bytes) else out.encode() if isinstance(out, str) else orjson.dumps(out)
+                    return self._respond_merged(exchange, out, errors)
+            return self._respond(exchange, out, errors)
         except Exception:  # noqa: BLE001 - the user's merge failed: logged, 500
             log.exception("aggregate merge %s failed on route %s", self.config.merge, self.route_name)
             return Reply.problem(500, "Internal Server Error", "the route's merge function failed")
+
+    async def _respond_merged(self, exchange, pending, errors: dict):
+        return self._respond(exchange, await pending, errors)
+
+    def _respond(self, exchange, out, errors: dict) -> None:
+        payload = out if isinstance(out, bytes) else out.encode() if isinstance(out, str) else orjson.dumps(out)
         lines = [b"content-type: application/json\r\n",
                  b"x-aggregate-complete: %s\r\n" % (b"false" if errors else b"true")]
         if errors:
@@ -240,22 +278,36 @@ class AggregatePolicy(Policy):
         exchange.respond(200, lines, payload)
         return None
 
-    async def _call_backends(self, exchange) -> list:
-        """Every backend's answer (a SubResponse), or the exception in its place, in order."""
-        worker = exchange.worker
-        calls = []
-        for b in self.backends:
-            try:
-                calls.append(start_subrequest(worker, b.upstream, b"GET", b.target(exchange), headers=exchange.headers,
-                                              timeout=b.timeout, parent=exchange, span=b.name))
-            except KeyError:   # its upstream left in a reload while this request waited
-                calls.append(None)
-        answers = await subrequests([c for c in calls if c is not None])
-        if None in calls:
-            found = iter(answers)
-            answers = [next(found) if c is not None else LookupError(f"no upstream {b.upstream!r}")
-                       for c, b in zip(calls, self.backends)]
-        return answers
+
+class _Fanout:
+    """One aggregated request's backends: their answers as they end, in configured order;
+    when the last is in, the policy answers."""
+
+    __slots__ = ("policy", "exchange", "answers", "left", "started")
+
+    def __init__(self, policy: AggregatePolicy, exchange, count: int):
+        self.policy, self.exchange = policy, exchange
+        self.answers: list = [None] * count
+        self.left = count
+        self.started = perf_counter()
+
+    def arrived(self, i: int, answer) -> None:
+        self.answers[i] = answer
+        self.left -= 1
+        if not self.left:
+            self.policy.answered(self.exchange, self.answers, self.started)
+
+
+class _Arrived:
+    """A backend call's end, as start_subrequest's `then` (an object, not a closure)."""
+
+    __slots__ = ("fanout", "index")
+
+    def __init__(self, fanout: _Fanout, index: int):
+        self.fanout, self.index = fanout, index
+
+    def __call__(self, answer) -> None:
+        self.fanout.arrived(self.index, answer)
 
 
 def _judge(answer) -> tuple[str, object, dict | None]:
