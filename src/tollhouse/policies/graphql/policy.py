@@ -55,7 +55,7 @@ class _Refusal(Exception):
 
 
 class _Document:
-    __slots__ = ("document", "operations", "fragments", "introspective", "plans")
+    __slots__ = ("document", "operations", "fragments", "introspective", "plans", "costs")
 
     def __init__(self, document):
         self.document = document
@@ -68,6 +68,7 @@ class _Document:
                 self.fragments[d.name.value] = d
         self.introspective = _introspective(document)
         self.plans: dict = {}
+        self.costs: dict = {}   # (operation name, its integer variables) -> estimated cost
 
 
 class _Prepared:
@@ -201,7 +202,7 @@ class GraphqlPolicy(Policy):
             operation = self._operation(document, params, exchange)
             prepared.name = prepared.name or (operation.name.value if operation.name else "")
             variables = self._variables(operation, params)
-            cost = self.costs.estimate(operation, document.fragments, variables)
+            cost = self._cost(document, prepared.name, operation, variables)
             max_cost = self.config.limits.max_cost
             if max_cost and cost > max_cost:
                 raise _Refusal(400, "COST_LIMIT_EXCEEDED", f"the operation's estimated cost is {cost}; the limit is "
@@ -216,6 +217,17 @@ class GraphqlPolicy(Policy):
         found["graphql_operation"] = prepared.name or "(anonymous)"
         found["graphql_cost"] = prepared.cost
         return None
+
+    def _cost(self, document: _Document, name: str, operation, variables: dict) -> int:
+        """The operation's estimated cost, cached per document: only integer variables (list
+        sizes) change it."""
+        key = (name, tuple(sorted((k, v) for k, v in variables.items() if v.__class__ is int)))
+        found = document.costs.get(key)
+        if found is None:
+            if len(document.costs) >= _CACHED:
+                document.costs.clear()
+            found = document.costs[key] = self.costs.estimate(operation, document.fragments, variables)
+        return found
 
     async def respond(self, exchange, body: bytes):
         prepared = exchange.recall(self.slot)
