@@ -95,7 +95,8 @@ def test_traffic_spills_region_by_region_as_local_targets_fail_and_comes_back(ga
     assert {line["region"] for line in lines} >= {"eu", "us", "ap"}
 
 
-def test_a_locality_naming_no_target_of_a_region_is_a_config_error(tmp_path, fleet):
+def checked(tmp_path, text: str) -> tuple[int, str]:
+    """`tollhouse check` of a config: (exit status, what it printed)."""
     import os
     import subprocess
     import sys
@@ -103,10 +104,15 @@ def test_a_locality_naming_no_target_of_a_region_is_a_config_error(tmp_path, fle
     from tests.support.processes import ROOT
 
     path = tmp_path / "g.yaml"
-    path.write_text(config(fleet).replace("failover: [us, ap]", "failover: [us, mars]"))
+    path.write_text(text)
     out = subprocess.run([sys.executable, "-m", "tollhouse", "check", "-c", str(path)], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")})
-    assert out.returncode != 0 and "upstreams.app.locality.failover.1" in out.stderr + out.stdout
+    return out.returncode, out.stderr + out.stdout
+
+
+def test_a_locality_naming_no_target_of_a_region_is_a_config_error(tmp_path, fleet):
+    status, said = checked(tmp_path, config(fleet).replace("failover: [us, ap]", "failover: [us, mars]"))
+    assert status != 0 and "upstreams.app.locality.failover.1" in said
 
 
 def test_the_gateways_zone_comes_first_and_spills_within_the_region(gateway_factory):
@@ -144,14 +150,5 @@ routes:
 
 
 def test_a_zone_no_local_target_is_in_is_a_config_error(tmp_path, fleet):
-    import os
-    import subprocess
-    import sys
-
-    from tests.support.processes import ROOT
-
-    path = tmp_path / "g.yaml"
-    path.write_text(config(fleet).replace("failover: [us, ap]", "zone: eu-z, failover: [us, ap]"))
-    out = subprocess.run([sys.executable, "-m", "tollhouse", "check", "-c", str(path)], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")})
-    assert out.returncode != 0 and "upstreams.app.locality.zone" in out.stderr + out.stdout
+    status, said = checked(tmp_path, config(fleet).replace("failover: [us, ap]", "zone: eu-z, failover: [us, ap]"))
+    assert status != 0 and "upstreams.app.locality.zone" in said
