@@ -16,3 +16,18 @@ def profile_with_orders(answers: dict) -> dict:
 
 def fails(answers: dict) -> dict:
     raise RuntimeError("this merge always fails")
+
+
+async def profile_later(answers: dict) -> dict:
+    """The same as profile_with_orders, as a coroutine (one that waits on something first)."""
+    import asyncio
+
+    await asyncio.sleep(0.01)
+    return profile_with_orders(answers)
+
+
+async def fails_later(answers: dict) -> dict:
+    import asyncio
+
+    await asyncio.sleep(0.01)
+    raise RuntimeError("this merge always fails, later")

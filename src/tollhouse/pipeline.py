@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
+from .clock import CLOCK
 from .registry import phases
 
 # request.WAITING (no response begun), not imported: compiled, request's module imports this
@@ -157,8 +158,6 @@ def with_body(exchange, then):
     goes on meanwhile; a body that stops arriving gets 408)."""
     if exchange.body_done:
         return then()
-    from .clock import CLOCK
-
     deferred = Deferred()
     exchange.body_progress = CLOCK.now
     exchange.body_waiter = _BodyDone(deferred, then)

@@ -78,6 +78,19 @@ routes:
       merge: "examples.aggregate:fails"
       backends:
         one: {{upstream: a, path: /json/x}}
+  - name: shaped-later
+    match: {{prefix: /shaped-later}}
+    aggregate:
+      merge: "examples.aggregate:profile_later"
+      backends:
+        profile: {{upstream: a, path: /json/profile}}
+        orders: {{upstream: b, path: /json/orders}}
+  - name: bad-merge-later
+    match: {{prefix: /bad-merge-later}}
+    aggregate:
+      merge: "examples.aggregate:fails_later"
+      backends:
+        one: {{upstream: a, path: /json/x}}
 {extra_routes}
 """
 
@@ -175,6 +188,15 @@ def test_a_merge_function_shapes_the_body_and_its_failure_is_a_500(gw):
     r = get(gw, "/bad-merge")
     assert r.status == 500 and json.loads(r.body)["title"] == "Internal Server Error"
     assert get(gw, "/shaped").status == 200   # and the gateway goes on
+
+
+def test_an_async_merge_function_is_awaited_and_its_failure_is_a_500(gw):
+    r = get(gw, "/shaped-later")
+    assert r.status == 200
+    assert json.loads(r.body) == {"name": "/json/profile", "order_count": 1, "sources": ["profile", "orders"]}
+    r = get(gw, "/bad-merge-later")
+    assert r.status == 500 and json.loads(r.body)["title"] == "Internal Server Error"
+    assert get(gw, "/shaped-later").status == 200
 
 
 def test_head_and_other_methods(gw):

@@ -132,16 +132,17 @@ def test_a_failed_lookup_keeps_the_last_good_answer_and_is_counted(gateway_facto
 
 
 def test_targets_from_dns_take_their_entrys_region(gateway_factory, dns_server, upstreams):
-    """With `locality`, a discovered target goes in the level of its entry's region, and a
-    changed answer rebuilds the levels."""
+    """With `locality`, a discovered target goes in the level of its entry's region (and
+    zone), and a changed answer rebuilds the levels. No target is known before the first
+    answer: the levels start empty."""
     port, ups = upstreams
     dns_server.records["eu.test."] = {"A": ["127.0.0.2"]}
     dns_server.records["us.test."] = {"A": ["127.0.0.3"]}
     g = gateway_factory(f"""
 upstreams:
   app:
-    targets: [{{dns: 'eu.test:{port}', region: eu}}, {{dns: 'us.test:{port}', region: us}}]
-    locality: {{local: eu, failover: [us]}}
+    targets: [{{dns: 'eu.test:{port}', region: eu, zone: eu-a}}, {{dns: 'us.test:{port}', region: us}}]
+    locality: {{local: eu, zone: eu-a, failover: [us]}}
     dns_resolver: "{dns_server.address}"
     dns_refresh: 5s
 routes:

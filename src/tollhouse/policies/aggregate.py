@@ -210,21 +210,16 @@ class AggregatePolicy(Policy):
         if reply.__class__ is Reply:
             exchange.answer(reply)
         elif reply is not None:
-            exchange.worker.loop.create_task(self._merged_later(exchange, reply))
+            exchange.worker.loop.create_task(reply)   # an async merge function's: it answers when done
 
-    async def _merged_later(self, exchange, pending) -> None:
-        """An async merge function's result, answered when it is ready."""
-        try:
-            reply = await pending
-        except Exception:  # noqa: BLE001 - the user's merge failed: logged, 500
-            log.exception("aggregate merge %s failed on route %s", self.config.merge, self.route_name)
-            reply = Reply.problem(500, "Internal Server Error", "the route's merge function failed")
-        if reply is not None and not exchange.finished:
-            exchange.answer(reply)
+    def _merge_failed(self) -> Reply:
+        """The 500 for a merge function that raised (called where it is caught: logged with it)."""
+        log.exception("aggregate merge %s failed on route %s", self.config.merge, self.route_name)
+        return Reply.problem(500, "Internal Server Error", "the route's merge function failed")
 
     def _merged(self, exchange, answers: list, started: float):
         """The answer from the backends': None once answered (exchange.respond), a Reply (a
-        failure), or an awaitable of either (an async merge function)."""
+        failure), or a coroutine that answers (an async merge function's result)."""
         stats = self.context.stats
         merged: dict = {}
         errors: dict = {}
@@ -260,14 +255,20 @@ class AggregatePolicy(Policy):
             if self.merge is not None:
                 out = self.merge(merged)
                 if inspect.isawaitable(out):
-                    return self._respond_merged(exchange, out, errors)
+                    return self._respond_later(exchange, out, errors)
             return self._respond(exchange, out, errors)
         except Exception:  # noqa: BLE001 - the user's merge failed: logged, 500
-            log.exception("aggregate merge %s failed on route %s", self.config.merge, self.route_name)
-            return Reply.problem(500, "Internal Server Error", "the route's merge function failed")
+            return self._merge_failed()
 
-    async def _respond_merged(self, exchange, pending, errors: dict):
-        return self._respond(exchange, await pending, errors)
+    async def _respond_later(self, exchange, pending, errors: dict) -> None:
+        try:
+            out = await pending
+            if not exchange.finished:
+                self._respond(exchange, out, errors)
+        except Exception:  # noqa: BLE001 - the user's merge failed: logged, 500
+            reply = self._merge_failed()
+            if not exchange.finished:
+                exchange.answer(reply)
 
     def _respond(self, exchange, out, errors: dict) -> None:
         payload = out if isinstance(out, bytes) else out.encode() if isinstance(out, str) else orjson.dumps(out)

@@ -23,7 +23,7 @@ import dns.exception
 import dns.resolver
 
 from .balancer import make_balancer
-from .locality import Localities
+from .locality import Localities, place
 
 log = logging.getLogger("tollhouse.upstream")
 
@@ -126,9 +126,7 @@ class DnsTargets:
             if target is None:
                 target = self.make(url, weight, self.settings, self.loop, self.codec)
             target.weight = weight
-            origin = self.origins.get(url)
-            target.region = getattr(origin, "region", "") or None
-            target.zone = getattr(origin, "zone", "") or None
+            place(target, self.origins.get(url))
             targets.append(target)
         removed = [t for url, t in current.items() if url not in found and url not in kept]
         pool.targets = targets

@@ -27,6 +27,12 @@ from .balancer import make_balancer
 REFRESH = 0.25   # seconds between recomputations of the levels' shares
 
 
+def place(target, entry) -> None:
+    """A target's region and zone, from the `targets` entry that named it (None where not given)."""
+    target.region = getattr(entry, "region", "") or None
+    target.zone = getattr(entry, "zone", "") or None
+
+
 class Level:
     __slots__ = ("region", "targets", "balancer")
 
@@ -62,8 +68,9 @@ class Localities:
             by_region.setdefault(t.region, []).append(t)
         regions = [r for r in order if r in by_region] + sorted(r for r in by_region if r not in order)
         self.levels = [Level(r, by_region[r], settings) for r in regions]
-        if config.zone:
-            # The local region (the first level) split: the gateway's zone, then the region's other zones.
+        if config.zone and self.levels and self.levels[0].region == config.local:
+            # The local region (the first level, when it has targets) split: the gateway's zone,
+            # then the region's other zones.
             local = self.levels[0].targets
             near = [t for t in local if t.zone == config.zone]
             rest = [t for t in local if t.zone != config.zone]

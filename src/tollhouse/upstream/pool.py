@@ -20,7 +20,7 @@ from ..flow import CLIENT_FULL, FlowControl, Gathered
 from .balancer import make_balancer
 from .concurrency import AdaptiveConcurrency
 from .discovery import DnsTargets
-from .locality import Localities
+from .locality import Localities, place
 from .breaker import STATE_NAMES, CircuitBreaker
 
 log = logging.getLogger("tollhouse.upstream")
@@ -357,8 +357,7 @@ class UpstreamPool:
         given = [t for t in settings.targets if t.url]   # the rest come from DNS (upstream/discovery.py)
         self.targets = [make(t.url, t.weight, settings, loop, codec) for t in given]
         for target, t in zip(self.targets, given):
-            target.region = getattr(t, "region", "") or None
-            target.zone = getattr(t, "zone", "") or None
+            place(target, t)
         self.balancer = make_balancer(settings.balancer, self.targets, settings.hash_key)
         self.single = self.targets[0] if len(self.targets) == 1 else None
         locality = getattr(settings, "locality", None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 from graphql import GraphQLEnumType, GraphQLList, GraphQLNonNull, GraphQLObjectType, GraphQLScalarType
 from graphql.execution.values import get_directive_values
 from graphql.language import ast as gast
@@ -347,8 +348,6 @@ class Execution:
 
 
 def _short_json(value) -> str:
-    import orjson
-
     text = orjson.dumps(value).decode()
     return text if len(text) <= 64 else text[:61] + "..."
 

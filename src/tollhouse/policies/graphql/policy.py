@@ -230,10 +230,7 @@ class GraphqlPolicy(Policy):
         return found
 
     async def respond(self, exchange, body: bytes):
-        prepared = exchange.recall(self.slot)
-        if prepared.__class__ is not _Prepared:
-            self._prepare(exchange)
-            prepared = exchange.recall(self.slot)
+        prepared = exchange.recall(self.slot)   # on_request, in the operation phase, made it
         modern, operation_name, cost = prepared.modern, prepared.name, prepared.cost
         e = prepared.refusal
         if e is not None:

@@ -95,11 +95,7 @@ def _key(lim: _Limit, exchange) -> str:
 
 def _costs(limits, exchange):
     """Each limit's weight for this request, or None when every one counts 1 (the common case)."""
-    weighted = False
-    for lim in limits:
-        if lim.cost is not None:
-            weighted = True
-    if not weighted:
+    if not any(lim.cost is not None for lim in limits):
         return None
     found = exchange.vars or {}
     return tuple(max(1, int(found.get(lim.cost, 1))) if lim.cost is not None else 1 for lim in limits)

@@ -295,7 +295,7 @@ class RegionSync:
             now = int(flat[0])
             for i in range(1, len(flat), 7):
                 key = flat[i]
-                limit = self._escrow_limit(key)
+                limit = _by_prefix(self.escrow, key)
                 if limit is None:
                     continue
                 w, c, g, lent, d, q = (int(x) for x in flat[i + 1:i + 7])
@@ -314,13 +314,6 @@ class RegionSync:
                     if (key, peer.name) not in self.borrowing:
                         self.borrowing.add((key, peer.name))
                         loop.create_task(self._loan(peer, key, limit, w, short))
-
-    def _escrow_limit(self, key: bytes):
-        text = key.decode("latin-1")
-        for prefix, limit in self.escrow.items():
-            if text.startswith(prefix):
-                return limit
-        return None
 
     async def _loan(self, peer: Peer, key: bytes, limit: EscrowLimit, w: int, asked: int) -> None:
         try:
@@ -345,7 +338,7 @@ class RegionSync:
         for key, (w, c, _p, _ttl, _) in changed.items():
             before = self.known.get(key)
             delta = c - before[1] if before is not None and before[0] == w else c
-            label = self._label(key)
+            label = _by_prefix(self.limits, key)
             if label is not None and delta > 0:
                 gained[label] = gained.get(label, 0) + delta
         self.known.update(changed)
@@ -366,13 +359,6 @@ class RegionSync:
                 key = flat[i]
                 changed[key] = (int(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]), int(flat[i + 4]), now)
         return changed
-
-    def _label(self, key: bytes) -> str | None:
-        text = key.decode("latin-1")
-        for prefix, label in self.limits.items():
-            if text.startswith(prefix):
-                return label
-        return None
 
     async def _push(self, peer: Peer, changed: dict, now: float) -> None:
         entries = self.known if peer.full else changed
@@ -439,3 +425,12 @@ class RegionSync:
                                    "last_push": p.last_push or None} for p in self.peers.values()},
                 "overadmission_bound": {k: round(v, 3) for k, v in self.bounds.items()},
                 "escrow_shares": {e.label: e.shares for e in self.escrow.values()}}
+
+
+def _by_prefix(table: dict, key: bytes):
+    """What `table` (a limit's key prefix -> anything) holds for the limit `key` belongs to, or None."""
+    text = key.decode("latin-1")
+    for prefix, value in table.items():
+        if text.startswith(prefix):
+            return value
+    return None
