@@ -169,3 +169,23 @@ def test_the_contract_example_config_parses(monkeypatch):
     _, errors = load_text(example)
     messages = [str(e) for e in errors]
     assert not [m for m in messages if "invalid YAML" in m or "unknown key" in m or "not available" in m], messages
+
+
+def test_the_regions_page_examples_parse():
+    """docs/regions.md: the locality example (zones included), the regions example, and the
+    escrow limit (set on that example's route) are valid as written."""
+    import os
+    import re
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "regions.md")
+    blocks = re.findall(r"```yaml\n(.*?)```", open(path, encoding="utf-8").read(), re.S)
+    locality, regions, escrow = blocks
+    _, errors = load_text(locality + "routes:\n  - {match: {prefix: /}, upstream: orders}\n")
+    assert errors == [], errors
+    escrow_line = escrow.strip()
+    assert escrow_line.startswith("rate_limits: ")
+    with_escrow = re.sub(r"rate_limits: \[.*\]", escrow_line, regions)
+    assert "mode: escrow" in with_escrow
+    for text in (regions, with_escrow):
+        _, errors = load_text(text + "upstreams:\n  app: {targets: [\"http://127.0.0.1:9001\"]}\n")
+        assert errors == [], errors
