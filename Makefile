@@ -134,10 +134,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 
 # The whole suite runs twice: on the compiled build, then on the plain-Python
-# source (the fallback without a compiler), which must behave the same.
+# source (the fallback without a compiler), which must behave the same. Each pass
+# runs its tests in TEST_WORKERS processes (pytest-xdist): most of a test's time is
+# spent waiting on the real processes it starts, so two workers halve the wall
+# time on two cores (docs/architecture.md, "Tests").
+TEST_WORKERS ?= 2
 test: http2-tools waf-tools lint $(BUILT) redis-server monitoring-tools browser deploy-tools oidc-provider
-	$(BIN)/python -m pytest tests
-	TOLLHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests
+	TOLLHOUSE_PURE_PYTHON=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) tests
 
 bench-tools:
 	@for tool in nginx wrk; do command -v $$tool >/dev/null 2>&1 || { \
