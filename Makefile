@@ -10,10 +10,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(shell echo '$(PYHOME)' | cksum | cut -d' ' -f1)
 
-# Modules with a .pxd beside them are compiled with Cython (setup.py); the
+# Modules with a .pxd beside them are compiled with Cython (setup.py), and the nghttp2
+# binding (a .pyx, with its own .pxd); the
 # build is redone in place whenever one of them changes. Without a C
 # compiler they run as plain Python (tollhouse/__init__.py picks).
-COMPILED := $(wildcard src/tollhouse/*.pxd src/tollhouse/*/*.pxd src/tollhouse/*/*/*.pxd)
+COMPILED := $(filter-out src/tollhouse/exchange/nghttp2.pxd,$(wildcard src/tollhouse/*.pxd src/tollhouse/*/*.pxd src/tollhouse/*/*/*.pxd))
 BUILT    := $(VENV)/.built
 
 .PHONY: demo test lint bench redis-server http2-tools waf-tools monitoring-tools browser deploy-tools oidc-provider hive-gateway bench-tools clean
@@ -26,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-$(BUILT): $(STAMP) setup.py $(COMPILED) $(COMPILED:.pxd=.py) src/tollhouse/exchange/nghttp2.pyx
+$(BUILT): $(STAMP) setup.py $(COMPILED) $(COMPILED:.pxd=.py) src/tollhouse/exchange/nghttp2.pyx src/tollhouse/exchange/nghttp2.pxd
 	$(BIN)/python setup.py -q build_ext --inplace
 	touch $(BUILT)
 

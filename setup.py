@@ -24,6 +24,11 @@ def has_nghttp2() -> bool:
                for d in ("/usr/include", "/usr/local/include", os.environ.get("NGHTTP2_INCLUDE", "/nonexistent")))
 
 
+def _cimports_nghttp2(pxd: str) -> bool:
+    with open(pxd, encoding="utf-8") as f:
+        return "exchange.nghttp2 cimport" in f.read()
+
+
 def extensions():
     if os.environ.get("TOLLHOUSE_PURE_PYTHON"):
         return []
@@ -31,8 +36,11 @@ def extensions():
         from Cython.Build import cythonize
     except ImportError:
         return []
-    # A module with a .pxd beside it is compiled (tollhouse.compiled_modules() says the same).
-    sources = sorted(glob.glob("src/tollhouse/**/*.pxd", recursive=True))
+    # A module with a .pxd beside it is compiled (tollhouse.compiled_modules() says the same);
+    # one that cimports the nghttp2 binding only where the binding is built (without it
+    # that module runs as plain Python, and serves no HTTP/2 anyway).
+    sources = sorted(pxd for pxd in glob.glob("src/tollhouse/**/*.pxd", recursive=True)
+                     if os.path.exists(pxd[:-4] + ".py") and (has_nghttp2() or not _cimports_nghttp2(pxd)))
     modules = [Extension(pxd[4:-4].replace("/", "."), [pxd[:-4] + ".py"], optional=True) for pxd in sources]
     if has_nghttp2():
         # HTTP/2 (docs/http2.md): the binding to the C library, built where its headers are.

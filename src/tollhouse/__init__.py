@@ -16,9 +16,12 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 def compiled_modules() -> dict[str, str]:
     """The modules built as C extensions (setup.py): each has a .pxd beside its .py.
-    Module name -> path of its .py."""
+    Module name -> path of its .py. (exchange/nghttp2.pxd is a .pyx's: a binding, with
+    no Python source to fall back to.)"""
     found = {}
     for pxd in glob.glob(os.path.join(_HERE, "**", "*.pxd"), recursive=True):
+        if not os.path.exists(pxd[:-4] + ".py"):
+            continue
         rel = os.path.relpath(pxd[:-4], os.path.dirname(_HERE))
         found[rel.replace(os.sep, ".")] = pxd[:-4] + ".py"
     return found

@@ -32,7 +32,7 @@ from libc.string cimport memchr, memcmp, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cdef extern from "nghttp2/nghttp2.h":
-    ctypedef struct nghttp2_session
+    # nghttp2_session is declared in nghttp2.pxd.
     ctypedef struct nghttp2_session_callbacks
     ctypedef struct nghttp2_option
 
@@ -254,7 +254,10 @@ cdef ssize_t _read_body(nghttp2_session *session, int32_t stream_id, uint8_t *bu
             return NGHTTP2_ERR_DEFERRED
     if out.full and out.size < LOW:
         out.full = False
-        self._call(self.on_drained, (stream_id,))
+        try:
+            self.owner.h2_drained(stream_id)
+        except BaseException as e:  # noqa
+            return self._failed(e)
     return copied
 
 
@@ -303,15 +306,15 @@ cdef int _on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, vo
             block = []
         # Called directly, not through _call: no argument tuple on the path of every request.
         try:
-            self.on_headers(frame.hd.stream_id, frame.headers.cat, block, end_stream, self.block_oversize,
-                            self.pseudo_method, self.pseudo_path, self.pseudo_authority)
+            self.owner.h2_headers(frame.hd.stream_id, frame.headers.cat, block, end_stream, self.block_oversize,
+                                  self.pseudo_method, self.pseudo_path, self.pseudo_authority)
         except BaseException as e:  # noqa
             return self._failed(e)
         return 0
     if kind == NGHTTP2_DATA:
         if end_stream:
             try:
-                self.on_end(frame.hd.stream_id)
+                self.owner.h2_end(frame.hd.stream_id)
             except BaseException as e:  # noqa
                 return self._failed(e)
         return 0
@@ -330,9 +333,16 @@ cdef int _on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, vo
                 nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM)
         return 0
     if kind == NGHTTP2_GOAWAY:
-        return self._call(self.on_goaway, (frame.goaway.last_stream_id, frame.goaway.error_code))
+        try:
+            self.owner.h2_goaway(frame.goaway.last_stream_id, frame.goaway.error_code)
+        except BaseException as e:  # noqa
+            return self._failed(e)
+        return 0
     if kind == NGHTTP2_SETTINGS:
-        return self._call(self.on_settings, ())
+        try:
+            self.owner.h2_settings()
+        except BaseException as e:  # noqa
+            return self._failed(e)
     return 0
 
 
@@ -343,7 +353,7 @@ cdef int _on_data(nghttp2_session *session, uint8_t flags, int32_t stream_id, co
     # used the bytes (consume): a paused stream holds its own window, not its neighbours'.
     nghttp2_session_consume_connection(session, length)
     try:
-        self.on_data(stream_id, PyBytes_FromStringAndSize(<char *>data, length))
+        self.owner.h2_data(stream_id, PyBytes_FromStringAndSize(<char *>data, length))
     except BaseException as e:  # noqa
         return self._failed(e)
     return 0
@@ -370,7 +380,7 @@ cdef int _on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t 
     self.outgoing.pop(stream_id, None)
     self.reset_after_end.discard(stream_id)
     try:
-        self.on_closed(stream_id, error_code)
+        self.owner.h2_closed(stream_id, error_code)
     except BaseException as e:  # noqa
         return self._failed(e)
     return 0
@@ -406,25 +416,41 @@ cdef bint _connection_specific(const char *name, Py_ssize_t length) noexcept:
     return False
 
 
+cdef class SessionOwner:
+    """What a session calls back: each call does nothing unless its owner's class says
+    otherwise (the calls are C calls, not lookups by name)."""
+
+    cpdef h2_headers(self, int stream_id, int category, list headers, bint end_stream, bint oversize, method, path,
+                     authority):
+        pass
+
+    cpdef h2_data(self, int stream_id, data):
+        pass
+
+    cpdef h2_end(self, int stream_id):
+        pass
+
+    cpdef h2_closed(self, int stream_id, int code):
+        pass
+
+    cpdef h2_drained(self, int stream_id):
+        pass
+
+    cpdef h2_goaway(self, int last_stream_id, int code):
+        pass
+
+    cpdef h2_settings(self):
+        pass
+
+
+#: A closed session's owner: nothing left to call back (and no cycle to its old owner).
+cdef SessionOwner _NO_OWNER = SessionOwner()
+
+
 cdef class Session:
     """One HTTP/2 connection's state, server or client side (see the module's doc)."""
-    cdef nghttp2_session *session
-    cdef readonly bint server
-    cdef dict outgoing
-    cdef list block
-    cdef object pseudo_method, pseudo_path, pseudo_authority
-    cdef size_t block_size
-    cdef bint block_oversize
-    cdef public size_t max_header_list_size
-    cdef public long long resets_received
-    cdef readonly bint calmed
-    cdef long long max_resets_per_second, resets_in_window
-    cdef double reset_window
-    cdef set reset_after_end
-    cdef object on_headers, on_data, on_end, on_closed, on_drained, on_goaway, on_settings
-    cdef object failure
 
-    def __cinit__(self, owner, bint server, dict settings):
+    def __cinit__(self, SessionOwner owner not None, bint server, dict settings):
         """`settings`: max_concurrent_streams, initial_window_size, max_header_list_size,
         max_resets_per_second (a server's), all optional."""
         cdef nghttp2_option *option
@@ -434,13 +460,7 @@ cdef class Session:
         self.server = server
         self.outgoing = {}
         self.reset_after_end = set()
-        self.on_headers = owner.h2_headers
-        self.on_data = owner.h2_data
-        self.on_end = owner.h2_end
-        self.on_closed = owner.h2_closed
-        self.on_drained = owner.h2_drained
-        self.on_goaway = owner.h2_goaway
-        self.on_settings = owner.h2_settings
+        self.owner = owner
         self.max_header_list_size = settings.get("max_header_list_size", 65536)
         nghttp2_option_new(&option)
         nghttp2_option_set_no_auto_window_update(option, 1)
@@ -490,28 +510,16 @@ cdef class Session:
             self.failure = e
         return NGHTTP2_ERR_CALLBACK_FAILURE
 
-    cdef int _call(self, method, tuple args) noexcept:
-        # An owner's exception ends the session (kept, raised by receive()); it must
-        # not unwind through C.
-        try:
-            method(*args)
-        except BaseException as e:  # noqa
-            if self.failure is None:
-                self.failure = e
-            return NGHTTP2_ERR_CALLBACK_FAILURE
-        return 0
-
     def close(self):
         """Break the owner's cycle; the session is unusable after."""
-        self.on_headers = self.on_data = self.on_end = self.on_closed = None
-        self.on_drained = self.on_goaway = self.on_settings = None
+        self.owner = _NO_OWNER
         self.outgoing = {}
         if self.session != NULL:
             nghttp2_session_del(self.session)
             self.session = NULL
 
     # ---------------------------------------------------------------- reading
-    def receive(self, bytes data):
+    cpdef receive(self, bytes data):
         """Feed bytes read from the peer. Raises Http2Error when the connection must end
         (nghttp2 has queued its GOAWAY: write `pending()` before closing)."""
         cdef ssize_t rc
@@ -524,13 +532,13 @@ cdef class Session:
         if rc < 0:
             raise Http2Error(nghttp2_strerror(<int>rc).decode())
 
-    def consume(self, int32_t stream_id, size_t length):
+    cpdef consume(self, int32_t stream_id, size_t length):
         """The owner used `length` bytes of a stream's body: its window may open again."""
         if self.session != NULL and length:
             nghttp2_session_consume_stream(self.session, stream_id, length)
 
     # ---------------------------------------------------------------- writing
-    def pending(self):
+    cpdef bytes pending(self):
         """What the session has to send now (b"" when nothing)."""
         cdef const uint8_t *data
         cdef ssize_t n
@@ -553,13 +561,13 @@ cdef class Session:
             return b"".join(parts)
         return first
 
-    def wants(self):
+    cpdef bint wants(self):
         """Whether the session has anything left to read or write (False: close)."""
         if self.session == NULL:
             return False
         return nghttp2_session_want_read(self.session) or nghttp2_session_want_write(self.session)
 
-    def respond(self, int32_t stream_id, int status, list lines, bytes request_id, bytes body, bint more):
+    cpdef bint respond(self, int32_t stream_id, int status, list lines, bytes request_id, bytes body, bint more):
         """Submit a response head: `lines` are HTTP/1-style header lines (b"Name: value\\r\\n"),
         then X-Request-ID; `body` (may be empty) is queued at once, and with `more` the body
         goes on (`send_data`, `end_data`), else the response ends with it. One call per
@@ -583,7 +591,7 @@ cdef class Session:
             self.outgoing.pop(stream_id, None)
         return rc == 0
 
-    def interim(self, int32_t stream_id, int status):
+    cpdef interim(self, int32_t stream_id, int status):
         """A 1xx head (100 Continue)."""
         self._submit_lines(stream_id, _status(status), [], [], NULL, 1)
 
@@ -603,8 +611,8 @@ cdef class Session:
             self.outgoing[stream_id] = out
         return stream_id
 
-    cdef int _submit_lines(self, int32_t stream_id, bytes status, list lines, list pairs,
-                           nghttp2_data_provider *provider, int how):
+    cdef int _submit_lines(self, int32_t stream_id, bytes status, list lines, list pairs, void *data_provider,
+                           int how):
         """how: 0 a response, 1 an interim head, 2 a request (returns its stream id), 3 trailers.
         An item of `lines` may hold several header lines (a policy's, joined)."""
         cdef Py_ssize_t count = len(pairs) + 1, n = 0, size, start, end, at, colon, names = 0, i
@@ -615,6 +623,7 @@ cdef class Session:
         cdef char c
         cdef bytes line, name, value
         cdef nghttp2_nv *nva
+        cdef const nghttp2_data_provider *provider = <const nghttp2_data_provider *>data_provider
         cdef int rc
         for line in lines:
             size = PyBytes_GET_SIZE(line)
@@ -700,7 +709,7 @@ cdef class Session:
     cdef _submit_trailer(self, int32_t stream_id, list lines):
         self._submit_lines(stream_id, None, lines, [], NULL, 3)
 
-    def send_data(self, int32_t stream_id, bytes chunk):
+    cpdef bint send_data(self, int32_t stream_id, bytes chunk):
         """Queue a piece of a stream's body. True when the queue passed HIGH: the owner
         pauses the body's source until `h2_drained`."""
         cdef Outgoing out = self.outgoing.get(stream_id)
@@ -716,7 +725,7 @@ cdef class Session:
             return True
         return False
 
-    def end_data(self, int32_t stream_id, trailers=None):
+    cpdef end_data(self, int32_t stream_id, trailers=None):
         """The body ends (with `trailers`, HTTP/1-style lines, when given)."""
         cdef Outgoing out = self.outgoing.get(stream_id)
         if out is None or out.ended:
@@ -727,12 +736,12 @@ cdef class Session:
             out.deferred = False
             nghttp2_session_resume_data(self.session, stream_id)
 
-    def queued(self, int32_t stream_id):
+    cpdef Py_ssize_t queued(self, int32_t stream_id):
         """Bytes of a stream's body still waiting for the peer's window."""
         cdef Outgoing out = self.outgoing.get(stream_id)
         return out.size if out is not None else 0
 
-    def reset_when_ended(self, int32_t stream_id):
+    cpdef reset_when_ended(self, int32_t stream_id):
         """RST_STREAM NO_ERROR once the response has ended (END_STREAM sent): the peer
         stops sending a request body nobody reads (RFC 9113 §8.1)."""
         if self.session == NULL:
@@ -742,12 +751,12 @@ cdef class Session:
         else:
             self.reset_after_end.add(stream_id)
 
-    def reset(self, int32_t stream_id, uint32_t code):
+    cpdef reset(self, int32_t stream_id, uint32_t code):
         """RST_STREAM: the stream ends now, for both sides."""
         if self.session != NULL:
             nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, stream_id, code)
 
-    def goaway(self, uint32_t code, bint graceful=True):
+    cpdef goaway(self, uint32_t code, bint graceful=True):
         """GOAWAY. Graceful (a drain): streams already begun finish. Otherwise the session
         ends: no stream is processed after the last one begun."""
         if self.session == NULL:
@@ -769,6 +778,7 @@ cdef class Session:
         """A client session may open another stream (no GOAWAY received)."""
         return self.session != NULL and nghttp2_session_check_request_allowed(self.session) != 0
 
-    def remote_closed(self, int32_t stream_id):
+    cpdef bint remote_closed(self, int32_t stream_id):
         """The peer has ended its side of the stream."""
         return self.session != NULL and nghttp2_session_get_stream_remote_close(self.session, stream_id) == 1
+

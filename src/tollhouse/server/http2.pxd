@@ -3,6 +3,7 @@ cimport cython
 
 from tollhouse.clock cimport Clock
 from tollhouse.exchange.lifecycle cimport Exchange
+from tollhouse.exchange.nghttp2 cimport Session, SessionOwner
 from tollhouse.flow cimport PulledOutput, WorkerCore
 
 cdef Clock CLOCK
@@ -14,7 +15,8 @@ cdef class Http2Connection
 
 cdef class Http2Stream:
     cdef public Http2Connection connection
-    cdef public object session, peer_ip, peer_ip_bytes, scheme, forwarded
+    cdef public Session session
+    cdef public object peer_ip, peer_ip_bytes, scheme, forwarded
     cdef public int stream_id
     cdef public WorkerCore worker
     cdef public Exchange exchange
@@ -35,9 +37,10 @@ cdef class Http2Stream:
     cpdef consume_held(self)
 
 
-cdef class Http2Connection:
+cdef class Http2Connection(SessionOwner):
     cdef public WorkerCore worker
-    cdef public object scheme, peer_ip, peer_ip_bytes, forwarded, settings, transport, session
+    cdef public object scheme, peer_ip, peer_ip_bytes, forwarded, settings, transport
+    cdef public Session session
     cdef public PulledOutput output
     cdef public dict streams
     cdef public bint peer_trusted, scheduled, closing, write_paused
@@ -50,6 +53,9 @@ cdef class Http2Connection:
     cpdef end_connection(self)
     cpdef close(self)
     cpdef abort(self)
+    @cython.locals(stream=Http2Stream)
+    cpdef h2_headers(self, int stream_id, int category, list headers, bint end_stream, bint oversize, method, path,
+                     authority)
     @cython.locals(stream=Http2Stream, ex=Exchange)
     cpdef begin_stream(self, int stream_id, list headers, bint end_stream, bint oversize, method, path, authority)
     @cython.locals(stream=Http2Stream, ex=Exchange)
@@ -58,4 +64,8 @@ cdef class Http2Connection:
     cpdef h2_end(self, int stream_id)
     @cython.locals(stream=Http2Stream, ex=Exchange)
     cpdef h2_closed(self, int stream_id, int code)
+    @cython.locals(stream=Http2Stream)
+    cpdef h2_drained(self, int stream_id)
+    cpdef h2_goaway(self, int last_stream_id, int code)
+    cpdef h2_settings(self)
     cpdef stream_finished(self, Http2Stream stream)

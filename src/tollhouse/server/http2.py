@@ -27,8 +27,11 @@ from .protocol import take_header
 
 try:
     from ..exchange import nghttp2
+    from ..exchange.nghttp2 import SessionOwner
 except ImportError:   # built without libnghttp2's headers: HTTP/1.1 only
     nghttp2 = None
+    # (Never so in the compiled build, where the name is the binding's C type and cannot be assigned.)
+    globals()["SessionOwner"] = object
 
 log = logging.getLogger("tollhouse.http2")
 
@@ -184,8 +187,9 @@ class Http2Stream:
             self.connection.schedule()
 
 
-class Http2Connection:   # an asyncio protocol by its methods
-    """One HTTP/2 client connection (see the module's doc)."""
+class Http2Connection(SessionOwner):   # an asyncio protocol by its methods
+    """One HTTP/2 client connection (see the module's doc); its session calls it back
+    (SessionOwner: in C, where both are compiled)."""
 
     __slots__ = ("worker", "scheme", "peer_ip", "peer_ip_bytes", "peer_trusted", "forwarded", "settings", "transport",
                  "session", "output", "streams", "scheduled", "closing", "write_paused", "last_active", "stalled_since")

@@ -16,6 +16,11 @@ from urllib.parse import urlsplit
 
 import httptools
 
+try:
+    from ..exchange.nghttp2 import SessionOwner
+except ImportError:   # built without nghttp2: no target is probed over HTTP/2
+    SessionOwner = object
+
 log = logging.getLogger("tollhouse.health")
 
 #: Upstream protocols whose targets are probed over HTTP/2 (upstream/http2.py).
@@ -31,7 +36,7 @@ class _Status:
         self.done = True
 
 
-class _Http2Answer:
+class _Http2Answer(SessionOwner):
     """The owner of a probe's nghttp2 session (exchange/nghttp2.pyx): keeps the final status."""
 
     def __init__(self):
@@ -48,18 +53,6 @@ class _Http2Answer:
 
     def h2_goaway(self, last_stream_id, code):
         self.over = True
-
-    def h2_data(self, stream_id, data):
-        pass
-
-    def h2_end(self, stream_id):
-        pass
-
-    def h2_drained(self, stream_id):
-        pass
-
-    def h2_settings(self):
-        pass
 
 
 async def probe_http2(url: str, path: str, timeout: float, verify: bool = True) -> bool:

@@ -28,8 +28,10 @@ from .pool import TargetPool, UpstreamConnection, _client_ssl
 
 try:
     from ..exchange import nghttp2
+    from ..exchange.nghttp2 import SessionOwner
 except ImportError:   # built without libnghttp2: the protocols are refused by `tollhouse check`
     nghttp2 = None
+    SessionOwner = object
 
 log = logging.getLogger("tollhouse.upstream.http2")
 
@@ -230,7 +232,7 @@ class Http2StreamConnection(UpstreamConnection):
         ex.upstream_closed(self, None if code is None else ConnectionResetError(f"HTTP/2 stream reset ({code})"))
 
 
-class Http2Session:   # an asyncio protocol by its methods
+class Http2Session(SessionOwner):   # an asyncio protocol by its methods; its session's owner
     """One multiplexed connection to a target."""
 
     def __init__(self, target):
