@@ -1,2 +1,37 @@
 # C declarations for the compiled build of subrequest.py (setup.py); the .py stays the source.
-# Every aggregated or federated request starts subrequests: their setup runs as C.
+# Every aggregated or federated request starts subrequests: their setup, their origin and the
+# codec that keeps their answers run as C.
+cimport cython
+
+from tollhouse.exchange.codec cimport Codec
+from tollhouse.exchange.lifecycle cimport Exchange
+from tollhouse.exchange.request cimport Request
+from tollhouse.flow cimport FlowControl, WorkerCore
+from tollhouse.routing cimport RouteTarget
+
+cdef frozenset _BODY_METHODS
+
+
+cdef class SubResponse:
+    cdef public object status, headers, body, local, elapsed
+
+
+cdef class KeepCodec(Codec):
+    pass
+
+
+cdef class SubrequestOrigin:
+    cdef public WorkerCore worker
+    cdef public list received
+    cdef public object peer_ip, peer_ip_bytes, scheme, forwarded, transport, done, then
+    cdef public bint peer_trusted
+    cdef public FlowControl flow
+
+    cpdef write(self, data)
+    cpdef abort(self)
+    cpdef exchange_finished(self, Exchange exchange)
+
+
+@cython.locals(ex=Exchange, origin=SubrequestOrigin, route=RouteTarget, q=Py_ssize_t)
+cpdef Exchange begin_subrequest(WorkerCore worker, pool, method, target, headers, body, timeout, Exchange parent,
+                                host, observe, span, step, then)

@@ -78,25 +78,31 @@ class SubrequestOrigin:
     socket (its codec keeps the response); when the exchange ends, the waiting future
     gets its answer."""
 
+    __slots__ = ("worker", "received", "peer_ip", "peer_ip_bytes", "scheme", "forwarded", "transport", "done", "then",
+                 "peer_trusted", "flow")
+
     background = True   # not a client's request: Exchange.finish counts and logs nothing
     codec = KEEP
 
     def __init__(self, worker, parent=None):
         self.worker = worker
-        self.received: list[bytes] = []   # the response body's pieces
+        self.received = []   # the response body's pieces
         conn = parent.conn if parent is not None else None
-        self.peer_ip = conn.peer_ip if conn is not None else "127.0.0.1"
-        self.peer_ip_bytes = self.peer_ip.encode()
+        if conn is not None:
+            self.peer_ip = conn.peer_ip
+            self.peer_ip_bytes = conn.peer_ip_bytes
+            self.scheme = conn.scheme
+        else:
+            self.peer_ip, self.peer_ip_bytes, self.scheme = "127.0.0.1", b"127.0.0.1", b"http"
         self.peer_trusted = False
-        self.scheme = conn.scheme if conn is not None else b"http"
-        self.forwarded = forwarded_prefix(self.peer_ip_bytes, self.scheme)
+        self.forwarded = _forwarded(self.peer_ip_bytes, self.scheme)
         self.transport = self
-        self.flow = FlowControl(None)   # nothing to pause
+        self.flow = _NO_FLOW   # nothing to pause
         self.done = None
         self.then = None   # instead of `done`: called with the SubResponse (no future, no task)
 
     def write(self, data) -> None:
-        pass
+        pass   # the codec keeps the response: nothing is written
 
     def abort(self) -> None:
         pass
@@ -115,6 +121,22 @@ class SubrequestOrigin:
                                         perf_counter() - exchange.started))
 
 
+#: A subrequest's flow control: there is no client to pause (one for all of them).
+_NO_FLOW = FlowControl(None)
+_FORWARDED: dict = {}
+
+
+def _forwarded(peer_ip_bytes: bytes, scheme: bytes) -> bytes:
+    """forwarded_prefix, made once per client address and scheme (bounded)."""
+    key = (peer_ip_bytes, scheme)
+    found = _FORWARDED.get(key)
+    if found is None:
+        if len(_FORWARDED) >= 4096:
+            _FORWARDED.clear()
+        found = _FORWARDED[key] = forwarded_prefix(peer_ip_bytes, scheme)
+    return found
+
+
 def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, headers=(), body: bytes = b"",
                      timeout: float | None = None, parent=None, host: bytes | None = None,
                      observe=None, span: str | None = None, step=None, then=None) -> Exchange:
@@ -128,9 +150,15 @@ def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, hea
     when given. `then(SubResponse)`, when given, is called as the call ends instead
     (no future: for a caller that counts its answers in itself). KeyError for an
     unknown upstream."""
-    state = worker.state
     # A name of the config's upstreams, or a pool of the caller's own (a GraphQL subgraph's URL).
-    pool = state.pools[upstream] if upstream.__class__ is str else upstream
+    pool = worker.state.pools[upstream] if upstream.__class__ is str else upstream
+    return begin_subrequest(worker, pool, method, target, headers, body, timeout, parent, host, observe, span, step,
+                            then)
+
+
+def begin_subrequest(worker, pool, method, target, headers, body, timeout, parent, host, observe, span, step, then):
+    """start_subrequest's work, its options positional (compiled: typed, called in C)."""
+    state = worker.state
     upstream = pool.name
     origin = SubrequestOrigin(worker, parent)
     if then is None:
@@ -151,7 +179,7 @@ def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, hea
     ex.path, ex.query = (target, b"") if q < 0 else (target[:q], target[q:])
     ex.method = method
     ex.host = host or b""
-    ex.headers = list(headers)
+    ex.headers = list(headers)   # its own: tracing and policies add to a request's headers
     if parent is not None:
         ex.request_id = parent.request_id
         ex.xff, ex.xfp, ex.xfh = parent.xff, parent.xfp, parent.xfh
