@@ -25,6 +25,9 @@ cdef class Stats:
     cdef public long long active_connections, active_requests
 
     cpdef Histogram upstream_histogram(self, upstream)
+    @cython.locals(h=Histogram)
+    cpdef observe(self, name, labels, double seconds)
+    cpdef inc(self, name, labels=*, by=*)
 
     @cython.locals(ex=Exchange, route=RouteTarget, stats=RouteStats, hist=Histogram, duration=cython.double,
                    upstream=cython.double, counts=dict, consumers=dict, denied=dict, status=cython.int, n=object,

@@ -1,2 +1,42 @@
 # C declarations for the compiled build of aggregate.py (setup.py); the .py stays the source.
-# The fan-out and the merge run on every request of an aggregate route: compiled.
+# The fan-out and the merge run on every request of an aggregate route: compiled, and the
+# calls between them, their exchange and the worker's metrics made in C.
+cimport cython
+
+from tollhouse.exchange.lifecycle cimport Exchange
+from tollhouse.observability.metrics cimport Stats
+from tollhouse.pipeline cimport Policy
+
+
+cdef class _Backend:
+    cdef public object name, upstream, parts, timeout, required, default, labels, results, key
+
+
+cdef class AggregatePolicy(Policy):
+    cdef public tuple backends
+    cdef public object all_or_nothing, merge, route_name
+
+    @cython.locals(fanout=_Fanout, b=_Backend, i=Py_ssize_t)
+    cpdef respond(self, Exchange exchange, body)
+    cpdef answered(self, Exchange exchange, list answers, double started)
+    @cython.locals(stats=Stats, b=_Backend, merged=dict, errors=dict, parts=list)
+    cpdef _merged(self, Exchange exchange, list answers, double started)
+    cpdef _respond(self, Exchange exchange, out, dict errors)
+
+
+cdef class _Fanout:
+    cdef AggregatePolicy policy
+    cdef Exchange exchange
+    cdef list answers
+    cdef Py_ssize_t left
+    cdef double started
+
+    cpdef arrived(self, Py_ssize_t i, answer)
+
+
+cdef class _Arrived:
+    cdef _Fanout fanout
+    cdef Py_ssize_t index
+
+
+cpdef tuple _judge(answer)
