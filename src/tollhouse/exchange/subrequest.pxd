@@ -32,6 +32,10 @@ cdef class SubrequestOrigin:
     cpdef exchange_finished(self, Exchange exchange)
 
 
+@cython.locals(answer=SubResponse)
+cpdef SubResponse _answer(SubrequestOrigin origin, Exchange exchange)
+
+
 @cython.locals(ex=Exchange, origin=SubrequestOrigin, route=RouteTarget, q=Py_ssize_t)
 cpdef Exchange begin_subrequest(WorkerCore worker, pool, method, target, headers, body, timeout, Exchange parent,
                                 host, observe, span, step, then)

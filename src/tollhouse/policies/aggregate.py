@@ -24,7 +24,7 @@ from ..config.loader import ConfigError
 from ..config.schema import MISSING, Bool, Duration, Field, Kind, MapOf, Schema, Str, error_at
 from ..pipeline import Policy, Reply, load_object
 from ..registry import PolicyKind
-from ..exchange.subrequest import start_subrequest
+from ..exchange.subrequest import begin_subrequest
 
 log = logging.getLogger("tollhouse.aggregate")
 
@@ -196,12 +196,15 @@ class AggregatePolicy(Policy):
         the last one is in (no task: each call's end counts itself in, `_Fanout`)."""
         fanout = _Fanout(self, exchange, len(self.backends))
         worker = exchange.worker
+        pools = worker.state.pools
         for i, b in enumerate(self.backends):
-            try:
-                start_subrequest(worker, b.upstream, b"GET", b.target(exchange), headers=exchange.headers,
-                                 timeout=b.timeout, parent=exchange, span=b.name, then=_Arrived(fanout, i))
-            except KeyError:   # its upstream left in a reload while this request waited
+            pool = pools.get(b.upstream)
+            if pool is None:   # its upstream left in a reload while this request waited
                 fanout.arrived(i, LookupError(f"no upstream {b.upstream!r}"))
+                continue
+            # start_subrequest's work, called in C (its options positional).
+            begin_subrequest(worker, pool, b"GET", b.target(exchange), exchange.headers, b"", b.timeout, exchange, None,
+                             None, b.name, None, _Arrived(fanout, i))
         return None
 
     def answered(self, exchange, answers: list, started: float) -> None:
