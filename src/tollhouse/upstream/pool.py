@@ -159,7 +159,7 @@ class UpstreamConnection:   # an asyncio protocol by its methods (a compiled cla
                     return
                 else:
                     return   # dropped
-        self.headers.append(name + b": " + value + b"\r\n")
+        self.headers.append(b"".join((name, b": ", value, b"\r\n")))   # one bytes made, not three
 
     def on_headers_complete(self):
         status = self.parser.get_status_code()
