@@ -37,6 +37,7 @@ class _Conn(asyncio.Protocol):
         self.transport = None
         self.queue: list = []
         self.busy = False
+        self.head_only = False   # answering a HEAD: heads only
 
     def connection_made(self, transport):
         self.transport = transport
@@ -97,7 +98,8 @@ class _Conn(asyncio.Protocol):
             head.append(f"content-length: {len(body)}\r\n")
         if not keep_alive:
             head.append("connection: close\r\n")
-        self.transport.write("".join(head).encode() + b"\r\n" + body)
+        # A response to HEAD is its head alone (RFC 9110 §9.3.2), whatever length it announces.
+        self.transport.write("".join(head).encode() + b"\r\n" + (b"" if self.head_only else body))
         if not keep_alive:
             self.transport.close()
 
@@ -106,6 +108,7 @@ class _Conn(asyncio.Protocol):
         path = url.path.decode()
         q = {k: v[0] for k, v in parse_qs(url.query.decode() if url.query else "").items()}
         t = self.transport
+        self.head_only = req["method"] == "HEAD"
         if self.server.delay:
             await asyncio.sleep(self.server.delay)
         if self.server.fail_with:
@@ -119,6 +122,8 @@ class _Conn(asyncio.Protocol):
             n = int(q["bytes"])
             ctype = b"content-type: %s\r\n" % q["ctype"].encode() if "ctype" in q else b""
             t.write(b"HTTP/1.1 200 OK\r\n%scontent-length: %d\r\n\r\n" % (ctype, n))
+            if self.head_only:
+                n = 0   # the length announced, no body sent
             block = b"x" * 65536
             while n > 0:
                 piece = block[:min(n, len(block))]
