@@ -92,10 +92,11 @@ class SubrequestOrigin:
             self.peer_ip = conn.peer_ip
             self.peer_ip_bytes = conn.peer_ip_bytes
             self.scheme = conn.scheme
+            self.forwarded = conn.forwarded   # made when the client's connection opened
         else:
             self.peer_ip, self.peer_ip_bytes, self.scheme = "127.0.0.1", b"127.0.0.1", b"http"
+            self.forwarded = _LOCAL_FORWARDED
         self.peer_trusted = False
-        self.forwarded = _forwarded(self.peer_ip_bytes, self.scheme)
         self.transport = self
         self.flow = _NO_FLOW   # nothing to pause
         self.done = None
@@ -131,18 +132,8 @@ def _answer(origin, exchange):
 
 #: A subrequest's flow control: there is no client to pause (one for all of them).
 _NO_FLOW = FlowControl(None)
-_FORWARDED: dict = {}
-
-
-def _forwarded(peer_ip_bytes: bytes, scheme: bytes) -> bytes:
-    """forwarded_prefix, made once per client address and scheme (bounded)."""
-    key = (peer_ip_bytes, scheme)
-    found = _FORWARDED.get(key)
-    if found is None:
-        if len(_FORWARDED) >= 4096:
-            _FORWARDED.clear()
-        found = _FORWARDED[key] = forwarded_prefix(peer_ip_bytes, scheme)
-    return found
+#: The forwarded headers of a subrequest with no client behind it (the cache's refresh).
+_LOCAL_FORWARDED = forwarded_prefix(b"127.0.0.1", b"http")
 
 
 def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, headers=(), body: bytes = b"",

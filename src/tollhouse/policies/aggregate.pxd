@@ -19,7 +19,7 @@ cdef class AggregatePolicy(Policy):
     @cython.locals(fanout=_Fanout, b=_Backend, i=Py_ssize_t)
     cpdef respond(self, Exchange exchange, body)
     cpdef answered(self, Exchange exchange, list answers, double started)
-    @cython.locals(stats=Stats, b=_Backend, merged=dict, errors=dict, parts=list)
+    @cython.locals(stats=Stats, b=_Backend, merged=dict, errors=dict)
     cpdef _merged(self, Exchange exchange, list answers, double started)
     cpdef _respond(self, Exchange exchange, out, dict errors)
 
@@ -39,4 +39,6 @@ cdef class _Arrived:
     cdef Py_ssize_t index
 
 
+@cython.locals(b=_Backend, parts=list)
+cpdef bytes _spliced(tuple backends, list answers, dict merged, dict errors)
 cpdef tuple _judge(answer)

@@ -228,7 +228,6 @@ class AggregatePolicy(Policy):
         stats = self.context.stats
         merged: dict = {}
         errors: dict = {}
-        parts: list = []   # the merged object's members as bytes: each answer as its backend sent it
         fatal = None
         for b, answer in zip(self.backends, answers):
             result, value, error = _judge(answer)
@@ -237,14 +236,12 @@ class AggregatePolicy(Policy):
                           answer.elapsed if not isinstance(answer, BaseException) else perf_counter() - started)
             if error is None:
                 merged[b.name] = value
-                parts.append(b.key + answer.body)
                 continue
             errors[b.name] = error
             if (b.required or self.all_or_nothing) and fatal is None:
                 fatal = b
             if b.default is not _ANY:
                 merged[b.name] = b.default
-                parts.append(b.key + orjson.dumps(b.default))
         if fatal is not None:
             exchange.remember(self.slot, "failed: " + ",".join(errors))
             status = errors[fatal.name]["status"]
@@ -255,14 +252,11 @@ class AggregatePolicy(Policy):
                                  backends=errors)
         if errors:
             merged["_errors"] = errors
-            parts.append(b'"_errors":' + orjson.dumps(errors))
             exchange.remember(self.slot, "partial: " + ",".join(errors))
         else:
             exchange.remember(self.slot, "complete")
         if self.merge is None:
-            # The answers were parsed only to check them: the merged object is spliced from
-            # their bytes, not serialised again.
-            return self._respond(exchange, b"{" + b",".join(parts) + b"}", errors)
+            return self._respond(exchange, _spliced(self.backends, answers, merged, errors), errors)
         try:
             out = self.merge(merged)
             if inspect.isawaitable(out):
@@ -320,6 +314,20 @@ class _Arrived:
 
     def __call__(self, answer) -> None:
         self.fanout.arrived(self.index, answer)
+
+
+def _spliced(backends: tuple, answers: list, merged: dict, errors: dict) -> bytes:
+    """The merged object without a merge function: each usable answer as its backend sent it
+    (it was parsed only to check it, and is not serialised again), a failed one's default."""
+    parts = []
+    for b, answer in zip(backends, answers):
+        if b.name not in errors:
+            parts.append(b.key + answer.body)
+        elif b.name in merged:
+            parts.append(b.key + orjson.dumps(merged[b.name]))
+    if errors:
+        parts.append(b'"_errors":' + orjson.dumps(errors))
+    return b"{" + b",".join(parts) + b"}"
 
 
 def _judge(answer) -> tuple[str, object, dict | None]:
