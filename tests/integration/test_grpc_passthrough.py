@@ -171,6 +171,10 @@ def test_status_in_the_access_log_and_metrics(gw, messages):
         get = stub(ch, messages, "GetItem", "unary_unary")
         with pytest.raises(grpc.RpcError):
             get(messages["GetItemRequest"](id="status-PERMISSION_DENIED"), timeout=5)
+        # Its own refusal by the gateway: under xdist the module's other tests may run in another worker.
+        put = stub(ch, messages, "PutItem", "unary_unary", request="Item")
+        with pytest.raises(grpc.RpcError):
+            put(messages["Item"](id="x"), timeout=5)
     time.sleep(1.2)
     lines = [json.loads(x) for x in gw.stdout().splitlines() if x.startswith("{")]
     denied = [x for x in lines if x["grpc_status"] == 7]

@@ -12,6 +12,8 @@ cdef class Histogram:
     cdef public list counts
     cdef public double sum
 
+    cpdef observe(self, double value)
+
 
 cdef class RouteStats:
     cdef public object name
@@ -25,9 +27,12 @@ cdef class Stats:
     cdef public long long active_connections, active_requests
 
     cpdef Histogram upstream_histogram(self, upstream)
-    @cython.locals(h=Histogram)
     cpdef observe(self, name, labels, double seconds)
+    @cython.locals(h=Histogram)
+    cpdef Histogram histogram(self, name, labels)
     cpdef inc(self, name, labels=*, by=*)
+    @cython.locals(counters=dict)
+    cpdef count(self, tuple key, by=*)
 
     @cython.locals(ex=Exchange, route=RouteTarget, stats=RouteStats, hist=Histogram, duration=cython.double,
                    upstream=cython.double, counts=dict, consumers=dict, denied=dict, status=cython.int, n=object,

@@ -201,16 +201,25 @@ class Stats:
 
     def observe(self, name: str, labels: tuple, seconds: float) -> None:
         """Add to histogram `tollhouse_<name>` (BUCKETS) with label pairs ((k, v), ...)."""
+        self.histogram(name, labels).observe(seconds)
+
+    def histogram(self, name: str, labels: tuple) -> Histogram:
+        """Histogram `tollhouse_<name>` with label pairs ((k, v), ...), for a caller that
+        observes it often and keeps it (it lives as long as the worker)."""
         key = (name, labels)
         h = self.histograms.get(key)
         if h is None:
             h = self.histograms[key] = Histogram()
-        h.observe(seconds)
+        return h
 
     def inc(self, name: str, labels: tuple = (), by: float = 1) -> None:
         """Bump a counter `tollhouse_<name>` with label pairs ((k, v), ...)."""
-        key = (name, labels)
-        self.counters[key] = self.counters.get(key, 0) + by
+        self.count((name, labels), by)
+
+    def count(self, key: tuple, by: float = 1) -> None:
+        """`inc` for a caller that keeps its counter's key, (name, label pairs), made once."""
+        counters = self.counters
+        counters[key] = counters.get(key, 0) + by
 
     def policy_counters(self) -> dict:
         """The counters of the policies' outcomes folded per route, keyed as `counters` is."""

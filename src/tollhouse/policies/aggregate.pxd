@@ -4,12 +4,13 @@
 cimport cython
 
 from tollhouse.exchange.lifecycle cimport Exchange
-from tollhouse.observability.metrics cimport Stats
+from tollhouse.observability.metrics cimport Histogram, Stats
 from tollhouse.pipeline cimport Policy
 
 
 cdef class _Backend:
     cdef public object name, upstream, parts, timeout, required, default, labels, results, key
+    cdef public Histogram duration
 
 
 cdef class AggregatePolicy(Policy):
@@ -41,4 +42,5 @@ cdef class _Arrived:
 
 @cython.locals(b=_Backend, parts=list)
 cpdef bytes _spliced(tuple backends, list answers, dict merged, dict errors)
-cpdef tuple _judge(answer)
+cpdef tuple _judge(answer, bint keep)
+cpdef bint _is_json(bytes body)
