@@ -4,6 +4,7 @@
 cimport cython
 
 from tollhouse.exchange.lifecycle cimport Exchange
+from tollhouse.exchange.subrequest cimport begin_subrequest
 from tollhouse.observability.metrics cimport Histogram, Stats
 from tollhouse.pipeline cimport Policy
 

@@ -4,7 +4,9 @@ cimport cython
 from tollhouse.clock cimport Clock
 from tollhouse.exchange.lifecycle cimport Exchange
 from tollhouse.exchange.nghttp2 cimport Session, SessionOwner
+from tollhouse.exchange.http2 cimport finalise_head
 from tollhouse.flow cimport PulledOutput, WorkerCore
+from tollhouse.server.protocol cimport take_header
 
 cdef Clock CLOCK
 cdef dict _GRPC_UNITS
