@@ -74,3 +74,15 @@ def test_policy_outcomes_are_counted_from_the_ended_exchanges():
     assert 'tollhouse_cache_results_total{result="HIT",route="limited"} 2.0' in text
     assert 'tollhouse_cache_results_total{result="MISS",route="limited"} 1.0' in text
     assert 'tollhouse_requests_total{method="GET",route="limited",status="200"} 6.0' in text
+
+
+def test_bucket_is_bisect_left_over_the_bounds():
+    """`bucket` scans the bounds instead of calling bisect: the same index for every value,
+    the bounds themselves (inclusive upper bounds) and beyond the last (+Inf) included."""
+    from bisect import bisect_left
+
+    from tollhouse.observability.metrics import BUCKETS, bucket
+
+    values = [0.0, 1e-9, 10.0001, 1e9, *BUCKETS, *(b * 0.999 for b in BUCKETS), *(b * 1.001 for b in BUCKETS)]
+    values += [i / 997 for i in range(12000)]
+    assert [bucket(v) for v in values] == [bisect_left(BUCKETS, v) for v in values]

@@ -8,6 +8,10 @@ from tollhouse.routing cimport RouteTarget
 cdef tuple _HTTP2_KEY, _GRPC_CODES
 
 
+@cython.locals(i=Py_ssize_t, bound=double)
+cpdef Py_ssize_t bucket(double value)
+
+
 cdef class Histogram:
     cdef public list counts
     cdef public double sum

@@ -13,6 +13,9 @@ cdef class _Backend:
     cdef public object name, upstream, parts, timeout, required, default, labels, results, key
     cdef public Histogram duration
 
+    @cython.locals(out=list)
+    cpdef bytes target(self, Exchange exchange)
+
 
 cdef class AggregatePolicy(Policy):
     cdef public tuple backends
