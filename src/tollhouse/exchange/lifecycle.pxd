@@ -13,6 +13,7 @@ cdef Clock CLOCK
 cdef class Exchange(Forwarding):
     @cython.locals(route=RouteTarget)
     cpdef start(self)
+    cpdef respond(self, int status, list lines, body)
     cpdef feed_body(self, chunk)
     cpdef refuse_body(self, Reply reply)
     cpdef body_complete(self)

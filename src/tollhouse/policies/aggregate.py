@@ -281,10 +281,10 @@ class AggregatePolicy(Policy):
 
     def _respond(self, exchange, out, errors: dict) -> None:
         payload = out if isinstance(out, bytes) else out.encode() if isinstance(out, str) else orjson.dumps(out)
-        lines = [b"content-type: application/json\r\n",
-                 b"x-aggregate-complete: %s\r\n" % (b"false" if errors else b"true")]
-        if errors:
-            lines.append(b"cache-control: no-store\r\n")   # a partial answer is never cached
+        # A partial answer is never cached.
+        lines = [b"content-type: application/json\r\n", b"x-aggregate-complete: false\r\n",
+                 b"cache-control: no-store\r\n"] if errors else [b"content-type: application/json\r\n",
+                                                                   b"x-aggregate-complete: true\r\n"]
         exchange.respond(200, lines, payload)
         return None
 
