@@ -281,10 +281,11 @@ class AggregatePolicy(Policy):
 
     def _respond(self, exchange, out, errors: dict) -> None:
         payload = out if isinstance(out, bytes) else out.encode() if isinstance(out, str) else orjson.dumps(out)
-        # A partial answer is never cached.
-        lines = [b"content-type: application/json\r\n", b"x-aggregate-complete: false\r\n",
-                 b"cache-control: no-store\r\n"] if errors else [b"content-type: application/json\r\n",
-                                                                   b"x-aggregate-complete: true\r\n"]
+        if errors:   # a partial answer is never cached
+            lines = [b"content-type: application/json\r\n", b"x-aggregate-complete: false\r\n",
+                     b"cache-control: no-store\r\n"]
+        else:
+            lines = [b"content-type: application/json\r\n", b"x-aggregate-complete: true\r\n"]
         exchange.respond(200, lines, payload)
         return None
 
@@ -331,9 +332,7 @@ def _spliced(backends: tuple, answers: list, merged: dict, errors: dict) -> byte
             parts += (b.key, orjson.dumps(merged[b.name]), b",")
     if errors:
         parts += (b'"_errors":', orjson.dumps(errors), b",")
-    if len(parts) == 1:
-        return b"{}"
-    parts[-1] = b"}"
+    parts[-1] = b"}"   # never the "{": a route has a backend, and each is spliced, defaulted or in _errors
     return b"".join(parts)
 
 

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 import zlib
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from random import random
 
 import orjson
@@ -30,7 +30,7 @@ from ..config.loader import ConfigError
 from ..config.schema import Duration, Field, Int, ListOf, Ratio, Schema, Str, error_at
 from ..exchange.forwarding import any_healthy
 from ..exchange.request import cookie_value
-from ..observability.metrics import BUCKETS
+from ..observability.metrics import BUCKETS, bucket as latency_bucket   # (a local `bucket` is a second's figures)
 from ..pipeline import Policy
 from ..registry import PolicyKind
 
@@ -412,7 +412,7 @@ class RollbackWatch(Policy):
         figures[0] += 1
         if exchange.status >= 500:
             figures[1] += 1
-        figures[2][bisect_left(BUCKETS, time.perf_counter() - exchange.started)] += 1
+        figures[2][latency_bucket(time.perf_counter() - exchange.started)] += 1
 
     def failing(self, chooser, now: float) -> list:
         """(side, figures) of the sides with weight, other than `to`, past a threshold with at
