@@ -13,6 +13,8 @@ cdef Clock CLOCK
 cdef class Exchange(Forwarding):
     @cython.locals(route=RouteTarget)
     cpdef start(self)
+    cpdef start_local(self)
+    cpdef run_local(self)
     cpdef respond(self, int status, list lines, body)
     cpdef feed_body(self, chunk)
     cpdef refuse_body(self, Reply reply)

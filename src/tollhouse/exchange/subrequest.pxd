@@ -20,15 +20,22 @@ cdef class KeepCodec(Codec):
     pass
 
 
+cdef class Completion:
+    cpdef arrived(self, Py_ssize_t index, answer)
+
+
 cdef class SubrequestOrigin:
     cdef public WorkerCore worker
     cdef public list received
-    cdef public object peer_ip, peer_ip_bytes, scheme, forwarded, transport, done, then
+    cdef public object peer_ip, peer_ip_bytes, scheme, forwarded, transport, done
+    cdef public Completion then
+    cdef public Py_ssize_t index
     cdef public bint peer_trusted
     cdef public FlowControl flow
 
     cpdef write(self, data)
     cpdef abort(self)
+    @cython.locals(then=Completion)
     cpdef exchange_finished(self, Exchange exchange)
 
 
@@ -36,6 +43,6 @@ cdef class SubrequestOrigin:
 cpdef SubResponse _answer(SubrequestOrigin origin, Exchange exchange)
 
 
-@cython.locals(ex=Exchange, origin=SubrequestOrigin, route=RouteTarget, q=Py_ssize_t)
+@cython.locals(ex=Exchange, origin=SubrequestOrigin, route=RouteTarget, q=Py_ssize_t, routes=dict)
 cpdef Exchange begin_subrequest(WorkerCore worker, pool, method, target, headers, body, timeout, Exchange parent,
-                                host, observe, span, step, then)
+                                host, observe, span, step, Completion then, Py_ssize_t index)

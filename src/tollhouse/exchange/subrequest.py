@@ -73,13 +73,25 @@ class KeepCodec(Codec):
 KEEP = KeepCodec()
 
 
+class Completion:
+    """What a subrequest's end calls instead of resolving a future (start_subrequest's `then`):
+    `arrived(index, SubResponse)`, with the `index` the call was started with. A caller that
+    counts its answers in itself (the aggregate's fan-out) needs no future, no task and no
+    object per call; the compiled build calls it in C."""
+
+    __slots__ = ()
+
+    def arrived(self, index: int, answer) -> None:
+        raise NotImplementedError
+
+
 class SubrequestOrigin:
     """Stands in for the client connection of a subrequest: nothing is written to a
     socket (its codec keeps the response); when the exchange ends, the waiting future
     gets its answer."""
 
     __slots__ = ("worker", "received", "peer_ip", "peer_ip_bytes", "scheme", "forwarded", "transport", "done", "then",
-                 "peer_trusted", "flow")
+                 "index", "peer_trusted", "flow")
 
     background = True   # not a client's request: Exchange.finish counts and logs nothing
     codec = KEEP
@@ -100,7 +112,8 @@ class SubrequestOrigin:
         self.transport = self
         self.flow = _NO_FLOW   # nothing to pause
         self.done = None
-        self.then = None   # instead of `done`: called with the SubResponse (no future, no task)
+        self.then = None   # instead of `done`: a Completion, told `index` and the SubResponse
+        self.index = 0
 
     def write(self, data) -> None:
         pass   # the codec keeps the response: nothing is written
@@ -112,7 +125,7 @@ class SubrequestOrigin:
         then = self.then
         if then is not None:
             self.then = None
-            then(_answer(self, exchange))
+            then.arrived(self.index, _answer(self, exchange))
             return
         done = self.done
         if done is not None and not done.done():
@@ -138,7 +151,7 @@ _LOCAL_FORWARDED = forwarded_prefix(b"127.0.0.1", b"http")
 
 def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, headers=(), body: bytes = b"",
                      timeout: float | None = None, parent=None, host: bytes | None = None,
-                     observe=None, span: str | None = None, step=None, then=None) -> Exchange:
+                     observe=None, span: str | None = None, step=None, then=None, index: int = 0) -> Exchange:
     """Send the subrequest now; its origin's `done` future gets the SubResponse.
     `upstream`: the name of one of the config's upstreams, or an UpstreamPool.
     `target` is the path and query the upstream receives; `headers` are ready-to-send
@@ -146,16 +159,17 @@ def start_subrequest(worker, upstream: str, method: bytes, target: bytes, *, hea
     returns what watches the response as it arrives (the cache's Fill: head, body,
     complete, finished); `span` names the call in the parent's trace (its CLIENT
     spans, when the parent is traced), under `step` (a Tracer.step of the parent's)
-    when given. `then(SubResponse)`, when given, is called as the call ends instead
-    (no future: for a caller that counts its answers in itself). KeyError for an
-    unknown upstream."""
+    when given. `then`, a Completion, when given, is told `then.arrived(index, SubResponse)`
+    as the call ends instead (no future: for a caller that counts its answers in itself).
+    KeyError for an unknown upstream."""
     # A name of the config's upstreams, or a pool of the caller's own (a GraphQL subgraph's URL).
     pool = worker.state.pools[upstream] if upstream.__class__ is str else upstream
     return begin_subrequest(worker, pool, method, target, headers, body, timeout, parent, host, observe, span, step,
-                            then)
+                            then, index)
 
 
-def begin_subrequest(worker, pool, method, target, headers, body, timeout, parent, host, observe, span, step, then):
+def begin_subrequest(worker, pool, method, target, headers, body, timeout, parent, host, observe, span, step, then,
+                     index):
     """start_subrequest's work, its options positional (compiled: typed, called in C)."""
     state = worker.state
     upstream = pool.name
@@ -164,18 +178,23 @@ def begin_subrequest(worker, pool, method, target, headers, body, timeout, paren
         origin.done = worker.loop.create_future()
     else:
         origin.then = then
+        origin.index = index
     ex = Exchange(origin, state)
     # The route a subrequest goes by, made once per upstream, timeout and Host choice (per config version).
     key = (upstream, timeout, host is not None)
-    route = state.subrequest_routes.get(key)
+    routes = state.subrequest_routes
+    route = routes.get(key)
     if route is None:
-        route = state.subrequest_routes[key] = RouteTarget(
+        route = routes[key] = RouteTarget(
             f"subrequest-{upstream}", -1, upstream=pool, chain=EMPTY_CHAIN,
             timeout=timeout if timeout is not None else pool.settings.read_timeout,
             preserve_host=host is not None, stats=worker.stats.route(f"subrequest-{upstream}", upstream))
     ex.route = route
-    q = target.find(b"?")
-    ex.path, ex.query = (target, b"") if q < 0 else (target[:q], target[q:])
+    if b"?" in target:   # (a test before the search: most targets have no query)
+        q = target.find(b"?")
+        ex.path, ex.query = target[:q], target[q:]
+    else:
+        ex.path, ex.query = target, b""
     ex.method = method
     ex.host = host or b""
     ex.headers = list(headers)   # its own: tracing and policies add to a request's headers

@@ -12,6 +12,10 @@ cdef tuple _HTTP2_KEY, _GRPC_CODES
 cpdef Py_ssize_t bucket(double value)
 
 
+cdef class Tally:
+    cdef public double value
+
+
 cdef class Histogram:
     cdef public list counts
     cdef public double sum
@@ -26,7 +30,7 @@ cdef class RouteStats:
 
 
 cdef class Stats:
-    cdef public dict routes, upstream_duration, counters, gauges, derived, consumers, denied, histograms
+    cdef public dict routes, upstream_duration, counters, gauges, derived, consumers, denied, histograms, tallies
     cdef public RouteStats unrouted
     cdef public long long active_connections, active_requests
 

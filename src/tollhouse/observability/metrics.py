@@ -37,6 +37,15 @@ def bucket(value: float) -> int:
     return i
 
 
+class Tally:
+    """One counter's value, kept by the code that bumps it (Stats.tally)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self):
+        self.value = 0.0
+
+
 class Histogram:
     __slots__ = ("counts", "sum")
 
@@ -86,10 +95,10 @@ _GRPC_CODES = tuple(str(i) for i in range(32))
 
 
 class Stats:
-    """One worker's counters. Keys are plain tuples; values plain numbers."""
+    """One worker's counters. Keys are plain tuples; values plain numbers (a tally's, its cell's)."""
 
     __slots__ = ("routes", "upstream_duration", "unrouted", "counters", "active_connections", "active_requests",
-                 "gauges", "derived", "consumers", "denied", "histograms")
+                 "gauges", "derived", "consumers", "denied", "histograms", "tallies")
 
     def __init__(self):
         self.routes: dict[str, RouteStats] = {}
@@ -104,6 +113,7 @@ class Stats:
         self.consumers: dict[str, int] = {}
         self.denied: dict[str, int] = {}
         self.histograms: dict[tuple[str, tuple], Histogram] = {}   # (name, label pairs) -> histogram
+        self.tallies: dict[tuple[str, tuple], Tally] = {}   # (name, label pairs) -> a counter's cell (`tally`)
 
     def route(self, name: str, upstream: str | None) -> RouteStats:
         """The counters of a route (kept across reloads while the name stays)."""
@@ -231,6 +241,25 @@ class Stats:
         counters = self.counters
         counters[key] = counters.get(key, 0) + by
 
+    def tally(self, name: str, labels: tuple = ()) -> Tally:
+        """Counter `tollhouse_<name>` with label pairs ((k, v), ...) as a cell its caller keeps
+        and bumps (`tally.value += 1`): no key hashed per count, for a counter bumped on every
+        request. Exported at 0 until it counts (see `declare`), and added to `counters`' value
+        under the same key."""
+        key = (name, labels)
+        cell = self.tallies.get(key)
+        if cell is None:
+            cell = self.tallies[key] = Tally()
+        return cell
+
+    def all_counters(self) -> dict:
+        """Every counter: `counters`, the tallies added in, and the policies' outcomes."""
+        counters = dict(self.counters)
+        for key, cell in self.tallies.items():
+            counters[key] = counters.get(key, 0) + cell.value
+        counters.update(self.policy_counters())
+        return counters
+
     def policy_counters(self) -> dict:
         """The counters of the policies' outcomes folded per route, keyed as `counters` is."""
         counters = {}
@@ -248,7 +277,7 @@ class Stats:
     def snapshot(self) -> dict:
         """A JSON-able copy, for /metrics and /status across workers."""
         routes = [self.unrouted, *self.routes.values()]
-        counters = {**self.counters, **self.policy_counters()}
+        counters = self.all_counters()
         return {
             "requests": [[r.name, m.decode("latin-1"), s, n] for r in routes for (m, s), n in r.counts.items()],
             "request_duration": {r.name: [r.duration.counts, r.duration.sum] for r in routes if r.counts},

@@ -4,13 +4,14 @@
 cimport cython
 
 from tollhouse.exchange.lifecycle cimport Exchange
-from tollhouse.exchange.subrequest cimport begin_subrequest
-from tollhouse.observability.metrics cimport Histogram, Stats
+from tollhouse.exchange.subrequest cimport Completion, SubResponse, begin_subrequest
+from tollhouse.observability.metrics cimport Histogram, Stats, Tally
 from tollhouse.pipeline cimport Policy
 
 
 cdef class _Backend:
-    cdef public object name, upstream, parts, timeout, required, default, labels, results, key
+    cdef public object name, upstream, parts, fixed, timeout, required, default, labels, key
+    cdef public dict results
     cdef public Histogram duration
 
     @cython.locals(out=list)
@@ -24,27 +25,21 @@ cdef class AggregatePolicy(Policy):
     @cython.locals(fanout=_Fanout, b=_Backend, i=Py_ssize_t)
     cpdef respond(self, Exchange exchange, body)
     cpdef answered(self, Exchange exchange, list answers, double started)
-    @cython.locals(stats=Stats, b=_Backend, merged=dict, errors=dict)
+    @cython.locals(stats=Stats, b=_Backend, merged=dict, errors=dict, backends=tuple, i=Py_ssize_t, tally=Tally)
     cpdef _merged(self, Exchange exchange, list answers, double started)
     cpdef _respond(self, Exchange exchange, out, dict errors)
 
 
-cdef class _Fanout:
+cdef class _Fanout(Completion):
     cdef AggregatePolicy policy
     cdef Exchange exchange
     cdef list answers
     cdef Py_ssize_t left
     cdef double started
 
-    cpdef arrived(self, Py_ssize_t i, answer)
 
 
-cdef class _Arrived:
-    cdef _Fanout fanout
-    cdef Py_ssize_t index
-
-
-@cython.locals(b=_Backend, parts=list)
+@cython.locals(b=_Backend, parts=list, i=Py_ssize_t, answer=SubResponse)
 cpdef bytes _spliced(tuple backends, list answers, dict merged, dict errors)
 cpdef tuple _judge(answer, bint keep)
 cpdef bint _is_json(bytes body)

@@ -25,7 +25,7 @@ from ..config.loader import ConfigError
 from ..config.schema import MISSING, Bool, Duration, Field, Kind, MapOf, Schema, Str, error_at
 from ..pipeline import Policy, Reply, load_object
 from ..registry import PolicyKind
-from ..exchange.subrequest import begin_subrequest
+from ..exchange.subrequest import Completion, begin_subrequest
 
 log = logging.getLogger("tollhouse.aggregate")
 
@@ -129,7 +129,8 @@ def _encode(value: str, safe: str = "") -> str:
 
 
 class _Backend:
-    __slots__ = ("name", "upstream", "parts", "timeout", "required", "default", "labels", "results", "key", "duration")
+    __slots__ = ("name", "upstream", "parts", "fixed", "timeout", "required", "default", "labels", "results", "key",
+                 "duration")
 
     def __init__(self, name, cfg, route_timeout, route_name):
         self.name = name
@@ -137,16 +138,20 @@ class _Backend:
         # The path template split into literal text and variable names, once.
         pieces = _VAR.split(cfg.path)
         self.parts = tuple((i % 2 == 1, p) for i, p in enumerate(pieces) if p)
+        self.fixed = None   # the path, when it has no variable: made once
+        if len(pieces) == 1 and cfg.path.isascii():
+            self.fixed = cfg.path.encode("latin-1")
         self.timeout = cfg.timeout if cfg.timeout is not None else route_timeout
         self.required = cfg.required
         self.default = cfg.default
         self.labels = (("backend", name), ("route", route_name))
-        # Its counters' keys, made once: result -> (name, label pairs).
-        self.results = {result: ("aggregate_backend_results", (*self.labels, ("result", result))) for result in RESULTS}
+        self.results = None   # result -> its counter (a Tally of the worker's): set by the policy
         self.key = orjson.dumps(name) + b":"   # its place in the merged object
         self.duration = None   # its histogram, the worker's: set by the policy
 
     def target(self, exchange) -> bytes:
+        if self.fixed is not None:
+            return self.fixed
         out = []
         for is_var, text in self.parts:
             if not is_var:
@@ -191,8 +196,8 @@ class AggregatePolicy(Policy):
         self.merge = load_function(config.merge) if config.merge else None
         stats = context.stats
         for b in self.backends:
-            for name, labels in b.results.values():
-                stats.declare(name, labels)
+            b.results = {result: stats.tally("aggregate_backend_results", (*b.labels, ("result", result)))
+                         for result in RESULTS}
             b.duration = stats.histogram("aggregate_backend_duration_seconds", b.labels)
 
     def respond(self, exchange, body: bytes):
@@ -208,7 +213,7 @@ class AggregatePolicy(Policy):
                 continue
             # start_subrequest's work, called in C (its options positional).
             begin_subrequest(worker, pool, b"GET", b.target(exchange), exchange.headers, b"", b.timeout, exchange, None,
-                             None, b.name, None, _Arrived(fanout, i))
+                             None, b.name, None, fanout, i)
         return None
 
     def answered(self, exchange, answers: list, started: float) -> None:
@@ -234,9 +239,13 @@ class AggregatePolicy(Policy):
         errors: dict = {}
         fatal = None
         keep = self.merge is not None   # without a merge function the answers are only checked, then spliced
-        for b, answer in zip(self.backends, answers):
+        backends = self.backends
+        for i in range(len(backends)):   # (an index, not zip: no iterator made per request)
+            b = backends[i]
+            answer = answers[i]
             result, value, error = _judge(answer, keep)
-            stats.count(b.results[result])
+            tally = b.results[result]
+            tally.value += 1
             b.duration.observe(answer.elapsed if not isinstance(answer, BaseException) else perf_counter() - started)
             if error is None:
                 merged[b.name] = value
@@ -290,9 +299,9 @@ class AggregatePolicy(Policy):
         return None
 
 
-class _Fanout:
-    """One aggregated request's backends: their answers as they end, in configured order;
-    when the last is in, the policy answers."""
+class _Fanout(Completion):
+    """One aggregated request's backends: their answers as they end, in configured order
+    (each backend call's Completion); when the last is in, the policy answers."""
 
     __slots__ = ("policy", "exchange", "answers", "left", "started")
 
@@ -302,34 +311,28 @@ class _Fanout:
         self.left = count
         self.started = perf_counter()
 
-    def arrived(self, i: int, answer) -> None:
-        self.answers[i] = answer
+    def arrived(self, index: int, answer) -> None:
+        self.answers[index] = answer
         self.left -= 1
         if not self.left:
             self.policy.answered(self.exchange, self.answers, self.started)
-
-
-class _Arrived:
-    """A backend call's end, as start_subrequest's `then` (an object, not a closure)."""
-
-    __slots__ = ("fanout", "index")
-
-    def __init__(self, fanout: _Fanout, index: int):
-        self.fanout, self.index = fanout, index
-
-    def __call__(self, answer) -> None:
-        self.fanout.arrived(self.index, answer)
 
 
 def _spliced(backends: tuple, answers: list, merged: dict, errors: dict) -> bytes:
     """The merged object without a merge function: each usable answer as its backend sent it
     (it was parsed only to check it, and is not serialised again), a failed one's default."""
     parts = [b"{"]   # one join: "{", then each key, its value and a comma, the last comma made "}"
-    for b, answer in zip(backends, answers):
-        if b.name not in errors:
-            parts += (b.key, answer.body, b",")
+    for i in range(len(backends)):
+        b = backends[i]
+        if not errors or b.name not in errors:
+            answer = answers[i]
+            parts.append(b.key)
+            parts.append(answer.body)
+            parts.append(b",")
         elif b.name in merged:
-            parts += (b.key, orjson.dumps(merged[b.name]), b",")
+            parts.append(b.key)
+            parts.append(orjson.dumps(merged[b.name]))
+            parts.append(b",")
     if errors:
         parts += (b'"_errors":', orjson.dumps(errors), b",")
     parts[-1] = b"}"   # never the "{": a route has a backend, and each is spliced, defaulted or in _errors
