@@ -33,6 +33,7 @@ cdef class SubrequestOrigin:
     cdef public bint peer_trusted
     cdef public FlowControl flow
 
+    cpdef setup(self, WorkerCore worker, Exchange parent)
     cpdef write(self, data)
     cpdef abort(self)
     @cython.locals(then=Completion)

@@ -97,6 +97,11 @@ class SubrequestOrigin:
     codec = KEEP
 
     def __init__(self, worker, parent=None):
+        self.setup(worker, parent)
+
+    def setup(self, worker, parent) -> None:
+        """__init__'s work: begin_subrequest makes an origin with __new__ and calls this
+        in C (no argument parsing)."""
         self.worker = worker
         self.received = []   # the response body's pieces
         conn = parent.conn if parent is not None else None
@@ -173,7 +178,8 @@ def begin_subrequest(worker, pool, method, target, headers, body, timeout, paren
     """start_subrequest's work, its options positional (compiled: typed, called in C)."""
     state = worker.state
     upstream = pool.name
-    origin = SubrequestOrigin(worker, parent)
+    origin = SubrequestOrigin.__new__(SubrequestOrigin)
+    origin.setup(worker, parent)
     if then is None:
         origin.done = worker.loop.create_future()
     else:

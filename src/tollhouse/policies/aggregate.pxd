@@ -37,9 +37,12 @@ cdef class _Fanout(Completion):
     cdef Py_ssize_t left
     cdef double started
 
+    cpdef setup(self, AggregatePolicy policy, Exchange exchange, Py_ssize_t count)
+    cpdef arrived(self, Py_ssize_t index, answer)
 
 
 @cython.locals(b=_Backend, parts=list, i=Py_ssize_t, answer=SubResponse)
 cpdef bytes _spliced(tuple backends, list answers, dict merged, dict errors)
+@cython.locals(sub=SubResponse)
 cpdef tuple _judge(answer, bint keep)
 cpdef bint _is_json(bytes body)

@@ -203,7 +203,8 @@ class AggregatePolicy(Policy):
     def respond(self, exchange, body: bytes):
         """Call every backend at once; the merged JSON, or the failure (§5), is answered when
         the last one is in (no task: each call's end counts itself in, `_Fanout`)."""
-        fanout = _Fanout(self, exchange, len(self.backends))
+        fanout = _Fanout.__new__(_Fanout)   # (made in C: no __init__ call, no argument parsing)
+        fanout.setup(self, exchange, len(self.backends))
         worker = exchange.worker
         pools = worker.state.pools
         for i, b in enumerate(self.backends):
@@ -306,6 +307,9 @@ class _Fanout(Completion):
     __slots__ = ("policy", "exchange", "answers", "left", "started")
 
     def __init__(self, policy: AggregatePolicy, exchange, count: int):
+        self.setup(policy, exchange, count)
+
+    def setup(self, policy: AggregatePolicy, exchange, count: int) -> None:
         self.policy, self.exchange = policy, exchange
         self.answers: list = [None] * count
         self.left = count
@@ -344,11 +348,12 @@ def _judge(answer, keep: bool) -> tuple[str, object, dict | None]:
     `keep`: the parsed value is wanted (a merge function reads it); otherwise the body is only checked."""
     if isinstance(answer, BaseException):
         return "unavailable", None, {"status": 502, "detail": f"{type(answer).__name__}: {answer}"}
-    status = answer.status
-    if answer.local:
+    sub = answer   # a SubResponse (its fields read in C)
+    status = sub.status
+    if sub.local:
         # The gateway answered for the upstream: it could not be reached in time.
         result = "timeout" if status == 504 else "unavailable"
-        detail = _problem_detail(answer.body) or "the upstream did not answer"
+        detail = _problem_detail(sub.body) or "the upstream did not answer"
         return result, None, {"status": status, "detail": detail}
     if status >= 500:
         return "server_error", None, {"status": status, "detail": f"the upstream answered {status}"}
@@ -356,10 +361,10 @@ def _judge(answer, keep: bool) -> tuple[str, object, dict | None]:
         return "client_error", None, {"status": status, "detail": f"the upstream answered {status}"}
     if keep:
         try:
-            return "ok", orjson.loads(answer.body), None
+            return "ok", orjson.loads(sub.body), None
         except orjson.JSONDecodeError:
             pass
-    elif _is_json(answer.body):
+    elif _is_json(sub.body):
         return "ok", None, None
     return "invalid", None, {"status": 502, "detail": "the upstream's answer is not JSON"}
 
