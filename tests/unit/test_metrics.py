@@ -18,6 +18,21 @@ def test_snapshots_of_workers_merge_into_one_exposition():
     assert "tollhouse_workers 2.0" in text
 
 
+def test_a_tally_is_exported_at_zero_and_adds_to_the_counter_of_its_key():
+    a, b = Stats(), Stats()
+    quiet = a.tally("aggregate_backend_results", (("backend", "b"), ("result", "invalid")))
+    ok = a.tally("aggregate_backend_results", (("backend", "b"), ("result", "ok")))
+    assert a.tally("aggregate_backend_results", (("backend", "b"), ("result", "ok"))) is ok   # one cell per key
+    ok.value += 1
+    ok.value += 1
+    a.inc("aggregate_backend_results", (("backend", "b"), ("result", "ok")))   # the same key counted by name too
+    b.tally("aggregate_backend_results", (("backend", "b"), ("result", "ok"))).value += 4
+    assert quiet.value == 0
+    text = render([a.snapshot(), b.snapshot()]).decode()
+    assert 'tollhouse_aggregate_backend_results_total{backend="b",result="ok"} 7.0' in text
+    assert 'tollhouse_aggregate_backend_results_total{backend="b",result="invalid"} 0.0' in text
+
+
 class _Connection:
     worker = None
     codec = None

@@ -196,7 +196,7 @@ def begin_subrequest(worker, pool, method, target, headers, body, timeout, paren
             timeout=timeout if timeout is not None else pool.settings.read_timeout,
             preserve_host=host is not None, stats=worker.stats.route(f"subrequest-{upstream}", upstream))
     ex.route = route
-    if b"?" in target:   # (a test before the search: most targets have no query)
+    if 0x3F in target:   # b"?" tested as an int (memchr; a bytes needle takes a buffer): most targets have no query
         q = target.find(b"?")
         ex.path, ex.query = target[:q], target[q:]
     else:
