@@ -20,3 +20,6 @@ cdef class Exchange(Forwarding):
     cpdef refuse_body(self, Reply reply)
     cpdef body_complete(self)
     cpdef client_gone(self)
+
+
+cpdef Exchange new_exchange(conn, state)

@@ -206,6 +206,14 @@ class Exchange(Forwarding):
         self.finish()
 
 
+def new_exchange(conn, state) -> Exchange:
+    """Exchange(conn, state), made in C where compiled: no call through the type, no argument
+    parsing. Every request makes one, and an aggregate one per backend."""
+    ex = Exchange.__new__(Exchange)
+    ex.setup(conn, state)
+    return ex
+
+
 def _bound(exchange, name: str):
     """`exchange.<name>` as a bound method, looked up as Python does. Compiled, `self.answer`
     of a method inherited from a cimported layer would become a C function wrapped with

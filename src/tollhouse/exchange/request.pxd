@@ -26,6 +26,7 @@ cdef class Request(ResponseSink):
     cdef public double started, upstream_started, upstream_clock, deadline, first_started, body_progress, ended
     cdef public double upstream_time, time_limit, admitted
 
+    cpdef setup(self, conn, state)
     cpdef noted_value(self, int index)
     cpdef bint noted_any(self, tuple indexes)
     cpdef remember(self, int slot, value)

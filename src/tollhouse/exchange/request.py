@@ -56,6 +56,11 @@ class Request(ResponseSink):
                  "trailers", "request_trailers", "grpc_status", "time_limit", "admitted")
 
     def __init__(self, conn, state):
+        self.setup(conn, state)
+
+    def setup(self, conn, state) -> None:
+        """__init__'s work: lifecycle.new_exchange makes an exchange with __new__ and calls
+        this in C (no call through the type, no argument parsing)."""
         self.conn = conn
         self.codec = conn.codec   # the framing towards this client (exchange/codec.py)
         self.worker = conn.worker

@@ -4,7 +4,7 @@
 cimport cython
 
 from tollhouse.exchange.codec cimport Codec
-from tollhouse.exchange.lifecycle cimport Exchange
+from tollhouse.exchange.lifecycle cimport Exchange, new_exchange
 from tollhouse.exchange.request cimport Request
 from tollhouse.flow cimport FlowControl, WorkerCore
 from tollhouse.routing cimport RouteTarget

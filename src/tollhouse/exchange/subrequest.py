@@ -24,7 +24,7 @@ from ..pipeline import EMPTY_CHAIN
 from ..routing import RouteTarget
 from .codec import Codec
 from .http1 import forwarded_prefix
-from .lifecycle import Exchange
+from .lifecycle import Exchange, new_exchange
 from .request import RAW, find_header
 
 #: Methods whose request carries a body length even when empty (RFC 9110 §8.6).
@@ -185,7 +185,7 @@ def begin_subrequest(worker, pool, method, target, headers, body, timeout, paren
     else:
         origin.then = then
         origin.index = index
-    ex = Exchange(origin, state)
+    ex = new_exchange(origin, state)
     # The route a subrequest goes by, made once per upstream, timeout and Host choice (per config version).
     key = (upstream, timeout, host is not None)
     routes = state.subrequest_routes

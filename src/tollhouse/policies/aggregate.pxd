@@ -5,7 +5,7 @@ cimport cython
 
 from tollhouse.exchange.lifecycle cimport Exchange
 from tollhouse.exchange.subrequest cimport Completion, SubResponse, begin_subrequest
-from tollhouse.observability.metrics cimport Histogram, Stats, Tally
+from tollhouse.observability.metrics cimport Histogram, Tally
 from tollhouse.pipeline cimport Policy
 
 
@@ -25,7 +25,7 @@ cdef class AggregatePolicy(Policy):
     @cython.locals(fanout=_Fanout, b=_Backend, i=Py_ssize_t)
     cpdef respond(self, Exchange exchange, body)
     cpdef answered(self, Exchange exchange, list answers, double started)
-    @cython.locals(stats=Stats, b=_Backend, merged=dict, errors=dict, backends=tuple, i=Py_ssize_t, tally=Tally)
+    @cython.locals(b=_Backend, merged=dict, errors=dict, backends=tuple, i=Py_ssize_t, tally=Tally)
     cpdef _merged(self, Exchange exchange, list answers, double started)
     cpdef _respond(self, Exchange exchange, out, dict errors)
 

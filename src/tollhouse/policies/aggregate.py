@@ -235,7 +235,6 @@ class AggregatePolicy(Policy):
     def _merged(self, exchange, answers: list, started: float):
         """The answer from the backends': None once answered (exchange.respond), a Reply (a
         failure), or a coroutine that answers (an async merge function's result)."""
-        stats = self.context.stats
         merged: dict = {}
         errors: dict = {}
         fatal = None

@@ -2,7 +2,7 @@
 cimport cython
 
 from tollhouse.clock cimport Clock
-from tollhouse.exchange.lifecycle cimport Exchange
+from tollhouse.exchange.lifecycle cimport Exchange, new_exchange
 from tollhouse.exchange.nghttp2 cimport Session, SessionOwner
 from tollhouse.exchange.http2 cimport finalise_head
 from tollhouse.flow cimport PulledOutput, WorkerCore
@@ -26,6 +26,7 @@ cdef class Http2Stream:
     cdef public bint peer_trusted, source_paused, closed
     cdef public long long held
 
+    cpdef setup(self, Http2Connection connection, int stream_id)
     cpdef pause(self, int reason)
     cpdef resume(self, int reason)
     cpdef respond(self, int status, list lines, request_id, body, bint has_body)

@@ -18,7 +18,7 @@ from ..clock import CLOCK
 from ..config.schema import Bool, Field, Int, Schema, Size
 from ..exchange.http1 import forwarded_prefix
 from ..exchange.http2 import HTTP2, finalise_head
-from ..exchange.lifecycle import Exchange
+from ..exchange.lifecycle import new_exchange
 from ..exchange.request import COMPLETE
 from ..flow import CLIENT_FULL, PulledOutput
 from ..pipeline import Reply
@@ -97,6 +97,10 @@ class Http2Stream:
     codec = HTTP2
 
     def __init__(self, connection, stream_id: int):
+        self.setup(connection, stream_id)
+
+    def setup(self, connection, stream_id: int) -> None:
+        """__init__'s work: begin_stream makes a stream with __new__ and calls this in C."""
         self.connection = connection
         self.session = connection.session
         self.stream_id = stream_id
@@ -344,9 +348,10 @@ class Http2Connection(SessionOwner):   # an asyncio protocol by its methods
     def begin_stream(self, stream_id: int, headers: list, end_stream: bool, oversize: bool, method, path,
                      authority) -> None:
         worker = self.worker
-        stream = Http2Stream(self, stream_id)
+        stream = Http2Stream.__new__(Http2Stream)   # (made in C: no call through the type)
+        stream.setup(self, stream_id)
         self.streams[stream_id] = stream
-        ex = Exchange(stream, worker.state)
+        ex = new_exchange(stream, worker.state)
         stream.exchange = ex
         ex.version = "2"
         ex.started = perf_counter()

@@ -3,7 +3,7 @@ cimport cython
 
 from tollhouse.clock cimport Clock
 from tollhouse.exchange.http1 cimport Http1Codec
-from tollhouse.exchange.lifecycle cimport Exchange
+from tollhouse.exchange.lifecycle cimport Exchange, new_exchange
 from tollhouse.flow cimport FlowControl, Gathered, WorkerCore
 
 cdef Clock CLOCK

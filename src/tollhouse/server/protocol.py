@@ -16,7 +16,7 @@ import httptools
 
 from ..clock import CLOCK
 from ..exchange.http1 import HTTP1, forwarded_prefix
-from ..exchange.lifecycle import Exchange
+from ..exchange.lifecycle import Exchange, new_exchange
 from ..exchange.request import WAITING, find_header
 from ..flow import CLIENT_FULL, PIPELINE, FlowControl, Gathered
 from ..pipeline import Reply
@@ -315,7 +315,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
 
     # httptools callbacks -----------------------------------------------------
     def on_message_begin(self):
-        ex = Exchange(self, self.worker.state)
+        ex = new_exchange(self, self.worker.state)
         self.incoming = ex
         self.in_head = True
         # An upper bound of this head's size so far: the whole read it starts in.
@@ -427,7 +427,7 @@ class ClientConnection:   # an asyncio protocol by its methods (a compiled class
                 ex.answer(reply)
             return
         if ex is None or ex.finished:
-            ex = Exchange(self, self.worker.state)
+            ex = new_exchange(self, self.worker.state)
         ex.error = reply
         ex.keep_alive = False
         ex.body_done = True
