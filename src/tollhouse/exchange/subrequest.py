@@ -235,6 +235,8 @@ async def subrequests(started: list) -> list:
     order: one wait, no task per call. When the caller is cancelled, every call
     still under way is abandoned (its upstream attempt dropped)."""
     try:
+        if len(started) == 1:   # one call: its future awaited as it is (no gathering future around it)
+            return [await started[0].conn.done]
         return await asyncio.gather(*(ex.conn.done for ex in started))
     except asyncio.CancelledError:
         for ex in started:

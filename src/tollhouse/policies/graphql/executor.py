@@ -138,7 +138,10 @@ class Execution:
                 "tollhouse.graphql.subgraphs": ",".join(sorted({self.names[f.graph] for f in fetches})),
                 "tollhouse.graphql.kind": "entities" if fetches[0].entity is not None else "root"})
         try:
-            await asyncio.gather(*(run(f, span) for f in fetches))
+            if len(fetches) == 1:   # most steps: awaited in place (no task, no gathering future)
+                await run(fetches[0], span)
+            else:
+                await asyncio.gather(*(run(f, span) for f in fetches))
         finally:
             if span is not None:
                 span.end()
