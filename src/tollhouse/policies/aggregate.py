@@ -305,10 +305,8 @@ class _Fanout(Completion):
 
     __slots__ = ("policy", "exchange", "answers", "left", "started")
 
-    def __init__(self, policy: AggregatePolicy, exchange, count: int):
-        self.setup(policy, exchange, count)
-
     def setup(self, policy: AggregatePolicy, exchange, count: int) -> None:
+        """In place of __init__: the policy makes a fan-out with __new__ and calls this in C."""
         self.policy, self.exchange = policy, exchange
         self.answers: list = [None] * count
         self.left = count

@@ -96,11 +96,8 @@ class Http2Stream:
     background = False
     codec = HTTP2
 
-    def __init__(self, connection, stream_id: int):
-        self.setup(connection, stream_id)
-
     def setup(self, connection, stream_id: int) -> None:
-        """__init__'s work: begin_stream makes a stream with __new__ and calls this in C."""
+        """In place of __init__: begin_stream makes a stream with __new__ and calls this in C."""
         self.connection = connection
         self.session = connection.session
         self.stream_id = stream_id
